@@ -1,0 +1,322 @@
+package etcdkit
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
+)
+
+// Defaults applied by New and Wrap to zero fields of Config.
+const (
+	DefaultDialTimeout      = 5 * time.Second
+	DefaultRequestTimeout   = 5 * time.Second
+	DefaultKeepAliveTime    = 10 * time.Second
+	DefaultKeepAliveTimeout = 5 * time.Second
+	DefaultStallTimeout     = 2 * time.Second
+	DefaultMaxValueSize     = 1536 * 1024
+)
+
+// Config configures a Client. The zero value of every field but Endpoints is
+// valid and means the default stated in the field's comment.
+type Config struct {
+	// Endpoints are the etcd members' client addresses, "host:port" or
+	// "scheme://host:port". Required by New; Wrap defaults them to the raw
+	// client's endpoints.
+	Endpoints []string
+
+	// Namespace is the root under which every key of this Client lives:
+	// Namespace "app" stores key "db" at "app/db". It follows the rules of
+	// names (see ErrInvalidName). Default: "" (keys at the root of etcd).
+	Namespace string
+
+	// DialTimeout bounds New's first contact with the cluster and every
+	// re-dial of the connection the watch and lease engines use.
+	// Default: 5s.
+	DialTimeout time.Duration
+
+	// RequestTimeout bounds each request whose context has no deadline.
+	// Default: 5s.
+	RequestTimeout time.Duration
+
+	// KeepAliveTime is the interval of gRPC keepalive pings on an idle
+	// connection. gRPC does not allow less than 10s. Default: 10s.
+	KeepAliveTime time.Duration
+
+	// KeepAliveTimeout is how long a keepalive ping may go unanswered before
+	// gRPC closes the connection. Default: 5s.
+	KeepAliveTimeout time.Duration
+
+	// StallTimeout is how long a watch or lease keepalive stream may stay
+	// silent, after the engine has asked the server for a sign of life, before
+	// the link is declared stalled and the engine moves to another member (or
+	// re-dials the only one). It is what notices a silent link long before
+	// gRPC keepalive would. Default: 2s.
+	StallTimeout time.Duration
+
+	// Username and Password authenticate the client when etcd auth is on.
+	// Default: no authentication.
+	Username string
+	Password string
+
+	// TLS, when set, is used for every connection to the cluster.
+	// Default: plain TCP.
+	TLS *tls.Config
+
+	// Logger receives the library's diagnostics. Default: zap.NewNop().
+	Logger *zap.Logger
+
+	// MaxValueSize is the largest encoded value, in bytes, the Client sends;
+	// larger ones fail with ErrTooLarge before anything is sent.
+	// Default: 1.5 MiB, etcd's default request size limit.
+	MaxValueSize int
+
+	// Metrics receives counters and gauges about the library's own work
+	// (reconnects, resyncs, stalls, session states...). Default: nil, no
+	// metrics are recorded.
+	Metrics Metrics
+}
+
+// withDefaults returns cfg with zero fields set to their defaults, or an error
+// naming the first invalid field.
+func (cfg Config) withDefaults() (Config, error) {
+	for i, ep := range cfg.Endpoints {
+		if ep == "" {
+			return cfg, fmt.Errorf("etcdkit: config: endpoint %d is empty", i)
+		}
+	}
+	if cfg.Namespace != "" {
+		if err := validateName(cfg.Namespace); err != nil {
+			return cfg, fmt.Errorf("etcdkit: config: namespace: %w", err)
+		}
+	}
+	durations := []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"DialTimeout", &cfg.DialTimeout, DefaultDialTimeout},
+		{"RequestTimeout", &cfg.RequestTimeout, DefaultRequestTimeout},
+		{"KeepAliveTime", &cfg.KeepAliveTime, DefaultKeepAliveTime},
+		{"KeepAliveTimeout", &cfg.KeepAliveTimeout, DefaultKeepAliveTimeout},
+		{"StallTimeout", &cfg.StallTimeout, DefaultStallTimeout},
+	}
+	for _, d := range durations {
+		if *d.v < 0 {
+			return cfg, fmt.Errorf("etcdkit: config: %s is negative (%v)", d.name, *d.v)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if cfg.MaxValueSize < 0 {
+		return cfg, fmt.Errorf("etcdkit: config: MaxValueSize is negative (%d)", cfg.MaxValueSize)
+	}
+	if cfg.MaxValueSize == 0 {
+		cfg.MaxValueSize = DefaultMaxValueSize
+	}
+	if (cfg.Username == "") != (cfg.Password == "") {
+		return cfg, errors.New("etcdkit: config: Username and Password must be set together")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = nopMetrics{}
+	}
+	return cfg, nil
+}
+
+// Client is a connection to an etcd cluster under one namespace. It is safe
+// for concurrent use. Keys, prefixes, watches, sessions and the other handles
+// are made from it and end when it is closed.
+type Client struct {
+	raw   *clientv3.Client
+	owned bool
+	cfg   Config
+	ns    string // namespace with a trailing "/", or ""
+	log   *zap.Logger
+
+	// life is cancelled by Close; every handle's goroutines watch it.
+	life   context.Context
+	cancel context.CancelFunc
+
+	streams *streamConns
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New connects to the cluster described by cfg. It blocks until a member
+// answers, the DialTimeout passes or ctx ends, so that wrong endpoints,
+// certificates or credentials fail here with a clear error rather than on the
+// first request. ctx bounds only this call.
+func New(ctx context.Context, cfg Config) (*Client, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("etcdkit: config: no endpoints")
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	raw, err := dialRaw(ctx, cfg, cfg.Endpoints)
+	if err != nil {
+		return nil, err
+	}
+	if err := probe(ctx, raw, cfg); err != nil {
+		_ = raw.Close()
+		return nil, err
+	}
+	return newClient(raw, true, cfg), nil
+}
+
+// Wrap makes a Client over an existing raw client, which stays the caller's:
+// Close does not close it. cfg supplies the namespace and the other options;
+// its Endpoints default to raw's. The watch and lease engines open their own
+// connections to those endpoints with cfg's TLS and credentials, so set them
+// as for raw.
+func Wrap(raw *clientv3.Client, cfg Config) (*Client, error) {
+	if raw == nil {
+		return nil, errors.New("etcdkit: Wrap: nil client")
+	}
+	if len(cfg.Endpoints) == 0 {
+		cfg.Endpoints = raw.Endpoints()
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("etcdkit: config: no endpoints")
+	}
+	return newClient(raw, false, cfg), nil
+}
+
+func newClient(raw *clientv3.Client, owned bool, cfg Config) *Client {
+	c := &Client{raw: raw, owned: owned, cfg: cfg, log: cfg.Logger}
+	if cfg.Namespace != "" {
+		c.ns = cfg.Namespace + "/"
+	}
+	c.life, c.cancel = context.WithCancel(context.Background())
+	c.streams = newStreamConns(c)
+	return c
+}
+
+// dialRaw builds a raw client for endpoints with cfg's credentials, TLS,
+// keepalive and a reconnect backoff short enough that a healed link is used
+// again within a fraction of a second.
+func dialRaw(ctx context.Context, cfg Config, endpoints []string) (*clientv3.Client, error) {
+	raw, err := clientv3.New(clientv3.Config{
+		Endpoints:            endpoints,
+		DialTimeout:          cfg.DialTimeout,
+		DialKeepAliveTime:    cfg.KeepAliveTime,
+		DialKeepAliveTimeout: cfg.KeepAliveTimeout,
+		PermitWithoutStream:  true,
+		TLS:                  cfg.TLS,
+		Username:             cfg.Username,
+		Password:             cfg.Password,
+		Logger:               cfg.Logger.Named("clientv3"),
+		Context:              context.WithoutCancel(ctx),
+		DialOptions: []grpc.DialOption{
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff: grpcbackoff.Config{
+					BaseDelay:  50 * time.Millisecond,
+					Multiplier: 1.6,
+					Jitter:     0.2,
+					MaxDelay:   time.Second,
+				},
+				MinConnectTimeout: cfg.DialTimeout,
+			}),
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcdkit: connect to %v: %w", endpoints, err)
+	}
+	return raw, nil
+}
+
+// probe asks the cluster for its member list (served by any member, leader
+// or not, and open to every user) to prove that the endpoints, certificates
+// and credentials work.
+func probe(ctx context.Context, raw *clientv3.Client, cfg Config) error {
+	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	if _, err := raw.MemberList(ctx, clientv3.WithSerializable()); err != nil {
+		return fmt.Errorf("etcdkit: connect to %v: %w", cfg.Endpoints, err)
+	}
+	return nil
+}
+
+// Close ends every handle made from the client (watches, sessions, caches...
+// report ErrClosed), closes the connections the client opened, and returns
+// once they are closed. A raw client passed to Wrap stays open. Close is
+// idempotent.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		c.cancel()
+		c.streams.close()
+		if c.owned {
+			c.closeErr = c.raw.Close()
+		}
+	})
+	return c.closeErr
+}
+
+// Raw returns the underlying clientv3 client, for what etcdkit does not
+// cover. Keys written through it are not namespaced.
+func (c *Client) Raw() *clientv3.Client { return c.raw }
+
+// Namespace returns the namespace the client's keys live under ("" for none).
+func (c *Client) Namespace() string { return c.cfg.Namespace }
+
+// closed reports whether Close was called.
+func (c *Client) closed() bool { return c.life.Err() != nil }
+
+// opContext derives the context of one request: it ends when ctx ends, when
+// the client is closed, and after RequestTimeout if ctx has no deadline.
+func (c *Client) opContext(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	if c.closed() {
+		return nil, nil, ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	var cancel context.CancelFunc
+	if _, ok := ctx.Deadline(); ok {
+		ctx, cancel = context.WithCancel(ctx)
+	} else {
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	}
+	stop := context.AfterFunc(c.life, cancel)
+	return ctx, func() { stop(); cancel() }, nil
+}
+
+// handleContext derives the context that bounds a long-lived handle: it ends
+// when ctx ends or the client is closed.
+func (c *Client) handleContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(c.life, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+// cause returns the error to report for a failed request: ErrClosed when the
+// client was closed meanwhile, err otherwise.
+func (c *Client) cause(err error) error {
+	if err != nil && c.closed() {
+		return fmt.Errorf("%w: %w", ErrClosed, err)
+	}
+	return err
+}
+
+// path returns the etcd key of a name under the namespace.
+func (c *Client) path(name string) string { return c.ns + name }
+
+// nameOf returns the name of an etcd key under the namespace.
+func (c *Client) nameOf(key []byte) string { return string(key[len(c.ns):]) }

@@ -1,0 +1,121 @@
+package etcdkit
+
+import (
+	"context"
+	"sync"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// streamConns owns the connection that carries the client's long-lived
+// streams: watches and lease keepalives. Unlike the request connection, which
+// balances over all endpoints, it talks to one member at a time, so that when
+// the engines find that member silent (a stall) or leaderless they can drop
+// it and move every stream to the next member together. With a single
+// endpoint, moving on means re-dialling it.
+type streamConns struct {
+	c *Client
+
+	mu      sync.Mutex
+	cur     *clientv3.Client
+	gen     uint64 // generation of cur; bumped on every dial
+	next    int    // index of the endpoint to dial next
+	dialing chan struct{}
+	done    bool
+}
+
+func newStreamConns(c *Client) *streamConns { return &streamConns{c: c} }
+
+// get returns the current stream connection and its generation, dialling one
+// if there is none. It blocks while a dial is in progress, until ctx ends. A
+// failed dial is returned; the next call tries the next endpoint, and the
+// caller decides how long to back off.
+func (s *streamConns) get(ctx context.Context) (*clientv3.Client, uint64, error) {
+	for {
+		s.mu.Lock()
+		if s.done {
+			s.mu.Unlock()
+			return nil, 0, ErrClosed
+		}
+		if s.cur != nil {
+			cur, gen := s.cur, s.gen
+			s.mu.Unlock()
+			return cur, gen, nil
+		}
+		if s.dialing != nil {
+			wait := s.dialing
+			s.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, 0, ctx.Err()
+			}
+		}
+		eps := s.c.cfg.Endpoints
+		ep := eps[s.next%len(eps)]
+		s.next++
+		s.dialing = make(chan struct{})
+		s.mu.Unlock()
+
+		raw, err := dialRaw(s.c.life, s.c.cfg, []string{ep})
+
+		s.mu.Lock()
+		close(s.dialing)
+		s.dialing = nil
+		if err != nil {
+			s.mu.Unlock()
+			s.c.log.Debug("stream connection dial failed", zap.String("endpoint", ep), zap.Error(err))
+			if s.c.closed() {
+				return nil, 0, ErrClosed
+			}
+			return nil, 0, err
+		}
+		if s.done {
+			s.mu.Unlock()
+			_ = raw.Close()
+			return nil, 0, ErrClosed
+		}
+		s.cur = raw
+		s.gen++
+		s.c.log.Debug("stream connection up", zap.String("endpoint", ep), zap.Uint64("generation", s.gen))
+		s.mu.Unlock()
+	}
+}
+
+// fail reports that the connection of generation gen stalled, lost its
+// leader or broke. If it is still the current one it is closed, which ends
+// every stream on it, and the next get dials the next endpoint. Reports about
+// an older generation are ignored: those streams have already moved.
+func (s *streamConns) fail(gen uint64) {
+	s.mu.Lock()
+	if s.cur == nil || s.gen != gen {
+		s.mu.Unlock()
+		return
+	}
+	old := s.cur
+	s.cur = nil
+	s.mu.Unlock()
+	s.c.log.Debug("stream connection dropped", zap.Strings("endpoints", old.Endpoints()), zap.Uint64("generation", gen))
+	_ = old.Close()
+}
+
+// current reports whether gen is the live generation.
+func (s *streamConns) current(gen uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur != nil && s.gen == gen
+}
+
+// close closes the connection and refuses new ones.
+func (s *streamConns) close() {
+	s.mu.Lock()
+	s.done = true
+	old := s.cur
+	s.cur = nil
+	s.mu.Unlock()
+	if old != nil {
+		_ = old.Close()
+	}
+}

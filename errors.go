@@ -1,0 +1,117 @@
+package etcdkit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Sentinel errors. Every error the package returns that means one of these
+// wraps it, so callers test with errors.Is.
+var (
+	// ErrNotFound means the key does not exist.
+	ErrNotFound = errors.New("etcdkit: key not found")
+	// ErrExists means Create found the key already present. The error is a
+	// *ConflictError that carries the present value.
+	ErrExists = errors.New("etcdkit: key already exists")
+	// ErrConflict means a compare-and-swap found another revision than the
+	// expected one. The error is a *ConflictError that carries the current value.
+	ErrConflict = errors.New("etcdkit: revision conflict")
+	// ErrTooLarge means an encoded value is larger than Config.MaxValueSize.
+	// Nothing was sent to the cluster.
+	ErrTooLarge = errors.New("etcdkit: value too large")
+	// ErrInvalidName means a key, prefix or namespace name is not acceptable:
+	// empty, with an empty, "." or ".." segment, with control characters or
+	// invalid UTF-8, or starting or ending with "/".
+	ErrInvalidName = errors.New("etcdkit: invalid name")
+	// ErrClosed means the Client or the handle was closed.
+	ErrClosed = errors.New("etcdkit: closed")
+)
+
+// ConflictError reports that a conditional write did not apply because the key
+// was not in the expected state. It carries what the key held at the revision
+// of the failed attempt, so the caller can retry without reading again.
+//
+// Create returns one that matches ErrExists; CompareAndSwap and Update return
+// one that matches ErrConflict. Use errors.As with the Key's type parameter:
+//
+//	var ce *etcdkit.ConflictError[Config]
+//	if errors.As(err, &ce) { retry(ce.Current) }
+type ConflictError[T any] struct {
+	// Key is the name of the key, relative to the namespace.
+	Key string
+	// Expected is the mod revision the caller expected (0: absent).
+	Expected int64
+	// Exists reports whether the key existed at Revision.
+	Exists bool
+	// Current is the key's value when Exists is true. If the stored bytes did
+	// not decode, Current.Data is the zero value and DecodeErr says why.
+	Current Value[T]
+	// DecodeErr is non-nil when the current value could not be decoded.
+	DecodeErr error
+	// Revision is the cluster revision at which the comparison failed.
+	Revision int64
+
+	kind error
+}
+
+func (e *ConflictError[T]) Error() string {
+	if e.kind == ErrExists {
+		return fmt.Sprintf("etcdkit: key %q already exists (mod revision %d)", e.Key, e.Current.Revision)
+	}
+	if !e.Exists {
+		return fmt.Sprintf("etcdkit: key %q: expected mod revision %d, key is absent", e.Key, e.Expected)
+	}
+	return fmt.Sprintf("etcdkit: key %q: expected mod revision %d, found %d", e.Key, e.Expected, e.Current.Revision)
+}
+
+// Unwrap returns ErrExists or ErrConflict.
+func (e *ConflictError[T]) Unwrap() error { return e.kind }
+
+// DecodeError reports a stored value that the key's codec could not decode,
+// typically written by another tool. The value in the cluster is untouched.
+type DecodeError struct {
+	// Key is the name of the key, relative to the namespace.
+	Key string
+	// Revision is the mod revision of the undecodable value.
+	Revision int64
+	// Err is the codec's error.
+	Err error
+}
+
+func (e *DecodeError) Error() string {
+	return fmt.Sprintf("etcdkit: decode key %q (mod revision %d): %v", e.Key, e.Revision, e.Err)
+}
+
+// Unwrap returns the codec's error.
+func (e *DecodeError) Unwrap() error { return e.Err }
+
+// IsRetryable reports whether err is a transient failure after which the same
+// call may succeed: the cluster was unreachable, had no leader, or the request
+// timed out (not the caller's own cancellation). Writes that failed this way
+// may or may not have applied.
+func IsRetryable(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, ErrClosed) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrNoLeader) ||
+		errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) ||
+		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost) || errors.Is(err, rpctypes.ErrLeaderChanged) {
+		return true
+	}
+	var se interface{ GRPCStatus() *status.Status }
+	if errors.As(err, &se) {
+		switch se.GRPCStatus().Code() {
+		case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted:
+			return true
+		}
+	}
+	return false
+}

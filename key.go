@@ -1,0 +1,294 @@
+package etcdkit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// maxUpdateAttempts bounds Update's read-modify-write loop under contention.
+const maxUpdateAttempts = 64
+
+// Value is a decoded value with its etcd metadata.
+type Value[T any] struct {
+	// Data is the decoded value.
+	Data T
+	// Revision is the key's mod revision: the cluster revision of the write
+	// that stored Data. Pass it to CompareAndSwap.
+	Revision int64
+	// CreateRevision is the revision at which the key was created.
+	CreateRevision int64
+	// Version counts the writes to the key since its creation (1 at creation).
+	Version int64
+	// Lease is the ID of the lease the key is attached to, 0 for none.
+	Lease int64
+}
+
+// Key is a typed handle on one key under the client's namespace. It holds no
+// state besides its name and codec: it is cheap to make and safe for
+// concurrent use.
+//
+// An invalid name or a nil codec does not panic: every method returns the
+// error (ErrInvalidName and the like), as does Err.
+type Key[T any] struct {
+	c     *Client
+	name  string
+	path  string
+	codec Codec[T]
+	err   error
+}
+
+// NewKey returns a handle on the key name under c's namespace, whose values
+// are encoded with codec. Names are "/"-separated segments; see ErrInvalidName
+// for the rules.
+func NewKey[T any](c *Client, name string, codec Codec[T]) *Key[T] {
+	k := &Key[T]{c: c, name: name, codec: codec}
+	switch {
+	case c == nil:
+		k.err = errors.New("etcdkit: NewKey: nil client")
+	case codec == nil:
+		k.err = fmt.Errorf("etcdkit: NewKey %q: nil codec", name)
+	default:
+		if err := validateName(name); err != nil {
+			k.err = fmt.Errorf("etcdkit: key: %w", err)
+		} else {
+			k.path = c.path(name)
+		}
+	}
+	return k
+}
+
+// Name returns the key's name, relative to the namespace.
+func (k *Key[T]) Name() string { return k.name }
+
+// Err returns the error that makes the handle unusable (an invalid name, a
+// nil codec), or nil.
+func (k *Key[T]) Err() error { return k.err }
+
+// Get reads the key's current value (a linearizable read). It fails with
+// ErrNotFound if the key is absent and with a *DecodeError if the stored bytes
+// do not decode.
+func (k *Key[T]) Get(ctx context.Context) (Value[T], error) {
+	var zero Value[T]
+	if k.err != nil {
+		return zero, k.err
+	}
+	ctx, cancel, err := k.c.opContext(ctx)
+	if err != nil {
+		return zero, err
+	}
+	defer cancel()
+	resp, err := k.c.raw.Get(ctx, k.path)
+	if err != nil {
+		return zero, k.fail("get", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return zero, fmt.Errorf("%w: %q", ErrNotFound, k.name)
+	}
+	return decodeKV(k.name, k.codec, resp.Kvs[0])
+}
+
+// Put stores v, creating the key or replacing its value, and returns the
+// revision of the write. A value whose encoding is larger than
+// Config.MaxValueSize fails with ErrTooLarge before anything is sent.
+func (k *Key[T]) Put(ctx context.Context, v T) (int64, error) {
+	data, err := k.encode(v)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel, err := k.c.opContext(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer cancel()
+	resp, err := k.c.raw.Put(ctx, k.path, string(data))
+	if err != nil {
+		return 0, k.fail("put", err)
+	}
+	return resp.Header.Revision, nil
+}
+
+// Create stores v only if the key is absent and returns the revision of the
+// write. If the key exists it fails with a *ConflictError matching ErrExists
+// that carries the present value.
+func (k *Key[T]) Create(ctx context.Context, v T) (int64, error) {
+	rev, err := k.swap(ctx, v, 0)
+	var ce *ConflictError[T]
+	if errors.As(err, &ce) {
+		ce.kind = ErrExists
+	}
+	return rev, err
+}
+
+// CompareAndSwap stores v only if the key's mod revision is expectedRev (0:
+// only if the key is absent) and returns the revision of the write. Otherwise
+// it fails with a *ConflictError matching ErrConflict that carries the current
+// value and revision.
+func (k *Key[T]) CompareAndSwap(ctx context.Context, v T, expectedRev int64) (int64, error) {
+	return k.swap(ctx, v, expectedRev)
+}
+
+// swap is the one-transaction compare-and-swap behind Create, CompareAndSwap
+// and Update: put if the mod revision matches, else read the key in the same
+// transaction so the conflict carries the current value.
+func (k *Key[T]) swap(ctx context.Context, v T, expectedRev int64) (int64, error) {
+	data, err := k.encode(v)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel, err := k.c.opContext(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer cancel()
+	resp, err := k.c.raw.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(k.path), "=", expectedRev)).
+		Then(clientv3.OpPut(k.path, string(data))).
+		Else(clientv3.OpGet(k.path)).
+		Commit()
+	if err != nil {
+		return 0, k.fail("compare-and-swap", err)
+	}
+	if resp.Succeeded {
+		return resp.Header.Revision, nil
+	}
+	ce := &ConflictError[T]{Key: k.name, Expected: expectedRev, Revision: resp.Header.Revision, kind: ErrConflict}
+	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+		ce.Exists = true
+		ce.Current, ce.DecodeErr = decodeKV(k.name, k.codec, kvs[0])
+	}
+	return 0, ce
+}
+
+// Update applies fn to the key's current value and stores the result if the
+// key did not change meanwhile; on a conflict it calls fn again with the newer
+// value, up to 64 times or until ctx ends. fn receives the zero value and
+// false if the key is absent; it is never called with a value that failed to
+// decode (Update returns the *DecodeError instead). If fn returns an error,
+// Update stores nothing and returns that error. It returns the stored value.
+func (k *Key[T]) Update(ctx context.Context, fn func(cur T, exists bool) (T, error)) (Value[T], error) {
+	var zero Value[T]
+	if k.err != nil {
+		return zero, k.err
+	}
+	if fn == nil {
+		return zero, fmt.Errorf("etcdkit: Update %q: nil function", k.name)
+	}
+	cur, err := k.Get(ctx)
+	exists := err == nil
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return zero, err
+	}
+	for attempt := 1; ; attempt++ {
+		next, err := fn(cur.Data, exists)
+		if err != nil {
+			return zero, err
+		}
+		rev, err := k.swap(ctx, next, cur.Revision)
+		if err == nil {
+			v := Value[T]{Data: next, Revision: rev, CreateRevision: cur.CreateRevision, Version: cur.Version + 1}
+			if !exists {
+				v.CreateRevision, v.Version = rev, 1
+			}
+			return v, nil
+		}
+		var ce *ConflictError[T]
+		if !errors.As(err, &ce) {
+			return zero, err
+		}
+		if ce.DecodeErr != nil {
+			return zero, ce.DecodeErr
+		}
+		if attempt == maxUpdateAttempts {
+			return zero, fmt.Errorf("etcdkit: Update %q: gave up after %d conflicting attempts: %w", k.name, attempt, err)
+		}
+		// The losing transaction already read the winner's value.
+		cur, exists = ce.Current, ce.Exists
+		if !exists {
+			cur = Value[T]{}
+		}
+		if !sleepCtx(ctx, time.Duration(rand.Int64N(int64(attempt)*int64(time.Millisecond)))) {
+			return zero, ctx.Err()
+		}
+	}
+}
+
+// Delete removes the key. Deleting an absent key is not an error.
+func (k *Key[T]) Delete(ctx context.Context) error {
+	if k.err != nil {
+		return k.err
+	}
+	ctx, cancel, err := k.c.opContext(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	if _, err := k.c.raw.Delete(ctx, k.path); err != nil {
+		return k.fail("delete", err)
+	}
+	return nil
+}
+
+func (k *Key[T]) encode(v T) ([]byte, error) {
+	if k.err != nil {
+		return nil, k.err
+	}
+	return encodeValue(k.c, k.name, k.codec, v)
+}
+
+func (k *Key[T]) fail(op string, err error) error {
+	return fmt.Errorf("etcdkit: %s %q: %w", op, k.name, k.c.cause(mapServerError(err)))
+}
+
+// encodeValue encodes v and enforces the client's size limit.
+func encodeValue[T any](c *Client, name string, codec Codec[T], v T) ([]byte, error) {
+	data, err := codec.Encode(v)
+	if err != nil {
+		return nil, fmt.Errorf("etcdkit: encode %q: %w", name, err)
+	}
+	if len(data) > c.cfg.MaxValueSize {
+		return nil, fmt.Errorf("%w: %q encodes to %d bytes, limit %d", ErrTooLarge, name, len(data), c.cfg.MaxValueSize)
+	}
+	return data, nil
+}
+
+// decodeKV decodes a stored key-value into a Value. On a decode error the
+// metadata is still filled in.
+func decodeKV[T any](name string, codec Codec[T], kv *mvccpb.KeyValue) (Value[T], error) {
+	v := Value[T]{Revision: kv.ModRevision, CreateRevision: kv.CreateRevision, Version: kv.Version, Lease: kv.Lease}
+	data, err := codec.Decode(kv.Value)
+	if err != nil {
+		return v, &DecodeError{Key: name, Revision: kv.ModRevision, Err: err}
+	}
+	v.Data = data
+	return v, nil
+}
+
+// mapServerError turns etcd's "request is too large" into ErrTooLarge.
+func mapServerError(err error) error {
+	if errors.Is(err, rpctypes.ErrRequestTooLarge) {
+		return fmt.Errorf("%w: %w", ErrTooLarge, err)
+	}
+	return err
+}
+
+// sleepCtx waits for d or until ctx ends, and reports whether d elapsed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
