@@ -150,6 +150,11 @@ type Client struct {
 
 	streams *streamConns
 
+	// spawnMu orders spawn against Close so that no goroutine starts after
+	// Close began waiting for them.
+	spawnMu sync.Mutex
+	wg      sync.WaitGroup
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -260,7 +265,10 @@ func probe(ctx context.Context, raw *clientv3.Client, cfg Config) error {
 // idempotent.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
+		c.spawnMu.Lock()
 		c.cancel()
+		c.spawnMu.Unlock()
+		c.wg.Wait()
 		c.streams.close()
 		if c.owned {
 			c.closeErr = c.raw.Close()
@@ -275,6 +283,23 @@ func (c *Client) Raw() *clientv3.Client { return c.raw }
 
 // Namespace returns the namespace the client's keys live under ("" for none).
 func (c *Client) Namespace() string { return c.cfg.Namespace }
+
+// spawn runs f in a goroutine that Close waits for, unless the client is
+// closed, in which case it reports false and does not run f. f must return
+// soon after c.life ends.
+func (c *Client) spawn(f func()) bool {
+	c.spawnMu.Lock()
+	defer c.spawnMu.Unlock()
+	if c.closed() {
+		return false
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f()
+	}()
+	return true
+}
 
 // closed reports whether Close was called.
 func (c *Client) closed() bool { return c.life.Err() != nil }
