@@ -1,0 +1,43 @@
+// Package etcdtest runs real etcd members inside the test process, so that
+// code talking to etcd can be tested against the real thing, including its
+// failures, without Docker or an etcd binary.
+//
+// # Testing your own service
+//
+// Start one member, point your code at [Server.Endpoint], and let the test's
+// cleanup stop everything:
+//
+//	func TestMyService(t *testing.T) {
+//		srv := etcdtest.Start(t)
+//		c, err := etcdkit.New(t.Context(), etcdkit.Config{Endpoints: []string{srv.Endpoint()}})
+//		require.NoError(t, err)
+//		defer c.Close()
+//		// ... exercise your service; inspect etcd with srv.Client(t) ...
+//	}
+//
+// [Server.Client] returns a raw clientv3 client for setting up or checking
+// state behind your code's back. Every member listens only on 127.0.0.1 on
+// ports picked at random, keeps its data under t.TempDir(), and is stopped
+// by t.Cleanup, so tests can run in parallel.
+//
+// # Faults
+//
+// [Server.Stop] and [Server.Restart] take a member down and bring it back
+// with its data, on the same address. [Server.Compact] compacts history so
+// that old revisions are gone.
+//
+// # Logs, timing and leaks
+//
+// Members log into a bounded in-memory buffer. When a test fails, the tail
+// of each member's log is printed if the test used [WithLogs] or the
+// environment has ETCDKIT_TEST_LOGS=1. Members use a short election timeout
+// (see [DefaultElection]) so that failover tests are quick; [WithTiming]
+// changes it, and [WithConfig] changes anything else in the embed.Config.
+//
+// Every member's goroutines end with the test's cleanup. A package whose
+// tests use etcdtest checks that nothing else leaks with:
+//
+//	func TestMain(m *testing.M) {
+//		goleak.VerifyTestMain(m, etcdtest.LeakOptions()...)
+//	}
+package etcdtest

@@ -1,0 +1,91 @@
+package etcdtest
+
+import (
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+// Default timing of every member, chosen so that a three-member cluster
+// elects a leader in well under a second yet does not hold spurious
+// elections on a loaded two-core machine running tests with -race: a
+// heartbeat every 50 ms and an election timeout of 500 ms (ten missed
+// heartbeats). etcd's own defaults are 100 ms and 1 s.
+const (
+	DefaultTick     = 50 * time.Millisecond
+	DefaultElection = 500 * time.Millisecond
+)
+
+// readyTimeout bounds the wait for a member (or a whole cluster) to become
+// ready. It is generous because the race detector and a busy machine can
+// slow a cold start down by an order of magnitude.
+const readyTimeout = 30 * time.Second
+
+// An Option changes how Start and StartCluster configure their members.
+// Options are applied in order; WithConfig functions run after all others.
+type Option interface {
+	apply(*options)
+}
+
+type optionFunc func(*options)
+
+func (f optionFunc) apply(o *options) { f(o) }
+
+type options struct {
+	tick, election time.Duration
+	quota          int64
+	clientTLS      *transport.TLSInfo
+	withProxy      bool
+	logs           bool
+	configs        []func(*embed.Config)
+}
+
+func buildOptions(opts []Option) *options {
+	o := &options{tick: DefaultTick, election: DefaultElection}
+	for _, opt := range opts {
+		opt.apply(o)
+	}
+	return o
+}
+
+// WithConfig registers f to change each member's embed.Config after every
+// default and every other option has been applied, so f has the last word
+// on anything: client certificate auth, auto-compaction, snapshot counts.
+// f runs before each start of a member, including restarts, and must not
+// change the member's name, data directory or URLs unless the test accepts
+// that Restart, Endpoint and the cluster's bookkeeping stop working.
+// Several WithConfig options run in the order given.
+func WithConfig(f func(*embed.Config)) Option {
+	return optionFunc(func(o *options) { o.configs = append(o.configs, f) })
+}
+
+// WithClientTLS makes each member serve its clients over TLS with info: the
+// client URLs become https and info becomes the member's ClientTLSInfo.
+// Peers still talk plain HTTP. Endpoint keeps its "127.0.0.1:PORT" form, and
+// Client dials with info.ClientConfig(), so info's certificate must be valid
+// for 127.0.0.1 or self-signed (see transport.SelfCert).
+func WithClientTLS(info transport.TLSInfo) Option {
+	return optionFunc(func(o *options) { o.clientTLS = &info })
+}
+
+// WithTiming sets the heartbeat interval and the election timeout of every
+// member, rounded down to whole milliseconds. The defaults are DefaultTick
+// and DefaultElection. etcd requires election to be at least five ticks.
+func WithTiming(tick, election time.Duration) Option {
+	return optionFunc(func(o *options) { o.tick, o.election = tick, election })
+}
+
+// WithQuotaBackendBytes sets each member's backend quota, so that a test can
+// fill it and observe the NOSPACE alarm. Zero keeps etcd's default of 2 GiB.
+func WithQuotaBackendBytes(n int64) Option {
+	return optionFunc(func(o *options) { o.quota = n })
+}
+
+// WithLogs prints the tail of each member's captured log through t.Log if
+// the test has failed by the time the member is cleaned up. Setting the
+// environment variable ETCDKIT_TEST_LOGS=1 has the same effect for every
+// test. Logs are never printed for tests that pass.
+func WithLogs() Option {
+	return optionFunc(func(o *options) { o.logs = true })
+}

@@ -1,0 +1,415 @@
+package etcdtest
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// ErrClosed is returned by Restart once the test that started the member
+// has been cleaned up.
+var ErrClosed = errors.New("etcdtest: member was cleaned up")
+
+// A Server is one embedded etcd member listening on 127.0.0.1. Start returns
+// a single-member Server; the members of a Cluster are Servers too. All
+// methods are safe for concurrent use, and Stop and Restart are safe to call
+// after the test's cleanup has run (Stop does nothing, Restart fails).
+type Server struct {
+	g          *group
+	name       string
+	clientPort int
+	peerPort   int
+	dir        string
+	logs       *logBuffer
+
+	// life serialises starting and stopping the member.
+	life sync.Mutex
+
+	mu          sync.Mutex
+	etcd        *embed.Etcd // nil while stopped
+	id          uint64
+	partitioned bool
+}
+
+// Start starts one etcd member on 127.0.0.1 with free client and peer ports
+// and a data directory under t.TempDir(), waits until it is ready to serve,
+// and registers t.Cleanup to stop it. It fails the test with t.Fatal if the
+// member cannot be started or is not ready within 30 seconds.
+//
+// The member's logs are kept in memory and printed only for failed tests
+// that asked for them (see WithLogs). Its defaults suit tests, not
+// production: fsync is off (data survives Restart, not a machine crash),
+// the gRPC gateway is off, and timing is DefaultTick and DefaultElection.
+func Start(t testing.TB, opts ...Option) *Server {
+	t.Helper()
+	return startGroup(t, 1, buildOptions(opts)).members[0]
+}
+
+// Name returns the member's etcd name: "m0", "m1", ... in cluster order.
+func (s *Server) Name() string { return s.name }
+
+// ID returns the member's etcd member ID. It does not change across Restart.
+func (s *Server) ID() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.id
+}
+
+// Endpoint returns the member's direct client address, "127.0.0.1:PORT",
+// without a scheme so that it serves plain and TLS clients alike. The
+// address stays the same across Stop and Restart.
+func (s *Server) Endpoint() string {
+	return "127.0.0.1:" + strconv.Itoa(s.clientPort)
+}
+
+// PeerURL returns the URL the member's peers reach it on,
+// "http://127.0.0.1:PORT".
+func (s *Server) PeerURL() string {
+	return "http://127.0.0.1:" + strconv.Itoa(s.peerPort)
+}
+
+// Etcd returns the running embedded member, or nil while it is stopped. The
+// value changes on every Restart; do not Close it, use Stop.
+func (s *Server) Etcd() *embed.Etcd {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.etcd
+}
+
+// Running reports whether the member has been started and not stopped since.
+func (s *Server) Running() bool {
+	return s.Etcd() != nil
+}
+
+// Client returns a raw clientv3 client connected directly to this member
+// (never through its proxy), using the member's client TLS if it has any.
+// The client is closed by t.Cleanup. Creating it does not wait for a
+// connection, so it works on a stopped member too.
+func (s *Server) Client(t testing.TB) *clientv3.Client {
+	t.Helper()
+	return s.g.client(t, []string{s.Endpoint()})
+}
+
+// Stop stops the member gracefully: a leader hands leadership to another
+// member first, and in-flight requests get up to etcd's request timeout to
+// finish. The member's proxy, if any, keeps listening, so clients on it see
+// their upstream fail. Stop does nothing on a stopped member; it blocks until
+// the member has released its ports and data directory.
+func (s *Server) Stop() {
+	s.life.Lock()
+	defer s.life.Unlock()
+	s.stopLocked()
+}
+
+func (s *Server) stopLocked() {
+	s.mu.Lock()
+	e := s.etcd
+	s.etcd = nil
+	s.mu.Unlock()
+	if e != nil {
+		e.Close()
+	}
+}
+
+// Restart stops the member if it is running and starts it again on the same
+// data directory, client and peer addresses, so it keeps its data and
+// identity. It waits until the member is ready (up to 30 seconds), except
+// when a cluster member would have no quorum without other stopped members:
+// then it returns as soon as the member listens, and the test should restart
+// more members and call Cluster.WaitLeader. Restart returns ErrClosed after
+// the test's cleanup has run.
+func (s *Server) Restart() error {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if s.g.isClosed() {
+		return ErrClosed
+	}
+	s.stopLocked()
+	var err error
+	// The port was ours a moment ago; if some other socket grabbed it in
+	// between, it is usually gone again shortly.
+	for attempt := 0; attempt < 10; attempt++ {
+		if err = s.start(); err == nil || !isAddrInUse(err) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("etcdtest: restart %s: %w", s.name, err)
+	}
+	if !s.g.hasQuorum() {
+		return nil
+	}
+	if err := s.waitReady(time.Now().Add(readyTimeout)); err != nil {
+		return fmt.Errorf("etcdtest: restart %s: %w", s.name, err)
+	}
+	return nil
+}
+
+// Compact compacts the member's keyspace at its current revision and waits
+// for the physical compaction to finish, so that afterwards a watch or read
+// at an older revision fails with rpctypes.ErrCompacted. It returns the
+// compacted revision and fails the test if the compaction fails.
+func (s *Server) Compact(t testing.TB) int64 {
+	t.Helper()
+	cli, err := s.g.newClient([]string{s.Endpoint()})
+	if err != nil {
+		t.Fatalf("etcdtest: compact %s: %v", s.name, err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	resp, err := cli.Get(ctx, "etcdtest/compact", clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatalf("etcdtest: compact %s: read the current revision: %v", s.name, err)
+	}
+	rev := resp.Header.Revision
+	if _, err := cli.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatalf("etcdtest: compact %s at revision %d: %v", s.name, rev, err)
+	}
+	return rev
+}
+
+// IsLeader reports whether the member is running and believes it is the
+// raft leader.
+func (s *Server) IsLeader() bool {
+	e := s.Etcd()
+	return e != nil && e.Server.Lead() == uint64(e.Server.MemberID())
+}
+
+// start starts the embedded member from its configuration. The caller holds
+// s.life or owns s exclusively.
+func (s *Server) start() error {
+	e, err := embed.StartEtcd(s.config())
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.etcd = e
+	s.id = uint64(e.Server.MemberID())
+	s.mu.Unlock()
+	if info := e.Config().ClientTLSInfo; !info.Empty() {
+		s.g.mu.Lock()
+		s.g.clientTLS = &info
+		s.g.mu.Unlock()
+	}
+	s.g.applyPartitions(s)
+	return nil
+}
+
+// waitReady waits until the running member is ready to serve clients.
+func (s *Server) waitReady(deadline time.Time) error {
+	e := s.Etcd()
+	if e == nil {
+		return fmt.Errorf("member %s is stopped", s.name)
+	}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case <-e.Server.ReadyNotify():
+		return nil
+	case err := <-e.Err():
+		return fmt.Errorf("member %s failed before it was ready: %v", s.name, err)
+	case <-e.Server.StopNotify():
+		return fmt.Errorf("member %s stopped before it was ready", s.name)
+	case <-timer.C:
+		return fmt.Errorf("member %s not ready after %v (no leader elected?)", s.name, readyTimeout)
+	}
+}
+
+func (s *Server) clientURL() url.URL {
+	scheme := "http"
+	if s.g.opts.clientTLS != nil {
+		scheme = "https"
+	}
+	return url.URL{Scheme: scheme, Host: s.Endpoint()}
+}
+
+// config builds the member's embed.Config afresh for every start.
+func (s *Server) config() *embed.Config {
+	o := s.g.opts
+	cfg := embed.NewConfig()
+	cfg.Name = s.name
+	cfg.Dir = s.dir
+	peer, _ := url.Parse(s.PeerURL())
+	cfg.ListenPeerUrls = []url.URL{*peer}
+	cfg.AdvertisePeerUrls = []url.URL{*peer}
+	client := s.clientURL()
+	cfg.ListenClientUrls = []url.URL{client}
+	cfg.AdvertiseClientUrls = []url.URL{client}
+	if o.clientTLS != nil {
+		cfg.ClientTLSInfo = *o.clientTLS
+	}
+	cfg.InitialCluster = s.g.initialCluster
+	cfg.InitialClusterToken = "etcdtest"
+	cfg.ClusterState = embed.ClusterStateFlagNew
+	cfg.TickMs = uint(o.tick / time.Millisecond)
+	cfg.ElectionMs = uint(o.election / time.Millisecond)
+	cfg.QuotaBackendBytes = o.quota
+	// Tests never survive a machine crash, and fsync is the slowest thing a
+	// member does on a shared disk.
+	cfg.UnsafeNoFsync = true
+	cfg.EnableGRPCGateway = false
+	cfg.Logger = "zap"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(s.logs.logger(s.name))
+	for _, f := range o.configs {
+		f(cfg)
+	}
+	return cfg
+}
+
+// group is the set of members started together by one Start or
+// StartCluster call, sharing options and cleanup.
+type group struct {
+	opts           *options
+	members        []*Server
+	initialCluster string
+
+	mu        sync.Mutex
+	closed    bool
+	clientTLS *transport.TLSInfo // as configured, by WithClientTLS or WithConfig
+}
+
+// startGroup starts n members forming one cluster, retrying with fresh
+// ports and directories if a port was taken before etcd could bind it.
+func startGroup(t testing.TB, n int, o *options) *group {
+	t.Helper()
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		var g *group
+		g, err = tryStartGroup(t, n, o)
+		if err == nil {
+			return g
+		}
+		if !isAddrInUse(err) {
+			break
+		}
+	}
+	t.Fatalf("etcdtest: start %d member(s): %v", n, err)
+	return nil
+}
+
+func tryStartGroup(t testing.TB, n int, o *options) (*group, error) {
+	ports, err := freePorts(2 * n)
+	if err != nil {
+		return nil, err
+	}
+	g := &group{opts: o}
+	for i := range n {
+		g.members = append(g.members, &Server{
+			g:          g,
+			name:       "m" + strconv.Itoa(i),
+			clientPort: ports[2*i],
+			peerPort:   ports[2*i+1],
+			dir:        t.TempDir(),
+			logs:       newLogBuffer(),
+		})
+	}
+	for i, m := range g.members {
+		if i > 0 {
+			g.initialCluster += ","
+		}
+		g.initialCluster += m.name + "=" + m.PeerURL()
+	}
+	for _, m := range g.members {
+		if err := m.start(); err != nil {
+			g.stopAll()
+			return nil, fmt.Errorf("member %s: %w", m.name, err)
+		}
+	}
+	// From here on the members are the test's: cleanup stops them and
+	// prints their logs if the test asked, even if they never get ready.
+	t.Cleanup(func() { g.cleanup(t) })
+	deadline := time.Now().Add(readyTimeout)
+	for _, m := range g.members {
+		if err := m.waitReady(deadline); err != nil {
+			t.Fatalf("etcdtest: start %d member(s): %v", n, err)
+		}
+	}
+	return g, nil
+}
+
+func (g *group) isClosed() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.closed
+}
+
+// hasQuorum reports whether a majority of the group's members is running.
+func (g *group) hasQuorum() bool {
+	running := 0
+	for _, m := range g.members {
+		if m.Running() {
+			running++
+		}
+	}
+	return running > len(g.members)/2
+}
+
+// stopAll stops every member concurrently: stopping them one by one would
+// make each leader in turn wait for a handover to members already gone.
+func (g *group) stopAll() {
+	var wg sync.WaitGroup
+	for _, m := range g.members {
+		wg.Go(m.Stop)
+	}
+	wg.Wait()
+}
+
+func (g *group) cleanup(t testing.TB) {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.stopAll()
+	for _, m := range g.members {
+		m.logs.dump(t, m.name, g.opts.logs)
+	}
+}
+
+// applyPartitions re-applies the raft cuts involving s after it started,
+// because a fresh embedded server forgets them.
+func (g *group) applyPartitions(s *Server) {}
+
+func (g *group) tlsConfig() (*tls.Config, error) {
+	g.mu.Lock()
+	info := g.clientTLS
+	g.mu.Unlock()
+	if info == nil {
+		return nil, nil
+	}
+	return info.ClientConfig()
+}
+
+func (g *group) newClient(endpoints []string) (*clientv3.Client, error) {
+	tc, err := g.tlsConfig()
+	if err != nil {
+		return nil, fmt.Errorf("client TLS config: %w", err)
+	}
+	return clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: 5 * time.Second,
+		TLS:         tc,
+		Logger:      zap.NewNop(),
+	})
+}
+
+func (g *group) client(t testing.TB, endpoints []string) *clientv3.Client {
+	t.Helper()
+	cli, err := g.newClient(endpoints)
+	if err != nil {
+		t.Fatalf("etcdtest: client for %v: %v", endpoints, err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
