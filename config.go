@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -149,6 +151,7 @@ type Client struct {
 	cancel context.CancelFunc
 
 	streams *streamConns
+	hub     watchHub // shared etcd watches (watch_hub.go)
 
 	// spawnMu orders spawn against Close so that no goroutine starts after
 	// Close began waiting for them.
@@ -254,8 +257,42 @@ func probe(ctx context.Context, raw *clientv3.Client, cfg Config) error {
 	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
 	if _, err := raw.MemberList(ctx, clientv3.WithSerializable()); err != nil {
+		// gRPC hides a failed TLS handshake behind the deadline; redo one
+		// handshake ourselves so the error names the certificate problem.
+		if herr := diagnoseTLS(cfg); herr != nil {
+			return fmt.Errorf("etcdkit: connect to %v: %w (%w)", cfg.Endpoints, err, herr)
+		}
 		return fmt.Errorf("etcdkit: connect to %v: %w", cfg.Endpoints, err)
 	}
+	return nil
+}
+
+// diagnoseTLS handshakes with the first endpoint using cfg.TLS and returns
+// the handshake's error, if any.
+func diagnoseTLS(cfg Config) error {
+	if cfg.TLS == nil {
+		return nil
+	}
+	addr := cfg.Endpoints[0]
+	if i := strings.Index(addr, "://"); i >= 0 {
+		addr = addr[i+3:]
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil
+	}
+	tc := cfg.TLS.Clone()
+	if tc.ServerName == "" {
+		tc.ServerName = host
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
+	defer cancel()
+	d := tls.Dialer{Config: tc}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("TLS handshake with %s: %w", addr, err)
+	}
+	_ = conn.Close()
 	return nil
 }
 
@@ -304,8 +341,10 @@ func (c *Client) spawn(f func()) bool {
 // closed reports whether Close was called.
 func (c *Client) closed() bool { return c.life.Err() != nil }
 
-// opContext derives the context of one request: it ends when ctx ends, when
-// the client is closed, and after RequestTimeout if ctx has no deadline.
+// opContext derives the context of one request: ctx itself if it has a
+// deadline, else ctx bounded by RequestTimeout. Requests in flight when the
+// client is closed end because Close closes the connection; requests made
+// after Close fail with ErrClosed at once.
 func (c *Client) opContext(ctx context.Context) (context.Context, context.CancelFunc, error) {
 	if c.closed() {
 		return nil, nil, ErrClosed
@@ -313,14 +352,11 @@ func (c *Client) opContext(ctx context.Context) (context.Context, context.Cancel
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
-	var cancel context.CancelFunc
 	if _, ok := ctx.Deadline(); ok {
-		ctx, cancel = context.WithCancel(ctx)
-	} else {
-		ctx, cancel = context.WithTimeout(ctx, c.cfg.RequestTimeout)
+		return ctx, func() {}, nil
 	}
-	stop := context.AfterFunc(c.life, cancel)
-	return ctx, func() { stop(); cancel() }, nil
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	return ctx, cancel, nil
 }
 
 // handleContext derives the context that bounds a long-lived handle: it ends

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // maxUpdateAttempts bounds Update's read-modify-write loop under contention.
@@ -270,9 +273,13 @@ func decodeKV[T any](name string, codec Codec[T], kv *mvccpb.KeyValue) (Value[T]
 	return v, nil
 }
 
-// mapServerError turns etcd's "request is too large" into ErrTooLarge.
+// mapServerError turns the size limits of the server ("request is too
+// large") and of gRPC ("message larger than max") into ErrTooLarge.
 func mapServerError(err error) error {
 	if errors.Is(err, rpctypes.ErrRequestTooLarge) {
+		return fmt.Errorf("%w: %w", ErrTooLarge, err)
+	}
+	if s, ok := status.FromError(err); ok && s.Code() == codes.ResourceExhausted && strings.Contains(s.Message(), "larger than max") {
 		return fmt.Errorf("%w: %w", ErrTooLarge, err)
 	}
 	return err

@@ -1,0 +1,90 @@
+package etcdkit_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/etcdkit/etcdkit"
+	"github.com/etcdkit/etcdkit/etcdtest"
+)
+
+// The typed benchmarks and their raw clientv3 twins use the same server, the
+// same key, the same JSON value and the same context, so the ratio measures
+// only what etcdkit adds per request. The context carries a deadline, as a
+// production caller's would: with a deadline-less context etcdkit adds its
+// RequestTimeout, which costs a timer on both sides of the connection.
+var benchValue = limits{MaxConns: 100, Mode: "strict"}
+
+func benchContext(b *testing.B) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	b.Cleanup(cancel)
+	return ctx
+}
+
+func BenchmarkKeyPut(b *testing.B) {
+	srv := etcdtest.Start(b)
+	c := testClient(b, []string{srv.Endpoint()}, "bench")
+	k := etcdkit.NewKey(c, "put", etcdkit.JSON[limits]())
+	ctx := benchContext(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := k.Put(ctx, benchValue); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkRawPut(b *testing.B) {
+	srv := etcdtest.Start(b)
+	raw := srv.Client(b)
+	ctx := benchContext(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		data, err := json.Marshal(benchValue)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := raw.Put(ctx, "bench/put", string(data)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkKeyGet(b *testing.B) {
+	srv := etcdtest.Start(b)
+	c := testClient(b, []string{srv.Endpoint()}, "bench")
+	k := etcdkit.NewKey(c, "get", etcdkit.JSON[limits]())
+	ctx := benchContext(b)
+	if _, err := k.Put(ctx, benchValue); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := k.Get(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkRawGet(b *testing.B) {
+	srv := etcdtest.Start(b)
+	raw := srv.Client(b)
+	ctx := benchContext(b)
+	data, _ := json.Marshal(benchValue)
+	if _, err := raw.Put(ctx, "bench/get", string(data)); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		resp, err := raw.Get(ctx, "bench/get")
+		if err != nil {
+			b.Fatal(err)
+		}
+		var v limits
+		if err := json.Unmarshal(resp.Kvs[0].Value, &v); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
