@@ -224,7 +224,10 @@ func TestKeyDecodeErrors(t *testing.T) {
 	for name, get := range map[string]func() error{
 		"json":   func() error { _, err := etcdkit.NewKey(c, "cfg", etcdkit.JSON[limits]()).Get(ctx); return err },
 		"string": func() error { _, err := etcdkit.NewKey(c, "cfg", etcdkit.String()).Get(ctx); return err },
-		"proto":  func() error { _, err := etcdkit.NewKey(c, "cfg", etcdkit.Proto[*wrapperspb.StringValue]()).Get(ctx); return err },
+		"proto": func() error {
+			_, err := etcdkit.NewKey(c, "cfg", etcdkit.Proto[*wrapperspb.StringValue]()).Get(ctx)
+			return err
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			err := get()
