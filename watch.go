@@ -1,0 +1,324 @@
+package etcdkit
+
+import (
+	"context"
+	"sync"
+)
+
+// EventType says what a change did to a key. The zero value is not a valid
+// event type.
+type EventType int
+
+const (
+	// Put means the key was created or its value replaced.
+	Put EventType = iota + 1
+	// Delete means the key was removed.
+	Delete
+)
+
+// String returns "Put" or "Delete".
+func (t EventType) String() string {
+	switch t {
+	case Put:
+		return "Put"
+	case Delete:
+		return "Delete"
+	}
+	return "EventType(invalid)"
+}
+
+// Event is one change delivered by a Watch.
+type Event[T any] struct {
+	// Type is Put or Delete.
+	Type EventType
+	// Name is the key's name: relative to the prefix for a Prefix watch or a
+	// Cache, the key's own name (relative to the namespace) for a Key watch.
+	Name string
+	// Value is the decoded value of a Put; the zero value for a Delete or
+	// when Err is set.
+	Value T
+	// Revision orders events: the key's mod revision for a Put (the revision
+	// of the write, also for Initial and Resync puts), the revision of the
+	// deletion for a Delete, and for a Resync delete the revision at which
+	// the state was re-read (the deletion happened at or before it).
+	// Revisions never decrease along a watch; the events of one transaction
+	// share a revision and are delivered together.
+	Revision int64
+	// CreateRevision, Version and Lease are the key's metadata after a Put,
+	// as in Value; zero for a Delete.
+	CreateRevision, Version, Lease int64
+	// Initial marks the current state delivered first by WithInitial.
+	Initial bool
+	// Resync marks an event produced by re-reading the state after the
+	// revisions needed were compacted, rather than read from etcd's history:
+	// the changes in between are summed up, so that after the Resync events
+	// of one revision the subscriber holds the current state, deletes
+	// included. A Resync event may restate a value the subscriber already
+	// has.
+	Resync bool
+	// Err is a *DecodeError when the stored bytes of a Put did not decode.
+	// The event is still delivered (Value is then the zero value), so that
+	// nothing is lost and revisions stay contiguous.
+	Err error
+}
+
+// WatchState is the state of the stream behind a Watch or Cache.
+type WatchState int
+
+const (
+	// WatchConnecting: the watch has not yet been established.
+	WatchConnecting WatchState = iota
+	// WatchConnected: an etcd watch is established and events flow.
+	WatchConnected
+	// WatchSuspended: the link broke (a stall, a lost connection, a member
+	// without leader) and the engine is re-establishing the watch, on
+	// another member if there is one. Nothing is lost meanwhile.
+	WatchSuspended
+	// WatchClosed: the watch has ended; see Err.
+	WatchClosed
+)
+
+// String returns the state's name.
+func (s WatchState) String() string {
+	switch s {
+	case WatchConnecting:
+		return "Connecting"
+	case WatchConnected:
+		return "Connected"
+	case WatchSuspended:
+		return "Suspended"
+	case WatchClosed:
+		return "Closed"
+	}
+	return "WatchState(invalid)"
+}
+
+// Watch is a subscription to the changes of a key or a prefix, made by
+// Key.Watch, Prefix.Watch or Cache.Subscribe. It delivers every change once,
+// in revision order, whatever happens to the link: it resumes after a
+// broken, reset, silent or leaderless link from the revision after the last
+// one it delivered, on another member when there is one, and it turns a
+// compacted gap into Resync events.
+//
+// Events are received from Events. A Watch ends when the ctx it was made with
+// ends, when Close or Client.Close is called, or on a failure that retrying
+// cannot cure (such as a permission denied); then Err is set, Events is
+// closed, and Done is closed, in that order. It never ends because of the
+// network.
+//
+// Watches of one Client on the same key, or on the same prefix, share one
+// etcd watch. Each has its own buffer (WithBufferSize, 1024 events by
+// default): a subscriber that does not keep up never slows the others and
+// never makes memory grow. When its buffer is full it is unhooked from the
+// shared stream; once its reader has drained half of the buffer it catches up
+// on its own from the first revision it is missing, through its own etcd
+// watch, or, if that history has been compacted meanwhile, with Resync
+// events; then it rejoins the shared stream. Nothing is dropped.
+//
+// A Watch is safe for concurrent use.
+type Watch[T any] struct {
+	events chan Event[T]
+	ready  <-chan struct{}
+	done   chan struct{}
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	stop   func() bool
+	state  func() WatchState
+	err    error // set before done is closed
+	once   sync.Once
+}
+
+// Events returns the channel of changes. It is unbuffered: the Watch's own
+// buffer lies behind it. It is closed when the Watch ends, after Err has been
+// set.
+func (w *Watch[T]) Events() <-chan Event[T] { return w.events }
+
+// Ready is closed once the watch's start revision is fixed: for a watch from
+// now, every change committed after Ready is closed is delivered (a change
+// committed between Watch and Ready may or may not be). With AfterRevision or
+// WithInitial the start is exact anyway. Ready is also closed when the watch
+// ends.
+func (w *Watch[T]) Ready() <-chan struct{} { return w.ready }
+
+// Done is closed when the watch has ended, after Err is set and Events is
+// closed.
+func (w *Watch[T]) Done() <-chan struct{} { return w.done }
+
+// Err returns why the watch ended once Done is closed, nil before: the ctx's
+// cause (context.Canceled or context.DeadlineExceeded) when its ctx ended,
+// ErrClosed after Close or Client.Close, or the failure that ended it.
+func (w *Watch[T]) Err() error {
+	select {
+	case <-w.done:
+		return w.err
+	default:
+		return nil
+	}
+}
+
+// State reports the state of the stream that feeds the watch.
+func (w *Watch[T]) State() WatchState {
+	select {
+	case <-w.done:
+		return WatchClosed
+	default:
+		return w.state()
+	}
+}
+
+// Close ends the watch (Err then reports ErrClosed unless it had already
+// ended) and returns once its goroutines have finished. It is idempotent and
+// returns nil.
+func (w *Watch[T]) Close() error {
+	w.cancel(ErrClosed)
+	<-w.done
+	return nil
+}
+
+// newWatch makes a Watch bounded by ctx and by c's life.
+func newWatch[T any](ctx context.Context, c *Client) *Watch[T] {
+	w := &Watch[T]{events: make(chan Event[T]), done: make(chan struct{})}
+	w.ctx, w.cancel = context.WithCancelCause(ctx)
+	w.stop = context.AfterFunc(c.life, func() { w.cancel(ErrClosed) })
+	return w
+}
+
+// endedWatch returns a Watch that has already ended with err.
+func endedWatch[T any](err error) *Watch[T] {
+	w := &Watch[T]{events: make(chan Event[T]), done: make(chan struct{})}
+	w.ctx, w.cancel = context.WithCancelCause(context.Background())
+	w.stop = func() bool { return true }
+	w.state = func() WatchState { return WatchClosed }
+	ready := make(chan struct{})
+	close(ready)
+	w.ready = ready
+	w.finish(err)
+	return w
+}
+
+// finish records the cause, closes Events, then Done.
+func (w *Watch[T]) finish(err error) {
+	w.once.Do(func() {
+		w.stop()
+		w.cancel(err)
+		w.err = err
+		close(w.events)
+		close(w.done)
+	})
+}
+
+// cause returns why the watch is ending: ctx's cause if it ended, else err.
+func (w *Watch[T]) cause(err error) error {
+	if w.ctx.Err() != nil {
+		return context.Cause(w.ctx)
+	}
+	return err
+}
+
+// send hands e to the reader, and reports false if the watch is ending.
+func (w *Watch[T]) send(e Event[T]) bool {
+	select {
+	case w.events <- e:
+		return true
+	case <-w.ctx.Done():
+		return false
+	}
+}
+
+// Watch subscribes to the changes of the key, from now unless an option says
+// otherwise (see AfterRevision, WithInitial, WithBufferSize). It does not
+// block: ctx bounds the life of the returned Watch, not the call. Event
+// names are the key's name. An invalid key or option yields a Watch that has
+// already ended with the error.
+func (k *Key[T]) Watch(ctx context.Context, opts ...WatchOption) *Watch[T] {
+	if k.err != nil {
+		return endedWatch[T](k.err)
+	}
+	codec, name := k.codec, k.name
+	t := watchTarget{key: k.path, strip: len(k.c.ns)}
+	return hubWatch(ctx, k.c, t, opts, func(re *rawEvent) Event[T] { return decodeEvent(codec, name, re) })
+}
+
+// Watch subscribes to the changes of every key under the prefix, from now
+// unless an option says otherwise (see AfterRevision, WithInitial,
+// WithBufferSize). It does not block: ctx bounds the life of the returned
+// Watch, not the call. Event names are relative to the prefix. An invalid
+// prefix or option yields a Watch that has already ended with the error.
+func (p *Prefix[T]) Watch(ctx context.Context, opts ...WatchOption) *Watch[T] {
+	if p.err != nil {
+		return endedWatch[T](p.err)
+	}
+	return hubWatch(ctx, p.c, p.target(), opts, p.decoder())
+}
+
+func (p *Prefix[T]) target() watchTarget {
+	return watchTarget{key: p.path, prefix: true, strip: len(p.path)}
+}
+
+func (p *Prefix[T]) decoder() func(*rawEvent) Event[T] {
+	codec, name := p.codec, p.name
+	return func(re *rawEvent) Event[T] { return decodeEvent(codec, joinName(name, re.name), re) }
+}
+
+// hubWatch starts a typed Watch over a hub subscriber.
+func hubWatch[T any](ctx context.Context, c *Client, t watchTarget, opts []WatchOption, decode func(*rawEvent) Event[T]) *Watch[T] {
+	cfg := newWatchConfig(opts)
+	if err := cfg.err(); err != nil {
+		return endedWatch[T](err)
+	}
+	if c.closed() {
+		return endedWatch[T](ErrClosed)
+	}
+	h := c.watchHub()
+	w := newWatch[T](ctx, c)
+	s := newSub(h, t, cfg, w.ctx)
+	w.ready, w.state = s.ready, s.State
+	if !h.join(s) {
+		s.cancel()
+		w.finish(ErrClosed)
+		return w
+	}
+	if !c.spawn(func() { w.run(s, decode) }) {
+		s.close()
+		w.finish(ErrClosed)
+	}
+	return w
+}
+
+// run hands the subscriber's events to the reader until the watch ends.
+func (w *Watch[T]) run(s *sub, decode func(*rawEvent) Event[T]) {
+	var err error
+	defer func() {
+		s.close()
+		w.finish(w.cause(err))
+	}()
+	if err = s.start(); err != nil {
+		return
+	}
+	for {
+		var b batch
+		if b, err = s.pop(w.ctx); err != nil {
+			return
+		}
+		for _, re := range b.events {
+			if !w.send(decode(re)) {
+				return
+			}
+		}
+	}
+}
+
+// decodeEvent makes a typed event; name is the key's name for errors.
+func decodeEvent[T any](codec Codec[T], name string, re *rawEvent) Event[T] {
+	e := Event[T]{Type: re.typ, Name: re.name, Revision: re.rev, CreateRevision: re.create,
+		Version: re.version, Lease: re.lease, Initial: re.initial, Resync: re.resync}
+	if re.typ == Put {
+		v, err := codec.Decode(re.value)
+		if err != nil {
+			e.Err = &DecodeError{Key: name, Revision: re.rev, Err: err}
+		} else {
+			e.Value = v
+		}
+	}
+	return e
+}

@@ -1,0 +1,194 @@
+package etcdkit
+
+import (
+	"context"
+	"maps"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.uber.org/zap"
+)
+
+// watchHub shares etcd watches among the subscribers of one Client: every
+// Watch on the same key, or on the same prefix, is served by one feed, which
+// runs one etcd watch however many subscribers it has.
+type watchHub struct {
+	once  sync.Once
+	c     *Client
+	epoch time.Time
+
+	mu    sync.Mutex
+	feeds map[feedKey]*feed
+	links map[uint64]*link
+
+	// watches counts the etcd watches open right now, shared or not.
+	watches atomic.Int64
+}
+
+type feedKey struct {
+	key    string
+	prefix bool
+}
+
+// watchHub returns the client's watch hub, made on first use.
+func (c *Client) watchHub() *watchHub {
+	c.hub.once.Do(func() {
+		c.hub.c = c
+		c.hub.epoch = time.Now()
+		c.hub.feeds = make(map[feedKey]*feed)
+		c.hub.links = make(map[uint64]*link)
+	})
+	return &c.hub
+}
+
+// now is a monotonic clock in nanoseconds.
+func (h *watchHub) now() int64 { return int64(time.Since(h.epoch)) }
+
+// join registers s with the feed of its target, starting the feed if s is
+// its first subscriber. The feed lives until its last subscriber leaves.
+func (h *watchHub) join(s *sub) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	k := feedKey{s.target.key, s.target.prefix}
+	f := h.feeds[k]
+	if f == nil {
+		f = &feed{h: h, target: s.target, members: make(map[*sub]struct{})}
+		f.stream = &stream{h: h, target: s.target, handler: f}
+		f.ctx, f.cancel = context.WithCancel(h.c.life)
+		if !h.c.spawn(f.run) {
+			f.cancel()
+			return false
+		}
+		h.feeds[k] = f
+	}
+	f.refs++
+	s.feed = f
+	f.mu.Lock()
+	f.members[s] = struct{}{}
+	if f.err != nil {
+		s.fail(f.err)
+	} else if f.up {
+		s.feedReady(f)
+	}
+	f.mu.Unlock()
+	return true
+}
+
+// leave unregisters s; the feed's etcd watch ends with its last subscriber.
+func (h *watchHub) leave(s *sub) {
+	f := s.feed
+	h.mu.Lock()
+	f.refs--
+	if f.refs == 0 {
+		f.cancel()
+		if h.feeds[feedKey{f.target.key, f.target.prefix}] == f {
+			delete(h.feeds, feedKey{f.target.key, f.target.prefix})
+		}
+	}
+	h.mu.Unlock()
+	f.mu.Lock()
+	delete(f.members, s)
+	f.mu.Unlock()
+}
+
+// feed is the shared stream of one key or prefix. It reads the state's
+// names and mod revisions once, then follows one etcd watch, and fans every
+// batch out to the subscribers hooked to it. It keeps that name -> mod
+// revision state up to date, which is what a resync after a compaction is
+// diffed against and what a subscriber unhooked for being slow takes with it.
+type feed struct {
+	h      *watchHub
+	target watchTarget
+	stream *stream
+	ctx    context.Context
+	cancel context.CancelFunc
+	refs   int // guarded by h.mu
+
+	mu      sync.Mutex
+	up      bool             // the first read is done and next is known
+	next    int64            // every revision below next has been fanned out
+	state   map[string]int64 // name -> mod revision at next-1
+	members map[*sub]struct{}
+	err     error // terminal failure
+}
+
+func (f *feed) run() {
+	kvs, rev, err := f.h.read(f.ctx, f.target, 0, true)
+	if err != nil {
+		f.end(err)
+		return
+	}
+	f.mu.Lock()
+	f.state = stateOf(f.target, kvs)
+	f.next = rev + 1
+	f.stream.next = rev + 1
+	f.up = true
+	for s := range f.members {
+		s.feedReady(f)
+	}
+	f.mu.Unlock()
+	f.end(f.stream.run(f.ctx))
+}
+
+// end fails every subscriber with err, unless the feed was just stopped.
+func (f *feed) end(err error) {
+	if f.ctx.Err() != nil || err == nil {
+		return
+	}
+	f.h.c.log.Debug("watch feed failed", zap.Stringer("target", f.target), zap.Error(err))
+	// Later subscribers get a feed of their own, which tries again.
+	f.h.mu.Lock()
+	if k := (feedKey{f.target.key, f.target.prefix}); f.h.feeds[k] == f {
+		delete(f.h.feeds, k)
+	}
+	f.h.mu.Unlock()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.err = err
+	for s := range f.members {
+		s.fail(err)
+	}
+}
+
+func (f *feed) ready(context.Context) error { return nil }
+
+func (f *feed) deliver(bs []batch) action {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, b := range bs {
+		f.fanOut(b)
+		applyState(f.state, b)
+		f.next = b.next
+	}
+	return proceed
+}
+
+func (f *feed) resync(kvs []*mvccpb.KeyValue, rev int64) action {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, st := diffState(f.target, f.state, kvs, rev, 0)
+	f.fanOut(b)
+	f.state = st
+	f.next = b.next
+	return proceed
+}
+
+// fanOut offers b to every hooked subscriber. It never blocks: a subscriber
+// without room is unhooked and catches up on its own. The caller holds f.mu.
+func (f *feed) fanOut(b batch) {
+	lag := 0
+	for s := range f.members {
+		if n := s.offer(f, b); n > lag {
+			lag = n
+		}
+	}
+	if len(b.events) > 0 {
+		f.h.c.cfg.Metrics.Set(MetricSubscriberLag, float64(lag))
+	}
+}
+
+// snapshot copies the feed's state, for a subscriber leaving it at f.next.
+// The caller holds f.mu.
+func (f *feed) snapshot() map[string]int64 { return maps.Clone(f.state) }

@@ -1,0 +1,146 @@
+package etcdkit
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/connectivity"
+)
+
+// link watches over one generation of the stream connection while etcd
+// watches run on it. gRPC keepalive cannot notice a silent link in less than
+// 10 s (its floor), so the link asks the server for a progress notification
+// whenever the connection has been quiet for a while; every watch on the
+// connection shares one gRPC stream, and etcd answers a progress request on
+// it, so any message counts as a sign of life. No message within
+// Config.StallTimeout of a request means the link is stalled: the whole
+// connection is dropped and every stream moves to the next member together.
+// A connection that goes down, or that does not come up within StallTimeout,
+// is dropped the same way, so that the streams re-watch from their own
+// positions rather than letting clientv3 resume them.
+type link struct {
+	h    *watchHub
+	conn *clientv3.Client
+	gen  uint64
+	refs int // guarded by h.mu
+
+	// lastRecv is when the last message arrived on any watch of the link,
+	// in nanoseconds since h.epoch.
+	lastRecv atomic.Int64
+	poked    atomic.Bool
+	stop     chan struct{}
+}
+
+// touch records a sign of life.
+func (l *link) touch() { l.lastRecv.Store(l.h.now()) }
+
+// poke asks for a progress notification soon, even if the link is busy.
+func (l *link) poke() { l.poked.Store(true) }
+
+// acquireLink returns the link of conn's generation, starting its monitor if
+// it is the first user. Release it with releaseLink.
+func (h *watchHub) acquireLink(conn *clientv3.Client, gen uint64) *link {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.links[gen]
+	if l == nil {
+		l = &link{h: h, conn: conn, gen: gen, stop: make(chan struct{})}
+		l.touch()
+		h.links[gen] = l
+		h.c.spawn(l.monitor)
+	}
+	l.refs++
+	return l
+}
+
+func (h *watchHub) releaseLink(l *link) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l.refs--
+	if l.refs == 0 {
+		close(l.stop)
+		if h.links[l.gen] == l {
+			delete(h.links, l.gen)
+		}
+	}
+}
+
+// Timing of the monitor, derived from StallTimeout (2s by default: a probe
+// after 500ms of silence, checks every 100ms, so a link that goes silent is
+// declared stalled within 2.6s).
+func linkTiming(stall time.Duration) (idle, tick time.Duration) {
+	idle = stall / 4
+	tick = min(max(stall/20, 5*time.Millisecond), 100*time.Millisecond)
+	return idle, tick
+}
+
+func (l *link) monitor() {
+	c := l.h.c
+	stall := c.cfg.StallTimeout
+	idle, tick := linkTiming(stall)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	cc := l.conn.ActiveConnection()
+	everReady := false
+	since := l.h.now() // start of the current not-ready spell
+	var sentAt int64 = -1
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-c.life.Done():
+			return
+		case <-t.C:
+		}
+		now := l.h.now()
+		if st := cc.GetState(); st != connectivity.Ready {
+			if everReady {
+				l.fail("stream connection lost", zap.Stringer("state", st))
+				return
+			}
+			if time.Duration(now-since) >= stall {
+				l.fail("stream connection did not come up", zap.Stringer("state", st))
+				return
+			}
+			continue
+		}
+		everReady = true
+		last := l.lastRecv.Load()
+		if sentAt >= 0 && last >= sentAt {
+			sentAt = -1
+		}
+		if sentAt >= 0 {
+			if time.Duration(now-sentAt) >= stall {
+				c.cfg.Metrics.Add(MetricWatchStalls, 1)
+				l.fail("stream connection stalled", zap.Duration("silent", time.Duration(now-last)))
+				return
+			}
+			continue
+		}
+		if time.Duration(now-last) >= idle || l.poked.Swap(false) {
+			sentAt = now
+			l.requestProgress(tick)
+		}
+	}
+}
+
+// requestProgress asks the server for a progress notification on the gRPC
+// stream the watches share: clientv3 picks the stream by the context's
+// metadata, which WithRequireLeader sets as it does for the watches. The
+// request is only queued; if clientv3 cannot even queue it within wait, the
+// stream is not taking requests, which the stall deadline covers as well.
+func (l *link) requestProgress(wait time.Duration) {
+	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(l.h.c.life), wait)
+	defer cancel()
+	if err := l.conn.RequestProgress(ctx); err != nil {
+		l.h.c.log.Debug("watch progress request not sent", zap.Uint64("generation", l.gen), zap.Error(err))
+	}
+}
+
+func (l *link) fail(msg string, fields ...zap.Field) {
+	l.h.c.log.Debug(msg, append(fields, zap.Uint64("generation", l.gen))...)
+	l.h.c.streams.fail(l.gen)
+}

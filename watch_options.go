@@ -1,0 +1,97 @@
+package etcdkit
+
+import (
+	"errors"
+	"fmt"
+)
+
+// DefaultWatchBuffer is the number of events a subscriber may have waiting
+// before it is unhooked from the shared stream (see WithBufferSize).
+const DefaultWatchBuffer = 1024
+
+// A WatchOption changes where a watch starts or how much it may buffer. Pass
+// options to Key.Watch, Prefix.Watch and Cache.Subscribe. The interface is
+// sealed: only this package provides options.
+type WatchOption interface {
+	applyWatch(*watchConfig)
+}
+
+type watchConfig struct {
+	after    int64 // deliver changes with revision > after; -1 when unset
+	initial  bool
+	buffer   int
+	errs     []error
+	setAfter bool
+}
+
+func newWatchConfig(opts []WatchOption) watchConfig {
+	cfg := watchConfig{after: -1, buffer: DefaultWatchBuffer}
+	for _, o := range opts {
+		if o == nil {
+			cfg.errs = append(cfg.errs, errors.New("etcdkit: watch: nil option"))
+			continue
+		}
+		o.applyWatch(&cfg)
+	}
+	if cfg.setAfter && cfg.initial {
+		cfg.errs = append(cfg.errs, errors.New("etcdkit: watch: AfterRevision and WithInitial cannot be combined"))
+	}
+	return cfg
+}
+
+// err reports the first invalid option, or nil.
+func (cfg watchConfig) err() error {
+	if len(cfg.errs) > 0 {
+		return cfg.errs[0]
+	}
+	return nil
+}
+
+type watchOptionFunc func(*watchConfig)
+
+func (f watchOptionFunc) applyWatch(cfg *watchConfig) { f(cfg) }
+
+// AfterRevision starts the watch after revision rev: it delivers every change
+// whose revision is greater than rev, in order, each once, including changes
+// made before Watch was called. Pass the revision returned by a write or a
+// List to continue exactly where that left off. If those revisions are
+// compacted, the watch reports the keys that changed after rev as Resync
+// events; deletions after rev can then be reported only if the state at rev
+// could still be read when the watch started (always for a Key). rev must not
+// be negative; AfterRevision(0) delivers the whole retained history.
+// It cannot be combined with WithInitial.
+func AfterRevision(rev int64) WatchOption {
+	return watchOptionFunc(func(cfg *watchConfig) {
+		if rev < 0 {
+			cfg.errs = append(cfg.errs, fmt.Errorf("etcdkit: watch: AfterRevision(%d): negative revision", rev))
+			return
+		}
+		cfg.after, cfg.setAfter = rev, true
+	})
+}
+
+// WithInitial starts the watch with the current state: one Put event flagged
+// Initial per existing key (sorted by name), all read at one revision R, then
+// every change after R. There is no gap and no overlap between the two.
+// For Cache.Subscribe it means the cache's current contents. It cannot be
+// combined with AfterRevision.
+func WithInitial() WatchOption {
+	return watchOptionFunc(func(cfg *watchConfig) { cfg.initial = true })
+}
+
+// WithBufferSize sets how many events the subscriber may have waiting, not
+// yet received from Events, before it is unhooked from the shared stream.
+// An unhooked subscriber loses nothing: once it has read half of its backlog
+// it catches up on its own from the revision where it was unhooked (see
+// Watch). The buffer always admits one whole revision, however many events a
+// transaction or a resync holds. n must be positive; the default is
+// DefaultWatchBuffer.
+func WithBufferSize(n int) WatchOption {
+	return watchOptionFunc(func(cfg *watchConfig) {
+		if n <= 0 {
+			cfg.errs = append(cfg.errs, fmt.Errorf("etcdkit: watch: WithBufferSize(%d): size must be positive", n))
+			return
+		}
+		cfg.buffer = n
+	})
+}

@@ -1,0 +1,423 @@
+package etcdkit
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+)
+
+// subMode is where a subscriber's events come from.
+type subMode int
+
+const (
+	// subWaiting: the start revision is not fixed yet (the feed's first read
+	// or the subscriber's initial read is under way).
+	subWaiting subMode = iota
+	// subHooked: the feed fans its batches out to the subscriber.
+	subHooked
+	// subCatching: the subscriber is behind the feed (it started behind it,
+	// or was unhooked for being slow) and follows its own etcd watch until it
+	// reaches the feed's position, then hooks itself back.
+	subCatching
+	// subEnded: the subscriber left.
+	subEnded
+)
+
+// sub is one subscriber of the hub: a bounded queue of batches between the
+// stream that feeds it and the goroutine that hands events to the user.
+//
+// Slow subscribers: the queue holds up to capacity events (always at least
+// one whole batch). When the feed finds no room for a batch it unhooks the
+// subscriber, which keeps what it has queued and the feed's name -> mod
+// revision state at that point. Once the user has read half of the backlog,
+// the subscriber's own catch-up stream re-watches from the first revision it
+// is missing, with the same flow control (it stops its etcd watch whenever
+// the queue is full, rather than let clientv3 buffer), and resyncs from that
+// state if the revisions were compacted meanwhile. When its position reaches
+// the feed's, it hooks itself back. Nothing is dropped, nothing waits for it.
+type sub struct {
+	h        *watchHub
+	target   watchTarget
+	cfg      watchConfig
+	capacity int
+	feed     *feed
+	ctx      context.Context
+	cancel   context.CancelFunc
+	ready    chan struct{}
+	// readyOnce guards closing ready.
+	readyOnce sync.Once
+	// wg tracks the catch-up goroutine.
+	wg sync.WaitGroup
+
+	mu         sync.Mutex
+	mode       subMode
+	armed      bool // the start is decided: the feed may position and hook it
+	positioned bool // enq and from are set
+	q          []batch
+	queued     int   // events in q
+	enq        int64 // position after the last batch queued
+	from       int64 // the start: no resync put below it is queued
+	// baseline is the name -> mod revision state at enq-1, kept while the
+	// subscriber is not hooked so that a resync can be diffed against it;
+	// nil when unknown.
+	baseline map[string]int64
+	// needBase asks the catch-up stream to read the baseline first
+	// (AfterRevision).
+	needBase bool
+	catch    *stream
+	err      error
+	wake     chan struct{} // a batch was queued, or err was set
+	space    chan struct{} // the queue went down to half
+}
+
+func newSub(h *watchHub, t watchTarget, cfg watchConfig, ctx context.Context) *sub {
+	s := &sub{h: h, target: t, cfg: cfg, capacity: cfg.buffer,
+		ready: make(chan struct{}), wake: make(chan struct{}, 1), space: make(chan struct{}, 1)}
+	s.ctx, s.cancel = context.WithCancel(ctx)
+	// A watch from now is armed at once, so that its start is the feed's
+	// position when Watch is called if the feed is up.
+	s.armed = !cfg.initial && cfg.after < 0
+	return s
+}
+
+func (s *sub) markReady() { s.readyOnce.Do(func() { close(s.ready) }) }
+
+// start fixes the start of a subscriber with an explicit start point and
+// hands it to the feed. It runs on the subscriber's goroutine.
+func (s *sub) start() error {
+	if s.armed {
+		return nil
+	}
+	if s.cfg.initial {
+		kvs, rev, err := s.h.read(s.ctx, s.target, 0, false)
+		if err != nil {
+			return err
+		}
+		evs := make([]*rawEvent, len(kvs))
+		for i, kv := range kvs {
+			evs[i] = &rawEvent{typ: Put, name: s.target.name(kv.Key), value: kv.Value, rev: kv.ModRevision,
+				create: kv.CreateRevision, version: kv.Version, lease: kv.Lease, initial: true}
+		}
+		s.mu.Lock()
+		s.baseline = stateOf(s.target, kvs)
+		s.push(batch{events: evs, next: rev + 1})
+		s.from = rev + 1
+		s.mu.Unlock()
+	} else {
+		s.mu.Lock()
+		s.enq, s.from, s.needBase = s.cfg.after+1, s.cfg.after+1, true
+		s.mu.Unlock()
+	}
+	f := s.feed
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s.mu.Lock()
+	s.armed, s.positioned = true, true
+	s.mu.Unlock()
+	s.markReady()
+	if f.err != nil {
+		s.fail(f.err)
+	} else if f.up {
+		s.feedReady(f)
+	}
+	return nil
+}
+
+// feedReady positions and hooks an armed subscriber once the feed knows its
+// position, or starts its catch-up if it starts behind. The caller holds
+// f.mu.
+func (s *sub) feedReady(f *feed) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.armed || s.mode != subWaiting {
+		return
+	}
+	if !s.positioned {
+		s.enq, s.from, s.positioned = f.next, f.next, true
+		s.mode = subHooked
+		s.markReady()
+		return
+	}
+	if s.enq >= f.next {
+		s.mode = subHooked
+		s.baseline = nil
+		return
+	}
+	s.startCatchUp()
+}
+
+// offer queues b if the subscriber is hooked and has room, unhooks it if it
+// has none, and returns the number of events it has waiting. The caller
+// holds f.mu.
+func (s *sub) offer(f *feed, b batch) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mode != subHooked || b.next <= s.enq {
+		return s.queued
+	}
+	evs := s.filter(b.events)
+	if len(evs) == 0 {
+		s.pushProgress(b.next)
+		return s.queued
+	}
+	if s.queued > 0 && s.queued+len(evs) > s.capacity {
+		s.baseline = f.snapshot()
+		s.startCatchUp()
+		return s.queued
+	}
+	s.push(batch{events: evs, next: b.next})
+	return s.queued
+}
+
+// filter drops resync puts below the subscriber's start: the value they
+// carry was already current before the start. The caller holds s.mu.
+func (s *sub) filter(evs []*rawEvent) []*rawEvent {
+	if len(evs) == 0 || !evs[0].resync && !evs[len(evs)-1].resync {
+		return evs
+	}
+	out := make([]*rawEvent, 0, len(evs))
+	for _, e := range evs {
+		if e.resync && e.typ == Put && e.rev < s.from {
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// push queues b whatever its size. The caller holds s.mu.
+func (s *sub) push(b batch) {
+	s.q = append(s.q, b)
+	s.queued += len(b.events)
+	s.enq = b.next
+	signal(s.wake)
+}
+
+// pushProgress moves the position without events, merging with a trailing
+// progress batch so that progress never fills the queue. The caller holds
+// s.mu.
+func (s *sub) pushProgress(next int64) {
+	if n := len(s.q); n > 0 && len(s.q[n-1].events) == 0 {
+		s.q[n-1].next = next
+	} else {
+		s.q = append(s.q, batch{next: next})
+	}
+	s.enq = next
+	signal(s.wake)
+}
+
+// startCatchUp unhooks the subscriber and starts its own stream from enq.
+// The caller holds s.mu (and f.mu when called by the feed).
+func (s *sub) startCatchUp() {
+	s.mode = subCatching
+	st := &stream{h: s.h, target: s.target, next: s.enq}
+	st.handler = catchUp{s}
+	s.catch = st
+	needBase := s.needBase && s.baseline == nil
+	s.needBase = false
+	s.wg.Add(1)
+	if !s.h.c.spawn(func() {
+		defer s.wg.Done()
+		s.runCatchUp(st, needBase)
+	}) {
+		s.wg.Done()
+		s.failLocked(ErrClosed)
+	}
+}
+
+func (s *sub) runCatchUp(st *stream, needBase bool) {
+	if needBase {
+		base := map[string]int64{}
+		if rev := st.next - 1; rev > 0 {
+			kvs, _, err := s.h.read(s.ctx, s.target, rev, true)
+			switch {
+			case err == nil:
+				base = stateOf(s.target, kvs)
+			case errors.Is(err, rpctypes.ErrCompacted):
+				base = nil // unknowable: resyncs report changes only
+			default:
+				s.fail(err)
+				return
+			}
+		}
+		s.mu.Lock()
+		s.baseline = base
+		s.mu.Unlock()
+	}
+	if err := st.run(s.ctx); err != nil && s.ctx.Err() == nil {
+		s.fail(err)
+	}
+}
+
+// catchUp is the handler of a subscriber's own stream.
+type catchUp struct{ s *sub }
+
+func (h catchUp) ready(ctx context.Context) error {
+	s := h.s
+	for {
+		s.mu.Lock()
+		ok := s.queued <= s.capacity/2
+		s.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-s.space:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (h catchUp) deliver(bs []batch) action {
+	s := h.s
+	s.mu.Lock()
+	for _, b := range bs {
+		if b.next <= s.enq {
+			continue
+		}
+		if s.baseline != nil {
+			applyState(s.baseline, b)
+		}
+		if len(b.events) == 0 {
+			s.pushProgress(b.next)
+		} else {
+			s.push(b)
+		}
+	}
+	full := s.queued >= s.capacity
+	s.mu.Unlock()
+	if s.tryHook() {
+		return stop
+	}
+	if full {
+		return pause
+	}
+	return behind
+}
+
+func (h catchUp) resync(kvs []*mvccpb.KeyValue, rev int64) action {
+	s := h.s
+	s.mu.Lock()
+	b, st := diffState(s.target, s.baseline, kvs, rev, s.from)
+	b.events = s.filter(b.events)
+	s.baseline = st
+	if len(b.events) == 0 {
+		s.pushProgress(b.next)
+	} else {
+		s.push(b)
+	}
+	full := s.queued >= s.capacity
+	s.mu.Unlock()
+	if s.tryHook() {
+		return stop
+	}
+	if full {
+		return pause
+	}
+	return behind
+}
+
+// tryHook hooks a catching-up subscriber back to the feed once its position
+// has reached the feed's. If it went past it, the feed's batches below its
+// position are dropped by offer.
+func (s *sub) tryHook() bool {
+	f := s.feed
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.mode != subCatching:
+		return true
+	case f.err != nil:
+		s.failLocked(f.err)
+		return true
+	case !f.up || s.enq < f.next:
+		return false
+	}
+	s.mode = subHooked
+	s.catch = nil
+	s.baseline = nil
+	return true
+}
+
+// pop returns the next batch, blocking until there is one, the subscriber
+// failed (its error) or ctx ends (its cause).
+func (s *sub) pop(ctx context.Context) (batch, error) {
+	for {
+		s.mu.Lock()
+		if len(s.q) > 0 {
+			b := s.q[0]
+			s.q[0] = batch{}
+			s.q = s.q[1:]
+			s.queued -= len(b.events)
+			if s.mode == subCatching && s.queued <= s.capacity/2 {
+				signal(s.space)
+			}
+			s.mu.Unlock()
+			return b, nil
+		}
+		err := s.err
+		s.mu.Unlock()
+		if err != nil {
+			return batch{}, err
+		}
+		select {
+		case <-s.wake:
+		case <-ctx.Done():
+			return batch{}, context.Cause(ctx)
+		}
+	}
+}
+
+func (s *sub) fail(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failLocked(err)
+}
+
+func (s *sub) failLocked(err error) {
+	if s.err == nil {
+		s.err = err
+	}
+	signal(s.wake)
+}
+
+// close leaves the feed and waits for the catch-up goroutine.
+func (s *sub) close() {
+	s.cancel()
+	s.h.leave(s)
+	s.mu.Lock()
+	s.mode = subEnded
+	s.mu.Unlock()
+	s.wg.Wait()
+	s.markReady()
+}
+
+// State reports the state of the stream the subscriber follows.
+func (s *sub) State() WatchState {
+	s.mu.Lock()
+	mode, catch := s.mode, s.catch
+	s.mu.Unlock()
+	switch mode {
+	case subHooked:
+		return s.feed.stream.State()
+	case subCatching:
+		return catch.State()
+	case subEnded:
+		return WatchClosed
+	}
+	return WatchConnecting
+}
+
+// signal wakes the goroutine waiting on ch, if any, without blocking.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
