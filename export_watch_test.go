@@ -12,3 +12,37 @@ func WatchFeeds(c *Client) int {
 	defer h.mu.Unlock()
 	return len(h.feeds)
 }
+
+// MaxQueued returns the largest number of events any subscriber of the
+// client has waiting in its buffer right now.
+func MaxQueued(c *Client) int {
+	h := c.watchHub()
+	h.mu.Lock()
+	feeds := make([]*feed, 0, len(h.feeds))
+	for _, f := range h.feeds {
+		feeds = append(feeds, f)
+	}
+	h.mu.Unlock()
+	n := 0
+	for _, f := range feeds {
+		f.mu.Lock()
+		for s := range f.members {
+			s.mu.Lock()
+			n = max(n, s.queued)
+			s.mu.Unlock()
+		}
+		f.mu.Unlock()
+	}
+	return n
+}
+
+// StreamEndpoint returns the endpoint the client's stream connection (the
+// one watches run on) is attached to, or "" if it has none.
+func StreamEndpoint(c *Client) string {
+	c.streams.mu.Lock()
+	defer c.streams.mu.Unlock()
+	if c.streams.cur == nil {
+		return ""
+	}
+	return c.streams.cur.Endpoints()[0]
+}

@@ -31,7 +31,9 @@ type link struct {
 	// in nanoseconds since h.epoch.
 	lastRecv atomic.Int64
 	poked    atomic.Bool
-	stop     chan struct{}
+	// ctx ends the monitor: with the link's last user, or the client.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // touch records a sign of life.
@@ -47,7 +49,8 @@ func (h *watchHub) acquireLink(conn *clientv3.Client, gen uint64) *link {
 	defer h.mu.Unlock()
 	l := h.links[gen]
 	if l == nil {
-		l = &link{h: h, conn: conn, gen: gen, stop: make(chan struct{})}
+		l = &link{h: h, conn: conn, gen: gen}
+		l.ctx, l.cancel = context.WithCancel(h.c.life)
 		l.touch()
 		h.links[gen] = l
 		h.c.spawn(l.monitor)
@@ -61,7 +64,7 @@ func (h *watchHub) releaseLink(l *link) {
 	defer h.mu.Unlock()
 	l.refs--
 	if l.refs == 0 {
-		close(l.stop)
+		l.cancel()
 		if h.links[l.gen] == l {
 			delete(h.links, l.gen)
 		}
@@ -69,7 +72,7 @@ func (h *watchHub) releaseLink(l *link) {
 }
 
 // Timing of the monitor, derived from StallTimeout (2s by default: a probe
-// after 500ms of silence, checks every 100ms, so a link that goes silent is
+// after 500ms of silence, checked every 100ms, so a link that goes silent is
 // declared stalled within 2.6s).
 func linkTiming(stall time.Duration) (idle, tick time.Duration) {
 	idle = stall / 4
@@ -81,33 +84,40 @@ func (l *link) monitor() {
 	c := l.h.c
 	stall := c.cfg.StallTimeout
 	idle, tick := linkTiming(stall)
-	t := time.NewTicker(tick)
-	defer t.Stop()
 	cc := l.conn.ActiveConnection()
-	everReady := false
+	st := cc.GetState()
+	everReady := st == connectivity.Ready
 	since := l.h.now() // start of the current not-ready spell
 	var sentAt int64 = -1
 	for {
-		select {
-		case <-l.stop:
+		// Waiting for a state change doubles as the monitor's tick. A change
+		// away from Ready counts even if the connection is back by the time
+		// it is looked at: clientv3 would then have resumed the watches by
+		// itself, from revisions of its own choosing.
+		tctx, cancel := context.WithTimeout(l.ctx, tick)
+		changed := cc.WaitForStateChange(tctx, st)
+		cancel()
+		if l.ctx.Err() != nil {
 			return
-		case <-c.life.Done():
-			return
-		case <-t.C:
 		}
 		now := l.h.now()
-		if st := cc.GetState(); st != connectivity.Ready {
-			if everReady {
-				l.fail("stream connection lost", zap.Stringer("state", st))
+		if changed {
+			if st == connectivity.Ready {
+				l.fail("stream connection lost", zap.Stringer("state", cc.GetState()))
 				return
 			}
-			if time.Duration(now-since) >= stall {
+			st = cc.GetState()
+			if st == connectivity.Ready {
+				everReady = true
+			}
+		}
+		if st != connectivity.Ready {
+			if !everReady && time.Duration(now-since) >= stall {
 				l.fail("stream connection did not come up", zap.Stringer("state", st))
 				return
 			}
 			continue
 		}
-		everReady = true
 		last := l.lastRecv.Load()
 		if sentAt >= 0 && last >= sentAt {
 			sentAt = -1
@@ -133,7 +143,7 @@ func (l *link) monitor() {
 // request is only queued; if clientv3 cannot even queue it within wait, the
 // stream is not taking requests, which the stall deadline covers as well.
 func (l *link) requestProgress(wait time.Duration) {
-	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(l.h.c.life), wait)
+	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(l.ctx), wait)
 	defer cancel()
 	if err := l.conn.RequestProgress(ctx); err != nil {
 		l.h.c.log.Debug("watch progress request not sent", zap.Uint64("generation", l.gen), zap.Error(err))

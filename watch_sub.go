@@ -214,7 +214,7 @@ func (s *sub) pushProgress(next int64) {
 func (s *sub) startCatchUp() {
 	s.mode = subCatching
 	st := &stream{h: s.h, target: s.target, next: s.enq}
-	st.handler = catchUp{s}
+	st.handler = catchUp{s, st}
 	s.catch = st
 	needBase := s.needBase && s.baseline == nil
 	s.needBase = false
@@ -253,7 +253,10 @@ func (s *sub) runCatchUp(st *stream, needBase bool) {
 }
 
 // catchUp is the handler of a subscriber's own stream.
-type catchUp struct{ s *sub }
+type catchUp struct {
+	s  *sub
+	st *stream
+}
 
 func (h catchUp) ready(ctx context.Context) error {
 	s := h.s
@@ -272,12 +275,21 @@ func (h catchUp) ready(ctx context.Context) error {
 	}
 }
 
+// deliver queues what fits of a response. A response read from history can
+// hold up to a thousand revisions; what does not fit is left out and read
+// again from history later: the stream is rewound to the position after the
+// last batch queued and paused.
 func (h catchUp) deliver(bs []batch) action {
 	s := h.s
 	s.mu.Lock()
+	full := false
 	for _, b := range bs {
 		if b.next <= s.enq {
 			continue
+		}
+		if len(b.events) > 0 && s.queued > 0 && s.queued+len(b.events) > s.capacity {
+			full = true
+			break
 		}
 		if s.baseline != nil {
 			applyState(s.baseline, b)
@@ -288,7 +300,10 @@ func (h catchUp) deliver(bs []batch) action {
 			s.push(b)
 		}
 	}
-	full := s.queued >= s.capacity
+	full = full || s.queued >= s.capacity
+	if full {
+		h.st.next = s.enq
+	}
 	s.mu.Unlock()
 	if s.tryHook() {
 		return stop

@@ -553,3 +553,150 @@ func TestWatchSharesOneEtcdWatch(t *testing.T) {
 	eventually(t, "no etcd watch after the last subscriber left", func() bool { return etcdkit.EtcdWatches(c) == 0 })
 	assert.Equal(t, 0, etcdkit.WatchFeeds(c))
 }
+
+// model applies events to a name -> value map, as a subscriber would.
+func model(evs []etcdkit.Event[string]) map[string]string {
+	m := map[string]string{}
+	for _, e := range evs {
+		if e.Type == etcdkit.Delete {
+			delete(m, e.Name)
+		} else {
+			m[e.Name] = e.Value
+		}
+	}
+	return m
+}
+
+// sampleMaxQueued records the largest subscriber backlog of c until the
+// test ends or the returned stop is called.
+func sampleMaxQueued(t testing.TB, c *etcdkit.Client) (stop func() int) {
+	var (
+		mu   sync.Mutex
+		most int
+		done = make(chan struct{})
+		wg   sync.WaitGroup
+	)
+	wg.Go(func() {
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			n := etcdkit.MaxQueued(c)
+			mu.Lock()
+			most = max(most, n)
+			mu.Unlock()
+		}
+	})
+	var once sync.Once
+	stop = func() int {
+		once.Do(func() { close(done); wg.Wait() })
+		mu.Lock()
+		defer mu.Unlock()
+		return most
+	}
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
+// A subscriber that does not read must not hold memory beyond its buffer,
+// must not slow the others, and must get everything once it reads again.
+// A raw clientv3 watch buffers without bound for a reader that does not
+// read (and, shared on one gRPC stream, delays the others).
+func TestWatchSlowConsumer(t *testing.T) {
+	srv := etcdtest.Start(t)
+	c := testClient(t, []string{srv.Endpoint()}, "slow")
+	wr := newWriter(t, srv.Client(t), "slow")
+	p := etcdkit.NewPrefix(c, "q", etcdkit.String())
+	ctx := testContext(t, 2*time.Minute)
+	const buffer = 16
+
+	start := currentRev(t, srv.Client(t))
+	fast := collect(t, p.Watch(ctx, etcdkit.WithBufferSize(buffer)))
+	slow := p.Watch(ctx, etcdkit.WithBufferSize(buffer))
+	t.Cleanup(func() { _ = slow.Close() })
+	waitReady(t, fast.w)
+	waitReady(t, slow)
+	stopSampling := sampleMaxQueued(t, c)
+
+	var last int64
+	for i := range 120 {
+		last = wr.put(fmt.Sprintf("q/k%d", i%10), fmt.Sprint(i))
+	}
+	fast.untilRev(t, last)
+	assert.Equal(t, wr.since(start, "q/"), changesOf(fast.events()), "the fast subscriber got everything, undelayed")
+	assert.Equal(t, int64(1), etcdkit.EtcdWatches(c), "the unhooked subscriber holds no etcd watch while it does not read")
+
+	// The slow subscriber reads now: its buffer first, then the rest
+	// from history through its own watch, then it rejoins.
+	slowCol := collect(t, slow)
+	slowCol.untilRev(t, last)
+	assert.Equal(t, wr.since(start, "q/"), changesOf(slowCol.events()))
+	eventually(t, "rejoined the shared watch", func() bool { return etcdkit.EtcdWatches(c) == 1 })
+	more := wr.put("q/k0", "more")
+	slowCol.untilRev(t, more)
+	fast.untilRev(t, more)
+	assert.LessOrEqual(t, stopSampling(), buffer, "no subscriber ever held more than its buffer")
+	assert.Equal(t, wr.since(start, "q/"), changesOf(slowCol.events()))
+}
+
+// A subscriber unhooked for being slow whose missing history is compacted
+// before it reads again gets its buffer, then Resync events that bring it to
+// the current state, deletes included.
+func TestWatchSlowConsumerResync(t *testing.T) {
+	srv := etcdtest.Start(t)
+	c := testClient(t, []string{srv.Endpoint()}, "slowc")
+	wr := newWriter(t, srv.Client(t), "slowc")
+	p := etcdkit.NewPrefix(c, "q", etcdkit.String())
+	ctx := testContext(t, 2*time.Minute)
+	for i := range 10 {
+		wr.put(fmt.Sprintf("q/k%d", i), "seed")
+	}
+	slow := p.Watch(ctx, etcdkit.WithInitial(), etcdkit.WithBufferSize(8))
+	t.Cleanup(func() { _ = slow.Close() })
+	fast := collect(t, p.Watch(ctx))
+	waitReady(t, slow)
+	waitReady(t, fast.w)
+	var last int64
+	for i := range 100 {
+		last = wr.put(fmt.Sprintf("q/k%d", i%10), fmt.Sprint(i))
+		if i%7 == 0 {
+			last = wr.del(fmt.Sprintf("q/k%d", (i+3)%10))
+		}
+	}
+	last = wr.put("q/new", "x")
+	fast.untilRev(t, last)
+	compacted := srv.Compact(t)
+
+	col := collect(t, slow)
+	evs := col.until(t, "resync", func(evs []etcdkit.Event[string]) bool {
+		return len(evs) > 0 && evs[len(evs)-1].Resync
+	})
+	entries, _, err := p.List(ctx)
+	require.NoError(t, err)
+	want := map[string]string{}
+	for _, e := range entries {
+		want[e.Name] = e.Data
+	}
+	// Resync events of one read all arrive together; give the last ones a
+	// moment by waiting for a fresh change after them.
+	next := wr.put("q/k1", "after")
+	want["k1"] = "after"
+	evs = col.untilRev(t, next)
+	assert.Equal(t, want, model(evs), "the subscriber holds the current state")
+	var resyncs int
+	for i, e := range evs {
+		switch {
+		case e.Initial:
+		case e.Resync:
+			resyncs++
+			assert.GreaterOrEqual(t, e.Revision, evs[i-1].Revision, "revisions never decrease")
+		default:
+			assert.True(t, e.Revision < compacted || e.Revision == next, "history events only before the resync: %v", changesOf(evs[i:i+1]))
+		}
+	}
+	assert.Positive(t, resyncs)
+}
