@@ -22,9 +22,27 @@
 //
 // # Faults
 //
-// [Server.Stop] and [Server.Restart] take a member down and bring it back
-// with its data, on the same address. [Server.Compact] compacts history so
-// that old revisions are gone.
+// [Server.Stop] (graceful, as on SIGTERM) or [Server.Kill] (abrupt, as in
+// a crash) takes a member down, and [Server.Restart] brings it back with its
+// data, on the same address. [Server.Compact] compacts history so
+// that old revisions are gone. With [WithProxy], each member's clients can
+// connect through its own fault-injection proxy ([Server.ProxyEndpoint],
+// [Server.Proxy]) that can drop, delay, pause or reset their traffic while
+// [Server.Endpoint] stays direct.
+//
+// [StartCluster] starts several members forming one cluster; a test can stop
+// the leader, move leadership ([Cluster.MoveLeader]), or cut a member off
+// from its peers ([Server.Partition], [Server.Heal]) while its clients stay
+// connected, and wait for the cluster to settle with [Cluster.WaitLeader]:
+//
+//	c := etcdtest.StartCluster(t, 3, etcdtest.WithProxy())
+//	// ... point your code at c.Endpoints() ...
+//	c.WaitLeader(t).Kill()
+//	c.WaitLeader(t) // a new leader, within about an election timeout
+//
+// Members reach each other through in-process forwarders on their
+// advertised peer addresses, so that stopping a member or the cluster ends
+// every peer connection at once instead of leaving etcd's to time out.
 //
 // # Logs, timing and leaks
 //
@@ -34,8 +52,9 @@
 // (see [DefaultElection]) so that failover tests are quick; [WithTiming]
 // changes it, and [WithConfig] changes anything else in the embed.Config.
 //
-// Every member's goroutines end with the test's cleanup. A package whose
-// tests use etcdtest checks that nothing else leaks with:
+// Every goroutine of a member, its proxy and its clients ends before the
+// test's cleanup returns. A package whose tests use etcdtest checks that
+// nothing else leaks with:
 //
 //	func TestMain(m *testing.M) {
 //		goleak.VerifyTestMain(m, etcdtest.LeakOptions()...)

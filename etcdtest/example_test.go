@@ -60,3 +60,28 @@ func ExampleStart() {
 	fmt.Printf("%s=%s\n", resp.Kvs[0].Key, resp.Kvs[0].Value)
 	// Output: config/greeting=hello
 }
+
+func ExampleStartCluster() {
+	t := &exampleT{}
+	defer t.finish()
+
+	c := etcdtest.StartCluster(t, 3, etcdtest.WithProxy())
+	cli := c.Client(t)
+	ctx := context.Background()
+
+	old := c.WaitLeader(t)
+	old.Kill()
+	next := c.WaitLeader(t)
+	fmt.Println("new leader:", next != old)
+
+	if _, err := cli.Put(ctx, "written-after-failover", "yes"); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("members:", len(c.Members()), "proxied endpoints:", len(c.Endpoints()))
+	// Output:
+	// new leader: true
+	// members: 3 proxied endpoints: 3
+}

@@ -7,13 +7,18 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
-// Default timing of every member, chosen so that a three-member cluster
-// elects a leader in well under a second yet does not hold spurious
-// elections on a loaded two-core machine running tests with -race: a
-// heartbeat every 50 ms and an election timeout of 500 ms (ten missed
-// heartbeats). etcd's own defaults are 100 ms and 1 s.
+// The default timing is chosen so that a three-member cluster elects a
+// leader in well under a second, yet does not hold spurious elections on a
+// loaded two-core machine running tests with -race. etcd's own defaults are
+// 100 ms and 1 s. The election timeout also sets etcd's request timeout,
+// 5 s + 2 × election, after which a request that cannot commit fails.
 const (
-	DefaultTick     = 50 * time.Millisecond
+	// DefaultTick is the heartbeat interval of every member unless
+	// WithTiming says otherwise: 50 ms.
+	DefaultTick = 50 * time.Millisecond
+	// DefaultElection is the election timeout of every member unless
+	// WithTiming says otherwise: 500 ms, ten heartbeats. A cluster notices
+	// a dead leader and elects another within about that long.
 	DefaultElection = 500 * time.Millisecond
 )
 
@@ -67,6 +72,17 @@ func WithConfig(f func(*embed.Config)) Option {
 // for 127.0.0.1 or self-signed (see transport.SelfCert).
 func WithClientTLS(info transport.TLSInfo) Option {
 	return optionFunc(func(o *options) { o.clientTLS = &info })
+}
+
+// WithProxy puts each member's client endpoint behind its own
+// fault-injection proxy (see package proxy), reachable at
+// Server.ProxyEndpoint and controlled through Server.Proxy. Endpoint stays
+// direct, and Cluster.Endpoints returns the proxied addresses. The members'
+// advertised client URLs are the direct ones, so a client that syncs its
+// endpoints from the member list (clientv3 AutoSyncInterval) leaves the
+// proxies behind.
+func WithProxy() Option {
+	return optionFunc(func(o *options) { o.withProxy = true })
 }
 
 // WithTiming sets the heartbeat interval and the election timeout of every

@@ -8,27 +8,34 @@ import (
 	"syscall"
 )
 
-// freePorts returns n distinct TCP ports that were free on 127.0.0.1 a
-// moment ago. All n listeners are held open together so that the ports
-// differ, then closed; another process may still take one before etcd binds
-// it, which is why starting retries on "address already in use".
-func freePorts(n int) ([]int, error) {
-	ports := make([]int, 0, n)
+// listenFree opens n listeners on free ports of 127.0.0.1. Holding them
+// while the proxies and peer links bind keeps those off the ports picked for
+// etcd. Once a listener is closed for etcd to bind its port, another process
+// may take the port first, which is why starting retries on "address already
+// in use".
+func listenFree(n int) ([]net.Listener, error) {
 	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
 	for range n {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
+			closeAll(ls)
 			return nil, fmt.Errorf("etcdtest: pick a free port: %w", err)
 		}
 		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
-	return ports, nil
+	return ls, nil
+}
+
+func closeAll(ls []net.Listener) {
+	for _, l := range ls {
+		if l != nil {
+			l.Close()
+		}
+	}
+}
+
+func port(l net.Listener) int {
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 // isAddrInUse reports whether err comes from binding a port that another

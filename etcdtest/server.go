@@ -15,23 +15,29 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/etcdkit/etcdkit/proxy"
 )
 
-// ErrClosed is returned by Restart once the test that started the member
-// has been cleaned up.
-var ErrClosed = errors.New("etcdtest: member was cleaned up")
+// ErrClosed is returned by Restart once the member has been closed, by Close
+// or by the cleanup of the test that started it.
+var ErrClosed = errors.New("etcdtest: member closed")
 
 // A Server is one embedded etcd member listening on 127.0.0.1. Start returns
 // a single-member Server; the members of a Cluster are Servers too. All
-// methods are safe for concurrent use, and Stop and Restart are safe to call
-// after the test's cleanup has run (Stop does nothing, Restart fails).
+// methods are safe for concurrent use, and Stop, Kill, Restart and Close are
+// safe to call after the test's cleanup has run (Restart fails with
+// ErrClosed, the others do nothing).
 type Server struct {
 	g          *group
 	name       string
 	clientPort int
-	peerPort   int
+	peerPort   int // advertised, served by link
+	listenPort int // where etcd listens for peers
+	link       *peerLink
 	dir        string
 	logs       *logBuffer
+	proxy      *proxy.Proxy // nil without WithProxy
 
 	// life serialises starting and stopping the member.
 	life sync.Mutex
@@ -73,8 +79,25 @@ func (s *Server) Endpoint() string {
 	return "127.0.0.1:" + strconv.Itoa(s.clientPort)
 }
 
+// ProxyEndpoint returns the address of the member's proxy,
+// "127.0.0.1:PORT", or "" if the member was started without WithProxy. The
+// proxy forwards to Endpoint and keeps listening while the member is stopped.
+func (s *Server) ProxyEndpoint() string {
+	if s.proxy == nil {
+		return ""
+	}
+	return s.proxy.Addr()
+}
+
+// Proxy returns the fault-injection proxy in front of the member's client
+// endpoint, or nil if the member was started without WithProxy. The proxy
+// is closed by the test's cleanup; a test may Stop and Start it, and must
+// not Close it.
+func (s *Server) Proxy() *proxy.Proxy { return s.proxy }
+
 // PeerURL returns the URL the member's peers reach it on,
-// "http://127.0.0.1:PORT".
+// "http://127.0.0.1:PORT". The port is the member's for the test's whole
+// life, across Stop and Restart.
 func (s *Server) PeerURL() string {
 	return "http://127.0.0.1:" + strconv.Itoa(s.peerPort)
 }
@@ -101,41 +124,83 @@ func (s *Server) Client(t testing.TB) *clientv3.Client {
 	return s.g.client(t, []string{s.Endpoint()})
 }
 
-// Stop stops the member gracefully: a leader hands leadership to another
-// member first, and in-flight requests get up to etcd's request timeout to
-// finish. The member's proxy, if any, keeps listening, so clients on it see
-// their upstream fail. Stop does nothing on a stopped member; it blocks until
-// the member has released its ports and data directory.
+// Stop stops the member gracefully, as etcd does on SIGTERM: a leader hands
+// leadership to another member first (unless the member or a peer is
+// partitioned, where the handover could pick a cut-off peer and stall for
+// etcd's request timeout; then Stop acts like Kill), and in-flight requests
+// get a moment to finish. The member's proxy, if any, keeps listening, so
+// clients on it see their upstream fail. Stop does nothing on a stopped
+// member; it returns once the member has released its ports and data
+// directory.
 func (s *Server) Stop() {
 	s.life.Lock()
 	defer s.life.Unlock()
-	s.stopLocked()
+	s.stopLocked(s.g.anyPartitioned())
 }
 
-func (s *Server) stopLocked() {
+// Kill stops the member abruptly, like a crash as far as its peers can
+// tell: raft stops at once without handing over leadership, so if the member
+// led, the others elect a new leader only after an election timeout. Data
+// already written stays on disk. Otherwise Kill is like Stop.
+func (s *Server) Kill() {
+	s.life.Lock()
+	defer s.life.Unlock()
+	s.stopLocked(true)
+}
+
+func (s *Server) stopLocked(hard bool) {
 	s.mu.Lock()
 	e := s.etcd
 	s.etcd = nil
 	s.mu.Unlock()
-	if e != nil {
-		e.Close()
+	if e == nil {
+		return
 	}
+	if hard {
+		// With raft already stopped, Close finds no peer to hand over to
+		// and skips straight to closing listeners and storage.
+		e.Server.HardStop()
+	}
+	// Once raft has stopped, peer connections are of no use, and Close
+	// would wait a second for them to go idle before giving up on them;
+	// cutting them at the link ends them at once.
+	closed := make(chan struct{})
+	go func() {
+		select {
+		case <-e.Server.StopNotify():
+			s.link.setDown(true)
+		case <-closed:
+		}
+	}()
+	e.Close()
+	close(closed)
+	s.link.setDown(true)
+}
+
+// Close stops, for good, everything that was started with the member: for
+// a Server from Start, the member and its proxy; for a cluster member, the
+// whole cluster, as Cluster.Close does. The test's cleanup calls it anyway;
+// call it to tear down early. Close is idempotent, and afterwards Stop does
+// nothing and Restart returns ErrClosed.
+func (s *Server) Close() {
+	s.g.close()
 }
 
 // Restart stops the member if it is running and starts it again on the same
 // data directory, client and peer addresses, so it keeps its data and
 // identity. It waits until the member is ready (up to 30 seconds), except
-// when a cluster member would have no quorum without other stopped members:
-// then it returns as soon as the member listens, and the test should restart
-// more members and call Cluster.WaitLeader. Restart returns ErrClosed after
-// the test's cleanup has run.
+// for a cluster member that cannot get ready on its own: one that is
+// partitioned, or one that has no quorum until other stopped members
+// restart. Then Restart returns once the member has started, and the test
+// should Heal it or restart more members and call Cluster.WaitLeader.
+// Restart returns ErrClosed after Close or the test's cleanup.
 func (s *Server) Restart() error {
 	s.life.Lock()
 	defer s.life.Unlock()
 	if s.g.isClosed() {
 		return ErrClosed
 	}
-	s.stopLocked()
+	s.stopLocked(s.g.anyPartitioned())
 	var err error
 	// The port was ours a moment ago; if some other socket grabbed it in
 	// between, it is usually gone again shortly.
@@ -148,7 +213,7 @@ func (s *Server) Restart() error {
 	if err != nil {
 		return fmt.Errorf("etcdtest: restart %s: %w", s.name, err)
 	}
-	if !s.g.hasQuorum() {
+	if s.isPartitioned() || !s.g.hasQuorum() {
 		return nil
 	}
 	if err := s.waitReady(time.Now().Add(readyTimeout)); err != nil {
@@ -191,6 +256,7 @@ func (s *Server) IsLeader() bool {
 // start starts the embedded member from its configuration. The caller holds
 // s.life or owns s exclusively.
 func (s *Server) start() error {
+	s.link.setDown(false)
 	e, err := embed.StartEtcd(s.config())
 	if err != nil {
 		return err
@@ -242,9 +308,8 @@ func (s *Server) config() *embed.Config {
 	cfg := embed.NewConfig()
 	cfg.Name = s.name
 	cfg.Dir = s.dir
-	peer, _ := url.Parse(s.PeerURL())
-	cfg.ListenPeerUrls = []url.URL{*peer}
-	cfg.AdvertisePeerUrls = []url.URL{*peer}
+	cfg.ListenPeerUrls = []url.URL{{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(s.listenPort)}}
+	cfg.AdvertisePeerUrls = []url.URL{{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(s.peerPort)}}
 	client := s.clientURL()
 	cfg.ListenClientUrls = []url.URL{client}
 	cfg.AdvertiseClientUrls = []url.URL{client}
@@ -279,6 +344,8 @@ type group struct {
 	mu        sync.Mutex
 	closed    bool
 	clientTLS *transport.TLSInfo // as configured, by WithClientTLS or WithConfig
+
+	shutdownOnce sync.Once
 }
 
 // startGroup starts n members forming one cluster, retrying with fresh
@@ -301,7 +368,9 @@ func startGroup(t testing.TB, n int, o *options) *group {
 }
 
 func tryStartGroup(t testing.TB, n int, o *options) (*group, error) {
-	ports, err := freePorts(2 * n)
+	// Per member: client port, the peer port etcd listens on, and the
+	// advertised peer port held by the member's peer link.
+	ls, err := listenFree(3 * n)
 	if err != nil {
 		return nil, err
 	}
@@ -310,13 +379,26 @@ func tryStartGroup(t testing.TB, n int, o *options) (*group, error) {
 		g.members = append(g.members, &Server{
 			g:          g,
 			name:       "m" + strconv.Itoa(i),
-			clientPort: ports[2*i],
-			peerPort:   ports[2*i+1],
+			clientPort: port(ls[3*i]),
+			listenPort: port(ls[3*i+1]),
+			peerPort:   port(ls[3*i+2]),
 			dir:        t.TempDir(),
 			logs:       newLogBuffer(),
 		})
 	}
+	if o.withProxy {
+		for _, m := range g.members {
+			if m.proxy, err = proxy.New(m.Endpoint()); err != nil {
+				closeAll(ls)
+				g.closeProxies()
+				return nil, err
+			}
+		}
+	}
 	for i, m := range g.members {
+		ls[3*i].Close()
+		ls[3*i+1].Close()
+		m.link = newPeerLink(ls[3*i+2], "127.0.0.1:"+strconv.Itoa(m.listenPort))
 		if i > 0 {
 			g.initialCluster += ","
 		}
@@ -324,7 +406,7 @@ func tryStartGroup(t testing.TB, n int, o *options) (*group, error) {
 	}
 	for _, m := range g.members {
 		if err := m.start(); err != nil {
-			g.stopAll()
+			g.shutdown()
 			return nil, fmt.Errorf("member %s: %w", m.name, err)
 		}
 	}
@@ -357,29 +439,66 @@ func (g *group) hasQuorum() bool {
 	return running > len(g.members)/2
 }
 
-// stopAll stops every member concurrently: stopping them one by one would
-// make each leader in turn wait for a handover to members already gone.
+// stopAll kills every member concurrently. A graceful stop would make a
+// leader wait for a handover to members that are stopping too.
 func (g *group) stopAll() {
 	var wg sync.WaitGroup
 	for _, m := range g.members {
-		wg.Go(m.Stop)
+		wg.Go(m.Kill)
 	}
 	wg.Wait()
 }
 
-func (g *group) cleanup(t testing.TB) {
+// anyPartitioned reports whether some member is partitioned.
+func (g *group) anyPartitioned() bool {
+	for _, m := range g.members {
+		if m.isPartitioned() {
+			return true
+		}
+	}
+	return false
+}
+
+// closeProxies closes the members' proxies, cutting every client
+// connection that goes through them.
+func (g *group) closeProxies() {
+	for _, m := range g.members {
+		if m.proxy != nil {
+			m.proxy.Close()
+		}
+	}
+}
+
+// shutdown stops everything the group runs. Client proxies go first: a
+// member shutting down waits for open client streams, and those through
+// proxies end at once this way. Peer links go last, ending the peer
+// connections etcd leaves behind.
+func (g *group) shutdown() {
+	g.shutdownOnce.Do(func() {
+		g.closeProxies()
+		g.stopAll()
+		for _, m := range g.members {
+			if m.link != nil {
+				m.link.close()
+			}
+		}
+	})
+}
+
+// close ends the group for good: Restart fails from now on.
+func (g *group) close() {
 	g.mu.Lock()
 	g.closed = true
 	g.mu.Unlock()
-	g.stopAll()
+	g.shutdown()
+}
+
+func (g *group) cleanup(t testing.TB) {
+	g.close()
 	for _, m := range g.members {
 		m.logs.dump(t, m.name, g.opts.logs)
 	}
 }
-
-// applyPartitions re-applies the raft cuts involving s after it started,
-// because a fresh embedded server forgets them.
-func (g *group) applyPartitions(s *Server) {}
 
 func (g *group) tlsConfig() (*tls.Config, error) {
 	g.mu.Lock()

@@ -2,6 +2,7 @@ package etcdtest_test
 
 import (
 	"context"
+	"net"
 	"testing"
 	"time"
 
@@ -110,5 +111,63 @@ func TestRestartAfterCleanup(t *testing.T) {
 	t.Run("inner", func(t *testing.T) { s = etcdtest.Start(t) })
 	require.False(t, s.Running())
 	s.Stop()
+	s.Kill()
+	s.Close()
 	require.ErrorIs(t, s.Restart(), etcdtest.ErrClosed)
+}
+
+func TestCloseIsIdempotent(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.WithProxy())
+	s.Close()
+	s.Close()
+	require.False(t, s.Running())
+	require.ErrorIs(t, s.Restart(), etcdtest.ErrClosed)
+
+	c := etcdtest.StartCluster(t, 1)
+	require.NotNil(t, c.WaitLeader(t))
+	c.Close()
+	c.Close()
+	require.Nil(t, c.Leader())
+	require.ErrorIs(t, c.Members()[0].Restart(), etcdtest.ErrClosed)
+}
+
+func TestProxy(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.WithProxy())
+	require.NotNil(t, s.Proxy())
+	require.NotEqual(t, s.Endpoint(), s.ProxyEndpoint())
+	ctx := ctxT(t)
+
+	viaProxy := proxiedClient(t, s.ProxyEndpoint())
+	_, err := viaProxy.Put(ctx, "k", "v")
+	require.NoError(t, err)
+	require.Positive(t, s.Proxy().Stats().BytesUp)
+
+	// Fault: Proxy.Stop closes the proxy's listener and connections. Clients
+	// on the proxy must fail while the member itself is fine.
+	s.Proxy().Stop()
+	fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	_, err = viaProxy.Get(fctx, "k")
+	cancel()
+	require.Error(t, err, "a client on a stopped proxy still got an answer")
+	_, err = s.Client(t).Get(ctx, "k")
+	require.NoError(t, err)
+
+	require.NoError(t, s.Proxy().Start())
+	require.Eventually(t, func() bool {
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := viaProxy.Get(rctx, "k")
+		return err == nil
+	}, waitFor, 20*time.Millisecond, "client on the proxy did not recover after Proxy.Start")
+}
+
+func TestStopKeepsProxyListening(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.WithProxy())
+	s.Stop()
+	// The proxy still accepts, and closes the connection because the member
+	// refuses it; a client sees its requests fail, not "connection refused".
+	conn, err := net.DialTimeout("tcp", s.ProxyEndpoint(), 5*time.Second)
+	require.NoError(t, err, "proxy stopped listening with its member")
+	conn.Close()
+	require.Empty(t, etcdtest.Start(t).ProxyEndpoint(), "got a proxy endpoint without WithProxy")
 }
