@@ -346,6 +346,9 @@ type group struct {
 	clientTLS *transport.TLSInfo // as configured, by WithClientTLS or WithConfig
 
 	shutdownOnce sync.Once
+	// release, when set, runs once after the group closed: it frees what a
+	// group started outside a test holds (its data directories).
+	release func()
 }
 
 // startGroup starts n members forming one cluster, retrying with fresh
@@ -489,8 +492,13 @@ func (g *group) shutdown() {
 func (g *group) close() {
 	g.mu.Lock()
 	g.closed = true
+	release := g.release
+	g.release = nil
 	g.mu.Unlock()
 	g.shutdown()
+	if release != nil {
+		release()
+	}
 }
 
 func (g *group) cleanup(t testing.TB) {
