@@ -59,7 +59,7 @@ func NewKey[T any](c *Client, name string, codec Codec[T]) *Key[T] {
 		k.err = fmt.Errorf("etcdkit: NewKey %q: nil codec", name)
 	default:
 		if err := validateName(name); err != nil {
-			k.err = fmt.Errorf("etcdkit: key: %w", err)
+			k.err = err
 		} else {
 			k.path = c.path(name)
 		}

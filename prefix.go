@@ -44,7 +44,7 @@ func NewPrefix[T any](c *Client, name string, codec Codec[T]) *Prefix[T] {
 		p.err = fmt.Errorf("etcdkit: NewPrefix %q: nil codec", name)
 	default:
 		if err := validateName(name); err != nil {
-			p.err = fmt.Errorf("etcdkit: prefix: %w", err)
+			p.err = err
 		} else {
 			p.path = c.path(name) + "/"
 		}
@@ -65,7 +65,7 @@ func (p *Prefix[T]) Key(name string) *Key[T] {
 		return &Key[T]{c: p.c, name: name, codec: p.codec, err: p.err}
 	}
 	if err := validateName(name); err != nil {
-		return &Key[T]{c: p.c, name: name, codec: p.codec, err: fmt.Errorf("etcdkit: key: %w", err)}
+		return &Key[T]{c: p.c, name: name, codec: p.codec, err: err}
 	}
 	return NewKey(p.c, joinName(p.name, name), p.codec)
 }
