@@ -1,0 +1,449 @@
+package etcdkit
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// HealthStatus is the verdict of a health check on the whole cluster.
+type HealthStatus int
+
+const (
+	// HealthUnknown is the zero HealthStatus: no check has completed yet.
+	HealthUnknown HealthStatus = iota
+	// Healthy means every member of the member list is reached through a
+	// configured endpoint, follows the leader, serves a linearizable read
+	// (learners excepted), has applied within WithMaxAppliedLag entries of
+	// the leader, and no alarm is raised.
+	Healthy
+	// Degraded means the cluster is not Unhealthy, so it serves reads and
+	// writes, but some member is not as Healthy requires: stopped,
+	// unreachable, without a leader, following another leader, failing
+	// linearizable reads, lagging or with a CORRUPT alarm. One more failure
+	// may cost quorum. A member list or alarm list that cannot be read, and
+	// an endpoint that reaches a member not in the list, are Degraded too.
+	Degraded
+	// Unhealthy means the cluster cannot serve writes: no member served a
+	// linearizable read (no quorum), no reachable member knows a leader, or
+	// a NOSPACE alarm is raised.
+	Unhealthy
+)
+
+var healthStatusNames = [...]string{"unknown", "healthy", "degraded", "unhealthy"}
+
+// String returns "unknown", "healthy", "degraded" or "unhealthy".
+func (s HealthStatus) String() string {
+	if s >= 0 && int(s) < len(healthStatusNames) {
+		return healthStatusNames[s]
+	}
+	return "HealthStatus(" + strconv.Itoa(int(s)) + ")"
+}
+
+// MarshalText encodes s as its String.
+func (s HealthStatus) MarshalText() ([]byte, error) {
+	if s < 0 || int(s) >= len(healthStatusNames) {
+		return nil, fmt.Errorf("etcdkit: invalid HealthStatus %d", int(s))
+	}
+	return []byte(s.String()), nil
+}
+
+// UnmarshalText decodes the String form of a HealthStatus.
+func (s *HealthStatus) UnmarshalText(b []byte) error {
+	i := slices.Index(healthStatusNames[:], string(b))
+	if i < 0 {
+		return fmt.Errorf("etcdkit: unknown health status %q", b)
+	}
+	*s = HealthStatus(i)
+	return nil
+}
+
+// MemberID is an etcd member ID. Its text form is hexadecimal, as etcdctl
+// prints it; 0 means no member.
+type MemberID uint64
+
+// String returns id in hexadecimal.
+func (id MemberID) String() string { return strconv.FormatUint(uint64(id), 16) }
+
+// MarshalText encodes id in hexadecimal.
+func (id MemberID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText decodes a hexadecimal member ID.
+func (id *MemberID) UnmarshalText(b []byte) error {
+	v, err := strconv.ParseUint(string(b), 16, 64)
+	if err != nil {
+		return fmt.Errorf("etcdkit: member ID %q: %w", b, err)
+	}
+	*id = MemberID(v)
+	return nil
+}
+
+// MemberHealth is what one check found out about one member of the cluster.
+// Fields other than ID, Name, Endpoint and Err are zero when the member was
+// not reachable.
+type MemberHealth struct {
+	// ID and Name identify the member; Name is empty for a member that was
+	// added but has never started.
+	ID   MemberID `json:"id"`
+	Name string   `json:"name"`
+	// Endpoint is the configured endpoint that reaches the member (it may be
+	// a proxy in front of it), or "" if none is known to.
+	Endpoint string `json:"endpoint,omitempty"`
+	// Learner reports a non-voting member.
+	Learner bool `json:"learner,omitempty"`
+	// Reachable reports that the member answered a status request.
+	Reachable bool `json:"reachable"`
+	// ProbeLatency is how long a linearizable read through this member
+	// took, or 0 if it failed or was not tried.
+	ProbeLatency time.Duration `json:"probe_latency_ns"`
+	// Leader is the member this member believes leads, 0 for none;
+	// IsLeader reports that it believes it leads itself.
+	Leader   MemberID `json:"leader"`
+	IsLeader bool     `json:"is_leader"`
+	// RaftTerm, RaftIndex (committed) and AppliedIndex are the member's
+	// raft progress; AppliedLag is how many entries fewer than the leader
+	// it had applied when asked.
+	RaftTerm     uint64 `json:"raft_term"`
+	RaftIndex    uint64 `json:"raft_index"`
+	AppliedIndex uint64 `json:"applied_index"`
+	AppliedLag   uint64 `json:"applied_lag"`
+	// DBSize is the backend's physical size in bytes, DBSizeInUse the part
+	// holding data, DBSizeQuota the member's quota.
+	DBSize      int64 `json:"db_size"`
+	DBSizeInUse int64 `json:"db_size_in_use"`
+	DBSizeQuota int64 `json:"db_size_quota"`
+	// Alarms are the alarms raised by this member: "NOSPACE", "CORRUPT".
+	Alarms []string `json:"alarms,omitempty"`
+	// Version is the member's etcd server version.
+	Version string `json:"version,omitempty"`
+	// Err is why the member is not fine in this check: the failed status
+	// request or linearizable read. It is nil when both succeeded. In JSON
+	// it is the "error" string.
+	Err error `json:"-"`
+}
+
+// memberHealthJSON is MemberHealth without its methods, for the JSON forms.
+type memberHealthJSON MemberHealth
+
+// MarshalJSON encodes m with Err as the "error" string.
+func (m MemberHealth) MarshalJSON() ([]byte, error) {
+	v := struct {
+		memberHealthJSON
+		Error string `json:"error,omitempty"`
+	}{memberHealthJSON: memberHealthJSON(m)}
+	if m.Err != nil {
+		v.Error = m.Err.Error()
+	}
+	return json.Marshal(v)
+}
+
+// UnmarshalJSON decodes the form MarshalJSON writes; Err becomes an error
+// with the "error" string as its message.
+func (m *MemberHealth) UnmarshalJSON(b []byte) error {
+	var v struct {
+		memberHealthJSON
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*m = MemberHealth(v.memberHealthJSON)
+	if v.Error != "" {
+		m.Err = errors.New(v.Error)
+	}
+	return nil
+}
+
+// label names the member in reasons: its name, or its ID when it has none
+// (it never started, or the member list could not be read).
+func (m *MemberHealth) label() string {
+	if m.Name != "" {
+		return m.Name
+	}
+	return m.ID.String()
+}
+
+// ClusterHealth is the result of one health check.
+type ClusterHealth struct {
+	// Status is the verdict; HealthUnknown only in the zero value.
+	Status HealthStatus `json:"status"`
+	// Reasons explain a Status other than Healthy, each naming the members
+	// concerned; those that make the cluster Unhealthy come first. They are
+	// worded to stay the same while the cluster's state does (no latencies,
+	// no error texts), so that a change of Reasons is a change of state.
+	Reasons []string `json:"reasons,omitempty"`
+	// Leader is the leader most reachable members follow, 0 if none;
+	// LeaderName is its name.
+	Leader     MemberID `json:"leader"`
+	LeaderName string   `json:"leader_name,omitempty"`
+	// Members are every member of the cluster's member list, sorted by name,
+	// then any member an endpoint reached that the list lacks.
+	Members []MemberHealth `json:"members"`
+	// CheckedAt is when the check started, Took how long it lasted.
+	CheckedAt time.Time     `json:"checked_at"`
+	Took      time.Duration `json:"took_ns"`
+}
+
+// Member returns the member named name, and whether there is one.
+func (h ClusterHealth) Member(name string) (MemberHealth, bool) {
+	for _, m := range h.Members {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return MemberHealth{}, false
+}
+
+// sameState reports whether two results say the same thing.
+func (h ClusterHealth) sameState(o ClusterHealth) bool {
+	return h.Status == o.Status && slices.Equal(h.Reasons, o.Reasons)
+}
+
+// healthProbeKey is read (never written) to prove that a member serves
+// linearizable reads. It lives under the namespace, where the client's user
+// is allowed to read.
+const healthProbeKey = "etcdkit-health-probe"
+
+// HealthMonitor checks the health of the cluster the client talks to: on
+// demand with Check, and in the background every interval (WithInterval),
+// keeping the latest result for Current, publishing changes on Updates and
+// serving it to readiness probes through ServeHTTP.
+//
+// A check asks every configured endpoint for its member's status and a
+// linearizable read, through a connection pinned to that endpoint, and
+// relates the answers to the cluster's member list: the endpoints may be
+// proxies whose addresses differ from the members'. The Status follows the
+// rules given for Healthy, Degraded and Unhealthy; Reasons say which rule
+// each member broke.
+//
+// A HealthMonitor ends when Close is called or its Client is closed. Its
+// methods are safe for concurrent use.
+type HealthMonitor struct {
+	c        *Client
+	opts     healthOptions
+	probeKey []byte
+
+	// life ends on Close and when the client is closed; it bounds every
+	// check.
+	life    context.Context
+	cancel  context.CancelFunc
+	done    chan struct{}
+	exited  chan struct{} // closed when the background loop has returned
+	updates chan ClusterHealth
+
+	mu        sync.Mutex
+	ended     bool
+	err       error
+	conns     map[string]*clientv3.Client // pinned to one endpoint each
+	epMember  map[string]MemberID         // last member seen behind each endpoint
+	lastList  []*pb.Member                // last member list read
+	seq       uint64                      // checks started
+	curSeq    uint64                      // the check current comes from
+	current   ClusterHealth
+	published *ClusterHealth // last sent on updates
+
+	closeOnce sync.Once
+}
+
+// NewHealthMonitor starts monitoring the cluster of c. The first check starts
+// at once, in the background; Current is the zero ClusterHealth (status
+// HealthUnknown) until it completes. The monitor ends when Close is called or
+// c is closed. An invalid option, or a closed c, gives a monitor that has
+// already ended: Done is closed and Err says why.
+func NewHealthMonitor(c *Client, opts ...HealthOption) *HealthMonitor {
+	hm := &HealthMonitor{
+		c:        c,
+		opts:     buildHealthOptions(opts),
+		probeKey: []byte(c.path(healthProbeKey)),
+		done:     make(chan struct{}),
+		exited:   make(chan struct{}),
+		updates:  make(chan ClusterHealth, 1),
+		conns:    make(map[string]*clientv3.Client),
+		epMember: make(map[string]MemberID),
+	}
+	hm.life, hm.cancel = c.handleContext(context.Background())
+	if hm.opts.err != nil {
+		hm.cancel()
+		hm.finish(hm.opts.err)
+		close(hm.exited)
+		return hm
+	}
+	if !c.spawn(hm.run) {
+		hm.cancel()
+		hm.finish(ErrClosed)
+		close(hm.exited)
+	}
+	return hm
+}
+
+// run checks the cluster every interval until the monitor's life ends.
+func (hm *HealthMonitor) run() {
+	defer close(hm.exited)
+	defer hm.finish(ErrClosed)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-hm.life.Done():
+			return
+		case <-timer.C:
+		}
+		if _, err := hm.check(hm.life); err != nil && hm.life.Err() == nil {
+			hm.c.log.Debug("health check failed", zap.Error(err))
+		}
+		timer.Reset(hm.opts.interval)
+	}
+}
+
+// finish ends the monitor with err: it closes the pinned connections, Done
+// and Updates, in that order, after Err has its value.
+func (hm *HealthMonitor) finish(err error) {
+	hm.mu.Lock()
+	if hm.ended {
+		hm.mu.Unlock()
+		return
+	}
+	hm.ended = true
+	hm.err = err
+	conns := hm.conns
+	hm.conns = nil
+	close(hm.done)
+	close(hm.updates)
+	hm.mu.Unlock()
+	for _, cli := range conns {
+		_ = cli.Close()
+	}
+}
+
+// Check checks the cluster now and returns what it found. The result also
+// becomes Current and, if its Status or Reasons changed, is published on
+// Updates. A cluster in trouble is a result, not an error: Check fails only
+// if ctx ends first (ctx's error) or the monitor has ended (Err's error).
+// ctx bounds the call; without a deadline a check lasts at most about twice
+// the probe timeout (WithProbeTimeout).
+func (hm *HealthMonitor) Check(ctx context.Context) (ClusterHealth, error) {
+	if err := hm.endErr(); err != nil {
+		return ClusterHealth{}, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(hm.life, cancel)
+	defer stop()
+	return hm.check(ctx)
+}
+
+// Current returns the result of the latest completed check, the zero
+// ClusterHealth before the first one. It does not block.
+func (hm *HealthMonitor) Current() ClusterHealth {
+	hm.mu.Lock()
+	defer hm.mu.Unlock()
+	return hm.current
+}
+
+// Updates returns a channel that receives the first check's result and then
+// every result whose Status or Reasons differ from the last one sent. It
+// holds one result: when the reader falls behind, a newer result replaces
+// the unread one, so the reader always gets the latest state and the checks
+// never wait for it. The channel is closed after Done.
+func (hm *HealthMonitor) Updates() <-chan ClusterHealth { return hm.updates }
+
+// Done returns a channel that is closed when the monitor has ended: after
+// Close, when its Client was closed, or at once for an invalid option.
+func (hm *HealthMonitor) Done() <-chan struct{} { return hm.done }
+
+// Err returns nil while the monitor runs and, once Done is closed, why it
+// ended: ErrClosed (Close or the Client was closed) or the error of an
+// invalid option.
+func (hm *HealthMonitor) Err() error {
+	hm.mu.Lock()
+	defer hm.mu.Unlock()
+	return hm.err
+}
+
+// Close stops the background checks, ends any Check in progress with
+// ErrClosed, closes the monitor's connections and returns once its goroutine
+// has exited. The Client stays open. Close is idempotent and returns nil.
+func (hm *HealthMonitor) Close() error {
+	hm.closeOnce.Do(hm.cancel)
+	<-hm.exited
+	return nil
+}
+
+// ServeHTTP serves Current as JSON for readiness probes: status 200 when the
+// cluster is Healthy or Degraded (it serves reads and writes), 503 when it
+// is Unhealthy, before the first check completes, and after the monitor has
+// ended. It never waits for a check. The body is the JSON form of
+// ClusterHealth.
+func (hm *HealthMonitor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h := hm.Current()
+	if err := hm.Err(); err != nil {
+		h = ClusterHealth{Status: HealthUnknown, Reasons: []string{"health monitor ended: " + err.Error()}}
+	}
+	if h.Members == nil {
+		h.Members = []MemberHealth{}
+	}
+	body, err := json.Marshal(h)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	code := http.StatusServiceUnavailable
+	if h.Status == Healthy || h.Status == Degraded {
+		code = http.StatusOK
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	_, _ = w.Write(append(body, '\n'))
+}
+
+// record makes h current, unless a check started later has already been
+// recorded, and publishes it if its state changed.
+func (hm *HealthMonitor) record(seq uint64, h ClusterHealth, seen map[string]MemberID) {
+	hm.mu.Lock()
+	defer hm.mu.Unlock()
+	for ep, id := range seen {
+		hm.epMember[ep] = id
+	}
+	if hm.ended || seq < hm.curSeq {
+		return
+	}
+	hm.curSeq = seq
+	hm.current = h
+	hm.c.cfg.Metrics.Set(MetricHealthStatus, float64(h.Status))
+	if hm.published != nil && hm.published.sameState(h) {
+		return
+	}
+	hm.published = &h
+	// Only this function sends, under mu, so after draining the channel the
+	// send cannot block.
+	select {
+	case hm.updates <- h:
+	default:
+		select {
+		case <-hm.updates:
+		default:
+		}
+		hm.updates <- h
+	}
+}
+
+// endErr returns Err once the monitor has ended, nil before.
+func (hm *HealthMonitor) endErr() error {
+	hm.mu.Lock()
+	defer hm.mu.Unlock()
+	if hm.ended {
+		return hm.err
+	}
+	return nil
+}
