@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdkit/etcdkit"
 	"github.com/etcdkit/etcdkit/etcdtest"
@@ -76,6 +78,28 @@ func describeHealth(h etcdkit.ClusterHealth) string {
 	return b.String()
 }
 
+func proxyOf(cl *etcdtest.Cluster, name string) string {
+	for _, m := range cl.Members() {
+		if m.Name() == name {
+			return m.ProxyEndpoint()
+		}
+	}
+	return ""
+}
+
+// follower returns a running member that does not lead.
+func follower(t testing.TB, cl *etcdtest.Cluster, not ...*etcdtest.Server) *etcdtest.Server {
+	t.Helper()
+	lead := cl.WaitLeader(t)
+	for _, m := range cl.Members() {
+		if m != lead && m.Running() && !slices.Contains(not, m) {
+			return m
+		}
+	}
+	t.Fatal("no running follower")
+	return nil
+}
+
 // serve runs the monitor's handler once and decodes its JSON.
 func serve(t testing.TB, hm *etcdkit.HealthMonitor) (int, etcdkit.ClusterHealth) {
 	t.Helper()
@@ -87,12 +111,171 @@ func serve(t testing.TB, hm *etcdkit.HealthMonitor) (int, etcdkit.ClusterHealth)
 	return rec.Code, h
 }
 
+// TestHealthFaults drives a three-member cluster, each member behind a proxy,
+// through the faults a readiness probe must tell apart: a member stopped
+// (Degraded), two stopped (Unhealthy: no quorum), a member partitioned from
+// its peers (Degraded: it has no leader and falls behind), and back.
+func TestHealthFaults(t *testing.T) {
+	cl := etcdtest.StartCluster(t, 3, etcdtest.WithProxy())
+	c := testClient(t, cl.Endpoints(), "health")
+	hm := testMonitor(t, c, etcdkit.WithMaxAppliedLag(10))
+	lead := cl.WaitLeader(t)
+
+	h := waitHealth(t, hm, "healthy", isStatus(etcdkit.Healthy))
+	require.Empty(t, h.Reasons)
+	require.Len(t, h.Members, 3)
+	require.Equal(t, etcdkit.MemberID(lead.ID()), h.Leader, "got leader %s, want %s", h.Leader, lead.Name())
+	require.Equal(t, lead.Name(), h.LeaderName)
+	for i, m := range h.Members {
+		want := cl.Members()[i]
+		require.Equal(t, want.Name(), m.Name, "members are sorted by name")
+		require.Equal(t, etcdkit.MemberID(want.ID()), m.ID)
+		// The endpoints are proxies, not the members' advertised URLs: the
+		// monitor maps them by asking each who it is.
+		require.Equal(t, want.ProxyEndpoint(), m.Endpoint, "got endpoint %s for %s, want its proxy", m.Endpoint, m.Name)
+		require.True(t, m.Reachable)
+		require.NoError(t, m.Err)
+		require.Equal(t, h.Leader, m.Leader)
+		require.Equal(t, want == lead, m.IsLeader)
+		require.Positive(t, m.ProbeLatency)
+		require.Positive(t, m.RaftTerm)
+		require.Positive(t, m.AppliedIndex)
+		require.Positive(t, m.DBSize)
+		require.NotEmpty(t, m.Version)
+		require.Empty(t, m.Alarms)
+	}
+	code, body := serve(t, hm)
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, etcdkit.Healthy, body.Status)
+	require.Len(t, body.Members, 3)
+
+	// Fault: one member stopped; its proxy stays up and closes every
+	// connection. Without the monitor a client would keep working through
+	// the other two and nobody would notice the lost redundancy.
+	first := follower(t, cl)
+	first.Stop()
+	h = waitHealth(t, hm, "degraded naming "+first.Name(), isStatus(etcdkit.Degraded, "member "+first.Name()+" is unreachable"))
+	m, ok := h.Member(first.Name())
+	require.True(t, ok)
+	require.False(t, m.Reachable)
+	require.Error(t, m.Err)
+	require.Equal(t, first.ProxyEndpoint(), m.Endpoint)
+	code, body = serve(t, hm)
+	require.Equal(t, http.StatusOK, code, "a degraded cluster still serves: ready")
+	require.Equal(t, etcdkit.Degraded, body.Status)
+	require.Contains(t, body.Reasons, "member "+first.Name()+" is unreachable")
+
+	// A monitor started now has never seen the stopped member behind its
+	// proxy, and the member list advertises direct URLs: it still names it.
+	fresh, err := testMonitor(t, c, etcdkit.WithInterval(time.Hour)).Check(testContext(t, healthWait))
+	require.NoError(t, err)
+	require.Equal(t, etcdkit.Degraded, fresh.Status, describeHealth(fresh))
+	require.Contains(t, fresh.Reasons, "member "+first.Name()+" is not reached by any configured endpoint")
+
+	// Fault: a second member stopped. The last one cannot reach quorum:
+	// every write would hang until its deadline.
+	second := follower(t, cl, first)
+	second.Stop()
+	h = waitHealth(t, hm, "unhealthy without quorum", isStatus(etcdkit.Unhealthy,
+		"no quorum: no member served a linearizable read",
+		"member "+first.Name()+" is unreachable",
+		"member "+second.Name()+" is unreachable"))
+	code, body = serve(t, hm)
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Equal(t, etcdkit.Unhealthy, body.Status)
+
+	require.NoError(t, first.Restart())
+	require.NoError(t, second.Restart())
+	cl.WaitLeader(t)
+	waitHealth(t, hm, "healthy after restarts", isStatus(etcdkit.Healthy))
+
+	// Fault: a follower cut off from its peers (raft traffic dropped), its
+	// client port still open. It answers status requests but has no leader,
+	// cannot serve linearizable reads and falls behind the writes below.
+	cut := follower(t, cl)
+	cut.Partition()
+	h = waitHealth(t, hm, "degraded, "+cut.Name()+" without leader", isStatus(etcdkit.Degraded, "member "+cut.Name()+" has no leader"))
+	m, _ = h.Member(cut.Name())
+	require.True(t, m.Reachable)
+	require.Zero(t, m.Leader)
+	require.ErrorIs(t, m.Err, rpctypes.ErrNoLeader)
+	ctx := testContext(t, healthWait)
+	writer := cl.WaitLeader(t).Client(t) // not through the cut member
+	for i := range 20 {
+		_, err := writer.Put(ctx, fmt.Sprintf("health/lag/%d", i), "x")
+		require.NoError(t, err)
+	}
+	waitHealth(t, hm, cut.Name()+" lagging", isStatus(etcdkit.Degraded, "member "+cut.Name()+" lags the leader by more than 10 applied entries"))
+	cut.Heal()
+	waitHealth(t, hm, "healthy after heal", isStatus(etcdkit.Healthy))
+}
+
+// TestHealthUnreachedMember configures a client with two of three members:
+// the third is in the member list but no endpoint reaches it.
+func TestHealthUnreachedMember(t *testing.T) {
+	cl := etcdtest.StartCluster(t, 3)
+	cl.WaitLeader(t)
+	c := testClient(t, cl.Endpoints()[:2], "health")
+	hm := testMonitor(t, c)
+	h, err := hm.Check(testContext(t, healthWait))
+	require.NoError(t, err)
+	require.Equal(t, etcdkit.Degraded, h.Status, describeHealth(h))
+	require.Equal(t, []string{"member m2 is not reached by any configured endpoint"}, h.Reasons)
+	m, ok := h.Member("m2")
+	require.True(t, ok)
+	require.False(t, m.Reachable)
+	require.Empty(t, m.Endpoint)
+	require.Error(t, m.Err)
+}
+
+// TestHealthNoSpace fills a cluster whose members have a tiny backend quota
+// until etcd raises the NOSPACE alarm: from then on every write fails, so
+// the cluster is Unhealthy even though all members are up. Disarming the
+// alarm makes it Healthy again.
+func TestHealthNoSpace(t *testing.T) {
+	cl := etcdtest.StartCluster(t, 3, etcdtest.WithQuotaBackendBytes(1<<20))
+	cl.WaitLeader(t)
+	c := testClient(t, cl.Endpoints(), "health")
+	hm := testMonitor(t, c)
+	waitHealth(t, hm, "healthy", isStatus(etcdkit.Healthy))
+
+	ctx := testContext(t, healthWait)
+	value := strings.Repeat("x", 64<<10)
+	var err error
+	for i := 0; err == nil; i++ {
+		require.Less(t, i, 200, "quota never exceeded")
+		_, err = c.Raw().Put(ctx, fmt.Sprintf("health/fill/%d", i), value)
+	}
+	require.ErrorIs(t, err, rpctypes.ErrNoSpace, "got %v, want mvcc: database space exceeded", err)
+
+	h := waitHealth(t, hm, "unhealthy with NOSPACE", func(h etcdkit.ClusterHealth) bool {
+		return h.Status == etcdkit.Unhealthy && slices.ContainsFunc(h.Reasons, func(r string) bool { return strings.Contains(r, "NOSPACE") })
+	})
+	var alarmed []string
+	for _, m := range h.Members {
+		if slices.Contains(m.Alarms, "NOSPACE") {
+			alarmed = append(alarmed, m.Name)
+			require.Contains(t, h.Reasons, "member "+m.Name+" raised a NOSPACE alarm: the cluster refuses writes until it is disarmed")
+		}
+	}
+	require.NotEmpty(t, alarmed, describeHealth(h))
+	code, body := serve(t, hm)
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Equal(t, etcdkit.Unhealthy, body.Status)
+
+	_, err = c.Raw().AlarmDisarm(ctx, &clientv3.AlarmMember{})
+	require.NoError(t, err)
+	waitHealth(t, hm, "healthy after disarm", isStatus(etcdkit.Healthy))
+	code, _ = serve(t, hm)
+	require.Equal(t, http.StatusOK, code)
+}
+
 // TestHealthUpdates checks that Updates carries a result only when the state
 // changes, keeps the latest for a slow reader, and never holds up the
 // checks.
 func TestHealthUpdates(t *testing.T) {
-	srv := etcdtest.Start(t)
-	c := testClient(t, []string{srv.Endpoint()}, "health")
+	srv := etcdtest.Start(t, etcdtest.WithProxy())
+	c := testClient(t, []string{srv.ProxyEndpoint()}, "health")
 	hm := testMonitor(t, c)
 
 	first := receive(t, hm)
