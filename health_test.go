@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -76,15 +77,6 @@ func describeHealth(h etcdkit.ClusterHealth) string {
 		fmt.Fprintf(&b, " [%s reachable=%v leader=%s err=%v]", m.Name, m.Reachable, m.Leader, m.Err)
 	}
 	return b.String()
-}
-
-func proxyOf(cl *etcdtest.Cluster, name string) string {
-	for _, m := range cl.Members() {
-		if m.Name() == name {
-			return m.ProxyEndpoint()
-		}
-	}
-	return ""
 }
 
 // follower returns a running member that does not lead.
@@ -423,4 +415,24 @@ func TestHealthJSON(t *testing.T) {
 	require.Equal(t, in.Leader, out.Leader)
 	require.EqualError(t, out.Members[1].Err, "connection refused")
 	require.Equal(t, []string{"CORRUPT"}, out.Members[0].Alarms)
+}
+
+// A service mounts the monitor as its readiness probe and logs every change
+// of the cluster's health.
+func ExampleNewHealthMonitor() {
+	ctx := context.Background()
+	c, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{"127.0.0.1:2379"}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	hm := etcdkit.NewHealthMonitor(c, etcdkit.WithInterval(5*time.Second))
+	defer hm.Close()
+	http.Handle("/readyz", hm)
+	go func() {
+		for h := range hm.Updates() {
+			log.Printf("etcd is %v: %s", h.Status, strings.Join(h.Reasons, "; "))
+		}
+	}()
 }
