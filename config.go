@@ -378,6 +378,3 @@ func (c *Client) cause(err error) error {
 
 // path returns the etcd key of a name under the namespace.
 func (c *Client) path(name string) string { return c.ns + name }
-
-// nameOf returns the name of an etcd key under the namespace.
-func (c *Client) nameOf(key []byte) string { return string(key[len(c.ns):]) }

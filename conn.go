@@ -101,13 +101,6 @@ func (s *streamConns) fail(gen uint64) {
 	_ = old.Close()
 }
 
-// current reports whether gen is the live generation.
-func (s *streamConns) current(gen uint64) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.cur != nil && s.gen == gen
-}
-
 // close closes the connection and refuses new ones.
 func (s *streamConns) close() {
 	s.mu.Lock()

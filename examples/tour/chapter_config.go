@@ -39,7 +39,7 @@ func configChapter(ctx context.Context, tr *tour) error {
 
 	_, err = limits.Create(ctx, Limits{MaxConns: 1})
 	if !errors.Is(err, etcdkit.ErrExists) {
-		return fmt.Errorf("Create on a present key: got %v, want ErrExists", err)
+		return fmt.Errorf("create on a present key: got %v, want ErrExists", err)
 	}
 	tr.say("Create refuses to overwrite: %v", err)
 
