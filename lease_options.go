@@ -1,0 +1,83 @@
+package etcdkit
+
+import (
+	"fmt"
+	"time"
+)
+
+// maxKeepAliveInterval caps the default keepalive interval, so that a silent
+// link is noticed within a few seconds even under a long TTL.
+const maxKeepAliveInterval = 5 * time.Second
+
+// maxLostMargin is the floor of the default Lost margin, for TTLs of 2s and
+// more; shorter TTLs get a quarter of the TTL.
+const maxLostMargin = 500 * time.Millisecond
+
+// SessionOption configures NewSession and NewEphemeral. Options are made by
+// the With... functions of this package.
+type SessionOption interface {
+	applySession(*sessionOptions)
+}
+
+type sessionOptionFunc func(*sessionOptions)
+
+func (f sessionOptionFunc) applySession(o *sessionOptions) { f(o) }
+
+type sessionOptions struct {
+	noRecovery bool
+	interval   time.Duration // between keepalives while Live
+	margin     time.Duration // Lost is declared this long before the earliest expiry
+	attempt    time.Duration // deadline of one keepalive or grant attempt
+
+	intervalSet, marginSet bool
+}
+
+// WithoutRecovery makes a session end for good when its lease is Lost: Done
+// is closed and Err returns ErrLeaseLost, instead of granting a new lease
+// once the cluster is reachable again. Use it when whatever the lease
+// protected cannot be re-established by the owner (a lock whose holder must
+// restart its work from scratch).
+func WithoutRecovery() SessionOption {
+	return sessionOptionFunc(func(o *sessionOptions) { o.noRecovery = true })
+}
+
+// WithKeepAliveInterval sets how often the session refreshes its lease while
+// Live. The default is a third of the TTL, at most 5s. It must be positive
+// and leave time for a retry before Lost (below TTL minus the Lost margin).
+func WithKeepAliveInterval(d time.Duration) SessionOption {
+	return sessionOptionFunc(func(o *sessionOptions) { o.interval, o.intervalSet = d, true })
+}
+
+// WithLostMargin sets how long before the earliest moment the server may
+// expire the lease the session declares it Lost. The default is a tenth of
+// the TTL, and at least 500ms (a quarter of the TTL for TTLs under 2s); see
+// Session for why. It must be at least 0 and at most half the TTL.
+func WithLostMargin(d time.Duration) SessionOption {
+	return sessionOptionFunc(func(o *sessionOptions) { o.margin, o.marginSet = d, true })
+}
+
+// buildSessionOptions applies opts and fills in the defaults derived from
+// ttl and the client's StallTimeout.
+func buildSessionOptions(ttl, stall time.Duration, opts []SessionOption) (sessionOptions, error) {
+	var o sessionOptions
+	for _, opt := range opts {
+		if opt != nil {
+			opt.applySession(&o)
+		}
+	}
+	if !o.marginSet {
+		o.margin = max(ttl/10, min(maxLostMargin, ttl/4))
+	}
+	if o.margin < 0 || o.margin > ttl/2 {
+		return o, fmt.Errorf("etcdkit: session: Lost margin %v outside [0, TTL/2] for TTL %v", o.margin, ttl)
+	}
+	if !o.intervalSet {
+		o.interval = min(ttl/3, maxKeepAliveInterval)
+	}
+	if o.interval <= 0 || o.interval >= ttl-o.margin {
+		return o, fmt.Errorf("etcdkit: session: keepalive interval %v outside (0, %v) for TTL %v and Lost margin %v",
+			o.interval, ttl-o.margin, ttl, o.margin)
+	}
+	o.attempt = min(stall, o.interval)
+	return o, nil
+}
