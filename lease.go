@@ -1,12 +1,14 @@
 package etcdkit
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -148,7 +150,8 @@ func (f *stateFeed) close() {
 
 // Session is a lease that etcdkit keeps alive, and the state of that effort.
 // Make one with Client.NewSession. Attach keys to Lease to make them live as
-// long as the session.
+// long as the session; an Ephemeral does that for one key and puts it back
+// when it goes missing.
 //
 // # Keepalives
 //
@@ -601,4 +604,463 @@ func (c *Client) streamFailed(ctx context.Context, gen uint64, err error) {
 		c.cfg.Metrics.Add(MetricWatchStalls, 1)
 	}
 	c.streams.fail(gen)
+}
+
+// Ephemeral is a key that exists as long as its owner: it holds the owner's
+// value under a lease of its own Session and goes away when the owner stops
+// refreshing it. While the owner is alive, the Ephemeral keeps the key in
+// place: if someone deletes or overwrites it, it is put back (sending
+// Restored and counting MetricEphemeralRestores), and after the lease was
+// Lost and a new one granted, the key is put again under the new lease
+// (sending Recovered).
+//
+// Two Ephemerals on one key fight over it; give each owner its own key.
+// An Ephemeral is safe for concurrent use.
+type Ephemeral[T any] struct {
+	key *Key[T]
+	s   *Session
+
+	feed   *stateFeed
+	done   chan struct{}
+	exited chan struct{}
+
+	// mu serialises writes, so that a write under an older lease never
+	// lands after one under a newer lease, and guards the fields below.
+	mu    sync.Mutex
+	value []byte
+	rev   int64            // mod revision of our last write, 0 if none is known
+	lease clientv3.LeaseID // lease of our last write
+	seen  int64            // revision at which the key was last found ours
+	err   error
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewEphemeral puts value at key under a new lease of the given TTL (see
+// Client.NewSession for the rules and the options) and keeps it there as
+// described for Ephemeral. A value already at key, from anyone, is replaced.
+// It returns once the key is written.
+//
+// ctx bounds the first write and the Ephemeral's life: when ctx ends, the
+// lease is revoked, which deletes the key, and the Ephemeral ends with Err
+// wrapping ctx's error.
+func NewEphemeral[T any](ctx context.Context, key *Key[T], value T, ttl time.Duration, opts ...SessionOption) (*Ephemeral[T], error) {
+	if key == nil {
+		return nil, errors.New("etcdkit: NewEphemeral: nil key")
+	}
+	data, err := key.encode(value)
+	if err != nil {
+		return nil, err
+	}
+	s, err := key.c.NewSession(ctx, ttl, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("etcdkit: ephemeral %q: %w", key.name, err)
+	}
+	e := &Ephemeral[T]{
+		key: key,
+		s:   s,
+		// MetricSessionStateChanges counts the session's transitions only.
+		feed:   newStateFeed(nopMetrics{}),
+		done:   make(chan struct{}),
+		exited: make(chan struct{}),
+		value:  data,
+	}
+	wctx, cancel, err := key.c.opContext(ctx)
+	if err == nil {
+		e.mu.Lock()
+		_, err = e.writeLocked(wctx, s.Lease(), 0)
+		e.mu.Unlock()
+		cancel()
+	}
+	if err != nil {
+		_ = s.Close()
+		return nil, e.fail("put", err)
+	}
+	if !key.c.spawn(e.run) {
+		_ = s.Close()
+		return nil, fmt.Errorf("etcdkit: ephemeral %q: %w", key.name, ErrClosed)
+	}
+	return e, nil
+}
+
+// Key returns the key the Ephemeral holds.
+func (e *Ephemeral[T]) Key() *Key[T] { return e.key }
+
+// Lease returns the ID of the lease the key is meant to be attached to; it
+// changes on Recovered.
+func (e *Ephemeral[T]) Lease() clientv3.LeaseID { return e.s.Lease() }
+
+// State returns the current state: Live (the key is in place under the
+// current lease, as far as the Ephemeral knows), Suspended or Lost.
+func (e *Ephemeral[T]) State() SessionState {
+	st, _ := e.feed.get()
+	return st
+}
+
+// States returns the channel of the Ephemeral's state transitions, starting
+// with Live: Suspended and Lost as its session's, Recovered (followed by
+// Live) once the key is back under a new lease, Restored (followed by the
+// current state) when the key was put back after someone deleted or
+// overwrote it. It never blocks the Ephemeral: it holds the latest 16
+// states, dropping the oldest when the reader is further behind. It is
+// closed after Done.
+func (e *Ephemeral[T]) States() <-chan SessionState { return e.feed.ch }
+
+// Done returns a channel that is closed when the Ephemeral has ended for
+// good, for the reasons a Session ends; its key is then deleted or left to
+// expire.
+func (e *Ephemeral[T]) Done() <-chan struct{} { return e.done }
+
+// Err returns nil while the Ephemeral runs and, once Done is closed, why it
+// ended, as Session.Err.
+func (e *Ephemeral[T]) Err() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.err
+}
+
+// Update replaces the key's value, keeping the lease. The write applies only
+// if the key is still as the Ephemeral last wrote it; if someone else changed
+// it meanwhile, their change is overwritten as a restore would. ctx bounds
+// the call (with Config.RequestTimeout). The new value is kept even if Update
+// fails: every later restore writes it. While the lease is Lost, Update fails
+// with ErrLeaseLost and the value is written once the session recovers.
+func (e *Ephemeral[T]) Update(ctx context.Context, v T) error {
+	data, err := e.key.encode(v)
+	if err != nil {
+		return err
+	}
+	ctx, cancel, err := e.key.c.opContext(ctx)
+	if err != nil {
+		return e.fail("update", err)
+	}
+	defer cancel()
+	// The write must also stop when the Ephemeral ends.
+	stop := context.AfterFunc(e.s.ctx, cancel)
+	defer stop()
+
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.err != nil {
+		return e.fail("update", e.err)
+	}
+	e.value = data
+	st, lease, _ := e.s.snapshot()
+	if st == Lost {
+		return e.fail("update", fmt.Errorf("%w; the value is written when a new lease is granted", ErrLeaseLost))
+	}
+	if _, err := e.writeLocked(ctx, lease, e.rev); err != nil {
+		if e.s.ctx.Err() != nil {
+			err = fmt.Errorf("%w: %w", context.Cause(e.s.ctx), err)
+		}
+		return e.fail("update", err)
+	}
+	return nil
+}
+
+// Close deletes the key and revokes the lease at once (the revoke deletes
+// the key with it in one step), stops the Ephemeral and waits for its
+// goroutines. It returns the revoke's error, if any; the key then expires
+// with its lease. Close is idempotent.
+func (e *Ephemeral[T]) Close() error {
+	e.closeOnce.Do(func() {
+		e.closeErr = e.s.Close()
+		<-e.exited
+		if e.closeErr != nil {
+			e.closeErr = e.fail("close", e.closeErr)
+		}
+	})
+	return e.closeErr
+}
+
+func (e *Ephemeral[T]) fail(op string, err error) error {
+	return fmt.Errorf("etcdkit: ephemeral %s %q: %w", op, e.key.name, mapServerError(err))
+}
+
+// run keeps the key in place until the session ends.
+func (e *Ephemeral[T]) run() {
+	defer close(e.exited)
+	defer e.finish()
+	retry := backoff.New(50*time.Millisecond, time.Second)
+	rewatch := backoff.New(50*time.Millisecond, time.Second)
+	liveOn := e.s.Lease() // the lease the key was last reported Live under
+	checked := true       // the key was just written: no need to read it
+	for {
+		st, lease, changed := e.s.snapshot()
+		if st == Lost || st == Suspended {
+			// Suspended: the cluster is out of reach, the key most likely
+			// still in place; Lost: nothing can be written until a new lease.
+			e.feed.enter(st, 0)
+			select {
+			case <-changed:
+				continue
+			case <-e.s.done:
+				return
+			}
+		}
+		if !checked || lease != liveOn {
+			if lease != liveOn {
+				// The session may have recovered before this goroutine saw it
+				// Lost; the key's lease was lost all the same.
+				e.feed.enter(Lost, 0)
+			}
+			restored, err := e.reconcile(lease)
+			if err != nil {
+				if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+					e.s.poke()
+				}
+				e.key.c.log.Debug("ephemeral cannot put its key back yet", zap.String("key", e.key.name), zap.Error(err))
+				if !e.waitChange(retry.Next(), changed) {
+					return
+				}
+				continue
+			}
+			retry.Reset()
+			switch {
+			case lease != liveOn:
+				e.key.c.cfg.Metrics.Add(MetricEphemeralRestores, 1)
+				e.feed.enter(Live, Recovered)
+				liveOn = lease
+			case restored:
+				e.key.c.cfg.Metrics.Add(MetricEphemeralRestores, 1)
+				e.feed.enter(Live, Restored)
+			default:
+				e.feed.enter(Live, 0)
+			}
+		} else {
+			e.feed.enter(Live, 0)
+		}
+		checked = false
+		start := time.Now()
+		e.watch(lease, changed)
+		// A watch that breaks at once for a lasting reason (a member
+		// without a leader, a compaction race) must not spin.
+		delay := time.Duration(0)
+		if time.Since(start) < time.Second {
+			delay = rewatch.Next()
+		} else {
+			rewatch.Reset()
+		}
+		if !e.wait(delay) {
+			return
+		}
+	}
+}
+
+// wait waits for d, and reports false if the session ended first.
+func (e *Ephemeral[T]) wait(d time.Duration) bool {
+	return e.waitChange(d, nil)
+}
+
+// waitChange waits for d or a session transition, and reports false if the
+// session ended first.
+func (e *Ephemeral[T]) waitChange(d time.Duration, changed <-chan struct{}) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+	case <-changed:
+	case <-e.s.done:
+		return false
+	}
+	return true
+}
+
+// reconcile makes the key hold our value under lease, reading it first, and
+// reports whether it had to write.
+func (e *Ephemeral[T]) reconcile(lease clientv3.LeaseID) (bool, error) {
+	ctx, cancel := context.WithTimeout(e.s.ctx, e.key.c.cfg.RequestTimeout)
+	defer cancel()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var resp *clientv3.TxnResponse
+	err := e.key.c.onStreams(ctx, e.s.o.attempt, func(ctx context.Context, cli *clientv3.Client) error {
+		var err error
+		resp, err = cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(e.key.path), "=", e.rev),
+				clientv3.Compare(clientv3.LeaseValue(e.key.path), "=", lease)).
+			Else(clientv3.OpGet(e.key.path)).
+			Commit()
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	e.seen = resp.Header.Revision
+	if resp.Succeeded {
+		return false, nil
+	}
+	var kv *mvccpb.KeyValue
+	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+		kv = kvs[0]
+	}
+	if e.oursLocked(kv, lease) {
+		e.rev, e.lease = kv.ModRevision, lease
+		return false, nil
+	}
+	expect := int64(0)
+	if kv != nil {
+		expect = kv.ModRevision
+	}
+	return e.writeLocked(ctx, lease, expect)
+}
+
+// oursLocked reports whether kv is our value under lease.
+func (e *Ephemeral[T]) oursLocked(kv *mvccpb.KeyValue, lease clientv3.LeaseID) bool {
+	return kv != nil && kv.Lease == int64(lease) && bytes.Equal(kv.Value, e.value)
+}
+
+// writeLocked puts our value under lease if the key's mod revision is
+// expect (0: absent). When the key changed meanwhile, it tries again against
+// what the key now holds, so the put never overwrites a change it has not
+// seen, and it stops if the key already holds our value under lease (a
+// write whose answer was lost). It reports whether it wrote.
+func (e *Ephemeral[T]) writeLocked(ctx context.Context, lease clientv3.LeaseID, expect int64) (bool, error) {
+	for attempt := 1; ; attempt++ {
+		var resp *clientv3.TxnResponse
+		err := e.key.c.onStreams(ctx, e.s.o.attempt, func(ctx context.Context, cli *clientv3.Client) error {
+			var err error
+			resp, err = cli.Txn(ctx).
+				If(clientv3.Compare(clientv3.ModRevision(e.key.path), "=", expect)).
+				Then(clientv3.OpPut(e.key.path, string(e.value), clientv3.WithLease(lease))).
+				Else(clientv3.OpGet(e.key.path)).
+				Commit()
+			return err
+		})
+		if err != nil {
+			return false, err
+		}
+		if resp.Succeeded {
+			e.rev, e.lease = resp.Header.Revision, lease
+			return true, nil
+		}
+		var kv *mvccpb.KeyValue
+		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+			kv = kvs[0]
+		}
+		if e.oursLocked(kv, lease) {
+			e.rev, e.lease = kv.ModRevision, lease
+			return false, nil
+		}
+		if attempt == maxUpdateAttempts {
+			return false, fmt.Errorf("gave up after %d attempts: the key keeps changing", attempt)
+		}
+		expect = 0
+		if kv != nil {
+			expect = kv.ModRevision
+		}
+	}
+}
+
+// watch follows the key from our last write on the stream connection and
+// puts it back whenever someone else changes it. It returns when the
+// session's lease or state needs the key to be checked again, when the watch
+// breaks or stalls, or when the session ends.
+func (e *Ephemeral[T]) watch(lease clientv3.LeaseID, changed <-chan struct{}) {
+	c := e.key.c
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(e.s.ctx))
+	defer cancel()
+	cli, gen, err := c.streams.get(ctx)
+	if err != nil {
+		return
+	}
+	e.mu.Lock()
+	// Everything up to seen was checked, so starting after it misses
+	// nothing, even if our last write was compacted away.
+	from := max(e.rev, e.seen) + 1
+	e.mu.Unlock()
+	wch := cli.Watch(ctx, e.key.path, clientv3.WithRev(from))
+
+	// A watch on a silent link just goes quiet. Ask for a progress
+	// notification every interval; one left unanswered for StallTimeout
+	// means the stream stalled.
+	stall := c.cfg.StallTimeout
+	tick := time.NewTicker(min(e.s.o.interval, stall))
+	defer tick.Stop()
+	var asked time.Time
+	for {
+		select {
+		case <-e.s.done:
+			return
+		case <-changed:
+			var st SessionState
+			var l clientv3.LeaseID
+			st, l, changed = e.s.snapshot()
+			if l != lease || st != Live {
+				return
+			}
+			e.feed.enter(Live, 0)
+		case wr, ok := <-wch:
+			if !ok || wr.Err() != nil {
+				return
+			}
+			asked = time.Time{}
+			for _, ev := range wr.Events {
+				if err := e.restore(lease, ev); err != nil {
+					c.log.Debug("ephemeral cannot restore its key", zap.String("key", e.key.name), zap.Error(err))
+					return
+				}
+			}
+		case <-tick.C:
+			if !asked.IsZero() {
+				if time.Since(asked) >= stall {
+					c.log.Info("ephemeral key watch stalled", zap.String("key", e.key.name))
+					c.cfg.Metrics.Add(MetricWatchStalls, 1)
+					c.streams.fail(gen)
+					return
+				}
+				continue
+			}
+			pctx, pcancel := context.WithTimeout(ctx, stall)
+			_ = cli.RequestProgress(pctx)
+			pcancel()
+			asked = time.Now()
+		}
+	}
+}
+
+// restore puts the key back after ev, unless ev is ours or older than our
+// last write.
+func (e *Ephemeral[T]) restore(lease clientv3.LeaseID, ev *clientv3.Event) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if ev.Kv.ModRevision <= e.rev {
+		return nil
+	}
+	expect := ev.Kv.ModRevision
+	if ev.Type == mvccpb.DELETE {
+		expect = 0
+	} else if e.oursLocked(ev.Kv, lease) {
+		e.rev = ev.Kv.ModRevision
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(e.s.ctx, e.key.c.cfg.RequestTimeout)
+	defer cancel()
+	wrote, err := e.writeLocked(ctx, lease, expect)
+	if err != nil {
+		return err
+	}
+	if wrote {
+		e.key.c.log.Info("ephemeral key put back", zap.String("key", e.key.name), zap.Stringer("after", ev.Type))
+		e.key.c.cfg.Metrics.Add(MetricEphemeralRestores, 1)
+		st, _ := e.feed.get()
+		e.feed.enter(st, Restored)
+	}
+	return nil
+}
+
+// finish waits for the session to end, which revokes the lease, and reports
+// its reason.
+func (e *Ephemeral[T]) finish() {
+	<-e.s.done
+	err := e.s.Err()
+	if st := e.s.State(); st == Lost {
+		e.feed.enter(Lost, 0)
+	}
+	e.mu.Lock()
+	e.err = err
+	e.mu.Unlock()
+	close(e.done)
+	e.feed.close()
 }
