@@ -2,15 +2,18 @@ package etcdkit_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdkit/etcdkit"
 	"github.com/etcdkit/etcdkit/etcdtest"
+	"github.com/etcdkit/etcdkit/proxy"
 )
 
 // lsEphemeral puts value at name for the test, closing it at cleanup.
@@ -236,4 +239,223 @@ func TestEphemeralLeaseRevokedElsewhere(t *testing.T) {
 	got := states.list()
 	assert.Contains(t, got, etcdkit.Lost)
 	assert.Equal(t, etcdkit.Live, got[len(got)-1], "states %v", got)
+}
+
+// keyEvents records the events of a direct watch on one key, with the time
+// each was received.
+type keyEvents struct {
+	mu     sync.Mutex
+	events []stampedEvent
+}
+
+type stampedEvent struct {
+	typ   mvccpb.Event_EventType
+	value string
+	lease int64
+	at    time.Time
+}
+
+// watchKey watches key on raw from the current revision until the test
+// ends.
+func watchKey(t testing.TB, raw *clientv3.Client, key string) *keyEvents {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	wch := raw.Watch(clientv3.WithRequireLeader(ctx), key)
+	k := &keyEvents{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for wr := range wch {
+			now := time.Now()
+			k.mu.Lock()
+			for _, ev := range wr.Events {
+				k.events = append(k.events, stampedEvent{ev.Type, string(ev.Kv.Value), ev.Kv.Lease, now})
+			}
+			k.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	// Make sure the watch is registered before the test acts.
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer wcancel()
+	require.NoError(t, raw.RequestProgress(clientv3.WithRequireLeader(wctx)))
+	return k
+}
+
+// first returns the first event of type typ received at or after from.
+func (k *keyEvents) first(typ mvccpb.Event_EventType, from time.Time) (stampedEvent, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, ev := range k.events {
+		if ev.typ == typ && !ev.at.Before(from) {
+			return ev, true
+		}
+	}
+	return stampedEvent{}, false
+}
+
+func (k *keyEvents) count(typ mvccpb.Event_EventType) int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	n := 0
+	for _, ev := range k.events {
+		if ev.typ == typ {
+			n++
+		}
+	}
+	return n
+}
+
+func (k *keyEvents) waitFirst(t testing.TB, typ mvccpb.Event_EventType, from time.Time, within time.Duration) stampedEvent {
+	t.Helper()
+	var ev stampedEvent
+	require.Eventually(t, func() bool {
+		var ok bool
+		ev, ok = k.first(typ, from)
+		return ok
+	}, within, lsTick, "no %v event on the key", typ)
+	return ev
+}
+
+// TestEphemeralOwnerCutOff blackholes the owner's link in both directions
+// (proxy Blackhole(Both)) for longer than the TTL, then heals it
+// (Unblackhole). With the raw client, the owner would learn nothing for the
+// ~15s gRPC keepalive takes to give up (its concurrency.Session's Done comes
+// after the server has already deleted the key, if at all), and its key
+// would stay gone after the link returns. Here the owner is told Suspended,
+// then Lost before the server deletes the key, and the key is back right
+// after the heal.
+func TestEphemeralOwnerCutOff(t *testing.T) {
+	const ttl = 2 * time.Second
+	srv := etcdtest.Start(t, etcdtest.WithProxy())
+	c := lsClient(t, etcdkit.Config{Logger: lsLogger(t)}, srv.ProxyEndpoint())
+	raw := srv.Client(t)
+	events := watchKey(t, raw, "svc/cut")
+	e := lsEphemeral(t, c, "svc/cut", "mine", ttl)
+	states := recordStates(t, e.States())
+
+	cut := time.Now()
+	srv.Proxy().Blackhole(proxy.Both)
+
+	del := events.waitFirst(t, mvccpb.DELETE, cut, ttl+lsWait)
+	suspended := states.waitFor(t, etcdkit.Suspended, cut, lsWait)
+	lost := states.waitFor(t, etcdkit.Lost, cut, lsWait)
+	t.Logf("after the cut: Suspended %v, Lost %v, deleted %v; Lost came %v before the deletion",
+		suspended.Sub(cut), lost.Sub(cut), del.at.Sub(cut), del.at.Sub(lost))
+	// The server renewed the lease last before the cut, and sweeps expired
+	// leases every 500ms; allow 1s more for a loaded machine.
+	assert.Less(t, del.at.Sub(cut), ttl+etcdtest.DefaultElection+time.Second, "deletion after the cut")
+	assert.True(t, suspended.Before(lost), "Suspended %v after Lost %v", suspended.Sub(cut), lost.Sub(cut))
+	assert.True(t, lost.Before(del.at), "Lost %v after the deletion %v", lost.Sub(cut), del.at.Sub(cut))
+
+	heal := time.Now()
+	srv.Proxy().Unblackhole()
+	back := events.waitFirst(t, mvccpb.PUT, heal, lsWait)
+	t.Logf("key back %v after the heal", back.at.Sub(heal))
+	assert.Less(t, back.at.Sub(heal), 2*time.Second, "key back after the heal")
+	assert.Equal(t, "mine", back.value)
+	states.waitFor(t, etcdkit.Recovered, heal, lsWait)
+	lsHolds(t, raw, e, "svc/cut", "mine", lsWait)
+	require.Eventually(t, func() bool { return e.State() == etcdkit.Live }, lsWait, lsTick)
+}
+
+// TestEphemeralServerRestart restarts the only member: at once (etcdtest
+// Restart), and after an outage longer than the TTL (Stop, then Restart once
+// the owner has declared its lease Lost). A raw KeepAlive retries quietly;
+// after the long outage its concurrency.Session has ended for good and the
+// key, revived with its old lease by the restart, expires a TTL later. Here
+// the session survives the short restart and recovers from the long one, and
+// the key is present afterwards, under a live lease.
+func TestEphemeralServerRestart(t *testing.T) {
+	srv := etcdtest.Start(t)
+	c := lsClient(t, etcdkit.Config{Logger: lsLogger(t)}, srv.Endpoint())
+	raw := srv.Client(t)
+
+	check := func(t *testing.T, e *etcdkit.Ephemeral[string], key string, old clientv3.LeaseID) {
+		lsHolds(t, raw, e, key, "mine", lsWait)
+		require.Eventually(t, func() bool { return e.State() == etcdkit.Live }, lsWait, lsTick)
+		// If the session had to move to a new lease, the old one expires
+		// on its own; the key must not go with it.
+		if e.Lease() != old {
+			require.Eventually(t, func() bool { return lsLeaseTTL(t, raw, old) == -1 }, lsWait, lsTick)
+		}
+		lsHolds(t, raw, e, key, "mine", lsWait)
+		assert.Greater(t, lsLeaseTTL(t, raw, e.Lease()), int64(0))
+	}
+
+	t.Run("restart", func(t *testing.T) {
+		e := lsEphemeral(t, c, "svc/restart", "mine", 2*time.Second)
+		states := recordStates(t, e.States())
+		old := e.Lease()
+		require.NoError(t, srv.Restart())
+		check(t, e, "svc/restart", old)
+		t.Logf("states: %v; lease changed: %v", states.list(), e.Lease() != old)
+	})
+
+	t.Run("outage", func(t *testing.T) {
+		e := lsEphemeral(t, c, "svc/outage", "mine", 2*time.Second)
+		states := recordStates(t, e.States())
+		old := e.Lease()
+		stop := time.Now()
+		srv.Stop()
+		states.waitFor(t, etcdkit.Lost, stop, lsWait)
+		restart := time.Now()
+		require.NoError(t, srv.Restart())
+		states.waitFor(t, etcdkit.Recovered, restart, lsWait)
+		assert.NotEqual(t, old, e.Lease())
+		check(t, e, "svc/outage", old)
+		t.Logf("states: %v", states.list())
+	})
+}
+
+// TestEphemeralMemberStopped stops the member (etcdtest Stop) that the
+// owner's keepalives go to, in a three-member cluster. A raw client keeps
+// its keepalive stream on the dead member until gRPC notices, and its key
+// can expire meanwhile; here the session moves to another member at once,
+// keeps its lease, and the key never disappears.
+func TestEphemeralMemberStopped(t *testing.T) {
+	const ttl = 3 * time.Second
+	cl := etcdtest.StartCluster(t, 3, etcdtest.WithProxy())
+	cl.WaitLeader(t)
+	c := lsClient(t, etcdkit.Config{}, cl.Endpoints()...)
+	e := lsEphemeral(t, c, "svc/moved", "mine", ttl)
+	states := recordStates(t, e.States())
+	lease := e.Lease()
+
+	// The owner's member is the one its keepalives reach: the proxy with the
+	// most upstream traffic over a few keepalive intervals.
+	members := cl.Members()
+	before := make([]int64, len(members))
+	for i, m := range members {
+		before[i] = m.Proxy().Stats().BytesUp
+	}
+	time.Sleep(ttl) // a measurement window, not synchronisation
+	owner := members[0]
+	var most int64 = -1
+	for i, m := range members {
+		if d := m.Proxy().Stats().BytesUp - before[i]; d > most {
+			owner, most = m, d
+		}
+	}
+	var watcher *etcdtest.Server
+	for _, m := range members {
+		if m != owner {
+			watcher = m
+			break
+		}
+	}
+	raw := watcher.Client(t)
+	events := watchKey(t, raw, "svc/moved")
+
+	stop := time.Now()
+	owner.Stop()
+	cl.WaitLeader(t)
+	// Two TTLs later the key must still be there, under the same lease.
+	require.Eventually(t, func() bool { return time.Since(stop) > 2*ttl }, lsWait, lsTick)
+	lsHolds(t, raw, e, "svc/moved", "mine", lsWait)
+	assert.Equal(t, lease, e.Lease(), "lease after the member stopped")
+	assert.Zero(t, events.count(mvccpb.DELETE), "the key disappeared")
+	assert.NotContains(t, states.list(), etcdkit.Lost)
+	assert.Equal(t, etcdkit.Live, e.State())
+	t.Logf("stopped %s; states %v", owner.Name(), states.list())
 }

@@ -80,19 +80,26 @@ const stateBuffer = 16
 
 // stateFeed holds a handle's current state and sends its transitions to the
 // States channel without ever blocking: when the reader is stateBuffer states
-// behind, the oldest waiting state is dropped. changed is closed and replaced
-// on every transition, for the engines that wait on one.
+// behind, the oldest waiting state is dropped. Each state lasts one epoch, a
+// context cancelled at the next transition, which the engines that follow a
+// session wait on or bound their requests with.
 type stateFeed struct {
-	mu      sync.Mutex
-	state   SessionState
-	ch      chan SessionState
-	changed chan struct{}
-	closed  bool
-	metrics Metrics
+	mu       sync.Mutex
+	state    SessionState
+	ch       chan SessionState
+	epoch    context.Context
+	endEpoch context.CancelFunc
+	closed   bool
+	metrics  Metrics
+	// mirror, if set, enters Suspended and Lost together with this feed,
+	// so that an Ephemeral reports every one of its session's failures,
+	// however briefly they last.
+	mirror *stateFeed
 }
 
 func newStateFeed(m Metrics) *stateFeed {
-	f := &stateFeed{state: Live, ch: make(chan SessionState, stateBuffer), changed: make(chan struct{}), metrics: m}
+	f := &stateFeed{state: Live, ch: make(chan SessionState, stateBuffer), metrics: m}
+	f.epoch, f.endEpoch = context.WithCancel(context.Background())
 	f.ch <- Live
 	return f
 }
@@ -102,6 +109,10 @@ func newStateFeed(m Metrics) *stateFeed {
 func (f *stateFeed) enter(st, why SessionState) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.enterLocked(st, why)
+}
+
+func (f *stateFeed) enterLocked(st, why SessionState) {
 	if f.closed || (st == f.state && why == 0) {
 		return
 	}
@@ -113,8 +124,34 @@ func (f *stateFeed) enter(st, why SessionState) {
 	}
 	f.state = st
 	f.sendLocked(st)
-	close(f.changed)
-	f.changed = make(chan struct{})
+	if f.mirror != nil && (st == Suspended || st == Lost) {
+		f.mirror.enter(st, 0)
+	}
+	f.endEpoch()
+	f.epoch, f.endEpoch = context.WithCancel(context.Background())
+}
+
+// announce sends why, then the current state again, without a transition.
+func (f *stateFeed) announce(why SessionState) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.closed {
+		f.sendLocked(why)
+		f.sendLocked(f.state)
+	}
+}
+
+// relay makes g enter st (after why) if f is still in the given epoch, and
+// reports whether it did. It keeps a follower from reporting Live after its
+// session has already moved on.
+func (f *stateFeed) relay(epoch context.Context, g *stateFeed, st, why SessionState) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.epoch != epoch {
+		return false
+	}
+	g.enter(st, why)
+	return true
 }
 
 func (f *stateFeed) sendLocked(st SessionState) {
@@ -131,20 +168,30 @@ func (f *stateFeed) sendLocked(st SessionState) {
 	}
 }
 
-func (f *stateFeed) get() (SessionState, <-chan struct{}) {
+func (f *stateFeed) get() (SessionState, context.Context) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.state, f.changed
+	return f.state, f.epoch
 }
 
-// close closes the States channel; the states already in it stay readable.
+func (f *stateFeed) setMirror(g *stateFeed) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.mirror = g
+	if f.state == Suspended || f.state == Lost {
+		g.enter(f.state, 0)
+	}
+}
+
+// close closes the States channel, whose states stay readable, and ends the
+// last epoch.
 func (f *stateFeed) close() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.closed {
 		f.closed = true
 		close(f.ch)
-		close(f.changed)
+		f.endEpoch()
 	}
 }
 
@@ -346,10 +393,10 @@ func (s *Session) Close() error {
 }
 
 // snapshot returns what the engines that follow the session need: its state,
-// its lease and a channel closed at the next transition.
-func (s *Session) snapshot() (SessionState, clientv3.LeaseID, <-chan struct{}) {
-	st, changed := s.feed.get()
-	return st, s.Lease(), changed
+// its lease and the state's epoch, which ends at the next transition.
+func (s *Session) snapshot() (SessionState, clientv3.LeaseID, context.Context) {
+	st, epoch := s.feed.get()
+	return st, s.Lease(), epoch
 }
 
 // poke asks for a keepalive now, when a request found the lease gone.
@@ -666,6 +713,7 @@ func NewEphemeral[T any](ctx context.Context, key *Key[T], value T, ttl time.Dur
 		exited: make(chan struct{}),
 		value:  data,
 	}
+	s.feed.setMirror(e.feed)
 	wctx, cancel, err := key.c.opContext(ctx)
 	if err == nil {
 		e.mu.Lock()
@@ -784,34 +832,33 @@ func (e *Ephemeral[T]) run() {
 	defer e.finish()
 	retry := backoff.New(50*time.Millisecond, time.Second)
 	rewatch := backoff.New(50*time.Millisecond, time.Second)
-	liveOn := e.s.Lease() // the lease the key was last reported Live under
+	liveOn := e.s.Lease() // the lease the key was last written under
 	checked := true       // the key was just written: no need to read it
+	var why SessionState  // Recovered or Restored, not yet reported
 	for {
-		st, lease, changed := e.s.snapshot()
+		st, lease, epoch := e.s.snapshot()
 		if st == Lost || st == Suspended {
 			// Suspended: the cluster is out of reach, the key most likely
 			// still in place; Lost: nothing can be written until a new lease.
 			e.feed.enter(st, 0)
-			select {
-			case <-changed:
-				continue
-			case <-e.s.done:
+			if !e.waitEpoch(time.Duration(1<<62), epoch) {
 				return
 			}
+			continue
 		}
 		if !checked || lease != liveOn {
 			if lease != liveOn {
-				// The session may have recovered before this goroutine saw it
-				// Lost; the key's lease was lost all the same.
+				// The session may have recovered before this goroutine saw
+				// it Lost; the key's lease was lost all the same.
 				e.feed.enter(Lost, 0)
 			}
-			restored, err := e.reconcile(lease)
+			restored, err := e.reconcile(epoch, lease)
 			if err != nil {
 				if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 					e.s.poke()
 				}
 				e.key.c.log.Debug("ephemeral cannot put its key back yet", zap.String("key", e.key.name), zap.Error(err))
-				if !e.waitChange(retry.Next(), changed) {
+				if !e.waitEpoch(retry.Next(), epoch) {
 					return
 				}
 				continue
@@ -820,20 +867,21 @@ func (e *Ephemeral[T]) run() {
 			switch {
 			case lease != liveOn:
 				e.key.c.cfg.Metrics.Add(MetricEphemeralRestores, 1)
-				e.feed.enter(Live, Recovered)
-				liveOn = lease
+				why, liveOn = Recovered, lease
 			case restored:
 				e.key.c.cfg.Metrics.Add(MetricEphemeralRestores, 1)
-				e.feed.enter(Live, Restored)
-			default:
-				e.feed.enter(Live, 0)
+				if why == 0 {
+					why = Restored
+				}
 			}
-		} else {
-			e.feed.enter(Live, 0)
+			checked = true
 		}
-		checked = false
+		if !e.s.feed.relay(epoch, e.feed, Live, why) {
+			continue // the session moved on meanwhile: look again
+		}
+		why, checked = 0, false
 		start := time.Now()
-		e.watch(lease, changed)
+		e.watch(epoch, lease)
 		// A watch that breaks at once for a lasting reason (a member
 		// without a leader, a compaction race) must not spin.
 		delay := time.Duration(0)
@@ -842,35 +890,43 @@ func (e *Ephemeral[T]) run() {
 		} else {
 			rewatch.Reset()
 		}
-		if !e.wait(delay) {
+		if !e.waitEpoch(delay, nil) {
 			return
 		}
 	}
 }
 
-// wait waits for d, and reports false if the session ended first.
-func (e *Ephemeral[T]) wait(d time.Duration) bool {
-	return e.waitChange(d, nil)
-}
-
-// waitChange waits for d or a session transition, and reports false if the
-// session ended first.
-func (e *Ephemeral[T]) waitChange(d time.Duration, changed <-chan struct{}) bool {
+// waitEpoch waits for d or the end of epoch (if not nil), and reports false
+// if the session ended first.
+func (e *Ephemeral[T]) waitEpoch(d time.Duration, epoch context.Context) bool {
+	var ended <-chan struct{}
+	if epoch != nil {
+		ended = epoch.Done()
+	}
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	select {
 	case <-timer.C:
-	case <-changed:
+	case <-ended:
 	case <-e.s.done:
 		return false
 	}
 	return true
 }
 
+// opContext bounds one of the engine's writes: by RequestTimeout, the
+// session's life and the session state's epoch, so that a write under a
+// lease the session has since given up on does not linger.
+func (e *Ephemeral[T]) opContext(epoch context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithTimeout(e.s.ctx, e.key.c.cfg.RequestTimeout)
+	stop := context.AfterFunc(epoch, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
 // reconcile makes the key hold our value under lease, reading it first, and
 // reports whether it had to write.
-func (e *Ephemeral[T]) reconcile(lease clientv3.LeaseID) (bool, error) {
-	ctx, cancel := context.WithTimeout(e.s.ctx, e.key.c.cfg.RequestTimeout)
+func (e *Ephemeral[T]) reconcile(epoch context.Context, lease clientv3.LeaseID) (bool, error) {
+	ctx, cancel := e.opContext(epoch)
 	defer cancel()
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -954,10 +1010,10 @@ func (e *Ephemeral[T]) writeLocked(ctx context.Context, lease clientv3.LeaseID, 
 }
 
 // watch follows the key from our last write on the stream connection and
-// puts it back whenever someone else changes it. It returns when the
-// session's lease or state needs the key to be checked again, when the watch
-// breaks or stalls, or when the session ends.
-func (e *Ephemeral[T]) watch(lease clientv3.LeaseID, changed <-chan struct{}) {
+// puts it back whenever someone else changes it. It returns at the end of the
+// session state's epoch (the lease or the state changed: the key must be
+// checked again), when the watch breaks or stalls, or when the session ends.
+func (e *Ephemeral[T]) watch(epoch context.Context, lease clientv3.LeaseID) {
 	c := e.key.c
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(e.s.ctx))
 	defer cancel()
@@ -973,8 +1029,8 @@ func (e *Ephemeral[T]) watch(lease clientv3.LeaseID, changed <-chan struct{}) {
 	wch := cli.Watch(ctx, e.key.path, clientv3.WithRev(from))
 
 	// A watch on a silent link just goes quiet. Ask for a progress
-	// notification every interval; one left unanswered for StallTimeout
-	// means the stream stalled.
+	// notification every keepalive interval; one left unanswered for
+	// StallTimeout means the stream stalled.
 	stall := c.cfg.StallTimeout
 	tick := time.NewTicker(min(e.s.o.interval, stall))
 	defer tick.Stop()
@@ -983,21 +1039,15 @@ func (e *Ephemeral[T]) watch(lease clientv3.LeaseID, changed <-chan struct{}) {
 		select {
 		case <-e.s.done:
 			return
-		case <-changed:
-			var st SessionState
-			var l clientv3.LeaseID
-			st, l, changed = e.s.snapshot()
-			if l != lease || st != Live {
-				return
-			}
-			e.feed.enter(Live, 0)
+		case <-epoch.Done():
+			return
 		case wr, ok := <-wch:
 			if !ok || wr.Err() != nil {
 				return
 			}
 			asked = time.Time{}
 			for _, ev := range wr.Events {
-				if err := e.restore(lease, ev); err != nil {
+				if err := e.restore(epoch, lease, ev); err != nil {
 					c.log.Debug("ephemeral cannot restore its key", zap.String("key", e.key.name), zap.Error(err))
 					return
 				}
@@ -1022,7 +1072,7 @@ func (e *Ephemeral[T]) watch(lease clientv3.LeaseID, changed <-chan struct{}) {
 
 // restore puts the key back after ev, unless ev is ours or older than our
 // last write.
-func (e *Ephemeral[T]) restore(lease clientv3.LeaseID, ev *clientv3.Event) error {
+func (e *Ephemeral[T]) restore(epoch context.Context, lease clientv3.LeaseID, ev *clientv3.Event) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if ev.Kv.ModRevision <= e.rev {
@@ -1035,7 +1085,7 @@ func (e *Ephemeral[T]) restore(lease clientv3.LeaseID, ev *clientv3.Event) error
 		e.rev = ev.Kv.ModRevision
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(e.s.ctx, e.key.c.cfg.RequestTimeout)
+	ctx, cancel := e.opContext(epoch)
 	defer cancel()
 	wrote, err := e.writeLocked(ctx, lease, expect)
 	if err != nil {
@@ -1044,8 +1094,7 @@ func (e *Ephemeral[T]) restore(lease clientv3.LeaseID, ev *clientv3.Event) error
 	if wrote {
 		e.key.c.log.Info("ephemeral key put back", zap.String("key", e.key.name), zap.Stringer("after", ev.Type))
 		e.key.c.cfg.Metrics.Add(MetricEphemeralRestores, 1)
-		st, _ := e.feed.get()
-		e.feed.enter(st, Restored)
+		e.feed.announce(Restored)
 	}
 	return nil
 }
@@ -1055,9 +1104,6 @@ func (e *Ephemeral[T]) restore(lease clientv3.LeaseID, ev *clientv3.Event) error
 func (e *Ephemeral[T]) finish() {
 	<-e.s.done
 	err := e.s.Err()
-	if st := e.s.State(); st == Lost {
-		e.feed.enter(Lost, 0)
-	}
 	e.mu.Lock()
 	e.err = err
 	e.mu.Unlock()

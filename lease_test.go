@@ -9,9 +9,12 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/etcdkit/etcdkit"
 	"github.com/etcdkit/etcdkit/etcdtest"
+	"github.com/etcdkit/etcdkit/proxy"
 )
 
 // Generous bounds for conditions to come true on a loaded two-core machine
@@ -32,6 +35,12 @@ func lsClient(t testing.TB, cfg etcdkit.Config, endpoints ...string) *etcdkit.Cl
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// lsLogger returns a logger whose output goes to the test's log, which is
+// shown for failed tests and with -v.
+func lsLogger(t testing.TB) *zap.Logger {
+	return zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
 }
 
 // lsContext returns a context that ends with the test.
@@ -409,4 +418,38 @@ func TestSessionStateString(t *testing.T) {
 	} {
 		assert.Equal(t, want, st.String())
 	}
+}
+
+// TestSessionSuspendedOnSilentLink blackholes the owner's link (proxy
+// Blackhole(Both)) for less than the TTL, then heals it (Unblackhole). A raw
+// client notices nothing for gRPC's keepalive time and timeout (15s by
+// default); here the session is Suspended within a keepalive interval and an
+// attempt, tells how long the lease has left, and is Live again on the same
+// lease after the heal.
+func TestSessionSuspendedOnSilentLink(t *testing.T) {
+	const ttl = 3 * time.Second
+	srv := etcdtest.Start(t, etcdtest.WithProxy())
+	m := newCountingMetrics()
+	c := lsClient(t, etcdkit.Config{Logger: lsLogger(t), Metrics: m}, srv.ProxyEndpoint())
+	raw := srv.Client(t)
+	s := lsSession(t, c, ttl, etcdkit.WithKeepAliveInterval(300*time.Millisecond))
+	states := recordStates(t, s.States())
+	id := s.Lease()
+
+	cut := time.Now()
+	srv.Proxy().Blackhole(proxy.Both)
+	suspended := states.waitFor(t, etcdkit.Suspended, cut, lsWait)
+	rem := s.Remaining()
+	t.Logf("Suspended %v after the cut, Remaining %v", suspended.Sub(cut), rem)
+	assert.Less(t, suspended.Sub(cut), time.Second+500*time.Millisecond, "Suspended after the cut")
+	assert.True(t, rem > 0 && rem < ttl, "Remaining while Suspended: %v", rem)
+
+	heal := time.Now()
+	srv.Proxy().Unblackhole()
+	live := states.waitFor(t, etcdkit.Live, heal, lsWait)
+	t.Logf("Live %v after the heal", live.Sub(heal))
+	assert.Equal(t, id, s.Lease(), "lease after the heal")
+	assert.Greater(t, lsLeaseTTL(t, raw, id), int64(0))
+	assert.NotContains(t, states.list(), etcdkit.Lost)
+	assert.Greater(t, m.get(etcdkit.MetricWatchStalls), 0.0, "stalls counted")
 }
