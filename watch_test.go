@@ -15,6 +15,7 @@ import (
 
 	"github.com/etcdkit/etcdkit"
 	"github.com/etcdkit/etcdkit/etcdtest"
+	"github.com/etcdkit/etcdkit/proxy"
 )
 
 // waitTimeout bounds every wait for a condition in the watch tests: generous,
@@ -420,8 +421,8 @@ func TestWatchEndings(t *testing.T) {
 			want = w.Err()
 		}
 		require.ErrorIs(t, w.Err(), want)
-		_, open := <-w.Events()
-		require.False(t, open, "Events is closed once the watch ended")
+		for range w.Events() { // what was buffered when it ended, then the close
+		}
 		require.Equal(t, etcdkit.WatchClosed, w.State())
 		require.NoError(t, w.Close(), "Close after the end")
 		require.ErrorIs(t, w.Err(), want, "Close keeps the first cause")
@@ -554,6 +555,286 @@ func TestWatchSharesOneEtcdWatch(t *testing.T) {
 	assert.Equal(t, 0, etcdkit.WatchFeeds(c))
 }
 
+// metrics records the library's metrics for the tests.
+type metrics struct {
+	mu   sync.Mutex
+	vals map[etcdkit.Metric]float64
+	max  map[etcdkit.Metric]float64
+}
+
+func newMetrics() *metrics {
+	return &metrics{vals: map[etcdkit.Metric]float64{}, max: map[etcdkit.Metric]float64{}}
+}
+
+func (m *metrics) Add(k etcdkit.Metric, d float64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.vals[k] += d
+}
+
+func (m *metrics) Set(k etcdkit.Metric, v float64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.vals[k] = v
+	m.max[k] = max(m.max[k], v)
+}
+
+func (m *metrics) get(k etcdkit.Metric) float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.vals[k]
+}
+
+// faulty is a single member behind a proxy, a client through the proxy and
+// a writer that goes around it.
+type faulty struct {
+	srv *etcdtest.Server
+	c   *etcdkit.Client
+	wr  *writer
+	m   *metrics
+}
+
+func startFaulty(t testing.TB, ns string) *faulty {
+	t.Helper()
+	srv := etcdtest.Start(t, etcdtest.WithProxy())
+	m := newMetrics()
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.ProxyEndpoint()}, Namespace: ns, Metrics: m})
+	return &faulty{srv: srv, c: c, wr: newWriter(t, srv.Client(t), ns), m: m}
+}
+
+// untilState waits for a watch (or cache) to reach state and returns how
+// long that took.
+func untilState(t testing.TB, what string, st func() etcdkit.WatchState, want etcdkit.WatchState) time.Duration {
+	t.Helper()
+	start := time.Now()
+	eventually(t, fmt.Sprintf("%s %v", what, want), func() bool { return st() == want })
+	return time.Since(start)
+}
+
+// Each fault cuts the subscriber's link (never the writer's) while changes
+// are made, then heals it. The watches must deliver exactly the writer's
+// history since they started: nothing lost, nothing twice, nothing from
+// before. What a raw clientv3 watch user would have seen is noted per fault.
+func TestWatchSurvivesLinkFaults(t *testing.T) {
+	faults := []struct {
+		name string
+		// cut injects the fault; heal ends it.
+		cut, heal func(t *testing.T, f *faulty)
+		// hold keeps the fault on at least this long.
+		hold time.Duration
+		// down: the engine must notice the fault (state Suspended) while
+		// it is on.
+		down bool
+	}{{
+		// proxy.Stop closes every connection with FIN and refuses new ones.
+		// Raw clientv3 resumes by itself, but a watch made from "now"
+		// resumes at the revision of its creation, so it gets again the
+		// change that revision holds: one from before the watch began.
+		name: "FIN and refused dials (proxy Stop, Start)",
+		cut:  func(t *testing.T, f *faulty) { f.srv.Proxy().Stop() },
+		heal: func(t *testing.T, f *faulty) { require.NoError(t, f.srv.Proxy().Start()) },
+		down: true,
+	}, {
+		// proxy.ResetConns aborts every connection with RST; the proxy keeps
+		// listening. Raw clientv3: as for FIN.
+		name: "RST (proxy ResetConns)",
+		cut:  func(t *testing.T, f *faulty) { f.srv.Proxy().ResetConns() },
+		heal: func(t *testing.T, f *faulty) {},
+	}, {
+		// proxy.Blackhole drops every byte silently for 5s. Raw clientv3
+		// notices nothing until gRPC keepalive gives up (10s + 5s here):
+		// the watch just goes quiet, indistinguishable from a quiet key.
+		name: "blackhole 5s (proxy Blackhole, Unblackhole)",
+		cut:  func(t *testing.T, f *faulty) { f.srv.Proxy().Blackhole(proxy.Both) },
+		heal: func(t *testing.T, f *faulty) { f.srv.Proxy().Unblackhole() },
+		hold: 5 * time.Second,
+		down: true,
+	}, {
+		// proxy.Pause stops forwarding without loss. Raw clientv3 waits for
+		// keepalive like for a blackhole.
+		name: "pause (proxy Pause, Resume)",
+		cut:  func(t *testing.T, f *faulty) { f.srv.Proxy().Pause(proxy.Both) },
+		heal: func(t *testing.T, f *faulty) { f.srv.Proxy().Resume() },
+		down: true,
+	}, {
+		// The member itself restarts (Server.Stop, Server.Restart); the
+		// writer writes once it is back. Raw clientv3: as for FIN.
+		name: "member restart (Server Stop, Restart)",
+		cut:  func(t *testing.T, f *faulty) { f.srv.Stop() },
+		heal: func(t *testing.T, f *faulty) { require.NoError(t, f.srv.Restart()) },
+		down: true,
+	}}
+	for _, fault := range faults {
+		t.Run(fault.name, func(t *testing.T) {
+			f := startFaulty(t, "faults")
+			ctx := testContext(t, time.Minute)
+			before := f.wr.put("cfg/a", "before") // never delivered: before the start
+			start := currentRev(t, f.srv.Client(t))
+
+			key := etcdkit.NewKey(f.c, "cfg/a", etcdkit.String()).Watch(ctx)
+			pre := etcdkit.NewPrefix(f.c, "cfg", etcdkit.String()).Watch(ctx, etcdkit.AfterRevision(start))
+			kc, pc := collect(t, key), collect(t, pre)
+			waitReady(t, key)
+			untilState(t, "key watch", key.State, etcdkit.WatchConnected)
+
+			f.wr.put("cfg/a", "1")
+			rev := f.wr.put("cfg/b", "1")
+			pc.untilRev(t, rev)
+
+			cutAt := time.Now()
+			fault.cut(t, f)
+			writeDuring := fault.name != "member restart (Server Stop, Restart)"
+			if writeDuring {
+				f.wr.put("cfg/a", "2")
+				f.wr.del("cfg/b")
+				f.wr.txn("cfg/a", "3", "cfg/c", "3")
+			}
+			if fault.down {
+				took := untilState(t, "key watch", key.State, etcdkit.WatchSuspended)
+				t.Logf("fault noticed after %v", time.Since(cutAt).Round(time.Millisecond))
+				if fault.hold > 0 {
+					// A silent link must be noticed well before gRPC
+					// keepalive would (10s).
+					assert.Less(t, took, 4*time.Second, "blackhole noticed")
+				}
+			}
+			time.Sleep(time.Until(cutAt.Add(fault.hold)))
+			healAt := time.Now()
+			fault.heal(t, f)
+			if !writeDuring {
+				f.wr.put("cfg/a", "2")
+				f.wr.del("cfg/b")
+				f.wr.txn("cfg/a", "3", "cfg/c", "3")
+			}
+			last := f.wr.key(0, "cfg/a")
+			kc.untilRev(t, last[len(last)-1].Rev)
+			t.Logf("changes made during the fault delivered %v after the heal", time.Since(healAt).Round(time.Millisecond))
+
+			f.wr.put("cfg/a", "after")
+			end := f.wr.put("cfg/c", "after")
+			pc.untilRev(t, end)
+			kevs := kc.untilRev(t, f.wr.key(0, "cfg/a")[len(f.wr.key(0, "cfg/a"))-1].Rev)
+			assert.Equal(t, f.wr.key(before, "cfg/a"), changesOf(kevs), "key watch")
+			assert.Equal(t, f.wr.since(start, "cfg/"), changesOf(pc.events()), "prefix watch")
+			pc.quiet(t, 200*time.Millisecond, len(pc.events()))
+			assert.Equal(t, int64(1), min(1, int64(f.m.get(etcdkit.MetricWatchReconnects))), "reconnects counted")
+		})
+	}
+}
+
+// After a reconnect with no write at all, the watch resumes without
+// redelivering its last event and without anything from before its start.
+// proxy.CloseConns closes the connections (FIN) and keeps listening.
+// Raw clientv3 would redeliver the change at the revision the watch was
+// created at.
+func TestWatchReconnectWithoutWrites(t *testing.T) {
+	f := startFaulty(t, "nowrite")
+	ctx := testContext(t, time.Minute)
+	f.wr.put("k", "before")
+	w := etcdkit.NewKey(f.c, "k", etcdkit.String()).Watch(ctx)
+	col := collect(t, w)
+	waitReady(t, w)
+	untilState(t, "watch", w.State, etcdkit.WatchConnected)
+	for round := range 3 {
+		f.srv.Proxy().CloseConns()
+		eventually(t, "reconnect counted", func() bool {
+			return f.m.get(etcdkit.MetricWatchReconnects) >= float64(round+1)
+		})
+		untilState(t, "watch", w.State, etcdkit.WatchConnected)
+		assert.Empty(t, col.events(), "nothing delivered by a reconnect")
+	}
+	rev := f.wr.put("k", "x")
+	col.untilRev(t, rev)
+	f.srv.Proxy().ResetConns()
+	eventually(t, "reconnect counted", func() bool { return f.m.get(etcdkit.MetricWatchReconnects) >= 4 })
+	untilState(t, "watch", w.State, etcdkit.WatchConnected)
+	rev2 := f.wr.put("k", "y")
+	evs := col.untilRev(t, rev2)
+	assert.Equal(t, []change{{etcdkit.Put, "k", "x", rev, false}, {etcdkit.Put, "k", "y", rev2, false}}, changesOf(evs))
+}
+
+// In a three-member cluster the subscriber's member fails; the watch must
+// continue on another member with nothing lost, before the member comes
+// back. Writes go directly to the other members.
+func TestWatchFailover(t *testing.T) {
+	faults := []struct {
+		name      string
+		cut, heal func(t *testing.T, m *etcdtest.Server)
+	}{{
+		// Server.Partition cuts the member's raft traffic: it stays up for
+		// its clients but loses its leader. Raw clientv3 with
+		// WithRequireLeader gets its channel closed with "no leader" and
+		// must re-watch itself; without it, the watch stays on the stale
+		// member and sees nothing more.
+		name: "partitioned (Server Partition)",
+		cut:  func(t *testing.T, m *etcdtest.Server) { m.Partition() },
+		heal: func(t *testing.T, m *etcdtest.Server) { m.Heal() },
+	}, {
+		// Server.Stop stops the member; its proxy refuses nothing but
+		// forwards to nothing. Raw clientv3 retries the same endpoint list
+		// and resumes by itself, from revisions of its own.
+		name: "stopped (Server Stop)",
+		cut:  func(t *testing.T, m *etcdtest.Server) { m.Stop() },
+		heal: func(t *testing.T, m *etcdtest.Server) { require.NoError(t, m.Restart()) },
+	}, {
+		// The member's proxy blackholes the link. Raw clientv3 sees nothing
+		// for 15s (keepalive), and then reconnects to the same balancer.
+		name: "blackholed (Proxy Blackhole)",
+		cut:  func(t *testing.T, m *etcdtest.Server) { m.Proxy().Blackhole(proxy.Both) },
+		heal: func(t *testing.T, m *etcdtest.Server) { m.Proxy().Unblackhole() },
+	}}
+	for _, fault := range faults {
+		t.Run(fault.name, func(t *testing.T) {
+			cl := etcdtest.StartCluster(t, 3, etcdtest.WithProxy())
+			m := newMetrics()
+			c := testClientConfig(t, etcdkit.Config{Endpoints: cl.Endpoints(), Namespace: "fo", Metrics: m})
+			ctx := testContext(t, 2*time.Minute)
+			start := currentRev(t, cl.Client(t))
+			w := etcdkit.NewPrefix(c, "cfg", etcdkit.String()).Watch(ctx, etcdkit.AfterRevision(start))
+			col := collect(t, w)
+			untilState(t, "watch", w.State, etcdkit.WatchConnected)
+
+			var victim *etcdtest.Server
+			var others []string
+			for _, mem := range cl.Members() {
+				if mem.ProxyEndpoint() == etcdkit.StreamEndpoint(c) {
+					victim = mem
+				} else {
+					others = append(others, mem.Endpoint())
+				}
+			}
+			require.NotNil(t, victim, "the watch's member")
+			wcli := newTestRawClient(t, others)
+			wr := newWriter(t, wcli, "fo")
+			col.untilRev(t, wr.put("cfg/a", "1"))
+
+			cutAt := time.Now()
+			fault.cut(t, victim)
+			cl.WaitLeader(t) // among the others, if the victim led
+			wr.put("cfg/a", "2")
+			wr.del("cfg/a")
+			last := wr.txn("cfg/b", "3", "cfg/c", "3")
+			col.untilRev(t, last)
+			t.Logf("changes delivered %v after the fault, from another member", time.Since(cutAt).Round(time.Millisecond))
+			assert.NotEqual(t, victim.ProxyEndpoint(), etcdkit.StreamEndpoint(c), "moved to another member")
+
+			fault.heal(t, victim)
+			last = wr.put("cfg/a", "after")
+			col.untilRev(t, last)
+			assert.Equal(t, wr.since(start, "cfg/"), changesOf(col.events()))
+		})
+	}
+}
+
+// newTestRawClient returns a raw client of endpoints, closed with the test.
+func newTestRawClient(t testing.TB, endpoints []string) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cli.Close() })
+	return cli
+}
+
 // model applies events to a name -> value map, as a subscriber would.
 func model(evs []etcdkit.Event[string]) map[string]string {
 	m := map[string]string{}
@@ -565,6 +846,81 @@ func model(evs []etcdkit.Event[string]) map[string]string {
 		}
 	}
 	return m
+}
+
+// The link is cut (proxy Stop: FIN, dials refused) while keys change and
+// the history is compacted. Raw clientv3 would close the channel with
+// "mvcc: required revision has been compacted" and leave the caller to
+// find out what changed. The watches must instead deliver Resync events
+// that bring their subscribers to the exact current state, deletes
+// included, then carry on.
+func TestWatchResyncAfterCompaction(t *testing.T) {
+	f := startFaulty(t, "resync")
+	ctx := testContext(t, time.Minute)
+	for _, n := range []string{"a", "b", "c", "d"} {
+		f.wr.put("cfg/"+n, "1")
+	}
+	p := etcdkit.NewPrefix(f.c, "cfg", etcdkit.String())
+	initial := collect(t, p.Watch(ctx, etcdkit.WithInitial()))
+	fromNow := collect(t, p.Watch(ctx))
+	keyA := collect(t, etcdkit.NewKey(f.c, "cfg/a", etcdkit.String()).Watch(ctx))
+	keyB := collect(t, etcdkit.NewKey(f.c, "cfg/b", etcdkit.String()).Watch(ctx))
+	for _, col := range []*collector{initial, fromNow, keyA, keyB} {
+		waitReady(t, col.w)
+		untilState(t, "watch", col.w.State, etcdkit.WatchConnected)
+	}
+	rev := f.wr.put("cfg/a", "2")
+	for _, col := range []*collector{initial, fromNow, keyA} {
+		col.untilRev(t, rev)
+	}
+	seen := map[*collector]int{initial: len(initial.events()), fromNow: len(fromNow.events()), keyA: len(keyA.events()), keyB: 0}
+
+	f.srv.Proxy().Stop()
+	untilState(t, "watch", fromNow.w.State, etcdkit.WatchSuspended)
+	aRev := f.wr.put("cfg/a", "3")
+	f.wr.put("cfg/a", "4")
+	aRev = f.wr.put("cfg/a", "5")
+	f.wr.del("cfg/b")
+	eRev := f.wr.put("cfg/e", "new")
+	f.wr.del("cfg/c")
+	cRev := f.wr.put("cfg/c", "again")
+	compacted := f.srv.Compact(t)
+	require.NoError(t, f.srv.Proxy().Start())
+
+	wantPrefix := []change{
+		{etcdkit.Put, "a", "5", aRev, true},
+		{etcdkit.Put, "e", "new", eRev, true},
+		{etcdkit.Put, "c", "again", cRev, true},
+		{etcdkit.Delete, "b", "", 0, true},
+	}
+	check := func(col *collector, want []change) {
+		t.Helper()
+		evs := col.until(t, "resync events", func(evs []etcdkit.Event[string]) bool { return len(evs) >= seen[col]+len(want) })
+		got := changesOf(evs[seen[col]:])
+		for i := range got {
+			if got[i].Type == etcdkit.Delete {
+				assert.GreaterOrEqual(t, got[i].Rev, compacted, "a resync delete is stamped with the read revision")
+				got[i].Rev = 0
+			}
+		}
+		assert.Equal(t, want, got)
+	}
+	check(initial, wantPrefix)
+	check(fromNow, wantPrefix)
+	check(keyA, []change{{etcdkit.Put, "cfg/a", "5", aRev, true}})
+	check(keyB, []change{{etcdkit.Delete, "cfg/b", "", 0, true}})
+
+	last := f.wr.put("cfg/d", "2")
+	evs := fromNow.untilRev(t, last)
+	assert.Equal(t, change{etcdkit.Put, "d", "2", last, false}, changesOf(evs)[len(evs)-1], "then normal events")
+	entries, _, err := p.List(ctx)
+	require.NoError(t, err)
+	want := map[string]string{}
+	for _, e := range entries {
+		want[e.Name] = e.Data
+	}
+	assert.Equal(t, want, model(initial.untilRev(t, last)), "WithInitial subscriber holds the current state")
+	assert.GreaterOrEqual(t, f.m.get(etcdkit.MetricWatchResyncs), 3.0, "resyncs counted (one per shared stream)")
 }
 
 // sampleMaxQueued records the largest subscriber backlog of c until the
