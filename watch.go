@@ -2,7 +2,6 @@ package etcdkit
 
 import (
 	"context"
-	"sync"
 )
 
 // EventType says what a change did to a key. The zero value is not a valid
@@ -103,34 +102,44 @@ func (s WatchState) String() string {
 // Events are received from Events. A Watch ends when the ctx it was made with
 // ends, when Close or Client.Close is called, or on a failure that retrying
 // cannot cure (such as a permission denied); then Err is set, Events is
-// closed, and Done is closed, in that order. It never ends because of the
-// network.
+// closed, and Done is closed, in that order; events already in the Events
+// channel can still be received before its close, the rest of the buffer is
+// dropped. It never ends because of the network.
 //
 // Watches of one Client on the same key, or on the same prefix, share one
-// etcd watch. Each has its own buffer (WithBufferSize, 1024 events by
-// default): a subscriber that does not keep up never slows the others and
-// never makes memory grow. When its buffer is full it is unhooked from the
-// shared stream; once its reader has drained half of the buffer it catches up
-// on its own from the first revision it is missing, through its own etcd
-// watch, or, if that history has been compacted meanwhile, with Resync
-// events; then it rejoins the shared stream. Nothing is dropped.
+// etcd watch, which hands each event straight to every subscriber's Events
+// channel. Each subscriber has its own bounded buffer (WithBufferSize, 1024
+// events by default): a subscriber that does not keep up never slows the
+// others and never makes memory grow. When its buffer is full it is
+// unhooked from the shared stream; once its reader has drained half of the
+// buffer it catches up on its own from the first revision it is missing,
+// through its own etcd watch, or, if that history has been compacted
+// meanwhile, with Resync events; then it rejoins the shared stream. Nothing
+// is dropped.
 //
-// A Watch is safe for concurrent use.
+// A Watch is safe for concurrent use. It runs no goroutine of its own while
+// its reader keeps up.
 type Watch[T any] struct {
 	events chan Event[T]
 	ready  <-chan struct{}
 	done   chan struct{}
 	ctx    context.Context
 	cancel context.CancelCauseFunc
-	stop   func() bool
 	state  func() WatchState
 	err    error // set before done is closed
-	once   sync.Once
+	// producers stops whatever sends on events and waits for it.
+	producers func()
+	release   func()
+	stopLife  func() bool
 }
 
-// Events returns the channel of changes. It is unbuffered: the Watch's own
-// buffer lies behind it. It is closed when the Watch ends, after Err has been
-// set.
+// eventsBuffer is the capacity of a Watch's Events channel; the rest of its
+// buffer is a queue behind it, used only while the reader lags.
+const eventsBuffer = 16
+
+// Events returns the channel of changes. It holds up to 16 events (the rest
+// of the Watch's buffer lies behind it) and is closed when the Watch ends,
+// after Err has been set.
 func (w *Watch[T]) Events() <-chan Event[T] { return w.events }
 
 // Ready is closed once the watch's start revision is fixed: for a watch from
@@ -175,54 +184,60 @@ func (w *Watch[T]) Close() error {
 	return nil
 }
 
-// newWatch makes a Watch bounded by ctx and by c's life.
-func newWatch[T any](ctx context.Context, c *Client) *Watch[T] {
-	w := &Watch[T]{events: make(chan Event[T]), done: make(chan struct{})}
+// newWatch makes a Watch bounded by ctx and by c's life, whose end
+// Client.Close waits for. If c is closed it returns a Watch that has ended
+// with ErrClosed, and false. Set producers, ready and state, then call arm.
+func newWatch[T any](ctx context.Context, c *Client, buffer int) (*Watch[T], bool) {
+	if !c.hold() {
+		return endedWatch[T](ErrClosed), false
+	}
+	w := &Watch[T]{events: make(chan Event[T], buffer), done: make(chan struct{}), release: c.wg.Done}
 	w.ctx, w.cancel = context.WithCancelCause(ctx)
-	w.stop = context.AfterFunc(c.life, func() { w.cancel(ErrClosed) })
-	return w
+	w.stopLife = context.AfterFunc(c.life, func() { w.cancel(ErrClosed) })
+	return w, true
 }
+
+// arm makes the watch end when its context does.
+func (w *Watch[T]) arm() { context.AfterFunc(w.ctx, w.finish) }
 
 // endedWatch returns a Watch that has already ended with err.
 func endedWatch[T any](err error) *Watch[T] {
-	w := &Watch[T]{events: make(chan Event[T]), done: make(chan struct{})}
+	w := &Watch[T]{events: make(chan Event[T]), done: make(chan struct{}), err: err}
 	w.ctx, w.cancel = context.WithCancelCause(context.Background())
-	w.stop = func() bool { return true }
+	w.cancel(err)
 	w.state = func() WatchState { return WatchClosed }
 	ready := make(chan struct{})
 	close(ready)
 	w.ready = ready
-	w.finish(err)
+	close(w.events)
+	close(w.done)
 	return w
 }
 
-// finish records the cause, closes Events, then Done.
-func (w *Watch[T]) finish(err error) {
-	w.once.Do(func() {
-		w.stop()
-		w.cancel(err)
-		w.err = err
-		close(w.events)
-		close(w.done)
-	})
-}
-
-// cause returns why the watch is ending: ctx's cause if it ended, else err.
-func (w *Watch[T]) cause(err error) error {
-	if w.ctx.Err() != nil {
-		return context.Cause(w.ctx)
+// finish runs once the watch's context has ended: it stops the producers,
+// records the cause, closes Events, then Done.
+func (w *Watch[T]) finish() {
+	w.stopLife()
+	if w.producers != nil {
+		w.producers()
 	}
-	return err
+	w.err = context.Cause(w.ctx)
+	close(w.events)
+	close(w.done)
+	w.release()
 }
 
-// send hands e to the reader, and reports false if the watch is ending.
-func (w *Watch[T]) send(e Event[T]) bool {
-	select {
-	case w.events <- e:
-		return true
-	case <-w.ctx.Done():
+// hold registers a handle whose end Client.Close waits for, as spawn does for
+// a goroutine; the handle calls c.wg.Done when it has ended. It reports false
+// if the client is closed.
+func (c *Client) hold() bool {
+	c.spawnMu.Lock()
+	defer c.spawnMu.Unlock()
+	if c.closed() {
 		return false
 	}
+	c.wg.Add(1)
+	return true
 }
 
 // Watch subscribes to the changes of the key, from now unless an option says
@@ -266,46 +281,60 @@ func hubWatch[T any](ctx context.Context, c *Client, t watchTarget, opts []Watch
 	if err := cfg.err(); err != nil {
 		return endedWatch[T](err)
 	}
-	if c.closed() {
-		return endedWatch[T](ErrClosed)
-	}
-	h := c.watchHub()
-	w := newWatch[T](ctx, c)
-	s := newSub(h, t, cfg, w.ctx)
-	w.ready, w.state = s.ready, s.State
-	if !h.join(s) {
-		s.cancel()
-		w.finish(ErrClosed)
+	w, ok := newWatch[T](ctx, c, min(cfg.buffer, eventsBuffer))
+	if !ok {
 		return w
 	}
-	if !c.spawn(func() { w.run(s, decode) }) {
-		s.close()
-		w.finish(ErrClosed)
+	h := c.watchHub()
+	s := newSub(h, t, cfg, w.ctx)
+	s.sink = &chanSink[T]{ch: w.events, decode: decode}
+	s.onFail = func(err error) { w.cancel(err) }
+	w.ready, w.state, w.producers = s.ready, s.State, s.close
+	switch {
+	case !h.join(s):
+		w.cancel(ErrClosed)
+	case !s.armed:
+		// The start needs a read (WithInitial) or the feed's position
+		// (AfterRevision): fix it off the caller's goroutine.
+		s.wg.Add(1)
+		if !c.spawn(func() {
+			defer s.wg.Done()
+			if err := s.start(); err != nil {
+				s.fail(err)
+			}
+		}) {
+			s.wg.Done()
+			w.cancel(ErrClosed)
+		}
 	}
+	w.arm()
 	return w
 }
 
-// run hands the subscriber's events to the reader until the watch ends.
-func (w *Watch[T]) run(s *sub, decode func(*rawEvent) Event[T]) {
-	var err error
-	defer func() {
-		s.close()
-		w.finish(w.cause(err))
-	}()
-	if err = s.start(); err != nil {
-		return
+// chanSink is the typed end of a hub subscriber: its Watch's channel.
+type chanSink[T any] struct {
+	ch     chan Event[T]
+	decode func(*rawEvent) Event[T]
+}
+
+func (k *chanSink[T]) room() int    { return cap(k.ch) - len(k.ch) }
+func (k *chanSink[T]) waiting() int { return len(k.ch) }
+
+func (k *chanSink[T]) put(evs []*rawEvent) {
+	for _, e := range evs {
+		k.ch <- k.decode(e)
 	}
-	for {
-		var b batch
-		if b, err = s.pop(w.ctx); err != nil {
-			return
-		}
-		for _, re := range b.events {
-			if !w.send(decode(re)) {
-				return
-			}
+}
+
+func (k *chanSink[T]) send(ctx context.Context, evs []*rawEvent) bool {
+	for _, e := range evs {
+		select {
+		case k.ch <- k.decode(e):
+		case <-ctx.Done():
+			return false
 		}
 	}
+	return true
 }
 
 // decodeEvent makes a typed event; name is the key's name for errors.

@@ -89,6 +89,7 @@ func (l *link) monitor() {
 	everReady := st == connectivity.Ready
 	since := l.h.now() // start of the current not-ready spell
 	var sentAt int64 = -1
+	pinged := false // a ping backs up the current progress request
 	for {
 		// Waiting for a state change doubles as the monitor's tick. A change
 		// away from Ready counts even if the connection is back by the time
@@ -128,8 +129,13 @@ func (l *link) monitor() {
 				l.fail("stream connection stalled", zap.Duration("silent", time.Duration(now-last)))
 				return
 			}
+			if !pinged && time.Duration(now-sentAt) >= stall/2 {
+				pinged = true
+				l.ping(stall / 2)
+			}
 			continue
 		}
+		pinged = false
 		if time.Duration(now-last) >= idle || l.poked.Swap(false) {
 			sentAt = now
 			l.requestProgress(tick)
@@ -148,6 +154,23 @@ func (l *link) requestProgress(wait time.Duration) {
 	if err := l.conn.RequestProgress(ctx); err != nil {
 		l.h.c.log.Debug("watch progress request not sent", zap.Uint64("generation", l.gen), zap.Error(err))
 	}
+}
+
+// ping backs up a progress request that is slow to be answered. etcd
+// withholds progress notifications on a gRPC stream while any watch on it
+// is not yet synced or starts at a revision the member has not reached, and
+// watches other than this engine's (a raw watch from the current revision
+// + 1, for instance) share the stream. A request on the same connection
+// that a member answers from its own state tells a live link from a silent
+// one all the same; its answer counts as a sign of life.
+func (l *link) ping(wait time.Duration) {
+	l.h.c.spawn(func() {
+		ctx, cancel := context.WithTimeout(l.ctx, wait)
+		defer cancel()
+		if _, err := l.conn.MemberList(ctx, clientv3.WithSerializable()); err == nil {
+			l.touch()
+		}
+	})
 }
 
 func (l *link) fail(msg string, fields ...zap.Field) {

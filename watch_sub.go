@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -26,11 +27,11 @@ const (
 	subEnded
 )
 
-// sub is one subscriber of the hub: a bounded queue of batches between the
-// stream that feeds it and the goroutine that hands events to the user.
+// sub is one subscriber of the hub: a bounded buffer of events between the
+// stream that feeds it and its reader.
 //
-// Slow subscribers: the queue holds up to capacity events (always at least
-// one whole batch). When the feed finds no room for a batch it unhooks the
+// Slow subscribers: the buffer (the reader's channel and the queue behind
+// it) holds up to capacity events, or one whole batch if it is larger. When the feed finds no room for a batch it unhooks the
 // subscriber, which keeps what it has queued and the feed's name -> mod
 // revision state at that point. Once the user has read half of the backlog,
 // the subscriber's own catch-up stream re-watches from the first revision it
@@ -69,8 +70,26 @@ type sub struct {
 	needBase bool
 	catch    *stream
 	err      error
-	wake     chan struct{} // a batch was queued, or err was set
-	space    chan struct{} // the queue went down to half
+	wake     chan struct{} // a batch was queued, or err was set (queue mode)
+	space    chan struct{} // the backlog went down to half
+	// sink, when set, is the reader's channel: batches go straight into it
+	// when it has room and nothing is queued, otherwise into q, which a pump
+	// goroutine drains into it. Without a sink the reader pops batches.
+	sink    sink
+	pumping bool
+	// onFail is called when the subscriber fails.
+	onFail func(error)
+}
+
+// sink is the typed end of a subscriber: its reader's channel.
+type sink interface {
+	// room is how many events fit without blocking; waiting how many wait.
+	room() int
+	waiting() int
+	// put hands over events that fit; send blocks until they are handed
+	// over, and reports false if ctx ended first.
+	put(evs []*rawEvent)
+	send(ctx context.Context, evs []*rawEvent) bool
 }
 
 func newSub(h *watchHub, t watchTarget, cfg watchConfig, ctx context.Context) *sub {
@@ -155,20 +174,25 @@ func (s *sub) feedReady(f *feed) {
 func (s *sub) offer(f *feed, b batch) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	waiting := s.waiting()
 	if s.mode != subHooked || b.next <= s.enq {
-		return s.queued
+		return waiting
 	}
 	evs := s.filter(b.events)
-	if len(evs) == 0 {
-		s.pushProgress(b.next)
-		return s.queued
-	}
-	if s.queued > 0 && s.queued+len(evs) > s.capacity {
+	if len(evs) > 0 && waiting > 0 && waiting+len(evs) > s.capacity {
 		s.baseline = f.snapshot()
 		s.startCatchUp()
-		return s.queued
+		return waiting
 	}
 	s.push(batch{events: evs, next: b.next})
+	return waiting + len(evs)
+}
+
+// waiting is the number of events in the buffer. The caller holds s.mu.
+func (s *sub) waiting() int {
+	if s.sink != nil {
+		return s.queued + s.sink.waiting()
+	}
 	return s.queued
 }
 
@@ -188,25 +212,80 @@ func (s *sub) filter(evs []*rawEvent) []*rawEvent {
 	return out
 }
 
-// push queues b whatever its size. The caller holds s.mu.
+// push hands b on whatever its size: straight to the sink if nothing is
+// queued and it fits, else to the queue. A batch without events only moves
+// the position (a queue merges it with a trailing one, so that progress
+// never fills it). The caller holds s.mu.
 func (s *sub) push(b batch) {
+	if s.mode == subEnded {
+		return
+	}
+	s.enq = b.next
+	switch {
+	case len(b.events) == 0 && s.sink != nil:
+		return
+	case len(b.events) == 0:
+		if n := len(s.q); n > 0 && len(s.q[n-1].events) == 0 {
+			s.q[n-1].next = b.next
+		} else {
+			s.q = append(s.q, b)
+		}
+		signal(s.wake)
+		return
+	case s.sink != nil && !s.pumping && len(s.q) == 0 && s.sink.room() >= len(b.events):
+		// The only path most events take: no goroutine hand-off.
+		s.sink.put(b.events)
+		return
+	}
 	s.q = append(s.q, b)
 	s.queued += len(b.events)
-	s.enq = b.next
-	signal(s.wake)
+	if s.sink == nil {
+		signal(s.wake)
+		return
+	}
+	if !s.pumping {
+		s.pumping = true
+		s.wg.Add(1)
+		if !s.h.c.spawn(s.pump) {
+			s.wg.Done()
+			s.pumping = false
+			s.failLocked(ErrClosed)
+		}
+	}
 }
 
-// pushProgress moves the position without events, merging with a trailing
-// progress batch so that progress never fills the queue. The caller holds
-// s.mu.
-func (s *sub) pushProgress(next int64) {
-	if n := len(s.q); n > 0 && len(s.q[n-1].events) == 0 {
-		s.q[n-1].next = next
-	} else {
-		s.q = append(s.q, batch{next: next})
+// pump drains the queue into the sink, blocking on the reader, and ends
+// when the queue is empty.
+func (s *sub) pump() {
+	defer s.wg.Done()
+	for {
+		s.mu.Lock()
+		if len(s.q) == 0 || s.ctx.Err() != nil {
+			s.pumping = false
+			s.mu.Unlock()
+			return
+		}
+		b := s.popLocked()
+		s.mu.Unlock()
+		if !s.sink.send(s.ctx, b.events) {
+			s.mu.Lock()
+			s.pumping = false
+			s.mu.Unlock()
+			return
+		}
 	}
-	s.enq = next
-	signal(s.wake)
+}
+
+// popLocked takes the first queued batch. The caller holds s.mu.
+func (s *sub) popLocked() batch {
+	b := s.q[0]
+	s.q[0] = batch{}
+	s.q = s.q[1:]
+	s.queued -= len(b.events)
+	if s.mode == subCatching && s.waiting() <= s.capacity/2 {
+		signal(s.space)
+	}
+	return b
 }
 
 // startCatchUp unhooks the subscriber and starts its own stream from enq.
@@ -258,17 +337,23 @@ type catchUp struct {
 	st *stream
 }
 
+// ready waits until the reader has drained the buffer to half. The pump
+// signals as it pops; what drains from the channel itself is looked at every
+// few milliseconds.
 func (h catchUp) ready(ctx context.Context) error {
 	s := h.s
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		s.mu.Lock()
-		ok := s.queued <= s.capacity/2
+		ok := s.waiting() <= s.capacity/2
 		s.mu.Unlock()
 		if ok {
 			return nil
 		}
 		select {
 		case <-s.space:
+		case <-tick.C:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -287,20 +372,16 @@ func (h catchUp) deliver(bs []batch) action {
 		if b.next <= s.enq {
 			continue
 		}
-		if len(b.events) > 0 && s.queued > 0 && s.queued+len(b.events) > s.capacity {
+		if waiting := s.waiting(); len(b.events) > 0 && waiting > 0 && waiting+len(b.events) > s.capacity {
 			full = true
 			break
 		}
 		if s.baseline != nil {
 			applyState(s.baseline, b)
 		}
-		if len(b.events) == 0 {
-			s.pushProgress(b.next)
-		} else {
-			s.push(b)
-		}
+		s.push(b)
 	}
-	full = full || s.queued >= s.capacity
+	full = full || s.waiting() >= s.capacity
 	if full {
 		h.st.next = s.enq
 	}
@@ -320,12 +401,8 @@ func (h catchUp) resync(kvs []*mvccpb.KeyValue, rev int64) action {
 	b, st := diffState(s.target, s.baseline, kvs, rev, s.from)
 	b.events = s.filter(b.events)
 	s.baseline = st
-	if len(b.events) == 0 {
-		s.pushProgress(b.next)
-	} else {
-		s.push(b)
-	}
-	full := s.queued >= s.capacity
+	s.push(b)
+	full := s.waiting() >= s.capacity
 	s.mu.Unlock()
 	if s.tryHook() {
 		return stop
@@ -360,19 +437,13 @@ func (s *sub) tryHook() bool {
 	return true
 }
 
-// pop returns the next batch, blocking until there is one, the subscriber
-// failed (its error) or ctx ends (its cause).
+// pop returns the next batch of a subscriber without sink, blocking until
+// there is one, the subscriber failed (its error) or ctx ends (its cause).
 func (s *sub) pop(ctx context.Context) (batch, error) {
 	for {
 		s.mu.Lock()
 		if len(s.q) > 0 {
-			b := s.q[0]
-			s.q[0] = batch{}
-			s.q = s.q[1:]
-			s.queued -= len(b.events)
-			if s.mode == subCatching && s.queued <= s.capacity/2 {
-				signal(s.space)
-			}
+			b := s.popLocked()
 			s.mu.Unlock()
 			return b, nil
 		}
@@ -398,14 +469,20 @@ func (s *sub) fail(err error) {
 func (s *sub) failLocked(err error) {
 	if s.err == nil {
 		s.err = err
+		if s.onFail != nil {
+			s.onFail(err)
+		}
 	}
 	signal(s.wake)
 }
 
-// close leaves the feed and waits for the catch-up goroutine.
+// close leaves the feed and waits for the subscriber's goroutines (start,
+// pump, catch-up), after which nothing is sent to the sink any more.
 func (s *sub) close() {
 	s.cancel()
-	s.h.leave(s)
+	if s.feed != nil {
+		s.h.leave(s)
+	}
 	s.mu.Lock()
 	s.mode = subEnded
 	s.mu.Unlock()
