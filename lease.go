@@ -755,6 +755,10 @@ func (e *Ephemeral[T]) State() SessionState {
 // closed after Done.
 func (e *Ephemeral[T]) States() <-chan SessionState { return e.feed.ch }
 
+// Remaining returns how long, at least, the key's lease stays out of Lost
+// without a successful keepalive; see Session.Remaining.
+func (e *Ephemeral[T]) Remaining() time.Duration { return e.s.Remaining() }
+
 // Done returns a channel that is closed when the Ephemeral has ended for
 // good, for the reasons a Session ends; its key is then deleted or left to
 // expire.
