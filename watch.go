@@ -65,15 +65,15 @@ type Event[T any] struct {
 type WatchState int
 
 const (
-	// WatchConnecting: the watch has not yet been established.
+	// WatchConnecting means the etcd watch has not been established yet.
 	WatchConnecting WatchState = iota
-	// WatchConnected: an etcd watch is established and events flow.
+	// WatchConnected means an etcd watch is established and events flow.
 	WatchConnected
-	// WatchSuspended: the link broke (a stall, a lost connection, a member
-	// without leader) and the engine is re-establishing the watch, on
-	// another member if there is one. Nothing is lost meanwhile.
+	// WatchSuspended means the link broke (a stall, a lost connection, a
+	// member without leader) and the engine is re-establishing the watch,
+	// on another member if there is one. Nothing is lost meanwhile.
 	WatchSuspended
-	// WatchClosed: the watch has ended; see Err.
+	// WatchClosed means the watch has ended; see Err.
 	WatchClosed
 )
 

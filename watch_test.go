@@ -877,9 +877,9 @@ func TestWatchResyncAfterCompaction(t *testing.T) {
 
 	f.srv.Proxy().Stop()
 	untilState(t, "watch", fromNow.w.State, etcdkit.WatchSuspended)
-	aRev := f.wr.put("cfg/a", "3")
+	f.wr.put("cfg/a", "3")
 	f.wr.put("cfg/a", "4")
-	aRev = f.wr.put("cfg/a", "5")
+	aRev := f.wr.put("cfg/a", "5")
 	f.wr.del("cfg/b")
 	eRev := f.wr.put("cfg/e", "new")
 	f.wr.del("cfg/c")
@@ -1016,19 +1016,18 @@ func TestWatchSlowConsumerResync(t *testing.T) {
 	fast := collect(t, p.Watch(ctx))
 	waitReady(t, slow)
 	waitReady(t, fast.w)
-	var last int64
 	for i := range 100 {
-		last = wr.put(fmt.Sprintf("q/k%d", i%10), fmt.Sprint(i))
+		wr.put(fmt.Sprintf("q/k%d", i%10), fmt.Sprint(i))
 		if i%7 == 0 {
-			last = wr.del(fmt.Sprintf("q/k%d", (i+3)%10))
+			wr.del(fmt.Sprintf("q/k%d", (i+3)%10))
 		}
 	}
-	last = wr.put("q/new", "x")
+	last := wr.put("q/new", "x")
 	fast.untilRev(t, last)
 	compacted := srv.Compact(t)
 
 	col := collect(t, slow)
-	evs := col.until(t, "resync", func(evs []etcdkit.Event[string]) bool {
+	col.until(t, "resync", func(evs []etcdkit.Event[string]) bool {
 		return len(evs) > 0 && evs[len(evs)-1].Resync
 	})
 	entries, _, err := p.List(ctx)
@@ -1041,7 +1040,7 @@ func TestWatchSlowConsumerResync(t *testing.T) {
 	// moment by waiting for a fresh change after them.
 	next := wr.put("q/k1", "after")
 	want["k1"] = "after"
-	evs = col.untilRev(t, next)
+	evs := col.untilRev(t, next)
 	assert.Equal(t, want, model(evs), "the subscriber holds the current state")
 	var resyncs int
 	for i, e := range evs {
