@@ -72,10 +72,10 @@ func (h *watchHub) releaseLink(l *link) {
 }
 
 // Timing of the monitor, derived from StallTimeout (2s by default: a probe
-// after 500ms of silence, checked every 100ms, so a link that goes silent is
-// declared stalled within 2.6s).
+// after 250ms of silence, checked every 100ms, so a link that goes silent is
+// declared stalled within 2.35s, and Suspended right after).
 func linkTiming(stall time.Duration) (idle, tick time.Duration) {
-	idle = stall / 4
+	idle = stall / 8
 	tick = min(max(stall/20, 5*time.Millisecond), 100*time.Millisecond)
 	return idle, tick
 }
