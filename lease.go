@@ -317,8 +317,10 @@ func validateTTL(ttl time.Duration) error {
 }
 
 // Lease returns the ID of the current lease, to attach keys to with
-// clientv3.WithLease. It changes when the session Recovers from Lost; keys
-// attached to the previous lease are gone, or soon will be.
+// clientv3.WithLease; it is a clientv3.LeaseID because that is what the raw
+// client takes (compare it with Value.Lease as int64(s.Lease())). It changes
+// when the session Recovers from Lost; keys attached to the previous lease
+// are gone, or soon will be, and must be written again.
 func (s *Session) Lease() clientv3.LeaseID {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -552,7 +554,10 @@ func (s *Session) grant(ctx context.Context) (clientv3.LeaseID, time.Time, int64
 		sent    time.Time
 		granted int64
 	)
-	err := s.c.onStreams(ctx, s.o.attempt, func(ctx context.Context, cli *clientv3.Client) error {
+	// A grant goes through raft, unlike a keepalive: give each attempt the
+	// full StallTimeout, so that a slow disk does not leave a trail of
+	// granted leases whose answers came too late.
+	err := s.c.onStreams(ctx, s.c.cfg.StallTimeout, func(ctx context.Context, cli *clientv3.Client) error {
 		t := time.Now()
 		resp, err := cli.Grant(ctx, int64(s.ttl/time.Second))
 		if err != nil {
@@ -661,7 +666,10 @@ func (c *Client) streamFailed(ctx context.Context, gen uint64, err error) {
 // Lost and a new one granted, the key is put again under the new lease
 // (sending Recovered).
 //
-// Two Ephemerals on one key fight over it; give each owner its own key.
+// Two Ephemerals on one key fight over it, each putting its value back; the
+// restores are paced (a restore within 5s of the previous one waits, longer
+// each time, up to 5s) so the fight stays cheap, but give each owner its own
+// key.
 // An Ephemeral is safe for concurrent use.
 type Ephemeral[T any] struct {
 	key *Key[T]
@@ -679,6 +687,10 @@ type Ephemeral[T any] struct {
 	lease clientv3.LeaseID // lease of our last write
 	seen  int64            // revision at which the key was last found ours
 	err   error
+
+	// Owned by the run goroutine.
+	restorePace *backoff.Backoff
+	lastRestore time.Time
 
 	closeOnce sync.Once
 	closeErr  error
@@ -712,6 +724,8 @@ func NewEphemeral[T any](ctx context.Context, key *Key[T], value T, ttl time.Dur
 		done:   make(chan struct{}),
 		exited: make(chan struct{}),
 		value:  data,
+
+		restorePace: backoff.New(100*time.Millisecond, restoreQuiet),
 	}
 	s.feed.setMirror(e.feed)
 	wctx, cancel, err := key.c.opContext(ctx)
@@ -935,7 +949,7 @@ func (e *Ephemeral[T]) reconcile(epoch context.Context, lease clientv3.LeaseID) 
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var resp *clientv3.TxnResponse
-	err := e.key.c.onStreams(ctx, e.s.o.attempt, func(ctx context.Context, cli *clientv3.Client) error {
+	err := e.key.c.onStreams(ctx, e.key.c.cfg.StallTimeout, func(ctx context.Context, cli *clientv3.Client) error {
 		var err error
 		resp, err = cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(e.key.path), "=", e.rev),
@@ -979,7 +993,7 @@ func (e *Ephemeral[T]) oursLocked(kv *mvccpb.KeyValue, lease clientv3.LeaseID) b
 func (e *Ephemeral[T]) writeLocked(ctx context.Context, lease clientv3.LeaseID, expect int64) (bool, error) {
 	for attempt := 1; ; attempt++ {
 		var resp *clientv3.TxnResponse
-		err := e.key.c.onStreams(ctx, e.s.o.attempt, func(ctx context.Context, cli *clientv3.Client) error {
+		err := e.key.c.onStreams(ctx, e.key.c.cfg.StallTimeout, func(ctx context.Context, cli *clientv3.Client) error {
 			var err error
 			resp, err = cli.Txn(ctx).
 				If(clientv3.Compare(clientv3.ModRevision(e.key.path), "=", expect)).
@@ -1051,6 +1065,9 @@ func (e *Ephemeral[T]) watch(epoch context.Context, lease clientv3.LeaseID) {
 			}
 			asked = time.Time{}
 			for _, ev := range wr.Events {
+				if e.foreign(ev, lease) && !e.paceRestore(epoch) {
+					return
+				}
 				if err := e.restore(epoch, lease, ev); err != nil {
 					c.log.Debug("ephemeral cannot restore its key", zap.String("key", e.key.name), zap.Error(err))
 					return
@@ -1072,6 +1089,30 @@ func (e *Ephemeral[T]) watch(epoch context.Context, lease clientv3.LeaseID) {
 			asked = time.Now()
 		}
 	}
+}
+
+// restoreQuiet is how long after a restore another one counts as part of a
+// fight over the key, and is delayed.
+const restoreQuiet = 5 * time.Second
+
+// foreign reports whether ev is a change by someone else after our last
+// write.
+func (e *Ephemeral[T]) foreign(ev *clientv3.Event, lease clientv3.LeaseID) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return ev.Kv.ModRevision > e.rev && !(ev.Type == mvccpb.PUT && e.oursLocked(ev.Kv, lease))
+}
+
+// paceRestore delays a restore that follows another within restoreQuiet,
+// longer each time, so that two owners of one key, or a script that keeps
+// deleting it, do not get a write loop at network speed. It reports false if
+// the epoch or the session ended meanwhile.
+func (e *Ephemeral[T]) paceRestore(epoch context.Context) bool {
+	if time.Since(e.lastRestore) >= restoreQuiet {
+		e.restorePace.Reset()
+		return true
+	}
+	return e.waitEpoch(e.restorePace.Next(), epoch) && epoch.Err() == nil
 }
 
 // restore puts the key back after ev, unless ev is ours or older than our
@@ -1096,6 +1137,7 @@ func (e *Ephemeral[T]) restore(epoch context.Context, lease clientv3.LeaseID, ev
 		return err
 	}
 	if wrote {
+		e.lastRestore = time.Now()
 		e.key.c.log.Info("ephemeral key put back", zap.String("key", e.key.name), zap.Stringer("after", ev.Type))
 		e.key.c.cfg.Metrics.Add(MetricEphemeralRestores, 1)
 		e.feed.announce(Restored)

@@ -27,7 +27,7 @@ type sessionOptions struct {
 	noRecovery bool
 	interval   time.Duration // between keepalives while Live
 	margin     time.Duration // Lost is declared this long before the earliest expiry
-	attempt    time.Duration // deadline of one keepalive or grant attempt
+	attempt    time.Duration // deadline of one keepalive attempt
 
 	intervalSet, marginSet bool
 }
