@@ -226,12 +226,14 @@ func dialRaw(ctx context.Context, cfg Config, endpoints []string) (*clientv3.Cli
 		DialTimeout:          cfg.DialTimeout,
 		DialKeepAliveTime:    cfg.KeepAliveTime,
 		DialKeepAliveTimeout: cfg.KeepAliveTimeout,
-		PermitWithoutStream:  true,
-		TLS:                  cfg.TLS,
-		Username:             cfg.Username,
-		Password:             cfg.Password,
-		Logger:               cfg.Logger.Named("clientv3"),
-		Context:              context.WithoutCancel(ctx),
+		// etcd's servers refuse keepalive pings on a connection without
+		// streams (GOAWAY too_many_pings), so idle connections do not ping.
+		PermitWithoutStream: false,
+		TLS:                 cfg.TLS,
+		Username:            cfg.Username,
+		Password:            cfg.Password,
+		Logger:              cfg.Logger.Named("clientv3"),
+		Context:             context.WithoutCancel(ctx),
 		DialOptions: []grpc.DialOption{
 			grpc.WithConnectParams(grpc.ConnectParams{
 				Backoff: grpcbackoff.Config{
