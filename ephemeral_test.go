@@ -411,7 +411,8 @@ func TestEphemeralMemberStopped(t *testing.T) {
 	const ttl = 3 * time.Second
 	cl := etcdtest.StartCluster(t, 3, etcdtest.WithProxy())
 	cl.WaitLeader(t)
-	c := lsClient(t, etcdkit.Config{}, cl.Endpoints()...)
+	m := newCountingMetrics()
+	c := lsClient(t, etcdkit.Config{Logger: lsLogger(t), Metrics: m}, cl.Endpoints()...)
 	e := lsEphemeral(t, c, "svc/moved", "mine", ttl)
 	states := recordStates(t, e.States())
 	lease := e.Lease()
@@ -431,6 +432,7 @@ func TestEphemeralMemberStopped(t *testing.T) {
 			owner, most = m, d
 		}
 	}
+	assert.Zero(t, m.get(etcdkit.MetricWatchStalls), "stalls on a quiet, healthy cluster")
 	var watcher *etcdtest.Server
 	for _, m := range members {
 		if m != owner {
@@ -475,4 +477,19 @@ func TestEphemeralFightIsPaced(t *testing.T) {
 	n := m1.get(etcdkit.MetricEphemeralRestores) + m2.get(etcdkit.MetricEphemeralRestores) - start
 	t.Logf("%v restores in 3s", n)
 	assert.Less(t, n, 40.0, "restores in 3s")
+}
+
+// TestEphemeralQuietCluster leaves an Ephemeral alone on a cluster where
+// nothing is written. Its watch asks for progress notifications to detect a
+// silent link; etcd answers them only for watches that have caught up with
+// the current revision, so a watch started past it would look stalled and
+// bounce the client's stream connection over and over.
+func TestEphemeralQuietCluster(t *testing.T) {
+	srv := etcdtest.Start(t)
+	m := newCountingMetrics()
+	c := lsClient(t, etcdkit.Config{StallTimeout: 300 * time.Millisecond, Metrics: m}, srv.Endpoint())
+	e := lsEphemeral(t, c, "svc/quiet", "mine", 2*time.Second)
+	time.Sleep(2 * time.Second) // an observation window, not synchronisation
+	assert.Zero(t, m.get(etcdkit.MetricWatchStalls), "stalls")
+	assert.Equal(t, etcdkit.Live, e.State())
 }

@@ -670,6 +670,7 @@ func (c *Client) streamFailed(ctx context.Context, gen uint64, err error) {
 // restores are paced (a restore within 5s of the previous one waits, longer
 // each time, up to 5s) so the fight stays cheap, but give each owner its own
 // key.
+//
 // An Ephemeral is safe for concurrent use.
 type Ephemeral[T any] struct {
 	key *Key[T]
@@ -1040,9 +1041,12 @@ func (e *Ephemeral[T]) watch(epoch context.Context, lease clientv3.LeaseID) {
 		return
 	}
 	e.mu.Lock()
-	// Everything up to seen was checked, so starting after it misses
-	// nothing, even if our last write was compacted away.
-	from := max(e.rev, e.seen) + 1
+	// Everything up to seen was checked, so starting there misses nothing,
+	// even if our last write was compacted away. Not one revision later: a
+	// watch that starts in the future gets no progress notification until
+	// someone writes, which would look like a stall on a quiet cluster. The
+	// event at the start revision, if any, is our own write or was checked.
+	from := max(e.rev, e.seen)
 	e.mu.Unlock()
 	wch := cli.Watch(ctx, e.key.path, clientv3.WithRev(from))
 
