@@ -1,0 +1,399 @@
+package robustness
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/etcdkit/etcdkit"
+)
+
+// Violation is one broken guarantee found in a History.
+type Violation struct {
+	// Rule names the guarantee: "watch", "cache", "linearizability",
+	// "durability", "fencing" or "ephemeral".
+	Rule string
+	// Who names the subscriber, key, owner or leader concerned.
+	Who string
+	// Msg says what was seen and what was expected.
+	Msg string
+}
+
+// String formats the violation on one line.
+func (v Violation) String() string { return fmt.Sprintf("[%s] %s: %s", v.Rule, v.Who, v.Msg) }
+
+// Check validates h against the guarantees and returns every violation it
+// finds, at most one per subscriber, cache, key or owner. The namespace is
+// assumed empty at h.StartRev, and h.Changes must hold every change in
+// (StartRev, FinalRev] in revision order.
+func Check(h *History) []Violation {
+	var vs []Violation
+	for _, s := range h.Subscribers {
+		if v, bad := checkSubscriber(h, s); bad {
+			vs = append(vs, v)
+		}
+	}
+	for _, c := range h.Caches {
+		if v, bad := checkCache(h, c); bad {
+			vs = append(vs, v)
+		}
+	}
+	vs = append(vs, checkDurability(h)...)
+	vs = append(vs, CheckLinearizable(h)...)
+	vs = append(vs, checkGuarded(h)...)
+	vs = append(vs, checkEphemerals(h)...)
+	return vs
+}
+
+// inScope reports whether key is the subscriber's key or under its prefix.
+func inScope(key, scope string, prefix bool) bool {
+	if prefix {
+		return strings.HasPrefix(key, scope)
+	}
+	return key == scope
+}
+
+// scoped returns the changes within scope, in revision order.
+func scoped(changes []Change, scope string, prefix bool) []Change {
+	var out []Change
+	for _, c := range changes {
+		if inScope(c.Key, scope, prefix) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// state is a name -> value state of some keys.
+type state map[string]KV
+
+func (st state) apply(typ etcdkit.EventType, key, value string, rev int64) {
+	if typ == etcdkit.Delete {
+		delete(st, key)
+	} else {
+		st[key] = KV{Value: value, Rev: rev}
+	}
+}
+
+func (st state) String() string {
+	keys := slices.Sorted(maps.Keys(st))
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + st[k].String()
+	}
+	return "{" + strings.Join(parts, " ") + "}"
+}
+
+// stateAt returns the state of the changes hs (in revision order) at rev.
+func stateAt(hs []Change, rev int64) state {
+	st := state{}
+	for _, c := range hs {
+		if c.Rev > rev {
+			break
+		}
+		st.apply(c.Type, c.Key, c.Value, c.Rev)
+	}
+	return st
+}
+
+// nextIndex returns the index of the first change above rev.
+func nextIndex(hs []Change, rev int64) int {
+	return sort.Search(len(hs), func(i int) bool { return hs[i].Rev > rev })
+}
+
+// findState returns the largest revision R in [lo, hi] at which the state of
+// hs equals want, trying only R == exact when exact > 0.
+func findState(hs []Change, want state, lo, hi, exact int64) (int64, bool) {
+	if exact > 0 {
+		if exact < lo || exact > hi {
+			return 0, false
+		}
+		return exact, maps.Equal(stateAt(hs, exact), want)
+	}
+	if lo > hi {
+		return 0, false
+	}
+	st := stateAt(hs, lo)
+	found, best := maps.Equal(st, want), lo
+	for i := nextIndex(hs, lo); i < len(hs) && hs[i].Rev <= hi; i++ {
+		st.apply(hs[i].Type, hs[i].Key, hs[i].Value, hs[i].Rev)
+		if i+1 < len(hs) && hs[i+1].Rev == hs[i].Rev {
+			continue
+		}
+		if maps.Equal(st, want) {
+			found, best = true, hs[i].Rev
+		}
+	}
+	return best, found
+}
+
+func (d Delivery) String() string {
+	flags := ""
+	if d.Initial {
+		flags += " initial"
+	}
+	if d.Resync {
+		flags += " resync"
+	}
+	if d.Type == etcdkit.Delete {
+		return fmt.Sprintf("Delete %s @%d%s", d.Key, d.Rev, flags)
+	}
+	return fmt.Sprintf("Put %s=%q @%d%s", d.Key, d.Value, d.Rev, flags)
+}
+
+func (c Change) String() string {
+	if c.Type == etcdkit.Delete {
+		return fmt.Sprintf("Delete %s @%d", c.Key, c.Rev)
+	}
+	return fmt.Sprintf("Put %s=%q @%d", c.Key, c.Value, c.Rev)
+}
+
+func (d Delivery) matches(c Change) bool {
+	return d.Type == c.Type && d.Key == c.Key && d.Rev == c.Rev && (d.Type == etcdkit.Delete || d.Value == c.Value)
+}
+
+// checkSubscriber replays a subscriber's events against the cluster's
+// history and reports the first way they depart from it.
+func checkSubscriber(h *History, s *Subscriber) (Violation, bool) {
+	fail := func(format string, args ...any) (Violation, bool) {
+		return Violation{Rule: "watch", Who: s.Name, Msg: fmt.Sprintf(format, args...)}, true
+	}
+	if s.Ended != "" {
+		return fail("the watch ended by itself before the run closed it: %s", s.Ended)
+	}
+	evs := s.Events
+	// Order and uniqueness, independently of the history.
+	type revKey struct {
+		rev int64
+		key string
+	}
+	seen := map[revKey]int{}
+	for i, e := range evs {
+		if !inScope(e.Key, s.Scope, s.Prefix) {
+			return fail("event #%d %v is outside the watched %s", i, e, s.Scope)
+		}
+		// Initial events come sorted by name, not revision.
+		if i > 0 && e.Rev < evs[i-1].Rev && !(e.Initial && evs[i-1].Initial) {
+			return fail("reordered events: #%d %v came after #%d %v, revisions must not decrease", i, e, i-1, evs[i-1])
+		}
+		if e.Initial && (s.Start != StartInitial || i > 0 && !evs[i-1].Initial) {
+			return fail("event #%d %v is flagged Initial but does not belong to the initial state", i, e)
+		}
+		if e.Resync || e.Initial {
+			continue
+		}
+		k := revKey{e.Rev, e.Key}
+		if j, dup := seen[k]; dup {
+			return fail("duplicate event: #%d %v delivers the change of #%d again", i, e, j)
+		}
+		seen[k] = i
+	}
+
+	hs := scoped(h.Changes, s.Scope, s.Prefix)
+	i := 0
+	var pos int64
+	switch s.Start {
+	case StartAfter:
+		pos = s.After
+	case StartNow:
+		pos = s.After
+		if len(evs) > 0 && !evs[0].Resync && evs[0].Rev <= s.After {
+			// Changes between Watch and Ready may or may not be delivered,
+			// but once one is, every later one must be.
+			pos = evs[0].Rev - 1
+		}
+	case StartInitial:
+		n := 0
+		for n < len(evs) && evs[n].Initial {
+			n++
+		}
+		lo, hi := h.StartRev, h.FinalRev
+		if s.After > lo {
+			lo = s.After
+		}
+		got := state{}
+		for _, e := range evs[:n] {
+			lo = max(lo, e.Rev)
+			got.apply(e.Type, e.Key, e.Value, e.Rev)
+		}
+		if n < len(evs) {
+			hi = evs[n].Rev
+			if !evs[n].Resync {
+				hi--
+			}
+		}
+		r, ok := findState(hs, got, lo, hi, 0)
+		if !ok {
+			return fail("the initial events %v are not the state of %s at any revision in [%d, %d] (at %d it was %v)",
+				got, s.Scope, lo, hi, hi, stateAt(hs, hi))
+		}
+		pos, i = r, n
+	default:
+		return fail("unknown start mode %v", s.Start)
+	}
+	view := stateAt(hs, pos)
+	idx := nextIndex(hs, pos)
+
+	for i < len(evs) {
+		e := evs[i]
+		if e.Resync {
+			j := resyncBatchEnd(evs, i)
+			batch := evs[i:j]
+			var just *Compaction
+			for k := range h.Compactions {
+				c := &h.Compactions[k]
+				if c.Rev > pos && c.At <= batch[0].At && (just == nil || c.Rev < just.Rev) {
+					just = c
+				}
+			}
+			if just == nil {
+				return fail("Resync events #%d..#%d (%v ...) without a compaction above revision %d before them: "+
+					"the subscriber's history was never gone", i, j-1, batch[0], pos)
+			}
+			lo, hi := just.Rev, h.FinalRev
+			var exact int64
+			after := maps.Clone(view)
+			for _, b := range batch {
+				lo = max(lo, b.Rev)
+				if b.Type == etcdkit.Delete {
+					exact = b.Rev
+				}
+				after.apply(b.Type, b.Key, b.Value, b.Rev)
+			}
+			if j < len(evs) {
+				hi = evs[j].Rev
+				if !evs[j].Resync {
+					hi--
+				}
+			}
+			r, ok := findState(hs, after, lo, hi, exact)
+			if !ok {
+				return fail("Resync events #%d..#%d leave the subscriber with %v, which is not the state of %s at any revision in [%d, %d] "+
+					"(at %d it was %v)", i, j-1, after, s.Scope, lo, hi, hi, stateAt(hs, hi))
+			}
+			for _, b := range batch {
+				if b.Type == etcdkit.Put {
+					if want, ok := after[b.Key]; !ok || want.Value != b.Value || want.Rev != b.Rev {
+						return fail("Resync event %v is overwritten within its own resync", b)
+					}
+				}
+			}
+			view, pos, idx, i = after, r, nextIndex(hs, r), j
+			continue
+		}
+		if idx >= len(hs) {
+			return fail("event #%d %v is not in the cluster's history after revision %d (history ends at %d)", i, e, pos, h.FinalRev)
+		}
+		want := hs[idx]
+		switch {
+		case e.Rev < want.Rev:
+			return fail("event #%d %v is not in the cluster's history: after revision %d the next change was %v", i, e, pos, want)
+		case e.Rev > want.Rev:
+			return fail("lost event: the cluster made %v, but the subscriber's next event after revision %d was #%d %v",
+				want, pos, i, e)
+		case !e.matches(want):
+			return fail("event #%d %v does not match the cluster's change %v", i, e, want)
+		}
+		view.apply(e.Type, e.Key, e.Value, e.Rev)
+		pos, idx, i = e.Rev, idx+1, i+1
+	}
+	if s.Stuck != "" {
+		return fail("did not catch up: %s", s.Stuck)
+	}
+	if idx < len(hs) {
+		return fail("lost event: the cluster made %v, but the subscriber's events end at revision %d (%d changes missing)",
+			hs[idx], pos, len(hs)-idx)
+	}
+	return Violation{}, false
+}
+
+// resyncBatchEnd returns the end of the resync batch starting at i: its
+// puts, then its deletes, which all carry the revision the state was read
+// at. A put after a delete starts the next batch.
+func resyncBatchEnd(evs []Delivery, i int) int {
+	j := i
+	deleting := false
+	for j < len(evs) && evs[j].Resync {
+		if evs[j].Type == etcdkit.Delete {
+			if deleting && evs[j].Rev != evs[j-1].Rev {
+				break
+			}
+			deleting = true
+		} else if deleting {
+			break
+		}
+		j++
+	}
+	return j
+}
+
+// checkCache compares a cache's final contents with the cluster's final
+// state.
+func checkCache(h *History, c *CacheRecord) (Violation, bool) {
+	fail := func(format string, args ...any) (Violation, bool) {
+		return Violation{Rule: "cache", Who: c.Name, Msg: fmt.Sprintf(format, args...)}, true
+	}
+	want := stateAt(scoped(h.Changes, c.Prefix, true), h.FinalRev)
+	got := state(c.Final)
+	if got == nil {
+		got = state{}
+	}
+	if !maps.Equal(got, want) {
+		msg := fmt.Sprintf("ends with %v, the cluster's final state (revision %d) is %v", got, h.FinalRev, want)
+		if c.Stuck != "" {
+			msg += " (" + c.Stuck + ")"
+		}
+		return fail("%s", msg)
+	}
+	return Violation{}, false
+}
+
+// checkDurability reports acknowledged writes missing from the cluster's
+// history: a write that returned a revision must be the change at that
+// revision.
+func checkDurability(h *History) []Violation {
+	byRev := map[int64][]Change{}
+	for _, c := range h.Changes {
+		byRev[c.Rev] = append(byRev[c.Rev], c)
+	}
+	var vs []Violation
+	for _, op := range h.Ops {
+		if op.Outcome != OK || op.Kind == OpGet || op.Kind == OpDelete {
+			continue
+		}
+		value := op.Value
+		if op.Kind == OpUpdate {
+			value = op.Result
+		}
+		found := false
+		for _, c := range byRev[op.Rev] {
+			if c.Key == op.Key && c.Type == etcdkit.Put && c.Value == value {
+				found = true
+			}
+		}
+		if !found {
+			vs = append(vs, Violation{Rule: "durability", Who: op.Key, Msg: fmt.Sprintf(
+				"w%d's %s of %q was acknowledged at revision %d, but the cluster's history has %v there",
+				op.Client, op.Kind, value, op.Rev, byRev[op.Rev])})
+		}
+	}
+	return vs
+}
+
+// checkGuarded reports guarded writes whose tokens go backwards in commit
+// order: an older leader wrote after a newer one had.
+func checkGuarded(h *History) []Violation {
+	gs := slices.Clone(h.Guarded)
+	slices.SortStableFunc(gs, func(a, b GuardedWrite) int { return cmp.Compare(a.Rev, b.Rev) })
+	for i := 1; i < len(gs); i++ {
+		if gs[i].Token < gs[i-1].Token {
+			return []Violation{{Rule: "fencing", Who: gs[i].Leader, Msg: fmt.Sprintf(
+				"two leaders' guarded writes interleave: %s (token %d) wrote at revision %d after %s (token %d) wrote at revision %d",
+				gs[i].Leader, gs[i].Token, gs[i].Rev, gs[i-1].Leader, gs[i-1].Token, gs[i-1].Rev)}}
+		}
+	}
+	return nil
+}

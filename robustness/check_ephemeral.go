@@ -1,0 +1,155 @@
+package robustness
+
+import (
+	"cmp"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/etcdkit/etcdkit"
+)
+
+// Tolerances of the ephemeral-key rules. A cut-off owner's key must be gone
+// within its TTL plus ExpiryGrace (an election, which renews every lease,
+// plus the scheduling noise of a loaded machine); an owner whose path came
+// back gets its TTL plus RecoveryGrace to notice, re-grant and restore.
+const (
+	ExpiryGrace   = 3 * time.Second
+	RecoveryGrace = 3 * time.Second
+)
+
+// revClock bounds when a revision was committed, from the writes whose
+// revision and call times are known: a revision is committed after the
+// invoke of every write at or below it, and before the return of every
+// write at or above it.
+type revClock struct {
+	revs []int64
+	lo   []time.Duration // max invoke of writes with revision <= revs[i]
+	hi   []time.Duration // min return of writes with revision >= revs[i]
+}
+
+func newRevClock(h *History) *revClock {
+	type w struct {
+		rev             int64
+		invoke, return_ time.Duration
+	}
+	var ws []w
+	for _, op := range h.Ops {
+		if op.Outcome == OK && op.Kind != OpGet && op.Kind != OpDelete {
+			ws = append(ws, w{op.Rev, op.Invoke, op.Return})
+		}
+	}
+	for _, g := range h.Guarded {
+		ws = append(ws, w{g.Rev, g.Invoke, g.Return})
+	}
+	slices.SortFunc(ws, func(a, b w) int { return cmp.Compare(a.rev, b.rev) })
+	rc := &revClock{}
+	for _, x := range ws {
+		rc.revs = append(rc.revs, x.rev)
+		rc.lo = append(rc.lo, x.invoke)
+		rc.hi = append(rc.hi, x.return_)
+	}
+	for i := 1; i < len(rc.lo); i++ {
+		rc.lo[i] = max(rc.lo[i], rc.lo[i-1])
+	}
+	for i := len(rc.hi) - 2; i >= 0; i-- {
+		rc.hi[i] = min(rc.hi[i], rc.hi[i+1])
+	}
+	return rc
+}
+
+// bounds returns the interval within which rev was committed.
+func (rc *revClock) bounds(rev int64) (lo, hi time.Duration) {
+	i, _ := slices.BinarySearch(rc.revs, rev+1) // first write above rev
+	if i > 0 {
+		lo = rc.lo[i-1]
+	}
+	hi = math.MaxInt64
+	if j, _ := slices.BinarySearch(rc.revs, rev); j < len(rc.revs) {
+		hi = rc.hi[j]
+	}
+	return lo, hi
+}
+
+// checkEphemerals checks that each ephemeral key existed while its owner
+// was connected and disappeared once the owner had been cut off for longer
+// than its TTL. Only what the revision clock proves is reported: a change
+// whose commit time is uncertain never makes a violation.
+func checkEphemerals(h *History) []Violation {
+	if len(h.Ephemerals) == 0 {
+		return nil
+	}
+	rc := newRevClock(h)
+	var vs []Violation
+	for _, e := range h.Ephemerals {
+		if v, bad := checkEphemeral(h, rc, e); bad {
+			vs = append(vs, v)
+		}
+	}
+	return vs
+}
+
+func checkEphemeral(h *History, rc *revClock, e *EphemeralRecord) (Violation, bool) {
+	fail := func(format string, args ...any) (Violation, bool) {
+		return Violation{Rule: "ephemeral", Who: e.Owner, Msg: fmt.Sprintf(format, args...)}, true
+	}
+	if e.Lost != "" {
+		return fail("%s", e.Lost)
+	}
+	hs := scoped(h.Changes, e.Key, false)
+	// Gone in time: a certain outage longer than TTL + grace must see the
+	// key deleted. The key certainly existed all through [deadline, To] if
+	// a put committed before To is followed by no change until after To.
+	for _, o := range e.Outages {
+		deadline := o.From + e.TTL + ExpiryGrace
+		if o.Doubtful || o.To <= deadline {
+			continue
+		}
+		for i, c := range hs {
+			if c.Type != etcdkit.Put {
+				continue
+			}
+			if _, hi := rc.bounds(c.Rev); hi > o.From {
+				continue
+			}
+			nextLo := time.Duration(math.MaxInt64)
+			if i+1 < len(hs) {
+				nextLo, _ = rc.bounds(hs[i+1].Rev)
+			}
+			if nextLo > o.To {
+				return fail("the owner was cut off from %s to %s (%s), longer than its TTL %v + %v, but its key %s "+
+					"written at revision %d was not deleted until after %s", fmtTime(o.From), fmtTime(o.To), o.Why,
+					e.TTL, ExpiryGrace, e.Key, c.Rev, fmtTime(o.To))
+			}
+		}
+	}
+	// Present while connected: no delete may fall for sure inside a window
+	// where the owner's path was up, from Created (or an outage's end plus
+	// the recovery allowance) to the next outage or Closed.
+	type window struct{ from, to time.Duration }
+	var ws []window
+	from := e.Created
+	for _, o := range e.Outages {
+		if o.From > from {
+			ws = append(ws, window{from, o.From})
+		}
+		from = max(from, o.To+e.TTL+RecoveryGrace)
+	}
+	if e.Closed > from {
+		ws = append(ws, window{from, e.Closed})
+	}
+	for _, c := range hs {
+		if c.Type != etcdkit.Delete {
+			continue
+		}
+		lo, hi := rc.bounds(c.Rev)
+		for _, w := range ws {
+			if lo >= w.from && hi <= w.to {
+				return fail("its key %s was deleted at revision %d (between %s and %s) while the owner was connected (%s to %s)",
+					e.Key, c.Rev, fmtTime(lo), fmtTime(hi), fmtTime(w.from), fmtTime(w.to))
+			}
+		}
+	}
+	return Violation{}, false
+}

@@ -1,0 +1,177 @@
+package robustness_test
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/etcdkit/etcdkit"
+	"github.com/etcdkit/etcdkit/robustness"
+)
+
+func ms(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+
+func put(rev int64, key, value string) robustness.Change {
+	return robustness.Change{Rev: rev, Type: etcdkit.Put, Key: key, Value: value}
+}
+
+func del(rev int64, key string) robustness.Change {
+	return robustness.Change{Rev: rev, Type: etcdkit.Delete, Key: key}
+}
+
+// delivered turns changes into the events a subscriber received, 10 ms
+// apart.
+func delivered(cs ...robustness.Change) []robustness.Delivery {
+	ds := make([]robustness.Delivery, len(cs))
+	for i, c := range cs {
+		ds[i] = robustness.Delivery{At: ms(10 * (i + 1)), Type: c.Type, Key: c.Key, Value: c.Value, Rev: c.Rev}
+	}
+	return ds
+}
+
+// validHistory is a small history every rule accepts: two writers on two
+// keys, a prefix subscriber from revision 10 that saw everything, a cache,
+// and two leaders whose guarded writes follow each other.
+func validHistory() *robustness.History {
+	changes := []robustness.Change{
+		put(11, "data/k0", "w0.1"),
+		put(12, "data/k1", "w1.1"),
+		put(13, "data/k0", "w0.2"),
+		del(14, "data/k1"),
+		put(15, "data/k0", "w1.2^w0.2"),
+	}
+	return &robustness.History{
+		Seed: 1, Namespace: "test", StartRev: 10, FinalRev: 15,
+		Changes: changes,
+		Ops: []robustness.Op{
+			{Client: 0, Key: "data/k0", Kind: robustness.OpPut, Value: "w0.1", Invoke: ms(1), Return: ms(3), Outcome: robustness.OK, Rev: 11},
+			{Client: 1, Key: "data/k1", Kind: robustness.OpPut, Value: "w1.1", Invoke: ms(2), Return: ms(5), Outcome: robustness.OK, Rev: 12},
+			{Client: 0, Key: "data/k0", Kind: robustness.OpCAS, Value: "w0.2", Expected: 11, Invoke: ms(6), Return: ms(8), Outcome: robustness.OK, Rev: 13},
+			{Client: 1, Key: "data/k0", Kind: robustness.OpGet, Invoke: ms(9), Return: ms(10), Outcome: robustness.OK, Found: true, Result: "w0.2", Rev: 13},
+			{Client: 0, Key: "data/k1", Kind: robustness.OpDelete, Invoke: ms(9), Return: ms(12), Outcome: robustness.OK},
+			// Its outcome is unknown, but its value is in the history.
+			{Client: 1, Key: "data/k0", Kind: robustness.OpUpdate, Value: "w1.2", Invoke: ms(13), Return: ms(20), Outcome: robustness.Unknown, Err: "context deadline exceeded"},
+			{Client: 0, Key: "data/k0", Kind: robustness.OpCAS, Value: "w0.3", Expected: 13, Invoke: ms(25), Return: ms(26), Outcome: robustness.Conflict, Found: true, Result: "w1.2^w0.2", Rev: 15},
+		},
+		Subscribers: []*robustness.Subscriber{{
+			Name: "s0 prefix data/ after", Scope: "data/", Prefix: true, Start: robustness.StartAfter, After: 10,
+			Events: delivered(changes...),
+		}},
+		Caches: []*robustness.CacheRecord{{
+			Name: "c0", Prefix: "data/", Final: map[string]robustness.KV{"data/k0": {Value: "w1.2^w0.2", Rev: 15}},
+		}},
+		Guarded: []robustness.GuardedWrite{
+			{Leader: "a", Token: 5, Rev: 20, Invoke: ms(1), Return: ms(2)},
+			{Leader: "a", Token: 5, Rev: 21, Invoke: ms(3), Return: ms(4)},
+			{Leader: "b", Token: 9, Rev: 22, Invoke: ms(5), Return: ms(6)},
+		},
+	}
+}
+
+// TestCheckerRejects feeds the checker histories with one defect each and
+// checks that it is found, with a message that says what went wrong, while
+// the history without the defect passes.
+func TestCheckerRejects(t *testing.T) {
+	sub := func(h *robustness.History) *robustness.Subscriber { return h.Subscribers[0] }
+	cases := []struct {
+		name   string
+		break_ func(h *robustness.History)
+		rule   string
+		want   string
+	}{
+		{"valid history", func(*robustness.History) {}, "", ""},
+		{"resync after a compaction", func(h *robustness.History) {
+			h.Compactions = []robustness.Compaction{{Rev: 14, At: ms(20)}}
+			s := sub(h)
+			s.Events = append(s.Events[:2:2], robustness.Delivery{At: ms(30), Type: etcdkit.Put, Key: "data/k0", Value: "w1.2^w0.2", Rev: 15, Resync: true},
+				robustness.Delivery{At: ms(30), Type: etcdkit.Delete, Key: "data/k1", Rev: 15, Resync: true})
+		}, "", ""},
+		{"initial state", func(h *robustness.History) {
+			s := sub(h)
+			s.Start, s.After = robustness.StartInitial, 12
+			s.Events = []robustness.Delivery{
+				{At: ms(1), Type: etcdkit.Put, Key: "data/k0", Value: "w0.2", Rev: 13, Initial: true},
+				{At: ms(1), Type: etcdkit.Put, Key: "data/k1", Value: "w1.1", Rev: 12, Initial: true},
+				{At: ms(2), Type: etcdkit.Delete, Key: "data/k1", Rev: 14},
+				{At: ms(3), Type: etcdkit.Put, Key: "data/k0", Value: "w1.2^w0.2", Rev: 15},
+			}
+		}, "", ""},
+		{"lost event", func(h *robustness.History) {
+			s := sub(h)
+			s.Events = slices.Delete(s.Events, 2, 3) // the put at 13
+		}, "watch", `lost event: the cluster made Put data/k0="w0.2" @13, but the subscriber's next event after revision 12 was #2 Delete data/k1 @14`},
+		{"lost last event", func(h *robustness.History) {
+			s := sub(h)
+			s.Events = s.Events[:4]
+		}, "watch", `lost event: the cluster made Put data/k0="w1.2^w0.2" @15, but the subscriber's events end at revision 14`},
+		{"duplicate event", func(h *robustness.History) {
+			s := sub(h)
+			s.Events = slices.Insert(s.Events, 2, s.Events[1])
+		}, "watch", `duplicate event: #2 Put data/k1="w1.1" @12 delivers the change of #1 again`},
+		{"reordered events", func(h *robustness.History) {
+			s := sub(h)
+			s.Events[1], s.Events[2] = s.Events[2], s.Events[1]
+		}, "watch", `reordered events: #2 Put data/k1="w1.1" @12 came after #1 Put data/k0="w0.2" @13`},
+		{"event before the start", func(h *robustness.History) {
+			sub(h).After = 11
+		}, "watch", `event #0 Put data/k0="w0.1" @11 is not in the cluster's history: after revision 11 the next change was Put data/k1="w1.1" @12`},
+		{"wrong value", func(h *robustness.History) {
+			sub(h).Events[2].Value = "w9.9"
+		}, "watch", `event #2 Put data/k0="w9.9" @13 does not match the cluster's change Put data/k0="w0.2" @13`},
+		{"resync without compaction", func(h *robustness.History) {
+			s := sub(h)
+			s.Events = append(s.Events[:2:2], robustness.Delivery{At: ms(30), Type: etcdkit.Put, Key: "data/k0", Value: "w1.2^w0.2", Rev: 15, Resync: true},
+				robustness.Delivery{At: ms(30), Type: etcdkit.Delete, Key: "data/k1", Rev: 15, Resync: true})
+		}, "watch", "Resync events #2..#3 (Put data/k0=\"w1.2^w0.2\" @15 resync ...) without a compaction above revision 12 before them"},
+		{"resync to a state the cluster never had", func(h *robustness.History) {
+			h.Compactions = []robustness.Compaction{{Rev: 14, At: ms(20)}}
+			s := sub(h)
+			s.Events = append(s.Events[:2:2], robustness.Delivery{At: ms(30), Type: etcdkit.Put, Key: "data/k0", Value: "w1.2^w0.2", Rev: 15, Resync: true})
+		}, "watch", "Resync events #2..#2 leave the subscriber with {data/k0=\"w1.2^w0.2\"@15 data/k1=\"w1.1\"@12}, which is not the state of data/ at any revision in [15, 15]"},
+		{"watch ended by itself", func(h *robustness.History) {
+			sub(h).Ended = "etcdkit: watch: permission denied"
+		}, "watch", "the watch ended by itself before the run closed it: etcdkit: watch: permission denied"},
+		{"stale cache", func(h *robustness.History) {
+			h.Caches[0].Final["data/k1"] = robustness.KV{Value: "w1.1", Rev: 12}
+		}, "cache", `ends with {data/k0="w1.2^w0.2"@15 data/k1="w1.1"@12}, the cluster's final state (revision 15) is {data/k0="w1.2^w0.2"@15}`},
+		{"double leader", func(h *robustness.History) {
+			h.Guarded = append(h.Guarded, robustness.GuardedWrite{Leader: "a", Token: 5, Rev: 23, Invoke: ms(5), Return: ms(7)})
+		}, "fencing", "two leaders' guarded writes interleave: a (token 5) wrote at revision 23 after b (token 9) wrote at revision 22"},
+		{"stale read", func(h *robustness.History) {
+			// Reads the value the CAS at 13 replaced, after the CAS returned.
+			h.Ops[3].Result, h.Ops[3].Rev = "w0.1", 11
+		}, "linearizability", `not linearizable: at most 2 of 5 operations can be ordered; after 2 of them the key is "w0.2"@13 ` +
+			`(last: cas("w0.2", expect 11) -> @13 by w0 at +0.006s); none of these can come next: [w1 get() -> "w0.1"@11, +0.009s..+0.010s]`},
+		{"lost update", func(h *robustness.History) {
+			// Two CAS expecting the same revision both succeed.
+			h.Ops = append(h.Ops, robustness.Op{Client: 2, Key: "data/k0", Kind: robustness.OpCAS, Value: "w2.1", Expected: 11,
+				Invoke: ms(6), Return: ms(8), Outcome: robustness.OK, Rev: 16})
+			h.Changes = append(h.Changes, put(16, "data/k0", "w2.1"))
+		}, "linearizability", `not linearizable: at most 2 of 6 operations can be ordered; after 2 of them the key is "w0.2"@13 ` +
+			`(last: cas("w0.2", expect 11) -> @13 by w0 at +0.006s); none of these can come next: [w2 cas("w2.1", expect 11) -> @16, +0.006s..+0.008s]`},
+		{"acknowledged write lost", func(h *robustness.History) {
+			h.Ops[1].Rev = 14
+		}, "durability", `w1's put of "w1.1" was acknowledged at revision 14, but the cluster's history has [Delete data/k1 @14] there`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := validHistory()
+			tc.break_(h)
+			vs := robustness.Check(h)
+			if tc.rule == "" {
+				if len(vs) > 0 {
+					t.Fatalf("got violations %v, want none", vs)
+				}
+				return
+			}
+			for _, v := range vs {
+				if v.Rule == tc.rule && strings.Contains(v.Msg, tc.want) {
+					t.Logf("rejected: %v", v)
+					return
+				}
+			}
+			t.Fatalf("got violations %v, want a %q violation containing %q", vs, tc.rule, tc.want)
+		})
+	}
+}
