@@ -1,0 +1,143 @@
+package robustness_test
+
+import (
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/etcdkit/etcdkit/etcdtest"
+	"github.com/etcdkit/etcdkit/robustness"
+)
+
+// TestRobustness runs random fault schedules against proxied three-member
+// clusters while the default workloads run, and checks each schedule's
+// history. By default it runs -schedules short schedules from a random base
+// seed, spread over -lanes clusters running side by side; -seed N replays
+// one schedule, and -soak (or ETCDKIT_SOAK) runs schedules, one in four
+// under the long profile, for a duration.
+func TestRobustness(t *testing.T) {
+	if testing.Short() && *seedFlag == 0 {
+		t.Skip("robustness schedules take minutes; not in -short mode")
+	}
+	soak := soakDuration(t)
+	lanes := *lanesFlag
+	if *seedFlag != 0 {
+		lanes = 1
+	}
+	base := time.Now().UnixNano() & (1<<40 - 1)
+	began := time.Now()
+	var (
+		st       stats
+		next     atomic.Int64
+		failures atomic.Int64
+	)
+	// claim hands out the next schedule, or reports false when the run is
+	// over.
+	claim := func() (int64, robustness.Profile, bool) {
+		i := next.Add(1) - 1
+		switch {
+		case failures.Load() >= 3:
+			return 0, robustness.Profile{}, false
+		case *seedFlag != 0:
+			return *seedFlag, map[bool]robustness.Profile{false: robustness.ShortProfile, true: robustness.LongProfile}[*longFlag], i == 0
+		case soak > 0:
+			p := robustness.ShortProfile
+			if i%4 == 3 {
+				p = robustness.LongProfile
+			}
+			return base + i, p, time.Since(began) < soak
+		}
+		return base + i, robustness.ShortProfile, i < int64(*schedulesFlag)
+	}
+	t.Run("lanes", func(t *testing.T) {
+		for lane := range lanes {
+			t.Run(fmt.Sprintf("lane%d", lane), func(t *testing.T) {
+				t.Parallel()
+				c := etcdtest.StartCluster(t, 3, etcdtest.WithProxy())
+				env := robustness.NewEnv(t, c)
+				for {
+					seed, profile, ok := claim()
+					if !ok {
+						return
+					}
+					name := fmt.Sprintf("seed=%d", seed)
+					if profile == robustness.LongProfile {
+						name += "/long"
+					}
+					if !t.Run(name, func(t *testing.T) { runSchedule(t, env, seed, profile, &st) }) {
+						failures.Add(1)
+					}
+				}
+			})
+		}
+	})
+	if n := failures.Load(); n > 0 {
+		t.Logf("%d schedules failed (stopping after 3)", n)
+	}
+	t.Logf("summary: %d schedules on %d lanes (base seed %d), %d faults injected (%s), %d calls (%d unknown), %d events delivered, %d compactions, wall %v",
+		st.schedules, lanes, base, st.faults, st.kinds(), st.ops, st.unknown, st.events, st.compactions, time.Since(began).Round(time.Millisecond))
+}
+
+// runSchedule runs and checks the schedule of seed.
+func runSchedule(t *testing.T, env *robustness.Env, seed int64, profile robustness.Profile, st *stats) {
+	s := robustness.Generate(seed, profile)
+	r := env.Run(t, s, robustness.DefaultWorkloads())
+	st.add(r)
+	if os.Getenv("ETCDKIT_ROBUSTNESS_TIMELINE") != "" {
+		var all []string
+		for _, s := range r.History.Subscribers {
+			all = append(all, s.Name)
+		}
+		t.Logf("%s\n%s", s, robustness.Timeline(r.History, all...))
+	}
+	if vs := robustness.Check(r.History); len(vs) > 0 {
+		t.Errorf("%s", robustness.Report(r, vs))
+	}
+}
+
+// stats sums up the schedules run.
+type stats struct {
+	mu                                                   sync.Mutex
+	schedules, faults, ops, unknown, events, compactions int
+	byKind                                               map[robustness.FaultKind]int
+}
+
+func (st *stats) add(r *robustness.Result) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.byKind == nil {
+		st.byKind = map[robustness.FaultKind]int{}
+	}
+	st.schedules++
+	st.faults += r.Injected
+	for _, f := range r.Schedule.Faults {
+		st.byKind[f.Kind]++
+	}
+	for _, op := range r.History.Ops {
+		st.ops++
+		if op.Outcome == robustness.Unknown {
+			st.unknown++
+		}
+	}
+	for _, s := range r.History.Subscribers {
+		st.events += len(s.Events)
+	}
+	st.compactions += len(r.History.Compactions)
+}
+
+// kinds lists the faults drawn per kind.
+func (st *stats) kinds() string {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(st.byKind)) {
+		parts = append(parts, fmt.Sprintf("%v=%d", k, st.byKind[k]))
+	}
+	return strings.Join(parts, " ")
+}
