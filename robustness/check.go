@@ -311,21 +311,31 @@ func checkSubscriber(h *History, s *Subscriber) (Violation, bool) {
 }
 
 // resyncBatchEnd returns the end of the resync batch starting at i: its
-// puts, then its deletes, which all carry the revision the state was read
-// at. A put after a delete starts the next batch.
+// puts, sorted by revision and name, then its deletes, sorted by name, which
+// all carry the revision the state was read at. A batch names a key at most
+// once, so an event that breaks this order or names a key again starts the
+// next batch. Batches that cannot be told apart are checked as one, against
+// the state after the last.
 func resyncBatchEnd(evs []Delivery, i int) int {
+	keys := map[string]bool{}
 	j := i
-	deleting := false
-	for j < len(evs) && evs[j].Resync {
-		if evs[j].Type == etcdkit.Delete {
-			if deleting && evs[j].Rev != evs[j-1].Rev {
-				break
-			}
-			deleting = true
-		} else if deleting {
+	for ; j < len(evs) && evs[j].Resync; j++ {
+		e := evs[j]
+		if keys[e.Key] {
 			break
 		}
-		j++
+		if j > i {
+			p := evs[j-1]
+			switch {
+			case e.Type == etcdkit.Put && p.Type == etcdkit.Delete:
+				return j
+			case e.Type == p.Type && e.Rev == p.Rev && e.Key < p.Key:
+				return j
+			case e.Type == etcdkit.Delete && p.Type == etcdkit.Delete && e.Rev != p.Rev:
+				return j
+			}
+		}
+		keys[e.Key] = true
 	}
 	return j
 }

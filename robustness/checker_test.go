@@ -87,6 +87,16 @@ func TestCheckerRejects(t *testing.T) {
 			s.Events = append(s.Events[:2:2], robustness.Delivery{At: ms(30), Type: etcdkit.Put, Key: "data/k0", Value: "w1.2^w0.2", Rev: 15, Resync: true},
 				robustness.Delivery{At: ms(30), Type: etcdkit.Delete, Key: "data/k1", Rev: 15, Resync: true})
 		}, "", ""},
+		{"two resyncs in a row", func(h *robustness.History) {
+			h.Compactions = []robustness.Compaction{{Rev: 12, At: ms(15)}, {Rev: 14, At: ms(30)}}
+			s := sub(h)
+			s.Events = []robustness.Delivery{
+				{At: ms(20), Type: etcdkit.Put, Key: "data/k1", Value: "w1.1", Rev: 12, Resync: true},
+				{At: ms(20), Type: etcdkit.Put, Key: "data/k0", Value: "w0.2", Rev: 13, Resync: true},
+				{At: ms(40), Type: etcdkit.Put, Key: "data/k0", Value: "w1.2^w0.2", Rev: 15, Resync: true},
+				{At: ms(40), Type: etcdkit.Delete, Key: "data/k1", Rev: 15, Resync: true},
+			}
+		}, "", ""},
 		{"initial state", func(h *robustness.History) {
 			s := sub(h)
 			s.Start, s.After = robustness.StartInitial, 12
