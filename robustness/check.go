@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/etcdkit/etcdkit"
 )
@@ -236,22 +237,38 @@ func checkSubscriber(h *History, s *Subscriber) (Violation, bool) {
 	}
 	view := stateAt(hs, pos)
 	idx := nextIndex(hs, pos)
+	// synced records when the subscriber reached each position, so that a
+	// resync can be matched with a compaction that removed history it still
+	// needed at the time.
+	type mark struct {
+		at  time.Duration
+		pos int64
+	}
+	synced := []mark{{0, pos}}
+	posAt := func(t time.Duration) int64 {
+		k := sort.Search(len(synced), func(k int) bool { return synced[k].at > t })
+		return synced[max(k-1, 0)].pos
+	}
 
 	for i < len(evs) {
 		e := evs[i]
 		if e.Resync {
 			j := resyncBatchEnd(evs, i)
 			batch := evs[i:j]
+			// The compaction must have removed revisions the subscriber had
+			// not received when it happened. Its watch may resync later than
+			// that, and more than once, e.g. when its shared stream, cut off
+			// at the time, comes back.
 			var just *Compaction
 			for k := range h.Compactions {
 				c := &h.Compactions[k]
-				if c.Rev > pos && c.At <= batch[0].At && (just == nil || c.Rev < just.Rev) {
+				if c.At <= batch[0].At && c.Rev > posAt(c.At) && (just == nil || c.Rev < just.Rev) {
 					just = c
 				}
 			}
 			if just == nil {
-				return fail("Resync events #%d..#%d (%v ...) without a compaction above revision %d before them: "+
-					"the subscriber's history was never gone", i, j-1, batch[0], pos)
+				return fail("Resync events #%d..#%d (%v ...) without a compaction of revisions the subscriber had not yet "+
+					"received (it was at revision %d): its history was never gone", i, j-1, batch[0], pos)
 			}
 			lo, hi := just.Rev, h.FinalRev
 			var exact int64
@@ -282,6 +299,7 @@ func checkSubscriber(h *History, s *Subscriber) (Violation, bool) {
 				}
 			}
 			view, pos, idx, i = after, r, nextIndex(hs, r), j
+			synced = append(synced, mark{batch[len(batch)-1].At, pos})
 			continue
 		}
 		if idx >= len(hs) {
@@ -299,6 +317,7 @@ func checkSubscriber(h *History, s *Subscriber) (Violation, bool) {
 		}
 		view.apply(e.Type, e.Key, e.Value, e.Rev)
 		pos, idx, i = e.Rev, idx+1, i+1
+		synced = append(synced, mark{e.At, pos})
 	}
 	if s.Stuck != "" {
 		return fail("did not catch up: %s", s.Stuck)

@@ -97,6 +97,18 @@ func TestCheckerRejects(t *testing.T) {
 				{At: ms(40), Type: etcdkit.Delete, Key: "data/k1", Rev: 15, Resync: true},
 			}
 		}, "", ""},
+		{"resync through a shared stream that comes back later", func(h *robustness.History) {
+			// One compaction while the subscriber was at 10: it resyncs on
+			// its own, then again when the stream it rejoined resyncs.
+			h.Compactions = []robustness.Compaction{{Rev: 12, At: ms(15)}}
+			s := sub(h)
+			s.Events = []robustness.Delivery{
+				{At: ms(20), Type: etcdkit.Put, Key: "data/k1", Value: "w1.1", Rev: 12, Resync: true},
+				{At: ms(20), Type: etcdkit.Put, Key: "data/k0", Value: "w0.2", Rev: 13, Resync: true},
+				{At: ms(40), Type: etcdkit.Put, Key: "data/k0", Value: "w1.2^w0.2", Rev: 15, Resync: true},
+				{At: ms(40), Type: etcdkit.Delete, Key: "data/k1", Rev: 15, Resync: true},
+			}
+		}, "", ""},
 		{"initial state", func(h *robustness.History) {
 			s := sub(h)
 			s.Start, s.After = robustness.StartInitial, 12
@@ -133,7 +145,7 @@ func TestCheckerRejects(t *testing.T) {
 			s := sub(h)
 			s.Events = append(s.Events[:2:2], robustness.Delivery{At: ms(30), Type: etcdkit.Put, Key: "data/k0", Value: "w1.2^w0.2", Rev: 15, Resync: true},
 				robustness.Delivery{At: ms(30), Type: etcdkit.Delete, Key: "data/k1", Rev: 15, Resync: true})
-		}, "watch", "Resync events #2..#3 (Put data/k0=\"w1.2^w0.2\" @15 resync ...) without a compaction above revision 12 before them"},
+		}, "watch", "Resync events #2..#3 (Put data/k0=\"w1.2^w0.2\" @15 resync ...) without a compaction of revisions the subscriber had not yet received (it was at revision 12)"},
 		{"resync to a state the cluster never had", func(h *robustness.History) {
 			h.Compactions = []robustness.Compaction{{Rev: 14, At: ms(20)}}
 			s := sub(h)

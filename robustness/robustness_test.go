@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -84,8 +85,21 @@ func TestRobustness(t *testing.T) {
 		st.schedules, lanes, base, st.faults, st.kinds(), st.ops, st.unknown, st.events, st.compactions, time.Since(began).Round(time.Millisecond))
 }
 
+// scheduleWatchdog is how long one schedule may run before the test dumps
+// every goroutine's stack: far above the few seconds a schedule takes, and
+// above the settle timeouts, which end a schedule that converges too slowly.
+const scheduleWatchdog = 3 * time.Minute
+
 // runSchedule runs and checks the schedule of seed.
 func runSchedule(t *testing.T, env *robustness.Env, seed int64, profile robustness.Profile, st *stats) {
+	// A schedule that hangs is a finding too: say where everything stands
+	// long before the test binary's own timeout kills the evidence.
+	watchdog := time.AfterFunc(scheduleWatchdog, func() {
+		var b strings.Builder
+		_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
+		t.Errorf("seed %d still running after %v; goroutines:\n%s", seed, scheduleWatchdog, b.String())
+	})
+	defer watchdog.Stop()
 	s := robustness.Generate(seed, profile)
 	r := env.Run(t, s, robustness.DefaultWorkloads())
 	st.add(r)

@@ -97,9 +97,14 @@ func (ws *Watchers) Start(ctx context.Context, run *Run) error {
 		run.Rec.Subscriber(rec)
 		go sw.read(run.Rec, toKey, slow)
 		if rec.Start == StartNow {
+			timer := time.NewTimer(SettleTimeout)
 			select {
 			case <-w.Ready():
+				timer.Stop()
+			case <-timer.C:
+				return fmt.Errorf("%s: Ready not closed after %v (watch state %v)", rec.Name, SettleTimeout, w.State())
 			case <-ctx.Done():
+				timer.Stop()
 				return ctx.Err()
 			}
 			if rec.After, err = run.Rev(ctx); err != nil {
