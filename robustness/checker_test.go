@@ -109,6 +109,12 @@ func TestCheckerRejects(t *testing.T) {
 				{At: ms(40), Type: etcdkit.Delete, Key: "data/k1", Rev: 15, Resync: true},
 			}
 		}, "", ""},
+		{"a write of unknown outcome lands after the settle", func(h *robustness.History) {
+			h.Ops = append(h.Ops, robustness.Op{Client: 1, Key: "data/k1", Kind: robustness.OpPut, Value: "w1.9",
+				Invoke: ms(14), Return: ms(30), Outcome: robustness.Unknown, Err: "context canceled"})
+			h.Changes = append(h.Changes, put(16, "data/k1", "w1.9"))
+			h.SettledRev, h.FinalRev = 15, 16
+		}, "", ""},
 		{"initial state", func(h *robustness.History) {
 			s := sub(h)
 			s.Start, s.After = robustness.StartInitial, 12

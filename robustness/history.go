@@ -299,19 +299,22 @@ type History struct {
 	Seed int64
 	// Namespace is the schedule's key namespace.
 	Namespace string
-	// StartRev is the cluster revision before the schedule's first write;
-	// FinalRev the revision after its last. Changes covers (StartRev,
-	// FinalRev].
-	StartRev, FinalRev int64
-	Changes            []Change
-	Compactions        []Compaction
-	Ops                []Op
-	Subscribers        []*Subscriber
-	Caches             []*CacheRecord
-	Ephemerals         []*EphemeralRecord
-	Guarded            []GuardedWrite
-	Faults             []FaultRecord
-	Notes              []Note
+	// StartRev is the cluster revision before the schedule's first write.
+	// SettledRev is the revision once every workload had stopped writing:
+	// subscribers must have received every change up to it. FinalRev is
+	// the revision after every client was closed: a write whose outcome was
+	// unknown may still land between the two. Changes covers (StartRev,
+	// FinalRev]; a zero SettledRev means FinalRev.
+	StartRev, SettledRev, FinalRev int64
+	Changes                        []Change
+	Compactions                    []Compaction
+	Ops                            []Op
+	Subscribers                    []*Subscriber
+	Caches                         []*CacheRecord
+	Ephemerals                     []*EphemeralRecord
+	Guarded                        []GuardedWrite
+	Faults                         []FaultRecord
+	Notes                          []Note
 }
 
 // Recorder collects a History from concurrent workloads. Its methods are

@@ -188,8 +188,10 @@ func (r *Run) Outages(m int, from, to time.Duration) []Outage {
 	return r.inj.outages(m, from, to)
 }
 
-// Changes returns the cluster's history under the namespace, complete once
-// Converge is called.
+// Changes returns the cluster's history under the namespace as read so far:
+// when Converge is called, every change up to the settled revision, after
+// which no workload writes (but a call whose outcome was unknown may still
+// land).
 func (r *Run) Changes() []Change {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -290,15 +292,12 @@ func (env *Env) Run(t testing.TB, s *Schedule, workloads []Workload) *Result {
 			t.Fatalf("robustness: settle workload %s: %v", w.Name(), err)
 		}
 	}
-	finalRev, err := run.archive(t)
+	settledRev, err := run.archive(t)
 	if err != nil {
 		t.Fatalf("robustness: read the cluster's history: %v", err)
 	}
-	run.Rec.update(func(h *History) {
-		h.FinalRev = finalRev
-		h.Changes = run.Changes()
-	})
-	run.Rec.Note("runner", "history read up to revision %d", finalRev)
+	run.Rec.update(func(h *History) { h.SettledRev = settledRev })
+	run.Rec.Note("runner", "history read up to revision %d", settledRev)
 	converge, cancelConverge := context.WithTimeout(ctx, SettleTimeout)
 	defer cancelConverge()
 	for _, w := range workloads {
@@ -309,6 +308,16 @@ func (env *Env) Run(t testing.TB, s *Schedule, workloads []Workload) *Result {
 		w.Close()
 	}
 	run.Rec.Note("runner", "closed")
+	// A call whose outcome was unknown may have landed meanwhile: read the
+	// history on to the end, so that every event received is checked.
+	finalRev, err := run.archive(t)
+	if err != nil {
+		t.Fatalf("robustness: read the cluster's history: %v", err)
+	}
+	run.Rec.update(func(h *History) {
+		h.FinalRev = finalRev
+		h.Changes = run.Changes()
+	})
 	return &Result{Schedule: s, History: run.Rec.History(), Injected: run.inj.injected, Took: time.Since(began)}
 }
 

@@ -88,7 +88,8 @@ func Timeline(h *History, focus ...string) string {
 	}
 	slices.SortStableFunc(ls, func(a, b line) int { return cmp.Compare(a.at, b.at) })
 	var b strings.Builder
-	fmt.Fprintf(&b, "timeline of seed %d (namespace %s, revisions %d..%d):\n", h.Seed, h.Namespace, h.StartRev, h.FinalRev)
+	fmt.Fprintf(&b, "timeline of seed %d (namespace %s, revisions %d..%d, settled at %d):\n",
+		h.Seed, h.Namespace, h.StartRev, h.FinalRev, h.SettledRev)
 	for _, s := range h.Subscribers {
 		fmt.Fprintf(&b, "  subscriber %s: %d events\n", s.Name, len(s.Events))
 	}

@@ -140,7 +140,8 @@ func (ws *Watchers) Quiesce(*Run) {}
 func (ws *Watchers) Settle(context.Context, *Run) error { return nil }
 
 // Converge waits until every subscriber has received the last change in
-// its scope, which is a sentinel put (see Writers).
+// its scope, which is a sentinel put (see Writers). Run.Changes ends at the
+// settled revision when Converge is called.
 func (ws *Watchers) Converge(ctx context.Context, run *Run) {
 	changes := run.Changes()
 	for _, sw := range ws.subs {
