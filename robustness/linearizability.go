@@ -233,7 +233,9 @@ func explainIllegal(ops []porcupine.Operation, info porcupine.LinearizationInfo)
 	var longest []int
 	for _, part := range info.PartialLinearizations() {
 		for _, l := range part {
-			if len(l) > len(longest) {
+			// The first in operation order among the longest, so that the
+			// explanation does not depend on the search's scheduling.
+			if len(l) > len(longest) || len(l) == len(longest) && slices.Compare(l, longest) < 0 {
 				longest = l
 			}
 		}
