@@ -3,6 +3,7 @@ package etcdkit
 import (
 	"context"
 	"sync"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -19,13 +20,36 @@ type streamConns struct {
 
 	mu      sync.Mutex
 	cur     *clientv3.Client
+	curIdx  int    // index of cur's endpoint
 	gen     uint64 // generation of cur; bumped on every dial
-	next    int    // index of the endpoint to dial next
 	dialing chan struct{}
 	done    bool
+	// failedAt records when each endpoint's connection was last dropped, so
+	// that a move goes to the endpoint that failed longest ago (or never),
+	// not back to one that was just found dead.
+	failedAt []time.Time
 }
 
-func newStreamConns(c *Client) *streamConns { return &streamConns{c: c} }
+func newStreamConns(c *Client) *streamConns {
+	n := len(c.cfg.Endpoints)
+	// The first dial goes to the first endpoint.
+	return &streamConns{c: c, curIdx: n - 1, failedAt: make([]time.Time, n)}
+}
+
+// pickLocked returns the index of the endpoint to dial: the one whose
+// connection failed longest ago, never-failed ones first, in endpoint order
+// starting after the current one so that equals take turns.
+func (s *streamConns) pickLocked() int {
+	n := len(s.failedAt)
+	best := (s.curIdx + 1) % n
+	for i := 1; i < n; i++ {
+		j := (s.curIdx + 1 + i) % n
+		if s.failedAt[j].Before(s.failedAt[best]) {
+			best = j
+		}
+	}
+	return best
+}
 
 // get returns the current stream connection and its generation, dialling one
 // if there is none. It blocks while a dial is in progress, until ctx ends. A
@@ -53,9 +77,8 @@ func (s *streamConns) get(ctx context.Context) (*clientv3.Client, uint64, error)
 				return nil, 0, ctx.Err()
 			}
 		}
-		eps := s.c.cfg.Endpoints
-		ep := eps[s.next%len(eps)]
-		s.next++
+		idx := s.pickLocked()
+		ep := s.c.cfg.Endpoints[idx]
 		s.dialing = make(chan struct{})
 		s.mu.Unlock()
 
@@ -65,6 +88,7 @@ func (s *streamConns) get(ctx context.Context) (*clientv3.Client, uint64, error)
 		close(s.dialing)
 		s.dialing = nil
 		if err != nil {
+			s.failedAt[idx] = time.Now()
 			s.mu.Unlock()
 			s.c.log.Debug("stream connection dial failed", zap.String("endpoint", ep), zap.Error(err))
 			if s.c.closed() {
@@ -78,6 +102,7 @@ func (s *streamConns) get(ctx context.Context) (*clientv3.Client, uint64, error)
 			return nil, 0, ErrClosed
 		}
 		s.cur = raw
+		s.curIdx = idx
 		s.gen++
 		s.c.log.Debug("stream connection up", zap.String("endpoint", ep), zap.Uint64("generation", s.gen))
 		s.mu.Unlock()
@@ -96,6 +121,7 @@ func (s *streamConns) fail(gen uint64) {
 	}
 	old := s.cur
 	s.cur = nil
+	s.failedAt[s.curIdx] = time.Now()
 	s.mu.Unlock()
 	s.c.log.Debug("stream connection dropped", zap.Strings("endpoints", old.Endpoints()), zap.Uint64("generation", gen))
 	_ = old.Close()
