@@ -624,9 +624,10 @@ func (l *Leadership) run() {
 
 // finish gives up the key and records why the leadership ended.
 func (l *Leadership) finish() {
+	// The revoke hands over: first.
+	revokeErr := l.s.Close()
 	_ = l.w.Close()
 	_ = l.ca.Close()
-	revokeErr := l.s.Close()
 	l.endLife(nil)
 	cause := context.Cause(l.ctx)
 	l.mu.Lock()
@@ -768,9 +769,10 @@ const observeBacklog = 64
 // so it survives broken and silent links, member failures and compactions;
 // while the cluster cannot be reached it reports nothing new.
 //
-// Observe does not block. The channel is closed only when ctx ends or the
-// client is closed (ctx.Err() and ErrClosed tell which), never because of
-// the network; an invalid Election yields a closed channel (see Err).
+// Observe does not block; ctx bounds the life of the channel. The channel
+// is closed only when ctx ends or the client is closed (if ctx.Err() is nil,
+// the client was), never because of the network or a failed watch, which
+// it retries; an invalid Election yields a closed channel (see Err).
 // Sending never blocks the observer: a reader more than 64 changes behind
 // loses the oldest undelivered ones, so the last value received is always
 // the latest state known.
