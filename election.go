@@ -240,16 +240,10 @@ func (e *Election) Campaign(ctx context.Context, id string) (*Leadership, error)
 		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
 		}
-		select {
-		case <-s.Done():
-			// The session ended on its own (lease lost, client closed) and
-			// is revoking its lease already, which a silent link can make
-			// take a while: do not make the caller wait for it.
-			if e.c.spawn(func() { _ = cd.abandon() }) {
-				break
-			}
-			_ = cd.abandon()
-		default:
+		// A session that lost its lease or ended with the client revokes
+		// its lease on its own, which a silent link can make take a while:
+		// do not make the caller wait for it.
+		if st, _ := s.feed.get(); st != Lost || !e.c.spawn(func() { _ = cd.abandon() }) {
 			_ = cd.abandon()
 		}
 		return nil, e.fail("campaign", err)
