@@ -124,8 +124,10 @@ func ExampleKey_Watch() {
 		log.Fatal(err)
 	}
 	// The current value first, then every change, with no gap between them.
+	// The watch starts in the background; Ready says its start is fixed.
 	w := mode.Watch(ctx, etcdkit.WithInitial())
 	defer w.Close()
+	<-w.Ready()
 	if _, err := mode.Put(ctx, "strict"); err != nil {
 		log.Fatal(err)
 	}
@@ -133,7 +135,10 @@ func ExampleKey_Watch() {
 		log.Fatal(err)
 	}
 	for i := 0; i < 3; i++ {
-		ev := <-w.Events()
+		ev, ok := <-w.Events()
+		if !ok {
+			log.Fatal(w.Err())
+		}
 		fmt.Println(ev.Type, ev.Name, ev.Value, ev.Initial)
 	}
 	// Output:
@@ -173,6 +178,7 @@ func ExamplePrefix_Cache() {
 
 	changes := cache.Subscribe()
 	defer changes.Close()
+	<-changes.Ready()
 	if _, err := routes.Key("api").Put(ctx, "backend-b"); err != nil {
 		log.Fatal(err)
 	}
