@@ -247,3 +247,44 @@ func ExampleNewEphemeral() {
 	// 10.0.0.7:8080 true
 	// true
 }
+
+func ExampleElection() {
+	endpoint, stop := exampleEtcd()
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{endpoint}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	e := etcdkit.NewElection(c, "billing-scheduler", 5*time.Second)
+	lead, err := e.Campaign(ctx, "worker-1")
+	if err != nil {
+		log.Fatal(err)
+	}
+	info, err := e.Leader(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(info.ID, info.Token == lead.Token())
+
+	// Writes guarded by the fencing token apply only while worker-1 still
+	// leads; lead.Context() is cancelled before anyone else can win.
+	job := etcdkit.NewKey(c, "jobs/nightly", etcdkit.String())
+	if _, err := etcdkit.GuardedPut(lead.Context(), lead, job, "scheduled"); err != nil {
+		log.Fatal(err)
+	}
+	if err := lead.Resign(ctx); err != nil {
+		log.Fatal(err)
+	}
+	_, err = etcdkit.GuardedPut(ctx, lead, job, "late write")
+	fmt.Println(errors.Is(err, etcdkit.ErrNotLeader))
+	_, err = e.Leader(ctx)
+	fmt.Println(errors.Is(err, etcdkit.ErrNoLeader))
+	// Output:
+	// worker-1 true
+	// true
+	// true
+}
