@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"slices"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -21,45 +19,52 @@ import (
 	"github.com/etcdkit/etcdkit/proxy"
 )
 
-// TestElectionMeasure measures, with a TTL of 5s on a 3-member cluster, how
-// long a waiting candidate takes to win after the leader resigns and after
-// the leader's link goes silent (proxy Blackhole(Both)), and, in the second
-// case, the step-down margin: how long before the new leader won the old one
-// was told to stop (Leadership.Context cancelled). It compares with etcd's
-// concurrency.Election measured the same way, whose only signal to a
-// cut-off leader is its session's Done. The leader and the waiting
+// BenchmarkElectionTakeover measures, with a TTL of 5s on a 3-member
+// cluster, how long a waiting candidate takes to win after the leader resigns
+// and after the leader's link goes silent (proxy Blackhole(Both)), and, in
+// the second case, the step-down margin: how long before the new leader won
+// the old one was told to stop (Leadership.Context cancelled). It compares
+// with etcd's concurrency.Election measured the same way, whose only signal
+// to a cut-off leader is its session's Done. The leader and the waiting
 // candidate sit behind different members' proxies; ours and the raw ones
 // share the proxies and are cut at the same moment. A positive margin means
 // the old leader knew before the new one won.
 //
-// It takes about 15s a round, so it runs only with ETCDKIT_MEASURE=1
-// (rounds: ETCDKIT_MEASURE_ROUNDS, default 3). It reports and never fails on
+// One iteration is one round of both measurements, about 15s; run several
+// with -benchtime, e.g. -benchtime=5x. It reports medians and never fails on
 // timing.
-func TestElectionMeasure(t *testing.T) {
-	if os.Getenv("ETCDKIT_MEASURE") != "1" {
-		t.Skip("measurement: set ETCDKIT_MEASURE=1 to run")
-	}
-	rounds := 3
-	if n, err := strconv.Atoi(os.Getenv("ETCDKIT_MEASURE_ROUNDS")); err == nil && n > 0 {
-		rounds = n
-	}
+func BenchmarkElectionTakeover(b *testing.B) {
 	const ttl = 5 * time.Second
-	cl := etcdtest.StartCluster(t, 3, etcdtest.WithProxy())
+	cl := etcdtest.StartCluster(b, 3, etcdtest.WithProxy())
 	var m measurements
-	for i := range rounds {
-		t.Run("round"+strconv.Itoa(i), func(t *testing.T) {
-			measureResign(t, cl, ttl, fmt.Sprintf("resign-%d", i), &m)
-			measureSilentDeath(t, cl, ttl, fmt.Sprintf("silent-%d", i), &m)
-		})
+	for i := 0; b.Loop(); i++ {
+		measureResign(b, cl, ttl, fmt.Sprintf("resign-%d", i), &m)
+		measureSilentDeath(b, cl, ttl, fmt.Sprintf("silent-%d", i), &m)
 	}
-	t.Logf("TTL %v, %d rounds, 3-member cluster", ttl, rounds)
-	t.Logf("  takeover after Resign:          etcdkit %s", elStats(m.resignOurs))
-	t.Logf("                                  raw     %s", elStats(m.resignRaw))
-	t.Logf("  takeover after a silent link:   etcdkit %s", elStats(m.deathOurs))
-	t.Logf("                                  raw     %s", elStats(m.deathRaw))
-	t.Logf("  step-down margin (old leader told -> new leader won; positive: told first):")
-	t.Logf("                                  etcdkit %s", elStats(m.marginOurs))
-	t.Logf("                                  raw     %s", elStats(m.marginRaw))
+	b.Logf("TTL %v, 3-member cluster", ttl)
+	b.Logf("  takeover after Resign:          etcdkit %s", elStats(m.resignOurs))
+	b.Logf("                                  raw     %s", elStats(m.resignRaw))
+	b.Logf("  takeover after a silent link:   etcdkit %s", elStats(m.deathOurs))
+	b.Logf("                                  raw     %s", elStats(m.deathRaw))
+	b.Logf("  step-down margin (old leader told -> new leader won; positive: told first):")
+	b.Logf("                                  etcdkit %s", elStats(m.marginOurs))
+	b.Logf("                                  raw     %s", elStats(m.marginRaw))
+	reportMedian(b, m.resignOurs, "ms-resign-takeover")
+	reportMedian(b, m.resignRaw, "ms-resign-takeover-raw")
+	reportMedian(b, m.deathOurs, "ms-silent-takeover")
+	reportMedian(b, m.deathRaw, "ms-silent-takeover-raw")
+	reportMedian(b, m.marginOurs, "ms-stepdown-margin")
+	reportMedian(b, m.marginRaw, "ms-stepdown-margin-raw")
+}
+
+// reportMedian reports the median of ds in milliseconds under unit.
+func reportMedian(b *testing.B, ds []time.Duration, unit string) {
+	if len(ds) == 0 {
+		return
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	b.ReportMetric(float64(s[len(s)/2])/float64(time.Millisecond), unit)
 }
 
 type measurements struct {
@@ -88,7 +93,7 @@ type rawCandidate struct {
 	e   *concurrency.Election
 }
 
-func newRawCandidate(t *testing.T, endpoint, name string, ttl time.Duration) *rawCandidate {
+func newRawCandidate(t testing.TB, endpoint, name string, ttl time.Duration) *rawCandidate {
 	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	require.NoError(t, err)
@@ -100,7 +105,7 @@ func newRawCandidate(t *testing.T, endpoint, name string, ttl time.Duration) *ra
 }
 
 // campaignAt runs a raw Campaign in the background and sends when it won.
-func (r *rawCandidate) campaignAt(t *testing.T, id string) <-chan time.Time {
+func (r *rawCandidate) campaignAt(t testing.TB, id string) <-chan time.Time {
 	ctx, cancel := context.WithCancel(context.Background())
 	won := make(chan time.Time, 1)
 	done := make(chan struct{})
@@ -114,7 +119,7 @@ func (r *rawCandidate) campaignAt(t *testing.T, id string) <-chan time.Time {
 	return won
 }
 
-func waitTime(t *testing.T, ch <-chan time.Time, what string) time.Time {
+func waitTime(t testing.TB, ch <-chan time.Time, what string) time.Time {
 	t.Helper()
 	select {
 	case at := <-ch:
@@ -127,7 +132,7 @@ func waitTime(t *testing.T, ch <-chan time.Time, what string) time.Time {
 
 // measureResign: the leader resigns; how long until the next candidate has
 // won.
-func measureResign(t *testing.T, cl *etcdtest.Cluster, ttl time.Duration, name string, m *measurements) {
+func measureResign(t testing.TB, cl *etcdtest.Cluster, ttl time.Duration, name string, m *measurements) {
 	members := cl.Members()
 	raw := cl.Client(t)
 	ctx := testContext(t, time.Minute)
@@ -158,7 +163,7 @@ func measureResign(t *testing.T, cl *etcdtest.Cluster, ttl time.Duration, name s
 
 // measureSilentDeath: the leader's link goes silent; how long until the
 // next candidate has won, and how long before that the old leader was told.
-func measureSilentDeath(t *testing.T, cl *etcdtest.Cluster, ttl time.Duration, name string, m *measurements) {
+func measureSilentDeath(t testing.TB, cl *etcdtest.Cluster, ttl time.Duration, name string, m *measurements) {
 	members := cl.Members()
 	raw := cl.Client(t)
 	ctx := testContext(t, time.Minute)

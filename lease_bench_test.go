@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
@@ -21,7 +19,7 @@ import (
 	"github.com/etcdkit/etcdkit/proxy"
 )
 
-// TestMeasureLostMargin measures, for a TTL of 5s, how long before the
+// BenchmarkSessionLostMargin measures, for a TTL of 5s, how long before the
 // server deletes an owner's key the owner is told its lease is gone, when
 // the owner's link goes silent (proxy Blackhole(Both)). It compares the
 // Ephemeral's Lost state with the raw recipe: a concurrency.Session whose
@@ -30,30 +28,22 @@ import (
 // timestamps the deletions. A positive margin means the owner knew first; a
 // negative one that it was told after its key was gone.
 //
-// It takes about 10s a round, so it runs only with ETCDKIT_MEASURE=1
-// (rounds: ETCDKIT_MEASURE_ROUNDS, default 3). It reports and never fails on
-// timing.
-func TestMeasureLostMargin(t *testing.T) {
-	if os.Getenv("ETCDKIT_MEASURE") != "1" {
-		t.Skip("measurement: set ETCDKIT_MEASURE=1 to run")
-	}
-	rounds := 3
-	if n, err := strconv.Atoi(os.Getenv("ETCDKIT_MEASURE_ROUNDS")); err == nil && n > 0 {
-		rounds = n
-	}
+// One iteration is one round, about 10s; run several with -benchtime, e.g.
+// -benchtime=5x. It reports medians and never fails on timing.
+func BenchmarkSessionLostMargin(b *testing.B) {
 	const ttl = 5 * time.Second
 	var ours, raw []time.Duration
-	for i := range rounds {
-		t.Run("round"+strconv.Itoa(i), func(t *testing.T) {
-			o, r := measureLostMargin(t, ttl)
-			ours = append(ours, o)
-			raw = append(raw, r)
-			t.Logf("Ephemeral Lost %v before the deletion; raw Session Done %v before the deletion", o, r)
-		})
+	for b.Loop() {
+		o, r := measureLostMargin(b, ttl)
+		ours = append(ours, o)
+		raw = append(raw, r)
+		b.Logf("Ephemeral Lost %v before the deletion; raw Session Done %v before the deletion", o, r)
 	}
-	t.Logf("TTL %v, %d rounds (positive: the owner knew before its key was deleted)", ttl, len(ours))
-	t.Logf("  etcdkit Ephemeral, Lost:        %s", stats(ours))
-	t.Logf("  raw concurrency.Session, Done:  %s", stats(raw))
+	b.Logf("TTL %v (positive: the owner knew before its key was deleted)", ttl)
+	b.Logf("  etcdkit Ephemeral, Lost:        %s", stats(ours))
+	b.Logf("  raw concurrency.Session, Done:  %s", stats(raw))
+	reportMedian(b, ours, "ms-lost-before-delete")
+	reportMedian(b, raw, "ms-done-before-delete-raw")
 }
 
 // stats describes a set of margins.
@@ -68,7 +58,7 @@ func stats(ds []time.Duration) string {
 
 // measureLostMargin runs one round and returns the margins of the Ephemeral
 // and of the raw session.
-func measureLostMargin(t *testing.T, ttl time.Duration) (ours, raw time.Duration) {
+func measureLostMargin(t testing.TB, ttl time.Duration) (ours, raw time.Duration) {
 	srv := etcdtest.Start(t, etcdtest.WithProxy())
 	direct := srv.Client(t)
 	oursEvents := watchKey(t, direct, "m/ours")
