@@ -699,8 +699,8 @@ type Ephemeral[T any] struct {
 
 // NewEphemeral puts value at key under a new lease of the given TTL (see
 // Client.NewSession for the rules and the options) and keeps it there as
-// described for Ephemeral. A value already at key, from anyone, is replaced.
-// It returns once the key is written.
+// described for Ephemeral. A value already at key, from anyone, is replaced,
+// unless WithCreateOnly is given. It returns once the key is written.
 //
 // ctx bounds the first write and the Ephemeral's life: when ctx ends, the
 // lease is revoked, which deletes the key, and the Ephemeral ends with Err
@@ -729,16 +729,22 @@ func NewEphemeral[T any](ctx context.Context, key *Key[T], value T, ttl time.Dur
 		restorePace: backoff.New(100*time.Millisecond, restoreQuiet),
 	}
 	s.feed.setMirror(e.feed)
+	op := "put"
 	wctx, cancel, err := key.c.opContext(ctx)
 	if err == nil {
 		e.mu.Lock()
-		_, err = e.writeLocked(wctx, s.Lease(), 0)
+		if s.o.createOnly {
+			op = "create"
+			err = e.createLocked(wctx, s.Lease())
+		} else {
+			_, err = e.writeLocked(wctx, s.Lease(), 0)
+		}
 		e.mu.Unlock()
 		cancel()
 	}
 	if err != nil {
 		_ = s.Close()
-		return nil, e.fail("put", err)
+		return nil, e.fail(op, err)
 	}
 	if !key.c.spawn(e.run) {
 		_ = s.Close()
@@ -1026,6 +1032,40 @@ func (e *Ephemeral[T]) writeLocked(ctx context.Context, lease clientv3.LeaseID, 
 			expect = kv.ModRevision
 		}
 	}
+}
+
+// createLocked puts our value under lease if the key is absent. If the key
+// holds anything but our value under lease (which a retried attempt whose
+// answer was lost would have left), it fails with a *ConflictError[T]
+// matching ErrExists.
+func (e *Ephemeral[T]) createLocked(ctx context.Context, lease clientv3.LeaseID) error {
+	var resp *clientv3.TxnResponse
+	err := e.key.c.onStreams(ctx, e.key.c.cfg.StallTimeout, func(ctx context.Context, cli *clientv3.Client) error {
+		var err error
+		resp, err = cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(e.key.path), "=", 0)).
+			Then(clientv3.OpPut(e.key.path, string(e.value), clientv3.WithLease(lease))).
+			Else(clientv3.OpGet(e.key.path)).
+			Commit()
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if resp.Succeeded {
+		e.rev, e.lease = resp.Header.Revision, lease
+		return nil
+	}
+	ce := &ConflictError[T]{Key: e.key.name, Revision: resp.Header.Revision, kind: ErrExists}
+	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+		if e.oursLocked(kvs[0], lease) {
+			e.rev, e.lease = kvs[0].ModRevision, lease
+			return nil
+		}
+		ce.Exists = true
+		ce.Current, ce.DecodeErr = decodeKV(e.key.name, e.key.codec, kvs[0])
+	}
+	return ce
 }
 
 // watch follows the key from our last write on the stream connection and

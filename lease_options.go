@@ -25,6 +25,7 @@ func (f sessionOptionFunc) applySession(o *sessionOptions) { f(o) }
 
 type sessionOptions struct {
 	noRecovery bool
+	createOnly bool          // NewEphemeral only
 	interval   time.Duration // between keepalives while Live
 	margin     time.Duration // Lost is declared this long before the earliest expiry
 	attempt    time.Duration // deadline of one keepalive attempt
@@ -39,6 +40,15 @@ type sessionOptions struct {
 // restart its work from scratch).
 func WithoutRecovery() SessionOption {
 	return sessionOptionFunc(func(o *sessionOptions) { o.noRecovery = true })
+}
+
+// WithCreateOnly makes NewEphemeral's first write create the key only if it
+// is absent: if the key holds a value, from anyone, NewEphemeral writes
+// nothing, revokes its new lease and fails with a *ConflictError[T] matching
+// ErrExists that carries the present value. Once the Ephemeral is running it
+// keeps its key as usual (restores overwrite). NewSession ignores it.
+func WithCreateOnly() SessionOption {
+	return sessionOptionFunc(func(o *sessionOptions) { o.createOnly = true })
 }
 
 // WithKeepAliveInterval sets how often the session refreshes its lease while

@@ -1,0 +1,62 @@
+package etcdkit_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/etcdkit/etcdkit"
+	"github.com/etcdkit/etcdkit/etcdtest"
+)
+
+// TestEphemeralCreateOnly: with WithCreateOnly, NewEphemeral refuses a key
+// that anyone holds, another live Ephemeral included, instead of replacing
+// it, and leaves the key and its holder untouched.
+func TestEphemeralCreateOnly(t *testing.T) {
+	srv := etcdtest.Start(t)
+	c1 := testClient(t, []string{srv.Endpoint()}, "app")
+	c2 := testClient(t, []string{srv.Endpoint()}, "app")
+	raw := srv.Client(t)
+	ctx := testContext(t, 30*time.Second)
+
+	_, err := raw.Put(ctx, "app/svc/x", "left over")
+	require.NoError(t, err)
+	_, err = etcdkit.NewEphemeral(ctx, etcdkit.NewKey(c1, "svc/x", etcdkit.String()), "mine", 2*time.Second, etcdkit.WithCreateOnly())
+	require.ErrorIs(t, err, etcdkit.ErrExists)
+	var ce *etcdkit.ConflictError[string]
+	require.True(t, errors.As(err, &ce), "got %T, want a *ConflictError[string]", err)
+	assert.Equal(t, "left over", ce.Current.Data)
+	assert.Equal(t, "svc/x", ce.Key)
+	v, _, ok := lsGet(t, raw, "app/svc/x")
+	assert.True(t, ok && v == "left over", "key after the refused create: got %q, %v", v, ok)
+
+	_, err = raw.Delete(ctx, "app/svc/x")
+	require.NoError(t, err)
+	e1, err := etcdkit.NewEphemeral(ctx, etcdkit.NewKey(c1, "svc/x", etcdkit.String()), "one", 2*time.Second, etcdkit.WithCreateOnly())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = e1.Close() })
+
+	_, err = etcdkit.NewEphemeral(ctx, etcdkit.NewKey(c2, "svc/x", etcdkit.String()), "two", 2*time.Second, etcdkit.WithCreateOnly())
+	require.ErrorIs(t, err, etcdkit.ErrExists)
+	require.True(t, errors.As(err, &ce))
+	assert.Equal(t, "one", ce.Current.Data)
+	assert.Equal(t, int64(e1.Lease()), ce.Current.Lease)
+	v, lease, ok := lsGet(t, raw, "app/svc/x")
+	assert.True(t, ok && v == "one" && lease == e1.Lease(), "key after the refused create: got %q under %x, %v", v, int64(lease), ok)
+	assert.Equal(t, etcdkit.Live, e1.State())
+
+	require.NoError(t, e1.Close())
+	e2, err := etcdkit.NewEphemeral(ctx, etcdkit.NewKey(c2, "svc/x", etcdkit.String()), "two", 2*time.Second, etcdkit.WithCreateOnly())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = e2.Close() })
+	lsHolds(t, raw, e2, "app/svc/x", "two", lsWait)
+
+	// The option is NewEphemeral's; a session ignores it.
+	s, err := c1.NewSession(context.Background(), 2*time.Second, etcdkit.WithCreateOnly())
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+}
