@@ -1,0 +1,105 @@
+package etcdkit_test
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/etcdkit/etcdkit"
+	"github.com/etcdkit/etcdkit/etcdtest"
+	"github.com/etcdkit/etcdkit/proxy"
+)
+
+// nextView returns the first view on Updates for which ok holds, and when
+// it was received.
+func nextView(t testing.TB, tr *etcdkit.Tracker[nodeMeta], ok func([]string) bool) time.Time {
+	t.Helper()
+	timeout := time.After(dsWait)
+	for {
+		select {
+		case v, open := <-tr.Updates():
+			require.True(t, open, "tracker ended: %v", tr.Err())
+			if ok(dsIDs(v)) {
+				return time.Now()
+			}
+		case <-timeout:
+			t.Fatalf("no such view within %v; view %v", dsWait, dsIDs(tr.Instances()))
+		}
+	}
+}
+
+func dsStats(ds []time.Duration) string {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	var sum time.Duration
+	for _, d := range s {
+		sum += d
+	}
+	r := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+	return fmt.Sprintf("n=%d min %v median %v mean %v max %v", len(s), r(s[0]), r(s[len(s)/2]), r(sum/time.Duration(len(s))), r(s[len(s)-1]))
+}
+
+// TestDiscoveryMeasure measures how long a tracker takes to see an instance
+// go: after a Close (the lease is revoked, the key deleted at once) and
+// after a silent death (the node's link is blackholed with proxy
+// Blackhole(Both); the key goes when the server expires the lease), against
+// the TTL. It only runs with ETCDKIT_MEASURE=1, as it takes about 30s.
+func TestDiscoveryMeasure(t *testing.T) {
+	if os.Getenv("ETCDKIT_MEASURE") != "1" {
+		t.Skip("set ETCDKIT_MEASURE=1 to measure")
+	}
+	srv := etcdtest.Start(t, etcdtest.WithProxy())
+	c := testClient(t, []string{srv.Endpoint()}, "m")
+	svc := dsService(c)
+	tr := dsTrack(t, svc)
+	has := func(id string) func([]string) bool {
+		return func(ids []string) bool { return slices.Contains(ids, id) }
+	}
+	lacks := func(id string) func([]string) bool {
+		return func(ids []string) bool { return !slices.Contains(ids, id) }
+	}
+
+	var seen, closing []time.Duration
+	for i := range 20 {
+		id := fmt.Sprintf("close-%d", i)
+		r, err := svc.Register(testContext(t, time.Minute), dsInstance(id, 3000+i), dsTTL)
+		require.NoError(t, err)
+		nextView(t, tr, has(id))
+		start := time.Now()
+		require.NoError(t, r.Close())
+		closed := time.Now()
+		at := nextView(t, tr, lacks(id))
+		seen, closing = append(seen, at.Sub(start)), append(closing, closed.Sub(start))
+	}
+	t.Logf("Close to the tracker's view without the instance: %s (Close itself returned after %s)", dsStats(seen), dsStats(closing))
+
+	node := testClient(t, []string{srv.ProxyEndpoint()}, "m")
+	for _, ttl := range []time.Duration{2 * time.Second, 3 * time.Second} {
+		var gone, lost, back []time.Duration
+		r, err := dsService(node).Register(testContext(t, time.Minute), dsInstance(fmt.Sprintf("silent-%v", ttl), 4000), ttl)
+		require.NoError(t, err)
+		id := r.Instance().ID
+		states := dsRecordStates(t, r.States())
+		nextView(t, tr, has(id))
+		for range 3 {
+			states.settled(t, etcdkit.Live)
+			mark := states.mark()
+			start := time.Now()
+			srv.Proxy().Blackhole(proxy.Both)
+			at := nextView(t, tr, lacks(id))
+			gone = append(gone, at.Sub(start))
+			lost = append(lost, states.waitFor(t, etcdkit.Lost, mark).Sub(start))
+			heal := time.Now()
+			srv.Proxy().Unblackhole()
+			back = append(back, nextView(t, tr, has(id)).Sub(heal))
+		}
+		require.NoError(t, r.Close())
+		t.Logf("TTL %v, silent death to the tracker's view without the instance: %s", ttl, dsStats(gone))
+		t.Logf("TTL %v, silent death to the node's own Lost: %s", ttl, dsStats(lost))
+		t.Logf("TTL %v, heal to the instance back in the view: %s", ttl, dsStats(back))
+	}
+}
