@@ -2,7 +2,6 @@ package etcdkit_test
 
 import (
 	"fmt"
-	"os"
 	"slices"
 	"testing"
 	"time"
@@ -43,15 +42,19 @@ func dsStats(ds []time.Duration) string {
 	return fmt.Sprintf("n=%d min %v median %v mean %v max %v", len(s), r(s[0]), r(s[len(s)/2]), r(sum/time.Duration(len(s))), r(s[len(s)-1]))
 }
 
-// TestDiscoveryMeasure measures how long a tracker takes to see an instance
+// BenchmarkDiscoveryRemoval measures how long a tracker takes to see an instance
 // go: after a Close (the lease is revoked, the key deleted at once) and
 // after a silent death (the node's link is blackholed with proxy
 // Blackhole(Both); the key goes when the server expires the lease), against
-// the TTL. It only runs with ETCDKIT_MEASURE=1, as it takes about 30s.
-func TestDiscoveryMeasure(t *testing.T) {
-	if os.Getenv("ETCDKIT_MEASURE") != "1" {
-		t.Skip("set ETCDKIT_MEASURE=1 to measure")
+// the TTL. One iteration takes about 30s and logs its figures; it never
+// fails on timing.
+func BenchmarkDiscoveryRemoval(b *testing.B) {
+	for b.Loop() {
+		measureDiscovery(b)
 	}
+}
+
+func measureDiscovery(t testing.TB) {
 	srv := etcdtest.Start(t, etcdtest.WithProxy())
 	c := testClient(t, []string{srv.Endpoint()}, "m")
 	svc := dsService(c)
