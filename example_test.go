@@ -288,3 +288,55 @@ func ExampleElection() {
 	// true
 	// true
 }
+
+func ExampleService() {
+	endpoint, stop := exampleEtcd()
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{endpoint}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	type NodeMeta struct {
+		Zone string `json:"zone"`
+	}
+	svc := etcdkit.NewService(c, "search", etcdkit.JSON[NodeMeta]())
+	tr, err := svc.Track(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tr.Close()
+
+	reg, err := svc.Register(ctx, etcdkit.Instance[NodeMeta]{ID: "node-1", Addr: "127.0.0.1:9001", Meta: NodeMeta{Zone: "a"}}, 5*time.Second)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// A second process claiming the same ID is refused.
+	_, err = svc.Register(ctx, etcdkit.Instance[NodeMeta]{ID: "node-1", Addr: "127.0.0.1:9999"}, 5*time.Second)
+	fmt.Println(errors.Is(err, etcdkit.ErrExists))
+
+	for view := range tr.Updates() {
+		if len(view) == 1 {
+			fmt.Println(view[0].ID, view[0].Addr, view[0].Meta.Zone)
+			break
+		}
+	}
+	if err := reg.Close(); err != nil {
+		log.Fatal(err)
+	}
+	for view := range tr.Updates() {
+		if len(view) == 0 {
+			fmt.Println("deregistered")
+			break
+		}
+	}
+	fmt.Println(svc.Target())
+	// Output:
+	// true
+	// node-1 127.0.0.1:9001 a
+	// deregistered
+	// etcdkit:///search
+}
