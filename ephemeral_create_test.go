@@ -11,6 +11,7 @@ import (
 
 	"github.com/etcdkit/etcdkit"
 	"github.com/etcdkit/etcdkit/etcdtest"
+	"github.com/etcdkit/etcdkit/proxy"
 )
 
 // TestEphemeralCreateOnly: with WithCreateOnly, NewEphemeral refuses a key
@@ -59,4 +60,49 @@ func TestEphemeralCreateOnly(t *testing.T) {
 	s, err := c1.NewSession(context.Background(), 2*time.Second, etcdkit.WithCreateOnly())
 	require.NoError(t, err)
 	require.NoError(t, s.Close())
+}
+
+// TestEphemeralCreateOnlyNotTakenBack: the owner of a create-only key is cut
+// off (proxy Blackhole(Both)) until its lease expires; meanwhile another
+// owner creates the same key. When the link heals, the first owner must not
+// put its value back over the second's (two processes would then fight over
+// one registration): it ends with ErrExists and the key stays the second's.
+func TestEphemeralCreateOnlyNotTakenBack(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.WithProxy())
+	raw := srv.Client(t)
+	ctx := testContext(t, time.Minute)
+	cut := testClient(t, []string{srv.ProxyEndpoint()}, "app")
+	other := testClient(t, []string{srv.Endpoint()}, "app")
+
+	first, err := etcdkit.NewEphemeral(ctx, etcdkit.NewKey(cut, "svc/x", etcdkit.String()), "first", 2*time.Second, etcdkit.WithCreateOnly())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = first.Close() })
+	states := recordStates(t, first.States())
+
+	srv.Proxy().Blackhole(proxy.Both)
+	t.Cleanup(srv.Proxy().Unblackhole)
+	states.waitFor(t, etcdkit.Lost, time.Time{}, lsWait)
+	require.Eventually(t, func() bool {
+		_, _, ok := lsGet(t, raw, "app/svc/x")
+		return !ok
+	}, lsWait, 20*time.Millisecond, "the server never expired the cut-off owner's lease")
+
+	second, err := etcdkit.NewEphemeral(ctx, etcdkit.NewKey(other, "svc/x", etcdkit.String()), "second", 2*time.Second, etcdkit.WithCreateOnly())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = second.Close() })
+
+	srv.Proxy().Unblackhole()
+	select {
+	case <-first.Done():
+	case <-time.After(lsWait):
+		t.Fatalf("the first owner did not end after the heal; state %v", first.State())
+	}
+	require.ErrorIs(t, first.Err(), etcdkit.ErrExists)
+	var ce *etcdkit.ConflictError[string]
+	require.ErrorAs(t, first.Err(), &ce)
+	assert.Equal(t, "second", ce.Current.Data)
+
+	v, lease, ok := lsGet(t, raw, "app/svc/x")
+	assert.True(t, ok && v == "second" && lease == second.Lease(), "key after the heal: got %q under %x, %v; want the second owner's", v, int64(lease), ok)
+	assert.Equal(t, etcdkit.Live, second.State())
 }

@@ -878,6 +878,12 @@ func (e *Ephemeral[T]) run() {
 				e.feed.enter(Lost, 0)
 			}
 			restored, err := e.reconcile(epoch, lease)
+			if errors.Is(err, ErrExists) {
+				// Ending the session revokes our lease and ends the
+				// Ephemeral with this cause.
+				e.s.cancel(fmt.Errorf("key %q was taken by another owner: %w", e.key.name, err))
+				return
+			}
 			if err != nil {
 				if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 					e.s.poke()
@@ -979,6 +985,13 @@ func (e *Ephemeral[T]) reconcile(epoch context.Context, lease clientv3.LeaseID) 
 	if e.oursLocked(kv, lease) {
 		e.rev, e.lease = kv.ModRevision, lease
 		return false, nil
+	}
+	if e.s.o.createOnly && kv != nil && kv.Lease != 0 && kv.Lease != int64(lease) && kv.Lease != int64(e.lease) {
+		// Another owner created the key under a lease of its own while ours
+		// was lost: a create-only key is theirs now, never taken back.
+		ce := &ConflictError[T]{Key: e.key.name, Exists: true, Revision: resp.Header.Revision, kind: ErrExists}
+		ce.Current, ce.DecodeErr = decodeKV(e.key.name, e.key.codec, kv)
+		return false, ce
 	}
 	expect := int64(0)
 	if kv != nil {

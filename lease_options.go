@@ -46,7 +46,10 @@ func WithoutRecovery() SessionOption {
 // is absent: if the key holds a value, from anyone, NewEphemeral writes
 // nothing, revokes its new lease and fails with a *ConflictError[T] matching
 // ErrExists that carries the present value. Once the Ephemeral is running it
-// keeps its key as usual (restores overwrite). NewSession ignores it.
+// keeps its key as usual: a deleted key, or one overwritten without a lease,
+// is put back. But if, after its lease was lost, it finds the key held under
+// another owner's lease, it does not take it back: it ends, revoking its own
+// lease, with Err matching ErrExists. NewSession ignores the option.
 func WithCreateOnly() SessionOption {
 	return sessionOptionFunc(func(o *sessionOptions) { o.createOnly = true })
 }
