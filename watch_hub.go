@@ -98,6 +98,8 @@ func (h *watchHub) leave(s *sub) {
 // batch out to the subscribers hooked to it. It keeps that name -> mod
 // revision state up to date, which is what a resync after a compaction is
 // diffed against and what a subscriber unhooked for being slow takes with it.
+// Only subscribers in step with the feed (at its position) are hooked, so
+// that this state is also what each of them has been delivered; see sub.
 type feed struct {
 	h      *watchHub
 	target watchTarget
@@ -169,6 +171,9 @@ func (f *feed) resync(kvs []*mvccpb.KeyValue, rev int64) action {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	b, st := diffState(f.target, f.state, kvs, rev, 0)
+	for s := range f.members {
+		s.aheadOf(b.next)
+	}
 	f.fanOut(b)
 	f.state = st
 	f.next = b.next

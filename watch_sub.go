@@ -17,12 +17,23 @@ const (
 	// subWaiting: the start revision is not fixed yet (the feed's first read
 	// or the subscriber's initial read is under way).
 	subWaiting subMode = iota
-	// subHooked: the feed fans its batches out to the subscriber.
+	// subHooked: the feed fans its batches out to the subscriber. A hooked
+	// subscriber is in step with the feed: its position is the feed's, so
+	// what it has been delivered is the feed's state, and a resync diffed
+	// against the feed's state is right for it too.
 	subHooked
 	// subCatching: the subscriber is behind the feed (it started behind it,
-	// or was unhooked for being slow) and follows its own etcd watch until it
-	// reaches the feed's position, then hooks itself back.
+	// was unhooked for being slow, or was ahead when the feed resynced) and
+	// follows its own etcd watch until it reaches the feed's position, then
+	// hooks itself back.
 	subCatching
+	// subAhead: the subscriber is ahead of the feed (it starts at a revision
+	// the feed has not reached, or caught up past it) and takes nothing from
+	// it until the feed's history reaches its position, where it hooks. Its
+	// delivered state is not the feed's: if the feed resyncs past its
+	// position, it catches up on its own from there instead, diffing against
+	// its own baseline.
+	subAhead
 	// subEnded: the subscriber left.
 	subEnded
 )
@@ -31,14 +42,20 @@ const (
 // stream that feeds it and its reader.
 //
 // Slow subscribers: the buffer (the reader's channel and the queue behind
-// it) holds up to capacity events, or one whole batch if it is larger. When the feed finds no room for a batch it unhooks the
-// subscriber, which keeps what it has queued and the feed's name -> mod
-// revision state at that point. Once the user has read half of the backlog,
-// the subscriber's own catch-up stream re-watches from the first revision it
-// is missing, with the same flow control (it stops its etcd watch whenever
-// the queue is full, rather than let clientv3 buffer), and resyncs from that
-// state if the revisions were compacted meanwhile. When its position reaches
-// the feed's, it hooks itself back. Nothing is dropped, nothing waits for it.
+// it) holds up to capacity events, or one whole batch if it is larger. When
+// the feed finds no room for a batch it unhooks the subscriber, which keeps
+// what it has queued and the feed's name -> mod revision state at that
+// point. Once the user has read half of the backlog, the subscriber's own
+// catch-up stream re-watches from the first revision it is missing, with the
+// same flow control (it stops its etcd watch whenever the queue is full,
+// rather than let clientv3 buffer), and resyncs from that state if the
+// revisions were compacted meanwhile. When its position reaches the feed's,
+// it hooks itself back. Nothing is dropped, nothing waits for it.
+//
+// Baselines: a subscriber is on the feed only while in step with it. One
+// that is not (ahead of it or behind it) keeps its own baseline, the name ->
+// mod revision state at its position, so that a resync brings it from what
+// it was delivered, not from what the feed had, to the current state.
 type sub struct {
 	h        *watchHub
 	target   watchTarget
@@ -65,9 +82,12 @@ type sub struct {
 	// subscriber is not hooked so that a resync can be diffed against it;
 	// nil when unknown.
 	baseline map[string]int64
-	// needBase asks the catch-up stream to read the baseline first
-	// (AfterRevision).
+	// needBase says the baseline is still to be read (AfterRevision); it is
+	// read once, as soon as the subscriber is found out of step with the
+	// feed, while the state at its start may still be readable.
 	needBase bool
+	// baseRead is the baseline read under way, if any.
+	baseRead *baseRead
 	catch    *stream
 	err      error
 	wake     chan struct{} // a batch was queued, or err was set (queue mode)
@@ -160,22 +180,50 @@ func (s *sub) feedReady(f *feed) {
 		s.markReady()
 		return
 	}
-	if s.enq >= f.next {
-		s.mode = subHooked
-		s.baseline = nil
-		return
+	switch {
+	case s.enq == f.next:
+		s.hook()
+	case s.enq > f.next:
+		s.mode = subAhead
+		if s.needBase && s.baseline == nil {
+			s.readBase()
+		}
+	default:
+		s.startCatchUp()
 	}
-	s.startCatchUp()
+}
+
+// hook puts the subscriber on the feed, in step with it. The caller holds
+// f.mu and s.mu.
+func (s *sub) hook() {
+	s.mode = subHooked
+	s.catch = nil
+	s.baseline = nil
+	s.needBase = false
+	if r := s.baseRead; r != nil {
+		r.cancel()
+		s.baseRead = nil
+	}
 }
 
 // offer queues b if the subscriber is hooked and has room, unhooks it if it
-// has none, and returns the number of events it has waiting. The caller
-// holds f.mu.
+// has none, and returns the number of events it has waiting. A subscriber
+// ahead of the feed is hooked by the first batch that reaches its position:
+// the feed's history is contiguous, so no change happened between the feed's
+// position and the batch's revision, and the feed's state is then the one at
+// the subscriber's position. (A resync that passes it moves it off the feed
+// first; see aheadOf.) The caller holds f.mu.
 func (s *sub) offer(f *feed, b batch) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	waiting := s.waiting()
-	if s.mode != subHooked || b.next <= s.enq {
+	if s.mode != subHooked {
+		if s.mode != subAhead || b.next < s.enq {
+			return waiting
+		}
+		s.hook()
+	}
+	if b.next <= s.enq {
 		return waiting
 	}
 	evs := s.filter(b.events)
@@ -288,43 +336,106 @@ func (s *sub) popLocked() batch {
 	return b
 }
 
-// startCatchUp unhooks the subscriber and starts its own stream from enq.
-// The caller holds s.mu (and f.mu when called by the feed).
+// aheadOf moves the subscriber off the feed's path if it is ahead of it and
+// a resync of the feed, read at next-1, passes its position: the resync is
+// diffed against the feed's state, not against what the subscriber was
+// delivered, so it catches up on its own from its position instead. The
+// caller holds f.mu.
+func (s *sub) aheadOf(next int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mode == subAhead && s.enq < next {
+		s.startCatchUp()
+	}
+}
+
+// baseRead is a read of a subscriber's baseline at rev, whose result is
+// taken only while it is still the subscriber's baseRead.
+type baseRead struct {
+	rev    int64
+	cancel context.CancelFunc
+	done   chan struct{} // closed once the result is taken or dropped
+}
+
+// readBase starts reading the baseline at enq-1. The caller holds s.mu.
+func (s *sub) readBase() {
+	s.needBase = false
+	ctx, cancel := context.WithCancel(s.ctx)
+	r := &baseRead{rev: s.enq - 1, cancel: cancel, done: make(chan struct{})}
+	s.baseRead = r
+	s.wg.Add(1)
+	if !s.h.c.spawn(func() {
+		defer s.wg.Done()
+		defer close(r.done)
+		defer cancel()
+		base, err := s.readState(ctx, r.rev)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.baseRead != r {
+			return // in step with the feed meanwhile: not needed
+		}
+		s.baseRead = nil
+		switch {
+		case err == nil:
+			s.baseline = base
+		case ctx.Err() == nil:
+			s.failLocked(err)
+		}
+	}) {
+		s.wg.Done()
+		cancel()
+		close(r.done)
+		s.baseRead = nil
+		s.failLocked(ErrClosed)
+	}
+}
+
+// readState reads the name -> mod revision state at rev: nil, without
+// error, when rev has been compacted (the state is then unknowable, and
+// resyncs report changes only).
+func (s *sub) readState(ctx context.Context, rev int64) (map[string]int64, error) {
+	if rev <= 0 {
+		return map[string]int64{}, nil
+	}
+	kvs, _, err := s.h.read(ctx, s.target, rev, true)
+	switch {
+	case err == nil:
+		return stateOf(s.target, kvs), nil
+	case errors.Is(err, rpctypes.ErrCompacted):
+		return nil, nil
+	}
+	return nil, err
+}
+
+// startCatchUp unhooks the subscriber and starts its own stream from enq,
+// once its baseline, if it must be read, is known. The caller holds s.mu
+// (and f.mu when called by the feed).
 func (s *sub) startCatchUp() {
 	s.mode = subCatching
 	st := &stream{h: s.h, target: s.target, next: s.enq}
 	st.handler = catchUp{s, st}
 	s.catch = st
-	needBase := s.needBase && s.baseline == nil
-	s.needBase = false
+	if s.needBase && s.baseline == nil {
+		s.readBase()
+	}
+	base := s.baseRead
 	s.wg.Add(1)
 	if !s.h.c.spawn(func() {
 		defer s.wg.Done()
-		s.runCatchUp(st, needBase)
+		s.runCatchUp(st, base)
 	}) {
 		s.wg.Done()
 		s.failLocked(ErrClosed)
 	}
 }
 
-func (s *sub) runCatchUp(st *stream, needBase bool) {
-	if needBase {
-		base := map[string]int64{}
-		if rev := st.next - 1; rev > 0 {
-			kvs, _, err := s.h.read(s.ctx, s.target, rev, true)
-			switch {
-			case err == nil:
-				base = stateOf(s.target, kvs)
-			case errors.Is(err, rpctypes.ErrCompacted):
-				base = nil // unknowable: resyncs report changes only
-			default:
-				s.fail(err)
-				return
-			}
+func (s *sub) runCatchUp(st *stream, base *baseRead) {
+	if base != nil {
+		select {
+		case <-base.done:
+		case <-s.ctx.Done():
+			return
 		}
-		s.mu.Lock()
-		s.baseline = base
-		s.mu.Unlock()
 	}
 	if err := st.run(s.ctx); err != nil && s.ctx.Err() == nil {
 		s.fail(err)
@@ -414,8 +525,9 @@ func (h catchUp) resync(kvs []*mvccpb.KeyValue, rev int64) action {
 }
 
 // tryHook hooks a catching-up subscriber back to the feed once its position
-// has reached the feed's. If it went past it, the feed's batches below its
-// position are dropped by offer.
+// has reached the feed's, and reports whether its own stream is no longer
+// needed. If it went past the feed's position, it waits ahead of the feed,
+// with its baseline, for the feed to reach it.
 func (s *sub) tryHook() bool {
 	f := s.feed
 	f.mu.Lock()
@@ -430,10 +542,12 @@ func (s *sub) tryHook() bool {
 		return true
 	case !f.up || s.enq < f.next:
 		return false
+	case s.enq > f.next:
+		s.mode = subAhead
+		s.catch = nil
+		return true
 	}
-	s.mode = subHooked
-	s.catch = nil
-	s.baseline = nil
+	s.hook()
 	return true
 }
 
@@ -496,7 +610,7 @@ func (s *sub) State() WatchState {
 	mode, catch := s.mode, s.catch
 	s.mu.Unlock()
 	switch mode {
-	case subHooked:
+	case subHooked, subAhead:
 		return s.feed.stream.State()
 	case subCatching:
 		return catch.State()
