@@ -46,3 +46,29 @@ func StreamEndpoint(c *Client) string {
 	}
 	return c.streams.cur.Endpoints()[0]
 }
+
+// WatchBaselines returns the number of subscribers of the client that hold
+// a baseline of their own: those out of step with their shared stream whose
+// state at their position is known.
+func WatchBaselines(c *Client) int {
+	h := c.watchHub()
+	h.mu.Lock()
+	feeds := make([]*feed, 0, len(h.feeds))
+	for _, f := range h.feeds {
+		feeds = append(feeds, f)
+	}
+	h.mu.Unlock()
+	n := 0
+	for _, f := range feeds {
+		f.mu.Lock()
+		for s := range f.members {
+			s.mu.Lock()
+			if s.baseline != nil {
+				n++
+			}
+			s.mu.Unlock()
+		}
+		f.mu.Unlock()
+	}
+	return n
+}
