@@ -1,5 +1,3 @@
-//go:build robustness_repro
-
 package robustness_test
 
 import (
