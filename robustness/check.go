@@ -45,6 +45,7 @@ func Check(h *History) []Violation {
 	vs = append(vs, checkDurability(h)...)
 	vs = append(vs, CheckLinearizable(h)...)
 	vs = append(vs, checkGuarded(h)...)
+	vs = append(vs, checkElections(h)...)
 	vs = append(vs, checkEphemerals(h)...)
 	return vs
 }
@@ -274,6 +275,11 @@ func checkSubscriber(h *History, s *Subscriber) (Violation, bool) {
 					just = c
 				}
 			}
+			if just == nil && s.LagResync {
+				// Resynced from the cache's contents after falling behind:
+				// the state check below is all that applies.
+				just = &Compaction{Rev: pos + 1}
+			}
 			if just == nil {
 				return fail("Resync events #%d..#%d (%v ...) without a compaction of revisions the subscriber had not yet "+
 					"received (it was at revision %d): its history was never gone", i, j-1, batch[0], pos)
@@ -418,6 +424,16 @@ func checkDurability(h *History) []Violation {
 			vs = append(vs, Violation{Rule: "durability", Who: op.Key, Msg: fmt.Sprintf(
 				"w%d's %s of %q was acknowledged at revision %d, but the cluster's history has %v there",
 				op.Client, op.Kind, value, op.Rev, byRev[op.Rev])})
+		}
+	}
+	for _, g := range h.Guarded {
+		if g.Key == "" {
+			continue
+		}
+		if !slices.ContainsFunc(byRev[g.Rev], func(c Change) bool { return c.Key == g.Key && c.Type == etcdkit.Put && c.Value == g.Value }) {
+			vs = append(vs, Violation{Rule: "durability", Who: g.Leader, Msg: fmt.Sprintf(
+				"guarded put of %q was acknowledged at revision %d, but the cluster's history has %v there",
+				g.Value, g.Rev, byRev[g.Rev])})
 		}
 	}
 	return vs

@@ -69,6 +69,31 @@ func validHistory() *robustness.History {
 	}
 }
 
+// withElection adds to the history an election where candidate a (token
+// 16) leads, writes, steps down, and b (token 19) takes over and writes,
+// then applies f.
+func withElection(f func(h *robustness.History)) func(h *robustness.History) {
+	return func(h *robustness.History) {
+		cand := "_etcdkit/election/e/"
+		h.Changes = append(h.Changes,
+			robustness.Change{Rev: 16, Type: etcdkit.Put, Key: cand + "a", Value: "a", CreateRev: 16},
+			robustness.Change{Rev: 17, Type: etcdkit.Put, Key: "fenced", Value: "a 16 1"},
+			robustness.Change{Rev: 18, Type: etcdkit.Delete, Key: cand + "a"},
+			robustness.Change{Rev: 19, Type: etcdkit.Put, Key: cand + "b", Value: "b", CreateRev: 19},
+			robustness.Change{Rev: 20, Type: etcdkit.Put, Key: "fenced", Value: "b 19 1"},
+		)
+		h.FinalRev = 20
+		h.Elections = []*robustness.ElectionRecord{{Name: "e", Candidates: cand, Fenced: "fenced",
+			Leaderships: []robustness.LeaderRecord{
+				{ID: "a", Token: 16, Won: ms(1), Lost: ms(100)},
+				{ID: "b", Token: 19, Won: ms(200), Lost: ms(300)},
+			}}}
+		h.Guarded = []robustness.GuardedWrite{{Leader: "b", Token: 19, Key: "fenced", Value: "b 19 1", Rev: 20,
+			Invoke: ms(210), Return: ms(220)}}
+		f(h)
+	}
+}
+
 // TestCheckerRejects feeds the checker histories with one defect each and
 // checks that it is found, with a message that says what went wrong, while
 // the history without the defect passes.
@@ -125,6 +150,18 @@ func TestCheckerRejects(t *testing.T) {
 				{At: ms(3), Type: etcdkit.Put, Key: "data/k0", Value: "w1.2^w0.2", Rev: 15},
 			}
 		}, "", ""},
+		{"an election", withElection(func(*robustness.History) {}), "", ""},
+		{"guarded write by a deposed leader", withElection(func(h *robustness.History) {
+			h.Changes = append(h.Changes, robustness.Change{Rev: 21, Type: etcdkit.Put, Key: "fenced", Value: "a 16 2"})
+			h.FinalRev = 21
+		}), "fencing", `guarded write "a 16 2" applied at revision 21 with token 16, but the leader key at that revision had token 19`},
+		{"guarded writes of two leaders interleave", withElection(func(h *robustness.History) {
+			h.Changes = append(h.Changes, robustness.Change{Rev: 21, Type: etcdkit.Put, Key: "fenced", Value: "a 16 2"})
+			h.FinalRev = 21
+		}), "fencing", "two leaders' guarded writes interleave: a (token 16) wrote at revision 21 after b (token 19) wrote at revision 20"},
+		{"two leaders at once", withElection(func(h *robustness.History) {
+			h.Elections[0].Leaderships[0].Lost = ms(500)
+		}), "fencing", "two leaders at once: b (token 19) won at +0.200s, while a (token 16, won at +0.001s) was told it lost leadership only at +0.500s"},
 		{"lost event", func(h *robustness.History) {
 			s := sub(h)
 			s.Events = slices.Delete(s.Events, 2, 3) // the put at 13

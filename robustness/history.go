@@ -187,6 +187,10 @@ type Subscriber struct {
 	// Stuck is set when the subscriber did not catch up with the cluster's
 	// history before the settle deadline.
 	Stuck string
+	// LagResync marks a subscriber that may get Resync events without a
+	// compaction, because it falls behind: a Cache subscription with a small
+	// buffer or a slow reader, which is resynced from the cache's contents.
+	LagResync bool
 
 	mu sync.Mutex
 }
@@ -282,14 +286,41 @@ type EphemeralRecord struct {
 	Lost string
 }
 
-// GuardedWrite is one write guarded by a leadership token.
+// GuardedWrite is one successful write guarded by a leadership token.
 type GuardedWrite struct {
 	// Leader names the campaigner, Token is its leadership token.
 	Leader string
 	Token  int64
-	// Rev is the revision of the write; only successful writes are recorded.
+	// Key and Value are what was written (relative to the namespace); they
+	// may be empty in a forged history.
+	Key, Value string
+	// Rev is the revision of the write.
 	Rev            int64
 	Invoke, Return time.Duration
+}
+
+// ElectionRecord is one election and the leaderships its campaigners won.
+type ElectionRecord struct {
+	Name string
+	// Candidates is the prefix of the candidate keys, relative to the
+	// namespace and ending in "/": the leader is the candidate whose key has
+	// the lowest create revision, and that revision is its token.
+	Candidates string
+	// Fenced is the key the leaders write with GuardedPut, values
+	// "<id> <token> <seq>".
+	Fenced      string
+	Leaderships []LeaderRecord
+}
+
+// LeaderRecord is one leadership as its holder saw it.
+type LeaderRecord struct {
+	ID    string
+	Token int64
+	// Won is when Campaign returned it; Lost when its Context was cancelled
+	// (0 if it never was before the run ended).
+	Won, Lost time.Duration
+	// Cause is why the Context was cancelled.
+	Cause string
 }
 
 // History is everything recorded during one schedule, plus the cluster's
@@ -313,6 +344,7 @@ type History struct {
 	Caches                         []*CacheRecord
 	Ephemerals                     []*EphemeralRecord
 	Guarded                        []GuardedWrite
+	Elections                      []*ElectionRecord
 	Faults                         []FaultRecord
 	Notes                          []Note
 }
@@ -366,6 +398,13 @@ func (r *Recorder) Ephemeral(e *EphemeralRecord) {
 func (r *Recorder) Guarded(g GuardedWrite) {
 	r.mu.Lock()
 	r.h.Guarded = append(r.h.Guarded, g)
+	r.mu.Unlock()
+}
+
+// Election registers an election record.
+func (r *Recorder) Election(e *ElectionRecord) {
+	r.mu.Lock()
+	r.h.Elections = append(r.h.Elections, e)
 	r.mu.Unlock()
 }
 

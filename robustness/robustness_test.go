@@ -81,8 +81,11 @@ func TestRobustness(t *testing.T) {
 	if n := failures.Load(); n > 0 {
 		t.Logf("%d schedules failed (stopping after 3)", n)
 	}
-	t.Logf("summary: %d schedules on %d lanes (base seed %d), %d faults injected (%s), %d calls (%d unknown), %d events delivered, %d compactions, wall %v",
-		st.schedules, lanes, base, st.faults, st.kinds(), st.ops, st.unknown, st.events, st.compactions, time.Since(began).Round(time.Millisecond))
+	t.Logf("summary: %d schedules on %d lanes (base seed %d), %d faults injected (%s), %d compactions; "+
+		"%d calls (%d unknown), %d events delivered, %d caches, %d leaderships with %d guarded writes, "+
+		"%d ephemeral owners cut off %d times; wall %v",
+		st.schedules, lanes, base, st.faults, st.kinds(), st.compactions, st.ops, st.unknown, st.events, st.caches,
+		st.leaderships, st.guarded, st.owners, st.outages, time.Since(began).Round(time.Millisecond))
 }
 
 // scheduleWatchdog is how long one schedule may run before the test dumps
@@ -119,6 +122,7 @@ func runSchedule(t *testing.T, env *robustness.Env, seed int64, profile robustne
 type stats struct {
 	mu                                                   sync.Mutex
 	schedules, faults, ops, unknown, events, compactions int
+	guarded, leaderships, owners, outages, caches        int
 	byKind                                               map[robustness.FaultKind]int
 }
 
@@ -143,6 +147,15 @@ func (st *stats) add(r *robustness.Result) {
 		st.events += len(s.Events)
 	}
 	st.compactions += len(r.History.Compactions)
+	st.guarded += len(r.History.Guarded)
+	for _, e := range r.History.Elections {
+		st.leaderships += len(e.Leaderships)
+	}
+	st.owners += len(r.History.Ephemerals)
+	for _, e := range r.History.Ephemerals {
+		st.outages += len(e.Outages)
+	}
+	st.caches += len(r.History.Caches)
 }
 
 // kinds lists the faults drawn per kind.

@@ -109,12 +109,16 @@ type Run struct {
 	// Namespace is the schedule's key namespace; Clients work under it.
 	Namespace string
 	seed      int64
+	sched     *Schedule
 	inj       *injector
 
 	mu       sync.Mutex
 	archived int64 // history is known up to this revision
 	changes  []Change
 }
+
+// Schedule returns the schedule being run.
+func (r *Run) Schedule() *Schedule { return r.sched }
 
 // Rand returns the random source of the workload called name: the same
 // for the same seed.
@@ -245,7 +249,7 @@ func (env *Env) Run(t testing.TB, s *Schedule, workloads []Workload) *Result {
 	began := time.Now()
 	env.healAll(t)
 	env.runs++
-	run := &Run{env: env, t: t, seed: s.Seed, Namespace: fmt.Sprintf("robust/%04d-%x", env.runs, uint64(s.Seed))}
+	run := &Run{env: env, t: t, seed: s.Seed, sched: s, Namespace: fmt.Sprintf("robust/%04d-%x", env.runs, uint64(s.Seed))}
 	run.Rec = NewRecorder(s.Seed, run.Namespace)
 	run.inj = newInjector(t, run)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -10,16 +10,24 @@ import (
 	"github.com/etcdkit/etcdkit"
 )
 
+// EphemeralPrefix is the prefix, under a schedule's namespace, of the
+// ephemeral keys.
+const EphemeralPrefix = "eph"
+
 // Watchers is the workload of Key and Prefix subscribers over the data
-// keys: a few clients, each with a few watches (which the client's hub
-// shares), starting now, after a past revision or with the initial state,
-// some with tiny buffers and slow readers so that they are unhooked and
-// catch up on their own. Every event received is recorded.
+// keys (and sometimes the ephemeral keys): a few clients, each with a few
+// watches (which the client's hub shares), starting now, after a past
+// revision or with the initial state, some with small buffers and slow
+// readers so that they are unhooked and catch up on their own. Every event
+// received is recorded.
 type Watchers struct {
 	clients []*etcdkit.Client
-	subs    []*watcher
+	subs    subscribers
 	once    sync.Once
 }
+
+// subscribers are watches whose events are being recorded.
+type subscribers []*watcher
 
 // watcher is one subscriber and the goroutine reading it.
 type watcher struct {
@@ -27,6 +35,84 @@ type watcher struct {
 	w       *etcdkit.Watch[string]
 	closing atomic.Bool
 	done    chan struct{}
+}
+
+// add registers a watch and starts recording its events; toKey turns event
+// names into names relative to the namespace, and slow is the reader's
+// pause after each event.
+func (ss *subscribers) add(run *Run, rec *Subscriber, w *etcdkit.Watch[string], toKey func(string) string, slow time.Duration) {
+	sw := &watcher{rec: rec, w: w, done: make(chan struct{})}
+	*ss = append(*ss, sw)
+	run.Rec.Subscriber(rec)
+	go sw.read(run.Rec, toKey, slow)
+}
+
+// read records every event until the watch ends.
+func (sw *watcher) read(rec *Recorder, toKey func(string) string, slow time.Duration) {
+	defer close(sw.done)
+	for e := range sw.w.Events() {
+		sw.rec.add(Delivery{At: rec.Now(), Type: e.Type, Key: toKey(e.Name), Value: e.Value, Rev: e.Revision,
+			Initial: e.Initial, Resync: e.Resync})
+		if slow > 0 {
+			// The reader's pace, part of the workload's definition.
+			time.Sleep(slow)
+		}
+	}
+	if !sw.closing.Load() {
+		sw.rec.mu.Lock()
+		sw.rec.Ended = fmt.Sprint(sw.w.Err())
+		sw.rec.mu.Unlock()
+	}
+}
+
+// waitReady waits until the watch's start is fixed, then records as its
+// start the current revision: every change above it must be delivered.
+func (sw *watcher) waitReady(ctx context.Context, run *Run) error {
+	timer := time.NewTimer(SettleTimeout)
+	defer timer.Stop()
+	select {
+	case <-sw.w.Ready():
+	case <-timer.C:
+		return fmt.Errorf("%s: Ready not closed after %v (watch state %v)", sw.rec.Name, SettleTimeout, sw.w.State())
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	rev, err := run.Rev(ctx)
+	sw.rec.mu.Lock()
+	sw.rec.After = rev
+	sw.rec.mu.Unlock()
+	return err
+}
+
+// converge waits until every subscriber has received the last change in
+// its scope up to the settled revision, a sentinel put for the data keys
+// (see Writers), and marks those that have not by the end of ctx.
+func (ss subscribers) converge(ctx context.Context, run *Run, who string) {
+	changes := run.Changes()
+	for _, sw := range ss {
+		hs := scoped(changes, sw.rec.Scope, sw.rec.Prefix)
+		if len(hs) == 0 {
+			continue
+		}
+		target := hs[len(hs)-1].Rev
+		if waitFor(ctx, func() bool { return sw.rec.lastRev() >= target }, sw.done) {
+			run.Rec.Note(who, "%s caught up with revision %d (%d events)", sw.rec.Name, target, len(sw.rec.Events))
+			continue
+		}
+		sw.rec.mu.Lock()
+		sw.rec.Stuck = fmt.Sprintf("its last event is at revision %d, the last change in scope at %d; the watch is %v",
+			sw.rec.lastRevLocked(), target, sw.w.State())
+		sw.rec.mu.Unlock()
+	}
+}
+
+// close closes every watch and waits for its reader.
+func (ss subscribers) close() {
+	for _, sw := range ss {
+		sw.closing.Store(true)
+		_ = sw.w.Close()
+		<-sw.done
+	}
 }
 
 // Name returns "watchers".
@@ -37,7 +123,8 @@ func (ws *Watchers) Start(ctx context.Context, run *Run) error {
 	rng := run.Rand("watchers")
 	nc := 1 + rng.IntN(2)
 	for i := range nc {
-		c, err := run.Client(ctx, ClientOptions{Name: fmt.Sprintf("wc%d", i), Members: rotate(rng.IntN(3) + i), StallTimeout: rng.Duration(300*time.Millisecond, 2*time.Second)})
+		c, err := run.Client(ctx, ClientOptions{Name: fmt.Sprintf("wc%d", i), Members: rotate(rng.IntN(3) + i),
+			StallTimeout: rng.Duration(300*time.Millisecond, 2*time.Second)})
 		if err != nil {
 			return err
 		}
@@ -62,7 +149,8 @@ func (ws *Watchers) Start(ctx context.Context, run *Run) error {
 		}
 		switch rec.Start {
 		case StartAfter:
-			rec.After = run.Rec.History().StartRev + rng.Int64N(rev-run.Rec.History().StartRev+1)
+			start := run.Rec.History().StartRev
+			rec.After = start + rng.Int64N(rev-start+1)
 			opts = append(opts, etcdkit.AfterRevision(rec.After))
 		case StartInitial:
 			rec.After = rev
@@ -70,67 +158,38 @@ func (ws *Watchers) Start(ctx context.Context, run *Run) error {
 		}
 		var w *etcdkit.Watch[string]
 		var toKey func(string) string
-		if rng.Chance(0.4) {
+		kind := ""
+		switch p := rng.IntN(10); {
+		case p < 4:
 			k := etcdkit.NewKey(c, dataKey(rng.IntN(2)), etcdkit.String())
-			rec.Scope = k.Name()
+			rec.Scope, kind = k.Name(), "key"
 			toKey = func(name string) string { return name }
 			w = k.Watch(ctx, opts...)
-		} else {
-			p := etcdkit.NewPrefix(c, DataPrefix, etcdkit.String())
-			rec.Scope, rec.Prefix = DataPrefix+"/", true
-			toKey = func(name string) string { return DataPrefix + "/" + name }
-			w = p.Watch(ctx, opts...)
+		default:
+			name := DataPrefix
+			if p == 9 {
+				name = EphemeralPrefix
+			}
+			pr := etcdkit.NewPrefix(c, name, etcdkit.String())
+			rec.Scope, rec.Prefix, kind = name+"/", true, "prefix"
+			toKey = func(n string) string { return name + "/" + n }
+			w = pr.Watch(ctx, opts...)
 		}
-		kind := "key " + rec.Scope
-		if rec.Prefix {
-			kind = "prefix " + rec.Scope
-		}
-		rec.Name = fmt.Sprintf("s%d %s %v", i, kind, rec.Start)
+		rec.Name = fmt.Sprintf("s%d %s %s %v", i, kind, rec.Scope, rec.Start)
 		if small {
 			rec.Name += " small-buffer"
 		}
 		if slow > 0 {
 			rec.Name += " slow"
 		}
-		sw := &watcher{rec: rec, w: w, done: make(chan struct{})}
-		ws.subs = append(ws.subs, sw)
-		run.Rec.Subscriber(rec)
-		go sw.read(run.Rec, toKey, slow)
+		ws.subs.add(run, rec, w, toKey, slow)
 		if rec.Start == StartNow {
-			timer := time.NewTimer(SettleTimeout)
-			select {
-			case <-w.Ready():
-				timer.Stop()
-			case <-timer.C:
-				return fmt.Errorf("%s: Ready not closed after %v (watch state %v)", rec.Name, SettleTimeout, w.State())
-			case <-ctx.Done():
-				timer.Stop()
-				return ctx.Err()
-			}
-			if rec.After, err = run.Rev(ctx); err != nil {
+			if err := ws.subs[len(ws.subs)-1].waitReady(ctx, run); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
-}
-
-// read records every event until the watch ends.
-func (sw *watcher) read(rec *Recorder, toKey func(string) string, slow time.Duration) {
-	defer close(sw.done)
-	for e := range sw.w.Events() {
-		sw.rec.add(Delivery{At: rec.Now(), Type: e.Type, Key: toKey(e.Name), Value: e.Value, Rev: e.Revision,
-			Initial: e.Initial, Resync: e.Resync})
-		if slow > 0 {
-			// The reader's pace, part of the workload's definition.
-			time.Sleep(slow)
-		}
-	}
-	if !sw.closing.Load() {
-		sw.rec.mu.Lock()
-		sw.rec.Ended = fmt.Sprint(sw.w.Err())
-		sw.rec.mu.Unlock()
-	}
 }
 
 // Quiesce does nothing: subscribers only read.
@@ -139,36 +198,14 @@ func (ws *Watchers) Quiesce(*Run) {}
 // Settle does nothing.
 func (ws *Watchers) Settle(context.Context, *Run) error { return nil }
 
-// Converge waits until every subscriber has received the last change in
-// its scope, which is a sentinel put (see Writers). Run.Changes ends at the
-// settled revision when Converge is called.
-func (ws *Watchers) Converge(ctx context.Context, run *Run) {
-	changes := run.Changes()
-	for _, sw := range ws.subs {
-		hs := scoped(changes, sw.rec.Scope, sw.rec.Prefix)
-		if len(hs) == 0 {
-			continue
-		}
-		target := hs[len(hs)-1].Rev
-		if waitFor(ctx, func() bool { return sw.rec.lastRev() >= target }, sw.done) {
-			run.Rec.Note("watchers", "%s caught up with revision %d (%d events)", sw.rec.Name, target, len(sw.rec.Events))
-		} else {
-			sw.rec.mu.Lock()
-			sw.rec.Stuck = fmt.Sprintf("its last event is at revision %d, the last change in scope at %d; the watch is %v",
-				sw.rec.lastRevLocked(), target, sw.w.State())
-			sw.rec.mu.Unlock()
-		}
-	}
-}
+// Converge waits until every subscriber has caught up with the settled
+// revision.
+func (ws *Watchers) Converge(ctx context.Context, run *Run) { ws.subs.converge(ctx, run, "watchers") }
 
 // Close closes the subscribers and their clients.
 func (ws *Watchers) Close() {
 	ws.once.Do(func() {
-		for _, sw := range ws.subs {
-			sw.closing.Store(true)
-			_ = sw.w.Close()
-			<-sw.done
-		}
+		ws.subs.close()
 		for _, c := range ws.clients {
 			_ = c.Close()
 		}

@@ -1,0 +1,205 @@
+package robustness
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdkit/etcdkit"
+)
+
+// Ephemerals is the workload of ephemeral keys: zero to two owners, each
+// on a client that reaches the cluster through one member's proxy only, so
+// that the schedule's faults on that member or proxy cut the owner off.
+// Each owner holds its key with NewEphemeral, updates its value now and
+// then, and records its state changes. After the heal its key must be back
+// with the owner's latest value under the owner's current lease; the history
+// is then checked against the owner's outages (see Check).
+type Ephemerals struct {
+	run    *Run
+	owners []*owner
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+}
+
+type owner struct {
+	rec    *EphemeralRecord
+	member int
+	c      *etcdkit.Client
+	key    *etcdkit.Key[string]
+	e      *etcdkit.Ephemeral[string]
+
+	mu sync.Mutex
+	// values are the values the key may hold at the end: the last one
+	// whose Update succeeded, then every one given since (a failed Update
+	// keeps its value for the next restore, which may or may not happen).
+	values []string
+}
+
+// Name returns "ephemerals".
+func (es *Ephemerals) Name() string { return "ephemerals" }
+
+// Start makes the owners and their keys.
+func (es *Ephemerals) Start(ctx context.Context, run *Run) error {
+	es.run = run
+	rng := run.Rand("ephemerals")
+	n := rng.IntN(3)
+	first := rng.IntN(3)
+	tctx, cancel := context.WithCancel(ctx)
+	es.cancel = cancel
+	for i := range n {
+		o := &owner{member: (first + i) % 3}
+		ttl := 2 * time.Second
+		if run.Schedule().Duration >= 2*time.Second && rng.Chance(0.5) {
+			ttl = time.Second
+		}
+		name := fmt.Sprintf("o%d", i)
+		c, err := run.Client(ctx, ClientOptions{Name: name, Members: []int{o.member},
+			StallTimeout: rng.Duration(300*time.Millisecond, time.Second)})
+		if err != nil {
+			return err
+		}
+		o.c = c
+		o.key = etcdkit.NewKey(c, fmt.Sprintf("%s/%s", EphemeralPrefix, name), etcdkit.String())
+		o.values = []string{name + ".0"}
+		o.rec = &EphemeralRecord{Owner: fmt.Sprintf("%s via m%d", name, o.member), Key: o.key.Name(), TTL: ttl}
+		if o.e, err = etcdkit.NewEphemeral(ctx, o.key, o.values[0], ttl); err != nil {
+			return fmt.Errorf("%s: %w", o.rec.Owner, err)
+		}
+		o.rec.Created = run.Rec.Now()
+		run.Rec.Ephemeral(o.rec)
+		es.owners = append(es.owners, o)
+		es.wg.Go(func() { o.watchStates(run.Rec) })
+		urng := run.Rand("ephemeral " + name)
+		es.wg.Go(func() { o.update(tctx, run.Rec, urng, name) })
+	}
+	return nil
+}
+
+// watchStates records the owner's state changes until the Ephemeral ends.
+func (o *owner) watchStates(rec *Recorder) {
+	for st := range o.e.States() {
+		rec.Note("eph", "%s %v", o.rec.Owner, st)
+	}
+}
+
+// update changes the owner's value now and then until ctx ends.
+func (o *owner) update(ctx context.Context, rec *Recorder, rng *RandSource, name string) {
+	for seq := 1; ; seq++ {
+		// The pace of the updates, part of the workload's definition.
+		t := time.NewTimer(rng.Duration(50*time.Millisecond, 300*time.Millisecond))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+		v := fmt.Sprintf("%s.%d", name, seq)
+		o.mu.Lock()
+		o.values = append(o.values, v)
+		o.mu.Unlock()
+		uctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := o.e.Update(uctx, v)
+		cancel()
+		if err != nil {
+			rec.Note("eph", "%s update %q: %v", o.rec.Owner, v, err)
+			continue
+		}
+		o.mu.Lock()
+		o.values = []string{v}
+		o.mu.Unlock()
+	}
+}
+
+// Quiesce stops the updates.
+func (es *Ephemerals) Quiesce(*Run) {
+	if es.cancel != nil {
+		es.cancel()
+	}
+}
+
+// Settle waits until every owner's key is back with its latest value under
+// its current lease, records the owner's outages, and closes the owner,
+// which deletes the key.
+func (es *Ephemerals) Settle(ctx context.Context, run *Run) error {
+	for _, o := range es.owners {
+		o.mu.Lock()
+		want := o.values
+		o.mu.Unlock()
+		full := run.Namespace + "/" + o.key.Name()
+		got := "not read"
+		ok := waitFor(ctx, func() bool {
+			kv, err := run.get(ctx, full)
+			switch {
+			case err != nil:
+				if ctx.Err() == nil {
+					got = err.Error()
+				}
+				return false
+			case kv == nil:
+				got = "absent"
+				return false
+			}
+			got = fmt.Sprintf("%q under lease %x", kv.Value, kv.Lease)
+			return slices.Contains(want, string(kv.Value)) && kv.Lease == int64(o.e.Lease())
+		}, o.e.Done())
+		if !ok {
+			o.rec.Lost = fmt.Sprintf("after the heal its key %s is %s, want one of %q under lease %x (state %v, err %v)",
+				o.key.Name(), got, want, int64(o.e.Lease()), o.e.State(), o.e.Err())
+		} else {
+			run.Rec.Note("eph", "%s holds %s: %s", o.rec.Owner, o.key.Name(), got)
+		}
+		o.rec.Closed = run.Rec.Now()
+		o.rec.Outages = run.Outages(o.member, o.rec.Created, o.rec.Closed)
+		if err := o.e.Close(); err != nil {
+			run.Rec.Note("eph", "%s close: %v", o.rec.Owner, err)
+		}
+	}
+	es.wg.Wait()
+	return nil
+}
+
+// Converge does nothing: owners observe nothing after Settle.
+func (es *Ephemerals) Converge(context.Context, *Run) {}
+
+// Close closes the owners and their clients.
+func (es *Ephemerals) Close() {
+	es.once.Do(func() {
+		es.Quiesce(es.run)
+		for _, o := range es.owners {
+			_ = o.e.Close()
+		}
+		es.wg.Wait()
+		for _, o := range es.owners {
+			_ = o.c.Close()
+		}
+	})
+}
+
+// get reads one key (a full etcd key) through a direct client.
+func (r *Run) get(ctx context.Context, key string) (*kvRead, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var err error
+	for _, cli := range r.env.direct {
+		var resp *clientv3.GetResponse
+		if resp, err = cli.Get(ctx, key); err == nil {
+			if len(resp.Kvs) == 0 {
+				return nil, nil
+			}
+			return &kvRead{Value: resp.Kvs[0].Value, Lease: resp.Kvs[0].Lease}, nil
+		}
+	}
+	return nil, err
+}
+
+// kvRead is a key read by Run.get.
+type kvRead struct {
+	Value []byte
+	Lease int64
+}
