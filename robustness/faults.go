@@ -3,6 +3,7 @@ package robustness
 import (
 	"context"
 	"fmt"
+	"runtime/pprof"
 	"strings"
 	"testing"
 	"time"
@@ -167,14 +168,15 @@ func (in *injector) exec(s *Schedule, st Step) {
 		}
 	case MemberStop, MemberKill:
 		desc = fmt.Sprintf("%s m%d", verb(map[FaultKind]string{MemberStop: "stop", MemberKill: "kill"}[f.Kind], "restart"), m)
-		if st.Heal {
-			if err := mem.Restart(); err != nil {
+		switch {
+		case st.Heal:
+			if err := in.env.bounded(in.t, "restart "+mem.Name(), mem.Restart); err != nil {
 				in.t.Fatalf("robustness: %v", err)
 			}
-		} else if f.Kind == MemberStop {
-			mem.Stop()
-		} else {
-			mem.Kill()
+		case f.Kind == MemberStop:
+			_ = in.env.bounded(in.t, "stop "+mem.Name(), func() error { mem.Stop(); return nil })
+		default:
+			_ = in.env.bounded(in.t, "kill "+mem.Name(), func() error { mem.Kill(); return nil })
 		}
 		in.down[m] = !st.Heal
 	case MemberPartition:
@@ -340,10 +342,36 @@ func (env *Env) heal() error {
 	return first
 }
 
+// memberOpTimeout bounds stopping or restarting a member: it takes well
+// under a second, or, when a member was caught in a bad moment, 5s plus two
+// election timeouts of etcd's own shutdown timeout.
+const memberOpTimeout = 60 * time.Second
+
+// bounded runs a member operation, failing the test with every goroutine's
+// stack if it does not return within memberOpTimeout: a stuck etcd member
+// is a failure of the environment, not of the library, and must say so
+// rather than run into the test binary's timeout.
+func (env *Env) bounded(t testing.TB, what string, op func() error) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- op() }()
+	timer := time.NewTimer(memberOpTimeout)
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-timer.C:
+		var b strings.Builder
+		_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
+		t.Fatalf("robustness: etcdtest: %s did not return within %v; goroutines:\n%s", what, memberOpTimeout, b.String())
+		return nil
+	}
+}
+
 // healAll heals everything and waits until the members agree on a leader.
 func (env *Env) healAll(t testing.TB) {
 	t.Helper()
-	if err := env.heal(); err != nil {
+	if err := env.bounded(t, "heal", env.heal); err != nil {
 		t.Fatalf("robustness: heal: %v", err)
 	}
 	env.cluster.WaitLeader(t)
