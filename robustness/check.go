@@ -88,6 +88,7 @@ func (st state) apply(typ etcdkit.EventType, key, value string, rev int64) {
 	}
 }
 
+// String lists the state's keys in order, "{key=value@rev ...}".
 func (st state) String() string {
 	keys := slices.Sorted(maps.Keys(st))
 	parts := make([]string, len(keys))
@@ -140,6 +141,7 @@ func findState(hs []Change, want state, lo, hi, exact int64) (int64, bool) {
 	return best, found
 }
 
+// String formats the event, e.g. `Put data/k0="w0.1" @12 resync`.
 func (d Delivery) String() string {
 	flags := ""
 	if d.Initial {
@@ -154,6 +156,7 @@ func (d Delivery) String() string {
 	return fmt.Sprintf("Put %s=%q @%d%s", d.Key, d.Value, d.Rev, flags)
 }
 
+// String formats the change, e.g. `Delete data/k0 @13`.
 func (c Change) String() string {
 	if c.Type == etcdkit.Delete {
 		return fmt.Sprintf("Delete %s @%d", c.Key, c.Rev)

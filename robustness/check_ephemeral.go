@@ -15,7 +15,11 @@ import (
 // plus the scheduling noise of a loaded machine); an owner whose path came
 // back gets its TTL plus RecoveryGrace to notice, re-grant and restore.
 const (
-	ExpiryGrace   = 3 * time.Second
+	// ExpiryGrace is added to a cut-off owner's TTL before its key must be
+	// gone.
+	ExpiryGrace = 3 * time.Second
+	// RecoveryGrace is added to an owner's TTL after its path came back,
+	// before its key must be present again.
 	RecoveryGrace = 3 * time.Second
 )
 

@@ -4,14 +4,32 @@
 //
 // Unit-level fault tests prove one fault at a time; real outages stack them.
 // A [Schedule], drawn from a seed by [Generate], overlaps proxy faults (stop,
-// FIN, RST, blackholes, pauses, latency), member faults (stop, kill,
-// partition), leadership moves and compactions, and always ends healed.
-// While it runs, pluggable [Workload]s drive traffic through etcdkit clients
-// on the proxied endpoints and record what they saw in a [History]: writers
-// record every call with its invoke and return times, subscribers every
-// event they received. After the schedule the [Env] heals the cluster, lets
-// it settle, waits for every workload to converge, and reads the cluster's
-// real history back with direct clients.
+// FIN, RST, blackholes, pauses, held accepts, latency), member faults (stop,
+// kill, partition), leadership moves and compactions, and always ends
+// healed. At most one member is out at a time, unless the schedule drew a
+// short quorum loss.
+//
+// # Workloads
+//
+// While a schedule runs, pluggable [Workload]s drive traffic through etcdkit
+// clients on the proxied endpoints and record what they see in a [History]
+// ([DefaultWorkloads] returns them all):
+//
+//   - [Writers]: Put, CompareAndSwap, Update, Get and Delete on a few keys,
+//     each call with its invoke and return times and its result, or
+//     "unknown" when it failed in a way that leaves the outcome open;
+//   - [Watchers]: Key and Prefix watches starting now, after a revision or
+//     with the initial state, some with small buffers or slow readers;
+//   - [Caches]: Prefix caches and their Subscribe feeds;
+//   - [Ephemerals]: ephemeral keys whose owners reach the cluster through
+//     one member's proxy, so that the schedule cuts them off;
+//   - [Elections]: campaigners that write to a fenced key with GuardedPut
+//     while they lead.
+//
+// After the fault phase the [Env] heals the cluster, waits for a leader and
+// for every workload to converge, and reads the cluster's real history back
+// with direct clients (archived before each compaction, so that compacted
+// revisions stay known).
 //
 // # Checks
 //
@@ -19,13 +37,16 @@
 // of how the history was produced, so a test can feed it a forged one:
 //
 //   - every subscriber's events are ordered, unique, start where asked and
-//     match the cluster's real history, with Resync events only where a
-//     compaction happened while the subscriber was behind;
+//     match the cluster's real history, with Resync events only after a
+//     compaction of revisions the subscriber had not yet received, and only
+//     bringing it to a state the cluster had;
 //   - every cache ends equal to the cluster's final state;
-//   - single-key operations (Put, CompareAndSwap, Update, Get, Delete) are
-//     linearizable against a register model, checked with porcupine;
-//   - every acknowledged write is in the cluster's history;
-//   - successful guarded writes never go back to an older leader's token;
+//   - single-key operations are linearizable against a register with
+//     revisions, checked with porcupine, and every acknowledged write is in
+//     the cluster's history;
+//   - every guarded write carries the token of the candidate that led at its
+//     revision, tokens never go back, and no leadership begins before the
+//     previous leader's Context was cancelled;
 //   - ephemeral keys exist while their owners are connected, and disappear
 //     once an owner has been cut off for longer than its TTL (with a
 //     tolerance for the election timeout and the machine's load).

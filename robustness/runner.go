@@ -89,7 +89,7 @@ func (env *Env) leaderClient(t testing.TB) *clientv3.Client {
 	return env.direct[env.index(env.cluster.WaitLeader(t))]
 }
 
-// Outcome of one schedule.
+// Result is what one schedule produced.
 type Result struct {
 	Schedule *Schedule
 	History  *History
