@@ -132,6 +132,11 @@ func (s *Server) Client(t testing.TB) *clientv3.Client {
 // clients on it see their upstream fail. Stop does nothing on a stopped
 // member; it returns once the member has released its ports and data
 // directory.
+//
+// Heal the member's proxy before stopping it: etcd's shutdown waits, with no
+// deadline, for every accepted client connection to send its first bytes,
+// and a connection whose bytes the proxy blackholes or pauses never does, so
+// Stop (and Kill, and Restart) would wait until the proxy heals.
 func (s *Server) Stop() {
 	s.life.Lock()
 	defer s.life.Unlock()
