@@ -174,12 +174,15 @@ func (r *Run) Client(ctx context.Context, o ClientOptions) (*etcdkit.Client, err
 // Rev returns the cluster's current revision, read linearizably through a
 // direct client.
 func (r *Run) Rev(ctx context.Context) (int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, readTimeout)
-	defer cancel()
 	var err error
 	for _, cli := range r.env.direct {
+		// A member cut off from the others holds a linearizable read
+		// until it times out: try the next one well before.
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		var rev int64
-		if rev, err = currentRev(ctx, cli); err == nil {
+		rev, err = currentRev(actx, cli)
+		cancel()
+		if err == nil {
 			return rev, nil
 		}
 	}

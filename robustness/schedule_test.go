@@ -1,0 +1,61 @@
+package robustness_test
+
+import (
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/etcdkit/etcdkit/robustness"
+)
+
+// TestGenerate checks the schedule rules on many seeds: the same seed gives
+// the same schedule, every fault ends within the schedule, and at most one
+// member is out at a time except for one short quorum loss.
+func TestGenerate(t *testing.T) {
+	for _, p := range []robustness.Profile{robustness.ShortProfile, robustness.LongProfile} {
+		losses := 0
+		for seed := int64(1); seed <= 2000; seed++ {
+			s := robustness.Generate(seed, p)
+			if again := robustness.Generate(seed, p); !reflect.DeepEqual(s, again) {
+				t.Fatalf("seed %d: got %v, then %v; want the same schedule", seed, s, again)
+			}
+			if s.Duration < p.MinDuration || s.Duration > p.MaxDuration {
+				t.Fatalf("seed %d: duration %v outside [%v, %v]", seed, s.Duration, p.MinDuration, p.MaxDuration)
+			}
+			if len(s.Faults) == 0 || len(s.Faults) > p.MaxFaults {
+				t.Fatalf("seed %d: %d faults, want 1 to %d", seed, len(s.Faults), p.MaxFaults)
+			}
+			var members []robustness.Fault
+			for _, f := range s.Faults {
+				if f.At+f.For > s.Duration {
+					t.Fatalf("seed %d: %v ends after the schedule's %v", seed, f, s.Duration)
+				}
+				switch f.Kind {
+				case robustness.MemberStop, robustness.MemberKill, robustness.MemberPartition:
+					members = append(members, f)
+				}
+			}
+			overlap := time.Duration(0)
+			for i := range members {
+				for j := i + 1; j < len(members); j++ {
+					a, b := members[i], members[j]
+					if o := min(a.At+a.For, b.At+b.For) - max(a.At, b.At); o >= 0 {
+						if overlap > 0 {
+							t.Fatalf("seed %d: more than one quorum loss: %v", seed, s)
+						}
+						overlap = max(o, 1)
+					}
+				}
+			}
+			if overlap > p.MaxQuorumLoss {
+				t.Fatalf("seed %d: quorum lost for %v, more than %v: %v", seed, overlap, p.MaxQuorumLoss, s)
+			}
+			if overlap > 0 {
+				losses++
+			}
+		}
+		if losses == 0 {
+			t.Errorf("profile %+v: no schedule of 2000 loses quorum", p)
+		}
+	}
+}
