@@ -76,37 +76,47 @@ func (in *injector) quorum() bool {
 }
 
 // resolve returns the member fault i acts on: its own, or the leader (or
-// the first member that is in, if the leader is out already).
+// the first member that is in, if the leader is out already), or -1 if no
+// member may take it.
 func (in *injector) resolve(i int, f Fault) int {
 	if m, ok := in.resolved[i]; ok {
 		return m
 	}
 	m := f.Member
 	if m == Leader {
+		// A member fault needs a member that is in, and a stop one whose
+		// proxy lets clients' bytes through (see silencesUpstream).
+		eligible := func(j int) bool {
+			return !f.Kind.isMember() || !in.down[j] && !(f.Kind.stops() && in.silenced(j))
+		}
 		m = -1
-		if l := in.env.cluster.Leader(); l != nil {
+		if l := in.env.cluster.Leader(); l != nil && eligible(in.env.index(l)) {
 			m = in.env.index(l)
 		}
-		if m < 0 || in.down[m] && f.Kind.isMember() {
-			for j := range in.members {
-				if !in.down[j] {
-					m = j
-					break
-				}
+		for j := range in.members {
+			if m < 0 && eligible(j) {
+				m = j
 			}
-		}
-		if m < 0 {
-			m = 0
 		}
 	}
 	in.resolved[i] = m
 	return m
 }
 
+// silenced reports whether member m's proxy drops or holds what clients
+// send.
+func (in *injector) silenced(m int) bool {
+	return in.blackholed[m] && in.blackholeDir[m] != proxy.Downstream || in.paused[m] && in.pauseDir[m] != proxy.Downstream
+}
+
 // exec runs one step and records it.
 func (in *injector) exec(s *Schedule, st Step) {
 	f := s.Faults[st.Fault]
 	m := in.resolve(st.Fault, f)
+	if m < 0 {
+		in.run.Rec.Fault(FaultRecord{At: in.run.Rec.Now(), Desc: fmt.Sprintf("%v on the leader skipped: no member may take it", f.Kind)})
+		return
+	}
 	mem := in.members[m]
 	p := mem.Proxy()
 	start := in.run.Rec.Now()

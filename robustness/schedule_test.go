@@ -5,12 +5,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/etcdkit/etcdkit/proxy"
 	"github.com/etcdkit/etcdkit/robustness"
 )
 
 // TestGenerate checks the schedule rules on many seeds: the same seed gives
 // the same schedule, every fault ends within the schedule, and at most one
-// member is out at a time except for one short quorum loss.
+// member is out at a time except for one short quorum loss, and no member
+// is stopped while its proxy silences what clients send.
 func TestGenerate(t *testing.T) {
 	for _, p := range []robustness.Profile{robustness.ShortProfile, robustness.LongProfile} {
 		losses := 0
@@ -29,6 +31,15 @@ func TestGenerate(t *testing.T) {
 			for _, f := range s.Faults {
 				if f.At+f.For > s.Duration {
 					t.Fatalf("seed %d: %v ends after the schedule's %v", seed, f, s.Duration)
+				}
+				stops := f.Kind == robustness.MemberStop || f.Kind == robustness.MemberKill
+				for _, g := range s.Faults {
+					// etcd's shutdown hangs on a connection that never
+					// sends a byte.
+					silences := (g.Kind == robustness.ProxyBlackhole || g.Kind == robustness.ProxyPause) && g.Dir != proxy.Downstream
+					if stops && silences && g.Member == f.Member && g.At <= f.At && f.At <= g.At+g.For {
+						t.Fatalf("seed %d: %v while %v", seed, f, g)
+					}
 				}
 				switch f.Kind {
 				case robustness.MemberStop, robustness.MemberKill, robustness.MemberPartition:
