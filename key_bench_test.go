@@ -88,3 +88,81 @@ func BenchmarkRawGet(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkPutPaired and BenchmarkGetPaired run one typed and one raw
+// request per iteration on the same server, in alternating order, so both
+// see the same load, and report raw time over typed time (the typed
+// throughput as a fraction of raw): the ratio that BenchmarkKeyPut against
+// BenchmarkRawPut estimates, without the drift between two separate runs.
+func BenchmarkPutPaired(b *testing.B) {
+	srv := etcdtest.Start(b)
+	c := testClient(b, []string{srv.Endpoint()}, "bench")
+	raw := srv.Client(b)
+	k := etcdkit.NewKey(c, "paired", etcdkit.JSON[limits]())
+	ctx := benchContext(b)
+	typedOp := func() {
+		if _, err := k.Put(ctx, benchValue); err != nil {
+			b.Fatal(err)
+		}
+	}
+	rawOp := func() {
+		data, err := json.Marshal(benchValue)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := raw.Put(ctx, "bench/paired", string(data)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	pairedRatio(b, typedOp, rawOp, "put")
+}
+
+func BenchmarkGetPaired(b *testing.B) {
+	srv := etcdtest.Start(b)
+	c := testClient(b, []string{srv.Endpoint()}, "bench")
+	raw := srv.Client(b)
+	k := etcdkit.NewKey(c, "paired", etcdkit.JSON[limits]())
+	ctx := benchContext(b)
+	if _, err := k.Put(ctx, benchValue); err != nil {
+		b.Fatal(err)
+	}
+	typedOp := func() {
+		if _, err := k.Get(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	rawOp := func() {
+		resp, err := raw.Get(ctx, "bench/paired")
+		if err != nil {
+			b.Fatal(err)
+		}
+		var v limits
+		if err := json.Unmarshal(resp.Kvs[0].Value, &v); err != nil {
+			b.Fatal(err)
+		}
+	}
+	pairedRatio(b, typedOp, rawOp, "get")
+}
+
+// pairedRatio times typedOp and rawOp once per iteration, swapping their
+// order every iteration, and reports both means and raw/typed.
+func pairedRatio(b *testing.B, typedOp, rawOp func(), op string) {
+	var typed, rawT time.Duration
+	timed := func(f func()) time.Duration {
+		start := time.Now()
+		f()
+		return time.Since(start)
+	}
+	for i := 0; b.Loop(); i++ {
+		if i%2 == 0 {
+			typed += timed(typedOp)
+			rawT += timed(rawOp)
+		} else {
+			rawT += timed(rawOp)
+			typed += timed(typedOp)
+		}
+	}
+	b.ReportMetric(float64(typed.Nanoseconds())/float64(b.N), "typed-ns/"+op)
+	b.ReportMetric(float64(rawT.Nanoseconds())/float64(b.N), "raw-ns/"+op)
+	b.ReportMetric(float64(rawT)/float64(typed), "typed-throughput/raw")
+}
