@@ -77,8 +77,11 @@ func BenchmarkWatchFailoverAfterBlackhole(b *testing.B) {
 		rawVia.Blackhole(proxy.Both)
 		benchPut(b, direct, "bench/failover", "raw")
 		rawUntil(b, rch, "raw", time.Minute)
-		rawTotal += time.Since(cut)
+		rawTook := time.Since(cut)
+		rawTotal += rawTook
 		rawVia.Unblackhole()
+		b.Logf("round %d: typed watch via %s, raw watch via %s: raw delivered %v after its member was cut",
+			i, typedVia.Addr(), rawVia.Addr(), rawTook)
 		// The typed watch saw "raw" too; take it off its channel.
 		if ev := nextTyped(b, typed); ev.Value != "raw" {
 			b.Fatalf("typed watch delivered %q, want %q", ev.Value, "raw")
