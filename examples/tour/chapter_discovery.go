@@ -10,10 +10,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 
 	"github.com/etcdkit/etcdkit"
 	"github.com/etcdkit/etcdkit/proxy"
@@ -253,14 +255,27 @@ func discoveryDescribe(view []etcdkit.Instance[APIInfo]) string {
 }
 
 // discoveryCall makes one health check and returns which instance answered.
+// A call that was already on its way to an instance whose server just
+// stopped fails with Unavailable before gRPC has seen the connection close;
+// like any client with a retry policy, it is made again.
 func discoveryCall(ctx context.Context, hc healthpb.HealthClient, byAddr map[string]string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, discoveryWait)
 	defer cancel()
-	var p peer.Peer
-	if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Peer(&p), grpc.WaitForReady(true)); err != nil {
-		return "", err
+	for {
+		var p peer.Peer
+		_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Peer(&p), grpc.WaitForReady(true))
+		if err == nil {
+			return byAddr[p.Addr.String()], nil
+		}
+		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			return "", err
+		}
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			return "", err
+		}
 	}
-	return byAddr[p.Addr.String()], nil
 }
 
 // discoveryCalls makes n calls and says who answered how many.
