@@ -21,6 +21,18 @@ func exampleEtcd() (endpoint string, stop func()) {
 	return srv.Endpoint(), srv.Close
 }
 
+// exampleClient starts an embedded etcd member and connects a client to it
+// under namespace ns; stop closes both.
+func exampleClient(ns string) (c *etcdkit.Client, stop func()) {
+	endpoint, stopEtcd := exampleEtcd()
+	c, err := etcdkit.New(context.Background(), etcdkit.Config{Endpoints: []string{endpoint}, Namespace: ns})
+	if err != nil {
+		stopEtcd()
+		log.Fatal(err)
+	}
+	return c, func() { _ = c.Close(); stopEtcd() }
+}
+
 func ExampleNew() {
 	endpoint, stop := exampleEtcd()
 	defer stop()
@@ -39,14 +51,9 @@ func ExampleNew() {
 }
 
 func ExampleKey() {
-	endpoint, stop := exampleEtcd()
+	c, stop := exampleClient("billing")
 	defer stop()
 	ctx := context.Background()
-	c, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{endpoint}, Namespace: "billing"})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
 
 	type Limits struct {
 		MaxConns int `json:"max_conns"`
@@ -81,14 +88,9 @@ func ExampleKey() {
 }
 
 func ExamplePrefix() {
-	endpoint, stop := exampleEtcd()
+	c, stop := exampleClient("")
 	defer stop()
 	ctx := context.Background()
-	c, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{endpoint}})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
 
 	flags := etcdkit.NewPrefix(c, "flags", etcdkit.JSON[bool]())
 	for name, on := range map[string]bool{"search/v2": true, "dark-mode": false} {
@@ -109,15 +111,10 @@ func ExamplePrefix() {
 }
 
 func ExampleKey_Watch() {
-	endpoint, stop := exampleEtcd()
+	c, stop := exampleClient("")
 	defer stop()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{endpoint}})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
 
 	mode := etcdkit.NewKey(c, "config/mode", etcdkit.String())
 	if _, err := mode.Put(ctx, "lenient"); err != nil {
@@ -148,15 +145,10 @@ func ExampleKey_Watch() {
 }
 
 func ExamplePrefix_Cache() {
-	endpoint, stop := exampleEtcd()
+	c, stop := exampleClient("")
 	defer stop()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{endpoint}})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
 
 	routes := etcdkit.NewPrefix(c, "routes", etcdkit.String())
 	if _, err := routes.Key("/api").Put(ctx, "backend-a"); err == nil {
@@ -191,14 +183,9 @@ func ExamplePrefix_Cache() {
 }
 
 func ExampleClient_NewSession() {
-	endpoint, stop := exampleEtcd()
+	c, stop := exampleClient("")
 	defer stop()
 	ctx := context.Background()
-	c, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{endpoint}})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
 
 	s, err := c.NewSession(ctx, 5*time.Second)
 	if err != nil {
@@ -217,14 +204,9 @@ func ExampleClient_NewSession() {
 }
 
 func ExampleNewEphemeral() {
-	endpoint, stop := exampleEtcd()
+	c, stop := exampleClient("")
 	defer stop()
 	ctx := context.Background()
-	c, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{endpoint}})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
 
 	presence := etcdkit.NewKey(c, "workers/w1", etcdkit.String())
 	e, err := etcdkit.NewEphemeral(ctx, presence, "10.0.0.7:8080", 5*time.Second)
@@ -249,15 +231,10 @@ func ExampleNewEphemeral() {
 }
 
 func ExampleElection() {
-	endpoint, stop := exampleEtcd()
+	c, stop := exampleClient("")
 	defer stop()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{endpoint}})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
 
 	e := etcdkit.NewElection(c, "billing-scheduler", 5*time.Second)
 	lead, err := e.Campaign(ctx, "worker-1")
@@ -290,15 +267,10 @@ func ExampleElection() {
 }
 
 func ExampleService() {
-	endpoint, stop := exampleEtcd()
+	c, stop := exampleClient("")
 	defer stop()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{endpoint}})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
 
 	type NodeMeta struct {
 		Zone string `json:"zone"`
