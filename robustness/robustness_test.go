@@ -114,7 +114,11 @@ func runSchedule(t *testing.T, env *robustness.Env, seed int64, profile robustne
 		t.Logf("%s\n%s", s, robustness.Timeline(r.History, all...))
 	}
 	if vs := robustness.Check(r.History); len(vs) > 0 {
-		t.Errorf("%s", robustness.Report(r, vs))
+		replay := fmt.Sprintf("go test ./robustness -run TestRobustness -seed %d", seed)
+		if profile == robustness.LongProfile {
+			replay += " -long"
+		}
+		t.Errorf("%s", robustness.Report(r, vs, replay))
 	}
 }
 

@@ -110,12 +110,12 @@ func Timeline(h *History, focus ...string) string {
 	return b.String()
 }
 
-// Report formats a failed schedule: the seed, how to replay it, the
-// violations and the timeline focused on the subscribers they name.
-func Report(r *Result, vs []Violation) string {
+// Report formats a failed schedule: the seed, how to replay it (replay is
+// the command line), the violations and the timeline focused on the
+// subscribers they name.
+func Report(r *Result, vs []Violation, replay string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed %d: %d violation(s); replay with: go test ./robustness -run TestRobustness -seed %d\n",
-		r.Schedule.Seed, len(vs), r.Schedule.Seed)
+	fmt.Fprintf(&b, "seed %d: %d violation(s); replay with: %s\n", r.Schedule.Seed, len(vs), replay)
 	var focus []string
 	for _, v := range vs {
 		fmt.Fprintf(&b, "  %v\n", v)
