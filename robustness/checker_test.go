@@ -1,6 +1,7 @@
 package robustness_test
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -237,6 +238,73 @@ func TestCheckerRejects(t *testing.T) {
 				}
 			}
 			t.Fatalf("got violations %v, want a %q violation containing %q", vs, tc.rule, tc.want)
+		})
+	}
+}
+
+// ephemeralHistory is a history whose revision r was committed at r×100ms
+// (a writer puts at every revision but the ephemeral key's), where owner o0
+// creates eph/o0 at revision 12 (1.2s) and closes it at 8s; its key is
+// deleted at revision deleted (none if 0), and the owner is cut off during
+// outage (none if zero).
+func ephemeralHistory(deleted int64, outage robustness.Outage) *robustness.History {
+	h := &robustness.History{Seed: 2, Namespace: "test", StartRev: 10, FinalRev: 80}
+	for rev := int64(11); rev <= 80; rev++ {
+		switch rev {
+		case 12:
+			h.Changes = append(h.Changes, robustness.Change{Rev: rev, Type: etcdkit.Put, Key: "eph/o0", Value: "o0.0", Lease: 7})
+		case deleted:
+			h.Changes = append(h.Changes, del(rev, "eph/o0"))
+		default:
+			v := fmt.Sprintf("w0.%d", rev)
+			h.Changes = append(h.Changes, put(rev, "data/k0", v))
+			h.Ops = append(h.Ops, robustness.Op{Key: "data/k0", Kind: robustness.OpPut, Value: v, Outcome: robustness.OK, Rev: rev,
+				Invoke: ms(int(rev) * 100), Return: ms(int(rev) * 100)})
+		}
+	}
+	e := &robustness.EphemeralRecord{Owner: "o0 via m0", Key: "eph/o0", TTL: time.Second, Created: ms(1250), Closed: ms(8000)}
+	if outage.To > 0 {
+		e.Outages = []robustness.Outage{outage}
+	}
+	h.Ephemerals = []*robustness.EphemeralRecord{e}
+	return h
+}
+
+// TestCheckerEphemerals checks the ephemeral-key rules on forged histories.
+func TestCheckerEphemerals(t *testing.T) {
+	cut := robustness.Outage{From: ms(1500), To: ms(6000), Why: "p0 stopped"}
+	cases := []struct {
+		name string
+		h    *robustness.History
+		want string // "" for none
+	}{
+		{"connected, never deleted", ephemeralHistory(0, robustness.Outage{}), ""},
+		{"cut off, deleted in time", ephemeralHistory(30, cut), ""},
+		{"cut off past TTL and grace, never deleted", ephemeralHistory(0, cut),
+			"the owner was cut off from +1.500s to +6.000s (p0 stopped), longer than its TTL 1s + 3s, but its key eph/o0 written at revision 12 was not deleted until after +6.000s"},
+		{"cut off past TTL and grace, deleted too late", ephemeralHistory(70, cut),
+			"its key eph/o0 written at revision 12 was not deleted until after +6.000s"},
+		{"deleted while connected", ephemeralHistory(30, robustness.Outage{}),
+			"its key eph/o0 was deleted at revision 30 (between +2.900s and +3.100s) while the owner was connected (+1.250s to +8.000s)"},
+		{"short cut, deleted long after it", ephemeralHistory(75, robustness.Outage{From: ms(1500), To: ms(2000), Why: "p0 paused"}),
+			"its key eph/o0 was deleted at revision 75 (between +7.400s and +7.600s) while the owner was connected (+6.000s to +8.000s)"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []robustness.Violation
+			for _, v := range robustness.Check(tc.h) {
+				if v.Rule == "ephemeral" {
+					got = append(got, v)
+				}
+			}
+			switch {
+			case tc.want == "" && len(got) > 0:
+				t.Fatalf("got %v, want no ephemeral violation", got)
+			case tc.want != "" && (len(got) != 1 || !strings.Contains(got[0].Msg, tc.want)):
+				t.Fatalf("got %v, want one containing %q", got, tc.want)
+			case tc.want != "":
+				t.Logf("rejected: %v", got[0])
+			}
 		})
 	}
 }

@@ -1,6 +1,7 @@
 package robustness
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -12,9 +13,10 @@ import (
 	"github.com/etcdkit/etcdkit"
 )
 
-// Ephemerals is the workload of ephemeral keys: zero to two owners, each
-// on a client that reaches the cluster through one member's proxy only, so
-// that the schedule's faults on that member or proxy cut the owner off.
+// Ephemerals is the workload of ephemeral keys: zero to two owners (one or
+// two in long schedules), each on a client that reaches the cluster through
+// one member's proxy only, the members the schedule cuts off longest first,
+// so that the schedule's faults on that member or proxy cut the owner off.
 // Each owner holds its key with NewEphemeral, updates its value now and
 // then, and records its state changes. After the heal its key must be back
 // with the owner's latest value under the owner's current lease; the history
@@ -49,11 +51,14 @@ func (es *Ephemerals) Start(ctx context.Context, run *Run) error {
 	es.run = run
 	rng := run.Rand("ephemerals")
 	n := rng.IntN(3)
-	first := rng.IntN(3)
+	if run.Schedule().Duration >= 2*time.Second {
+		n = 1 + rng.IntN(2)
+	}
+	members := cutOrder(run.Schedule(), rng.IntN(3))
 	tctx, cancel := context.WithCancel(ctx)
 	es.cancel = cancel
 	for i := range n {
-		o := &owner{member: (first + i) % 3}
+		o := &owner{member: members[i]}
 		ttl := 2 * time.Second
 		if run.Schedule().Duration >= 2*time.Second && rng.Chance(0.5) {
 			ttl = time.Second
@@ -79,6 +84,23 @@ func (es *Ephemerals) Start(ctx context.Context, run *Run) error {
 		es.wg.Go(func() { o.update(tctx, run.Rec, urng, name) })
 	}
 	return nil
+}
+
+// cutOrder returns the members sorted by the longest single fault that cuts
+// the path of a client using only that member's proxy, longest first, so
+// that owners sit where the schedule hurts most; ties go in rotation from
+// first.
+func cutOrder(s *Schedule, first int) []int {
+	var longest [3]time.Duration
+	for _, f := range s.Faults {
+		cuts := f.Kind == ProxyStop || f.Kind.isMember() || f.silencesUpstream()
+		if cuts && f.Member >= 0 && f.For > longest[f.Member] {
+			longest[f.Member] = f.For
+		}
+	}
+	order := []int{first % 3, (first + 1) % 3, (first + 2) % 3}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(longest[b], longest[a]) })
+	return order
 }
 
 // watchStates records the owner's state changes until the Ephemeral ends.

@@ -83,9 +83,9 @@ func TestRobustness(t *testing.T) {
 	}
 	t.Logf("summary: %d schedules on %d lanes (base seed %d), %d faults injected (%s), %d compactions; "+
 		"%d calls (%d unknown), %d events delivered, %d caches, %d leaderships with %d guarded writes, "+
-		"%d ephemeral owners cut off %d times; wall %v",
+		"%d ephemeral owners cut off %d times (%d past TTL+grace); wall %v",
 		st.schedules, lanes, base, st.faults, st.kinds(), st.compactions, st.ops, st.unknown, st.events, st.caches,
-		st.leaderships, st.guarded, st.owners, st.outages, time.Since(began).Round(time.Millisecond))
+		st.leaderships, st.guarded, st.owners, st.outages, st.expiries, time.Since(began).Round(time.Millisecond))
 }
 
 // scheduleWatchdog is how long one schedule may run before the test dumps
@@ -127,6 +127,7 @@ type stats struct {
 	mu                                                   sync.Mutex
 	schedules, faults, ops, unknown, events, compactions int
 	guarded, leaderships, owners, outages, caches        int
+	expiries                                             int
 	byKind                                               map[robustness.FaultKind]int
 }
 
@@ -158,6 +159,11 @@ func (st *stats) add(r *robustness.Result) {
 	st.owners += len(r.History.Ephemerals)
 	for _, e := range r.History.Ephemerals {
 		st.outages += len(e.Outages)
+		for _, o := range e.Outages {
+			if !o.Doubtful && o.To-o.From > e.TTL+robustness.ExpiryGrace {
+				st.expiries++
+			}
+		}
 	}
 	st.caches += len(r.History.Caches)
 }

@@ -153,12 +153,17 @@ type Schedule struct {
 type Profile struct {
 	// MinDuration and MaxDuration bound the fault phase.
 	MinDuration, MaxDuration time.Duration
-	// MaxFaults bounds the number of faults (at least one is drawn).
+	// MaxFaults bounds the number of faults drawn (at least one is), not
+	// counting a long cut.
 	MaxFaults int
 	// QuorumLoss is the probability that a schedule lets two member faults
 	// overlap, losing quorum for at most MaxQuorumLoss.
 	QuorumLoss    float64
 	MaxQuorumLoss time.Duration
+	// LongCut is the probability that a schedule cuts one member's clients
+	// off (a stopped or blackholed proxy, a partition) for most of its
+	// duration, long enough for the leases of owners behind it to expire.
+	LongCut float64
 }
 
 // ShortProfile is the profile of the schedules CI runs: a fraction of a
@@ -171,8 +176,9 @@ var ShortProfile = Profile{
 // LongProfile is for soak runs: seconds of up to eight faults, long enough
 // for leases to expire while their owners are cut off.
 var LongProfile = Profile{
-	MinDuration: 2 * time.Second, MaxDuration: 6 * time.Second,
+	MinDuration: 3 * time.Second, MaxDuration: 8 * time.Second,
 	MaxFaults: 8, QuorumLoss: 0.15, MaxQuorumLoss: 800 * time.Millisecond,
+	LongCut: 0.5,
 }
 
 // faultWeights is how often each kind is drawn.
@@ -250,6 +256,16 @@ func Generate(seed int64, p Profile) *Schedule {
 			continue
 		}
 		s.Faults = append(s.Faults, f)
+	}
+	if rng.Float64() < p.LongCut {
+		kinds := []FaultKind{ProxyStop, ProxyBlackhole, ProxyPause, MemberPartition}
+		f := Fault{Kind: kinds[rng.IntN(len(kinds))], Member: rng.IntN(3), Dir: proxy.Both}
+		f.At = ms(time.Duration(rng.Int64N(int64(s.Duration) / 10)))
+		f.For = ms(time.Duration(float64(s.Duration) * (0.55 + 0.35*rng.Float64())))
+		f.For = min(f.For, s.Duration-f.At)
+		if s.admits(&f, quorumLoss, p.MaxQuorumLoss) {
+			s.Faults = append(s.Faults, f)
+		}
 	}
 	slices.SortStableFunc(s.Faults, func(a, b Fault) int { return cmp.Compare(a.At, b.At) })
 	return s

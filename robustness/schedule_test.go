@@ -24,8 +24,12 @@ func TestGenerate(t *testing.T) {
 			if s.Duration < p.MinDuration || s.Duration > p.MaxDuration {
 				t.Fatalf("seed %d: duration %v outside [%v, %v]", seed, s.Duration, p.MinDuration, p.MaxDuration)
 			}
-			if len(s.Faults) == 0 || len(s.Faults) > p.MaxFaults {
-				t.Fatalf("seed %d: %d faults, want 1 to %d", seed, len(s.Faults), p.MaxFaults)
+			maxFaults := p.MaxFaults
+			if p.LongCut > 0 {
+				maxFaults++
+			}
+			if len(s.Faults) == 0 || len(s.Faults) > maxFaults {
+				t.Fatalf("seed %d: %d faults, want 1 to %d", seed, len(s.Faults), maxFaults)
 			}
 			var members []robustness.Fault
 			for _, f := range s.Faults {
