@@ -20,8 +20,12 @@ import (
 // clusters while the default workloads run, and checks each schedule's
 // history. By default it runs -schedules short schedules from a random base
 // seed, spread over -lanes clusters running side by side; -seed N replays
-// one schedule, and -soak (or ETCDKIT_SOAK) runs schedules, one in four
-// under the long profile, for a duration.
+// one schedule (-long for the long profile), and -soak (or ETCDKIT_SOAK)
+// runs schedules, one in four under the long profile, for a duration:
+//
+//	ETCDKIT_SOAK=30m go test -race ./robustness -run TestRobustness -timeout 40m
+//
+// It stops starting schedules 90s before the test binary's -timeout.
 func TestRobustness(t *testing.T) {
 	if testing.Short() && *seedFlag == 0 {
 		t.Skip("robustness schedules take minutes; not in -short mode")
@@ -38,12 +42,20 @@ func TestRobustness(t *testing.T) {
 		next     atomic.Int64
 		failures atomic.Int64
 	)
+	// A schedule rarely takes more than a few seconds, the slowest a minute:
+	// stop starting new ones when the test binary's -timeout is that close,
+	// rather than be killed with the evidence.
+	deadline, hasDeadline := t.Deadline()
+	var cutShort atomic.Bool
 	// claim hands out the next schedule, or reports false when the run is
 	// over.
 	claim := func() (int64, robustness.Profile, bool) {
 		i := next.Add(1) - 1
 		switch {
 		case failures.Load() >= 3:
+			return 0, robustness.Profile{}, false
+		case hasDeadline && time.Until(deadline) < 90*time.Second:
+			cutShort.Store(true)
 			return 0, robustness.Profile{}, false
 		case *seedFlag != 0:
 			return *seedFlag, map[bool]robustness.Profile{false: robustness.ShortProfile, true: robustness.LongProfile}[*longFlag], i == 0
@@ -80,6 +92,9 @@ func TestRobustness(t *testing.T) {
 	})
 	if n := failures.Load(); n > 0 {
 		t.Logf("%d schedules failed (stopping after 3)", n)
+	}
+	if cutShort.Load() {
+		t.Logf("stopped early: the test binary's -timeout (at %v) was less than 90s away", deadline.Format(time.TimeOnly))
 	}
 	t.Logf("summary: %d schedules on %d lanes (base seed %d), %d faults injected (%s), %d compactions; "+
 		"%d calls (%d unknown), %d events delivered, %d caches, %d leaderships with %d guarded writes, "+
