@@ -15,7 +15,7 @@ import (
 // Violation is one broken guarantee found in a History.
 type Violation struct {
 	// Rule names the guarantee: "watch", "cache", "linearizability",
-	// "durability", "fencing" or "ephemeral".
+	// "durability", "fencing", "ephemeral" or "tracker".
 	Rule string
 	// Who names the subscriber, key, owner or leader concerned.
 	Who string
@@ -46,6 +46,7 @@ func Check(h *History) []Violation {
 	vs = append(vs, CheckLinearizable(h)...)
 	vs = append(vs, checkGuarded(h)...)
 	vs = append(vs, checkElections(h)...)
+	vs = append(vs, checkTrackers(h)...)
 	vs = append(vs, checkEphemerals(h)...)
 	return vs
 }

@@ -308,3 +308,58 @@ func TestCheckerEphemerals(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckerTrackers checks the tracker rules on a forged history: i0
+// registers at 11, i1 at 12, i0 updates its metadata at 13 and withdraws at
+// 14.
+func TestCheckerTrackers(t *testing.T) {
+	rec := func(addr, meta string) string { return fmt.Sprintf(`{"addr":%q,"meta":%q}`, addr, meta) }
+	base := func() *robustness.History {
+		p := "_etcdkit/service/svc/"
+		return &robustness.History{Seed: 3, StartRev: 10, FinalRev: 14, Changes: []robustness.Change{
+			put(11, p+"i0", rec("127.0.0.1:9000", "a")),
+			put(12, p+"i1", rec("127.0.0.1:9001", "b")),
+			put(13, p+"i0", rec("127.0.0.1:9000", "c")),
+			del(14, p+"i0"),
+		}}
+	}
+	view := func(at int, kv ...string) robustness.TrackerView {
+		v := robustness.TrackerView{At: ms(at), Instances: map[string]string{}}
+		for i := 0; i < len(kv); i += 2 {
+			v.Instances[kv[i]] = kv[i+1]
+		}
+		return v
+	}
+	i0a, i0c, i1 := "127.0.0.1:9000 a", "127.0.0.1:9000 c", "127.0.0.1:9001 b"
+	cases := []struct {
+		name  string
+		views []robustness.TrackerView
+		final map[string]string
+		want  string
+	}{
+		{"every state", []robustness.TrackerView{view(1), view(2, "i0", i0a), view(3, "i0", i0a, "i1", i1),
+			view(4, "i0", i0c, "i1", i1), view(5, "i1", i1)}, map[string]string{"i1": i1}, ""},
+		{"states skipped", []robustness.TrackerView{view(1), view(5, "i1", i1)}, map[string]string{"i1": i1}, ""},
+		{"a state the service never had", []robustness.TrackerView{view(1), view(2, "i0", i0c)}, nil,
+			"view #1 {i0=127.0.0.1:9000 c} received at +0.002s is not a state the service had at or after revision 10"},
+		{"back in time", []robustness.TrackerView{view(1, "i0", i0c, "i1", i1), view(2, "i0", i0a, "i1", i1)}, nil,
+			"view #1 {i0=127.0.0.1:9000 a, i1=127.0.0.1:9001 b} received at +0.002s is not a state the service had at or after revision 13"},
+		{"stale at the end", []robustness.TrackerView{view(1)}, map[string]string{"i0": i0c, "i1": i1},
+			"ends with {i0=127.0.0.1:9000 c, i1=127.0.0.1:9001 b}, the service's final state (revision 14) is {i1=127.0.0.1:9001 b}"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := base()
+			h.Trackers = []*robustness.TrackerRecord{{Name: "t0", Prefix: "_etcdkit/service/svc/", Views: tc.views, Final: tc.final}}
+			vs := robustness.Check(h)
+			switch {
+			case tc.want == "" && len(vs) > 0:
+				t.Fatalf("got %v, want none", vs)
+			case tc.want != "" && (len(vs) != 1 || vs[0].Rule != "tracker" || !strings.Contains(vs[0].Msg, tc.want)):
+				t.Fatalf("got %v, want one tracker violation containing %q", vs, tc.want)
+			case tc.want != "":
+				t.Logf("rejected: %v", vs[0])
+			}
+		})
+	}
+}

@@ -24,7 +24,9 @@
 //   - [Ephemerals]: ephemeral keys whose owners reach the cluster through
 //     one member's proxy, so that the schedule cuts them off;
 //   - [Elections]: campaigners that write to a fenced key with GuardedPut
-//     while they lead.
+//     while they lead;
+//   - [Services]: service instances registered through one member's proxy,
+//     and trackers following the service.
 //
 // After the fault phase the [Env] heals the cluster, waits for a leader and
 // for every workload to converge, and reads the cluster's real history back
@@ -47,9 +49,12 @@
 //   - every guarded write carries the token of the candidate that led at its
 //     revision, tokens never go back, and no leadership begins before the
 //     previous leader's Context was cancelled;
-//   - ephemeral keys exist while their owners are connected, and disappear
-//     once an owner has been cut off for longer than its TTL (with a
-//     tolerance for the election timeout and the machine's load).
+//   - ephemeral keys (service registrations included) exist while their
+//     owners are connected, and disappear once an owner has been cut off for
+//     longer than its TTL (with a tolerance for the election timeout and the
+//     machine's load);
+//   - every view a service tracker delivers is a state the service had, in
+//     order, and its last is the service's final state.
 //
 // A failure report names the seed and prints a timeline of faults, calls and
 // events with times relative to the start of the schedule; the tests replay

@@ -229,6 +229,28 @@ type CacheRecord struct {
 	Stuck string
 }
 
+// TrackerRecord is what one discovery Tracker delivered.
+type TrackerRecord struct {
+	Name string
+	// Prefix is where the service's instances are kept, relative to the
+	// namespace and ending in "/"; an instance's key is Prefix + its ID.
+	Prefix string
+	// Views are the views received from Updates, in order.
+	Views []TrackerView
+	// Final is the tracker's view at the end.
+	Final map[string]string
+	// Stuck is set when the tracker did not reach the final state before
+	// the settle deadline.
+	Stuck string
+}
+
+// TrackerView is one view a Tracker delivered: instance ID to
+// "<addr> <meta>".
+type TrackerView struct {
+	At        time.Duration
+	Instances map[string]string
+}
+
 // KV is a value with its mod revision.
 type KV struct {
 	Value string
@@ -345,6 +367,7 @@ type History struct {
 	Ephemerals                     []*EphemeralRecord
 	Guarded                        []GuardedWrite
 	Elections                      []*ElectionRecord
+	Trackers                       []*TrackerRecord
 	Faults                         []FaultRecord
 	Notes                          []Note
 }
@@ -398,6 +421,13 @@ func (r *Recorder) Ephemeral(e *EphemeralRecord) {
 func (r *Recorder) Guarded(g GuardedWrite) {
 	r.mu.Lock()
 	r.h.Guarded = append(r.h.Guarded, g)
+	r.mu.Unlock()
+}
+
+// Tracker registers a tracker record.
+func (r *Recorder) Tracker(t *TrackerRecord) {
+	r.mu.Lock()
+	r.h.Trackers = append(r.h.Trackers, t)
 	r.mu.Unlock()
 }
 

@@ -98,9 +98,9 @@ func TestRobustness(t *testing.T) {
 	}
 	t.Logf("summary: %d schedules on %d lanes (base seed %d), %d faults injected (%s), %d compactions; "+
 		"%d calls (%d unknown), %d events delivered, %d caches, %d leaderships with %d guarded writes, "+
-		"%d ephemeral owners cut off %d times (%d past TTL+grace); wall %v",
+		"%d ephemeral owners and service instances cut off %d times (%d past TTL+grace), %d tracker views; wall %v",
 		st.schedules, lanes, base, st.faults, st.kinds(), st.compactions, st.ops, st.unknown, st.events, st.caches,
-		st.leaderships, st.guarded, st.owners, st.outages, st.expiries, time.Since(began).Round(time.Millisecond))
+		st.leaderships, st.guarded, st.owners, st.outages, st.expiries, st.views, time.Since(began).Round(time.Millisecond))
 }
 
 // scheduleWatchdog is how long one schedule may run before the test dumps
@@ -142,7 +142,7 @@ type stats struct {
 	mu                                                   sync.Mutex
 	schedules, faults, ops, unknown, events, compactions int
 	guarded, leaderships, owners, outages, caches        int
-	expiries                                             int
+	expiries, views                                      int
 	byKind                                               map[robustness.FaultKind]int
 }
 
@@ -181,6 +181,9 @@ func (st *stats) add(r *robustness.Result) {
 		}
 	}
 	st.caches += len(r.History.Caches)
+	for _, tr := range r.History.Trackers {
+		st.views += len(tr.Views)
+	}
 }
 
 // kinds lists the faults drawn per kind.

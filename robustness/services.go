@@ -1,0 +1,292 @@
+package robustness
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/url"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/etcdkit/etcdkit"
+)
+
+// ServiceName is the service the discovery workload registers instances
+// of.
+const ServiceName = "svc"
+
+// servicePrefix is where etcdkit keeps a service's instances, relative to
+// the namespace (see etcdkit.Service).
+func servicePrefix(name string) string { return "_etcdkit/service/" + url.PathEscape(name) + "/" }
+
+// Services is the discovery workload: one or two instances of a service
+// register, each through one member's proxy only (the members the schedule
+// cuts off longest first, after the ephemeral owners'), and update their
+// metadata now and then; one or two trackers on clients that use every
+// member follow the service and record each view they deliver. A
+// registration is an ephemeral key and is checked as one; each tracker view
+// must be a state the service had, in order, and each tracker must end with
+// the service's final state.
+type Services struct {
+	run       *Run
+	instances []*instance
+	trackers  []*tracker
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	once      sync.Once
+}
+
+type instance struct {
+	rec    *EphemeralRecord
+	member int
+	c      *etcdkit.Client
+	reg    *etcdkit.Registration[string]
+	addr   string
+
+	mu    sync.Mutex
+	metas []string // as owner.values
+}
+
+type tracker struct {
+	rec  *TrackerRecord
+	c    *etcdkit.Client
+	t    *etcdkit.Tracker[string]
+	done chan struct{}
+}
+
+// Name returns "services".
+func (ss *Services) Name() string { return "services" }
+
+// Start registers the instances and starts the trackers, and returns once
+// every tracker is synced.
+func (ss *Services) Start(ctx context.Context, run *Run) error {
+	ss.run = run
+	rng := run.Rand("services")
+	tctx, cancel := context.WithCancel(ctx)
+	ss.cancel = cancel
+	order := cutOrder(run.Schedule(), rng.IntN(3))
+	ttl := 2 * time.Second
+	if run.Schedule().Duration >= 2*time.Second && rng.Chance(0.5) {
+		ttl = time.Second
+	}
+	for i := range 1 + rng.IntN(2) {
+		id := fmt.Sprintf("i%d", i)
+		in := &instance{member: order[(i+1)%3], addr: fmt.Sprintf("127.0.0.1:%d", 9000+i), metas: []string{id + ".0"}}
+		c, err := run.Client(ctx, ClientOptions{Name: id, Members: []int{in.member},
+			StallTimeout: rng.Duration(300*time.Millisecond, time.Second)})
+		if err != nil {
+			return err
+		}
+		in.c = c
+		svc := etcdkit.NewService(c, ServiceName, etcdkit.JSON[string]())
+		in.rec = &EphemeralRecord{Owner: fmt.Sprintf("%s via m%d", id, in.member), Key: servicePrefix(ServiceName) + id, TTL: ttl}
+		if in.reg, err = svc.Register(ctx, etcdkit.Instance[string]{ID: id, Addr: in.addr, Meta: in.metas[0]}, ttl); err != nil {
+			return fmt.Errorf("register %s: %w", id, err)
+		}
+		in.rec.Created = run.Rec.Now()
+		run.Rec.Ephemeral(in.rec)
+		ss.instances = append(ss.instances, in)
+		ss.wg.Go(func() {
+			for st := range in.reg.States() {
+				run.Rec.Note("svc", "%s %v", in.rec.Owner, st)
+			}
+		})
+		urng := run.Rand("instance " + id)
+		ss.wg.Go(func() { in.update(tctx, run.Rec, urng, id) })
+	}
+	for i := range 1 + rng.IntN(2) {
+		name := fmt.Sprintf("t%d", i)
+		c, err := run.Client(ctx, ClientOptions{Name: name, Members: rotate(rng.IntN(3)),
+			StallTimeout: rng.Duration(300*time.Millisecond, 2*time.Second)})
+		if err != nil {
+			return err
+		}
+		t, err := etcdkit.NewService(c, ServiceName, etcdkit.JSON[string]()).Track(ctx)
+		if err != nil {
+			return err
+		}
+		tr := &tracker{rec: &TrackerRecord{Name: name, Prefix: servicePrefix(ServiceName)}, c: c, t: t, done: make(chan struct{})}
+		ss.trackers = append(ss.trackers, tr)
+		run.Rec.Tracker(tr.rec)
+		go tr.read(run.Rec)
+		timer := time.NewTimer(SettleTimeout)
+		select {
+		case <-t.Synced():
+			timer.Stop()
+		case <-timer.C:
+			return fmt.Errorf("tracker %s not synced after %v (state %v)", name, SettleTimeout, t.State())
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// update changes the instance's metadata now and then until ctx ends.
+func (in *instance) update(ctx context.Context, rec *Recorder, rng *RandSource, id string) {
+	for seq := 1; ; seq++ {
+		// The pace of the updates, part of the workload's definition.
+		t := time.NewTimer(rng.Duration(100*time.Millisecond, 500*time.Millisecond))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+		m := fmt.Sprintf("%s.%d", id, seq)
+		in.mu.Lock()
+		in.metas = append(in.metas, m)
+		in.mu.Unlock()
+		uctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := in.reg.Update(uctx, m)
+		cancel()
+		if err != nil {
+			rec.Note("svc", "%s update %q: %v", in.rec.Owner, m, err)
+			continue
+		}
+		in.mu.Lock()
+		in.metas = []string{m}
+		in.mu.Unlock()
+	}
+}
+
+// read records every view the tracker delivers.
+func (tr *tracker) read(rec *Recorder) {
+	defer close(tr.done)
+	for view := range tr.t.Updates() {
+		rec.update(func(*History) {
+			tr.rec.Views = append(tr.rec.Views, TrackerView{At: rec.Now(), Instances: viewOf(view)})
+		})
+	}
+}
+
+// viewOf turns instances into the form the checker compares: ID to
+// "addr meta".
+func viewOf(insts []etcdkit.Instance[string]) map[string]string {
+	v := make(map[string]string, len(insts))
+	for _, in := range insts {
+		v[in.ID] = in.Addr + " " + in.Meta
+	}
+	return v
+}
+
+// Quiesce stops the metadata updates.
+func (ss *Services) Quiesce(*Run) {
+	if ss.cancel != nil {
+		ss.cancel()
+	}
+}
+
+// Settle waits until every instance is published again with its latest
+// metadata under its current lease, records its outages, then withdraws it.
+func (ss *Services) Settle(ctx context.Context, run *Run) error {
+	for _, in := range ss.instances {
+		in.mu.Lock()
+		want := in.metas
+		in.mu.Unlock()
+		got := "not read"
+		ok := waitFor(ctx, func() bool {
+			kv, err := run.get(ctx, run.Namespace+"/"+in.rec.Key)
+			switch {
+			case err != nil:
+				if ctx.Err() == nil {
+					got = err.Error()
+				}
+				return false
+			case kv == nil:
+				got = "absent"
+				return false
+			}
+			got = fmt.Sprintf("%s under lease %x", kv.Value, kv.Lease)
+			addr, meta, err := decodeRecord(string(kv.Value))
+			return err == nil && addr == in.addr && slices.Contains(want, meta) && kv.Lease == int64(in.reg.Lease())
+		}, in.reg.Done())
+		if !ok {
+			in.rec.Lost = fmt.Sprintf("after the heal its key %s is %s, want addr %s and meta one of %q under lease %x (state %v, err %v)",
+				in.rec.Key, got, in.addr, want, int64(in.reg.Lease()), in.reg.State(), in.reg.Err())
+		} else {
+			run.Rec.Note("svc", "%s published: %s", in.rec.Owner, got)
+		}
+		in.rec.Closed = run.Rec.Now()
+		in.rec.Outages = run.Outages(in.member, in.rec.Created, in.rec.Closed)
+		if err := in.reg.Close(); err != nil {
+			run.Rec.Note("svc", "%s close: %v", in.rec.Owner, err)
+		}
+	}
+	ss.wg.Wait()
+	return nil
+}
+
+// Converge waits until every tracker's view is the service's state at the
+// settled revision (every instance withdrawn by then), and records it.
+func (ss *Services) Converge(ctx context.Context, run *Run) {
+	want, err := serviceState(stateAt(scoped(run.Changes(), servicePrefix(ServiceName), true), run.Rec.History().SettledRev), servicePrefix(ServiceName))
+	if err != nil {
+		run.Rec.Note("svc", "final state: %v", err)
+	}
+	for _, tr := range ss.trackers {
+		ok := waitFor(ctx, func() bool { return maps.Equal(viewOf(tr.t.Instances()), want) }, tr.t.Done())
+		run.Rec.update(func(*History) {
+			tr.rec.Final = viewOf(tr.t.Instances())
+			if !ok {
+				tr.rec.Stuck = fmt.Sprintf("the tracker's state is %v, stale %v, err %v", tr.t.State(), tr.t.Stale(), tr.t.Err())
+			}
+		})
+	}
+}
+
+// Close withdraws the instances, closes the trackers and the clients.
+func (ss *Services) Close() {
+	ss.once.Do(func() {
+		ss.Quiesce(ss.run)
+		for _, in := range ss.instances {
+			_ = in.reg.Close()
+		}
+		ss.wg.Wait()
+		for _, tr := range ss.trackers {
+			_ = tr.t.Close()
+			<-tr.done
+		}
+		for _, in := range ss.instances {
+			_ = in.c.Close()
+		}
+		for _, tr := range ss.trackers {
+			_ = tr.c.Close()
+		}
+	})
+}
+
+// decodeRecord reads the address and the metadata (a JSON string) of a
+// stored instance.
+func decodeRecord(v string) (addr, meta string, err error) {
+	var r struct {
+		Addr string          `json:"addr"`
+		Meta json.RawMessage `json:"meta"`
+	}
+	if err := json.Unmarshal([]byte(v), &r); err != nil {
+		return "", "", err
+	}
+	if len(r.Meta) > 0 {
+		if err := json.Unmarshal(r.Meta, &meta); err != nil {
+			return "", "", err
+		}
+	}
+	return r.Addr, meta, nil
+}
+
+// serviceState turns the state of a service's keys into a view: ID to
+// "addr meta".
+func serviceState(st state, prefix string) (map[string]string, error) {
+	v := make(map[string]string, len(st))
+	for key, kv := range st {
+		addr, meta, err := decodeRecord(kv.Value)
+		if err != nil {
+			return v, fmt.Errorf("instance %s: %w", key, err)
+		}
+		v[key[len(prefix):]] = addr + " " + meta
+	}
+	return v, nil
+}
