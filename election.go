@@ -336,6 +336,23 @@ func (cd *candidate) put(ctx context.Context) error {
 		return err
 	}
 	defer cancel()
+	// A put stuck on a silent link must end when the session does (its
+	// lease lost), with the session's cause, not at the request timeout.
+	ctx, endPut := context.WithCancelCause(ctx)
+	stop, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		select {
+		case <-cd.s.Done():
+			endPut(cd.s.Err())
+		case <-stop:
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-exited
+		endPut(nil)
+	}()
 	return c.onStreams(ctx, c.cfg.StallTimeout, func(ctx context.Context, cli *clientv3.Client) error {
 		resp, err := cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(cd.key), "=", 0)).
