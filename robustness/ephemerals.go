@@ -8,8 +8,6 @@ import (
 	"sync"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/etcdkit/etcdkit"
 )
 
@@ -201,27 +199,4 @@ func (es *Ephemerals) Close() {
 			_ = o.c.Close()
 		}
 	})
-}
-
-// get reads one key (a full etcd key) through a direct client.
-func (r *Run) get(ctx context.Context, key string) (*kvRead, error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	var err error
-	for _, cli := range r.env.direct {
-		var resp *clientv3.GetResponse
-		if resp, err = cli.Get(ctx, key); err == nil {
-			if len(resp.Kvs) == 0 {
-				return nil, nil
-			}
-			return &kvRead{Value: resp.Kvs[0].Value, Lease: resp.Kvs[0].Lease}, nil
-		}
-	}
-	return nil, err
-}
-
-// kvRead is a key read by Run.get.
-type kvRead struct {
-	Value []byte
-	Lease int64
 }

@@ -335,3 +335,26 @@ func sleepUntil(rec *Recorder, at time.Duration) {
 		time.Sleep(d)
 	}
 }
+
+// get reads one key (a full etcd key) through a direct client.
+func (r *Run) get(ctx context.Context, key string) (*kvRead, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var err error
+	for _, cli := range r.env.direct {
+		var resp *clientv3.GetResponse
+		if resp, err = cli.Get(ctx, key); err == nil {
+			if len(resp.Kvs) == 0 {
+				return nil, nil
+			}
+			return &kvRead{Value: resp.Kvs[0].Value, Lease: resp.Kvs[0].Lease}, nil
+		}
+	}
+	return nil, err
+}
+
+// kvRead is a key read by Run.get.
+type kvRead struct {
+	Value []byte
+	Lease int64
+}

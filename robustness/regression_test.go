@@ -14,13 +14,12 @@ import (
 
 // TestRegressionAfterRevisionAheadOfLaggingFeed: a Prefix watch made with
 // AfterRevision(rev) while the client's shared feed for that prefix is cut
-// off hooks onto the feed at once, ahead of it. When the feed comes back to
-// a compacted history, it resyncs by diffing against its own, older state
-// and fans that diff out to the subscriber. A key that the subscriber holds
-// at rev but that the feed never saw (created after the feed was cut off)
-// and that is deleted before the resync never gets its Delete: the
-// subscriber keeps a key that is gone, although the state at rev could be
-// read when the watch started.
+// off starts ahead of the feed. When the feed comes back to a compacted
+// history, it resyncs by diffing against its own, older state. The watch
+// must still get the Delete of a key it holds at rev but that the feed
+// never saw (created after the feed was cut off, deleted before the
+// resync). The robustness suite found it lost, when such a watch was hooked
+// onto the feed and took the feed's diff for its own.
 func TestRegressionAfterRevisionAheadOfLaggingFeed(t *testing.T) {
 	srv := etcdtest.Start(t, etcdtest.WithProxy())
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
