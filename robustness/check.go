@@ -176,7 +176,7 @@ func checkSubscriber(h *History, s *Subscriber) (Violation, bool) {
 		return Violation{Rule: "watch", Who: s.Name, Msg: fmt.Sprintf(format, args...)}, true
 	}
 	if s.Ended != "" {
-		return fail("the watch ended by itself before the run closed it: %s", s.Ended)
+		return fail("%s", s.Ended)
 	}
 	evs := s.Events
 	// Order and uniqueness, independently of the history.

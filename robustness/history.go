@@ -181,8 +181,9 @@ type Subscriber struct {
 	After int64
 	// Events are the events received, in order.
 	Events []Delivery
-	// Ended is the error the watch ended with, "" if it was still running
-	// when the run closed it (the normal case).
+	// Ended says how the watch ended, when that was wrong: by itself
+	// before the run closed it, or closed with an Err other than
+	// etcdkit.ErrClosed. "" when it ran until the run closed it.
 	Ended string
 	// Stuck is set when the subscriber did not catch up with the cluster's
 	// history before the settle deadline.

@@ -2,6 +2,7 @@ package robustness
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -60,7 +61,7 @@ func (sw *watcher) read(rec *Recorder, toKey func(string) string, slow time.Dura
 	}
 	if !sw.closing.Load() {
 		sw.rec.mu.Lock()
-		sw.rec.Ended = fmt.Sprint(sw.w.Err())
+		sw.rec.Ended = fmt.Sprintf("the watch ended by itself before the run closed it: %v", sw.w.Err())
 		sw.rec.mu.Unlock()
 	}
 }
@@ -106,12 +107,18 @@ func (ss subscribers) converge(ctx context.Context, run *Run, who string) {
 	}
 }
 
-// close closes every watch and waits for its reader.
+// close closes every watch and waits for its reader; a watch that then
+// does not say it was closed is marked.
 func (ss subscribers) close() {
 	for _, sw := range ss {
 		sw.closing.Store(true)
 		_ = sw.w.Close()
 		<-sw.done
+		sw.rec.mu.Lock()
+		if err := sw.w.Err(); sw.rec.Ended == "" && !errors.Is(err, etcdkit.ErrClosed) {
+			sw.rec.Ended = fmt.Sprintf("closed by the run, the watch's Err is %v, want etcdkit.ErrClosed", err)
+		}
+		sw.rec.mu.Unlock()
 	}
 }
 
