@@ -13,26 +13,32 @@ func WatchFeeds(c *Client) int {
 	return len(h.feeds)
 }
 
-// MaxQueued returns the largest number of events any subscriber of the
-// client has waiting in its buffer right now.
-func MaxQueued(c *Client) int {
+// eachSubscriber calls f with every subscriber of the client's shared
+// streams, each under its own lock.
+func eachSubscriber(c *Client, f func(s *sub)) {
 	h := c.watchHub()
 	h.mu.Lock()
 	feeds := make([]*feed, 0, len(h.feeds))
-	for _, f := range h.feeds {
-		feeds = append(feeds, f)
+	for _, fd := range h.feeds {
+		feeds = append(feeds, fd)
 	}
 	h.mu.Unlock()
-	n := 0
-	for _, f := range feeds {
-		f.mu.Lock()
-		for s := range f.members {
+	for _, fd := range feeds {
+		fd.mu.Lock()
+		for s := range fd.members {
 			s.mu.Lock()
-			n = max(n, s.queued)
+			f(s)
 			s.mu.Unlock()
 		}
-		f.mu.Unlock()
+		fd.mu.Unlock()
 	}
+}
+
+// MaxQueued returns the largest number of events any subscriber of the
+// client has waiting in its buffer right now.
+func MaxQueued(c *Client) int {
+	n := 0
+	eachSubscriber(c, func(s *sub) { n = max(n, s.queued) })
 	return n
 }
 
@@ -51,24 +57,11 @@ func StreamEndpoint(c *Client) string {
 // a baseline of their own: those out of step with their shared stream whose
 // state at their position is known.
 func WatchBaselines(c *Client) int {
-	h := c.watchHub()
-	h.mu.Lock()
-	feeds := make([]*feed, 0, len(h.feeds))
-	for _, f := range h.feeds {
-		feeds = append(feeds, f)
-	}
-	h.mu.Unlock()
 	n := 0
-	for _, f := range feeds {
-		f.mu.Lock()
-		for s := range f.members {
-			s.mu.Lock()
-			if s.baseline != nil {
-				n++
-			}
-			s.mu.Unlock()
+	eachSubscriber(c, func(s *sub) {
+		if s.baseline != nil {
+			n++
 		}
-		f.mu.Unlock()
-	}
+	})
 	return n
 }
