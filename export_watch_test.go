@@ -25,7 +25,7 @@ func eachSubscriber(c *Client, f func(s *sub)) {
 	h.mu.Unlock()
 	for _, fd := range feeds {
 		fd.mu.Lock()
-		for s := range fd.members {
+		for _, s := range fd.members {
 			s.mu.Lock()
 			f(s)
 			s.mu.Unlock()

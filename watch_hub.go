@@ -54,7 +54,7 @@ func (h *watchHub) join(s *sub) bool {
 	k := feedKey{s.target.key, s.target.prefix}
 	f := h.feeds[k]
 	if f == nil {
-		f = &feed{h: h, target: s.target, members: make(map[*sub]struct{})}
+		f = &feed{h: h, target: s.target}
 		f.stream = &stream{h: h, target: s.target, handler: f}
 		f.ctx, f.cancel = context.WithCancel(h.c.life)
 		if !h.c.spawn(f.run) {
@@ -66,7 +66,8 @@ func (h *watchHub) join(s *sub) bool {
 	f.refs++
 	s.feed = f
 	f.mu.Lock()
-	f.members[s] = struct{}{}
+	s.slot = len(f.members)
+	f.members = append(f.members, s)
 	if f.err != nil {
 		s.fail(f.err)
 	} else if f.up {
@@ -89,7 +90,7 @@ func (h *watchHub) leave(s *sub) {
 	}
 	h.mu.Unlock()
 	f.mu.Lock()
-	delete(f.members, s)
+	f.remove(s)
 	f.mu.Unlock()
 }
 
@@ -108,11 +109,13 @@ type feed struct {
 	cancel context.CancelFunc
 	refs   int // guarded by h.mu
 
-	mu      sync.Mutex
-	up      bool             // the first read is done and next is known
-	next    int64            // every revision below next has been fanned out
-	state   map[string]int64 // name -> mod revision at next-1
-	members map[*sub]struct{}
+	mu    sync.Mutex
+	up    bool             // the first read is done and next is known
+	next  int64            // every revision below next has been fanned out
+	state map[string]int64 // name -> mod revision at next-1
+	// members are the feed's subscribers, hooked or not; each knows its
+	// index. A slice rather than a set: the fan-out walks it for every batch.
+	members []*sub
 	err     error // terminal failure
 }
 
@@ -127,7 +130,7 @@ func (f *feed) run() {
 	f.next = rev + 1
 	f.stream.next = rev + 1
 	f.up = true
-	for s := range f.members {
+	for _, s := range f.members {
 		s.feedReady(f)
 	}
 	f.mu.Unlock()
@@ -149,7 +152,7 @@ func (f *feed) end(err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.err = err
-	for s := range f.members {
+	for _, s := range f.members {
 		s.fail(err)
 	}
 }
@@ -171,7 +174,7 @@ func (f *feed) resync(kvs []*mvccpb.KeyValue, rev int64) action {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	b, st := diffState(f.target, f.state, kvs, rev, 0)
-	for s := range f.members {
+	for _, s := range f.members {
 		s.aheadOf(b.next)
 	}
 	f.fanOut(b)
@@ -184,7 +187,7 @@ func (f *feed) resync(kvs []*mvccpb.KeyValue, rev int64) action {
 // without room is unhooked and catches up on its own. The caller holds f.mu.
 func (f *feed) fanOut(b batch) {
 	lag := 0
-	for s := range f.members {
+	for _, s := range f.members {
 		if n := s.offer(f, b); n > lag {
 			lag = n
 		}
@@ -192,6 +195,21 @@ func (f *feed) fanOut(b batch) {
 	if len(b.events) > 0 {
 		f.h.c.cfg.Metrics.Set(MetricSubscriberLag, float64(lag))
 	}
+}
+
+// remove takes s out of the members, moving the last one to its place. The
+// caller holds f.mu.
+func (f *feed) remove(s *sub) {
+	i := s.slot
+	if i < 0 || i >= len(f.members) || f.members[i] != s {
+		return
+	}
+	last := len(f.members) - 1
+	f.members[i] = f.members[last]
+	f.members[i].slot = i
+	f.members[last] = nil
+	f.members = f.members[:last]
+	s.slot = -1
 }
 
 // snapshot copies the feed's state, for a subscriber leaving it at f.next.

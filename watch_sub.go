@@ -62,9 +62,12 @@ type sub struct {
 	cfg      watchConfig
 	capacity int
 	feed     *feed
-	ctx      context.Context
-	cancel   context.CancelFunc
-	ready    chan struct{}
+	// slot is the subscriber's index in feed.members, guarded by the
+	// feed's mu; -1 once it left.
+	slot   int
+	ctx    context.Context
+	cancel context.CancelFunc
+	ready  chan struct{}
 	// readyOnce guards closing ready.
 	readyOnce sync.Once
 	// wg tracks the catch-up goroutine.
