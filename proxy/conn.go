@@ -2,11 +2,11 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -19,19 +19,40 @@ const (
 )
 
 // conn is one forwarded connection: the client's socket, the target's socket
-// and, per direction, a reader goroutine feeding a writer goroutine through a
-// queue of chunks.
+// once dialled and, per direction, a reader goroutine feeding a writer
+// goroutine through a queue of chunks.
+//
+// Whatever one peer does reaches the other only through its direction, in
+// order and under that direction's faults: its bytes, its FIN and its reset
+// alike. The target is dialled when the first thing the client sends is
+// due there, as a SYN crossing the link would be.
 type conn struct {
 	p      *Proxy
 	client *net.TCPConn
-	server *net.TCPConn
-	done   chan struct{} // closed by close
+	ctx    context.Context // cancelled by close; bounds the dial
+	cancel context.CancelFunc
+	done   <-chan struct{} // ctx.Done()
 	once   sync.Once
+	// dialled is closed once the dial of the target has been tried, by the
+	// upstream writer: then server is set, or the target is unreachable.
+	dialled chan struct{}
 
+	// The fields below are guarded by p.mu.
+
+	// server is the target's socket, nil until dialled.
+	server *net.TCPConn
+	// closed is set by close, so that a dial finishing later drops its
+	// socket.
+	closed bool
 	// lost marks a direction that dropped a byte: its stream has a hole, so
-	// it never delivers again and Unblackhole closes the conn. Guarded by
-	// p.mu.
+	// it never delivers again and Unblackhole closes the conn.
 	lost [2]bool
+	// reset marks a direction whose stream ends with a reset instead of a
+	// FIN: its sender reset, or the receiver of the other direction is gone
+	// (a real one would answer the bytes it gets with RST).
+	reset [2]bool
+	// ended marks a direction whose end has been passed on.
+	ended [2]bool
 }
 
 // chunk is bytes read from one socket, due for delivery at due (zero: now).
@@ -40,21 +61,31 @@ type chunk struct {
 	due time.Time
 }
 
-func newConn(p *Proxy, client, server *net.TCPConn) *conn {
-	return &conn{p: p, client: client, server: server, done: make(chan struct{})}
+func newConn(p *Proxy, client *net.TCPConn) *conn {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &conn{p: p, client: client, ctx: ctx, cancel: cancel, done: ctx.Done(), dialled: make(chan struct{})}
 }
 
 // close closes both sockets, with RST if reset, and wakes every goroutine of
-// the conn. Only the first call has an effect.
+// the conn. Only the first call has an effect. The caller must not hold p.mu.
 func (c *conn) close(reset bool) {
 	c.once.Do(func() {
+		p := c.p
+		p.mu.Lock()
+		c.closed = true
+		server := c.server
+		p.mu.Unlock()
 		if reset {
 			c.client.SetLinger(0)
-			c.server.SetLinger(0)
+			if server != nil {
+				server.SetLinger(0)
+			}
 		}
 		c.client.Close()
-		c.server.Close()
-		close(c.done)
+		if server != nil {
+			server.Close()
+		}
+		c.cancel()
 	})
 }
 
@@ -62,27 +93,33 @@ func (c *conn) close(reset bool) {
 // both sockets closed.
 func (c *conn) run() {
 	var wg sync.WaitGroup
-	wg.Go(func() { c.pump(Upstream, c.client, c.server) })
-	c.pump(Downstream, c.server, c.client)
+	wg.Go(func() { c.pump(Upstream) })
+	c.pump(Downstream)
 	wg.Wait()
 	c.close(false)
 }
 
-// pump forwards one direction until src's EOF has been passed on to dst or
-// the conn is closed.
-func (c *conn) pump(d Direction, src, dst *net.TCPConn) {
+// pump forwards one direction until its end has been passed on or the conn
+// is closed.
+func (c *conn) pump(d Direction) {
 	q := make(chan chunk, queueLen)
 	var wg sync.WaitGroup
-	wg.Go(func() { c.read(d, src, q) })
-	c.write(d, dst, q)
+	wg.Go(func() { c.read(d, q) })
+	c.write(d, q)
 	wg.Wait()
 }
 
-// read moves bytes from src into q, stamping each chunk with its due time.
-// It closes q on EOF; any other error closes the conn, passing a reset on.
-func (c *conn) read(d Direction, src *net.TCPConn, q chan<- chunk) {
+// read moves bytes from d's sender into q, stamping each chunk with its due
+// time. It closes q when the sender's stream ends, marking a reset as such.
+func (c *conn) read(d Direction, q chan<- chunk) {
 	defer close(q)
 	p := c.p
+	src := c.client
+	if d == Downstream {
+		if src = c.target(); src == nil {
+			return
+		}
+	}
 	buf := make([]byte, chunkSize)
 	for {
 		// Not reading while paused is what builds backpressure at the sender.
@@ -105,11 +142,24 @@ func (c *conn) read(d Direction, src *net.TCPConn, q chan<- chunk) {
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) {
-				c.close(isReset(err))
+				c.markReset(d)
 			}
 			return
 		}
 	}
+}
+
+// target waits for the upstream writer to dial the target and returns its
+// socket, or nil if the target is unreachable or the conn closed first.
+func (c *conn) target() *net.TCPConn {
+	select {
+	case <-c.dialled:
+	case <-c.done:
+		return nil
+	}
+	c.p.mu.Lock()
+	defer c.p.mu.Unlock()
+	return c.server
 }
 
 // admit turns freshly read bytes into a chunk, or drops them if the
@@ -135,10 +185,21 @@ func (c *conn) dropLocked(d Direction, n int) {
 	c.p.dropped.Add(int64(n))
 }
 
-// write delivers chunks from q to dst in order, applying latency, bandwidth,
-// pause and blackhole, and passes src's EOF on as a half-close.
-func (c *conn) write(d Direction, dst *net.TCPConn, q <-chan chunk) {
-	p := c.p
+func (c *conn) markReset(d Direction) {
+	c.p.mu.Lock()
+	c.reset[d] = true
+	c.p.mu.Unlock()
+}
+
+// write delivers chunks from q to d's receiver in order, applying latency,
+// bandwidth, pause and blackhole, and then passes the sender's end on. The
+// upstream writer dials the target when its first byte or the client's FIN
+// is due there.
+func (c *conn) write(d Direction, q <-chan chunk) {
+	var dst *net.TCPConn
+	if d == Downstream {
+		dst = c.client
+	}
 	for {
 		var ch chunk
 		var ok bool
@@ -148,9 +209,7 @@ func (c *conn) write(d Direction, dst *net.TCPConn, q <-chan chunk) {
 			return
 		}
 		if !ok {
-			if c.holdFIN(d) {
-				dst.CloseWrite()
-			}
+			c.end(d, dst)
 			return
 		}
 		if !c.sleepUntil(ch.due) {
@@ -170,12 +229,92 @@ func (c *conn) write(d Direction, dst *net.TCPConn, q <-chan chunk) {
 			if !deliver {
 				continue
 			}
+			if dst == nil {
+				if dst = c.dial(); dst == nil {
+					return
+				}
+			}
 			if _, err := dst.Write(piece); err != nil {
-				c.close(isReset(err))
+				c.receiverGone(d)
 				return
 			}
-			p.delivered[d].Add(int64(n))
+			c.p.delivered[d].Add(int64(n))
 		}
+	}
+}
+
+// dial connects to the target on behalf of the upstream writer. It returns
+// nil if the conn closed meanwhile, or if the target is unreachable: then
+// the refusal travels back to the client as a reset, as a refused SYN
+// would.
+func (c *conn) dial() *net.TCPConn {
+	p := c.p
+	defer close(c.dialled)
+	ctx, cancel := context.WithTimeout(c.ctx, dialTimeout)
+	defer cancel()
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", p.target)
+	p.mu.Lock()
+	closed := c.closed
+	if err == nil && !closed {
+		c.server = nc.(*net.TCPConn)
+	}
+	if err != nil && !closed {
+		c.reset[Downstream] = true
+	}
+	p.mu.Unlock()
+	switch {
+	case err != nil:
+		if !closed {
+			p.dialErrors.Add(1)
+		}
+		return nil
+	case closed:
+		nc.Close()
+		return nil
+	}
+	return nc.(*net.TCPConn)
+}
+
+// end passes the end of d's stream on once d's faults let it through: a
+// reset aborts the conn, a FIN half-closes the receiver's side. A client
+// that half-closes before sending anything gets the target dialled first,
+// so the target sees the connection end as it would have.
+func (c *conn) end(d Direction, dst *net.TCPConn) {
+	reset, ok := c.holdEnd(d)
+	switch {
+	case !ok:
+	case reset:
+		c.close(true)
+	case dst != nil:
+		dst.CloseWrite()
+	default:
+		if dst = c.dial(); dst != nil {
+			dst.CloseWrite()
+		}
+	}
+}
+
+// receiverGone handles a failed write in direction d: d's receiver is gone
+// (it reset, or it had closed and answered more bytes with RST), so a reset
+// travels back the other way. If that way has not ended yet, its reader
+// meets the dead socket and its writer passes the reset on after what it
+// holds; if it has, the reset follows its FIN under its faults.
+func (c *conn) receiverGone(d Direction) {
+	back := Upstream
+	if d == Upstream {
+		back = Downstream
+	}
+	p := c.p
+	p.mu.Lock()
+	c.reset[back] = true
+	ended := c.ended[back]
+	p.mu.Unlock()
+	if !ended {
+		return
+	}
+	if _, ok := c.holdEnd(back); ok {
+		c.close(true)
 	}
 }
 
@@ -195,16 +334,21 @@ func (c *conn) gate(d Direction, n int) (deliver, ok bool) {
 	return true, true
 }
 
-// holdFIN waits until src's EOF may be passed on in direction d: a paused
-// direction holds it like any byte, and a blackholed one carries no FIN
-// either. It reports false, so that no FIN is sent, if the conn closed or
-// the stream in d was cut.
-func (c *conn) holdFIN(d Direction) bool {
+// holdEnd waits until the end of d's stream may be passed on: a paused
+// direction holds it like any byte, and a blackholed one carries neither a
+// FIN nor a reset until it heals. It reports whether the end is a reset,
+// and ok false, so that nothing is passed on, if the conn closed or the
+// stream in d was cut.
+func (c *conn) holdEnd(d Direction) (reset, ok bool) {
 	p := c.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	held := func() bool { return p.dirs[d].paused || p.dirs[d].blackholed }
-	return p.waitLocked(held, c.done) && !c.lost[d]
+	if !p.waitLocked(held, c.done) || c.lost[d] {
+		return false, false
+	}
+	c.ended[d] = true
+	return c.reset[d], true
 }
 
 // sleepUntil waits for due; it returns false if the conn closed first.
@@ -253,8 +397,4 @@ func (c *conn) throttle(d Direction, limit int) (n int, ok bool) {
 			}
 		}
 	}
-}
-
-func isReset(err error) bool {
-	return errors.Is(err, syscall.ECONNRESET)
 }

@@ -1,9 +1,10 @@
 // Package proxy is a TCP fault-injection proxy for tests.
 //
 // A [Proxy] listens on 127.0.0.1 and forwards every accepted connection to one
-// target address, dialling the target once per accepted connection. A test
-// points its client at [Proxy.Addr] instead of the server and then breaks the
-// link in the ways real networks break, while both ends keep running:
+// target address, over a connection of its own to the target for each. A
+// test points its client at [Proxy.Addr] instead of the server and then
+// breaks the link in the ways real networks break, while both ends keep
+// running:
 //
 //	p, err := proxy.New(serverAddr)
 //	if err != nil { ... }
@@ -51,11 +52,34 @@
 //     read: a steady stream arrives late but not slower.
 //   - [Proxy.SetBandwidth]: a token bucket limits the direction to a number of
 //     bytes per second, shared by all connections.
-//   - Unreachable target: the accepted connection is closed at once; the client
-//     reads io.EOF (or a reset if it had already sent data).
+//   - Unreachable target: when the client's first bytes are due at the
+//     target, the dial fails and the refusal travels back as a reset, under
+//     the Downstream faults: the client gets "connection reset by peer".
 //
-// [Proxy.Stats] reports open connections and the bytes delivered and dropped,
-// so a test can wait for a condition instead of sleeping.
+// Whatever one peer does reaches the other only through its direction, in
+// order and under that direction's faults: its bytes, its FIN (a
+// half-close) and its reset alike. So a server that closes or resets its
+// connections behind a blackholed or paused Downstream is not seen closing
+// until that direction heals, as behind a real silent network; behind a
+// healthy one the client sees the close at once.
+//
+// # When the server sees a connection
+//
+// The proxy dials the target for a connection when the client's first bytes
+// (or its FIN) are due there, as the client's SYN would cross the link, not
+// when it accepts the connection. A connection made while Upstream is
+// blackholed or paused therefore never reaches the server, just as its SYN
+// would not have: the server never holds an idle connection that a real
+// silent network would have kept from it (etcd, for one, waits for every
+// connection it accepted to send its first bytes before it can shut down).
+// The server sees a connection
+// only once the client has sent something: the proxy suits protocols in
+// which the client speaks first, as HTTP, gRPC and etcd's do, and a server
+// that greets first waits for the client's first bytes.
+//
+// [Proxy.Stats] reports open connections, those the target sees and those it
+// does not yet, and the bytes delivered and dropped, so a test can wait for
+// a condition instead of sleeping.
 //
 // [Proxy.Close] ends everything: the listener, every connection and every
 // goroutine the proxy started.

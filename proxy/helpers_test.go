@@ -132,6 +132,18 @@ func (s *rawServer) next(t testing.TB) net.Conn {
 	}
 }
 
+// connect dials the proxy and returns the client's connection and the
+// server's. The client speaks first, since the proxy dials the target only
+// once there is something to deliver there.
+func (s *rawServer) connect(t testing.TB, p *proxy.Proxy) (client, server net.Conn) {
+	t.Helper()
+	client = dial(t, p.Addr())
+	write(t, client, "hi")
+	server = s.next(t)
+	expect(t, server, "hi")
+	return client, server
+}
+
 // none asserts the server accepts no connection for d.
 func (s *rawServer) none(t testing.TB, d time.Duration) {
 	t.Helper()
@@ -224,7 +236,13 @@ func requireEOF(t testing.TB, c net.Conn) {
 // requireCut asserts c was closed, normally or by a reset.
 func requireCut(t testing.TB, c net.Conn) {
 	t.Helper()
-	err := closed(t, c)
+	requireCutErr(t, closed(t, c))
+}
+
+// requireCutErr asserts err is what a read gets from a connection closed
+// normally or by a reset.
+func requireCutErr(t testing.TB, err error) {
+	t.Helper()
 	if !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("got %v, want io.EOF or a connection reset", err)
 	}

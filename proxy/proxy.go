@@ -15,7 +15,7 @@ import (
 var ErrClosed = errors.New("etcdkit: proxy closed")
 
 const (
-	// dialTimeout bounds the dial to the target for one accepted connection.
+	// dialTimeout bounds the dial to the target for one connection.
 	dialTimeout = 5 * time.Second
 	// rebindTimeout bounds how long Start retries while the old address is
 	// still in use.
@@ -65,15 +65,16 @@ type listener struct {
 // read one by one, so a snapshot taken during traffic may be off by a chunk.
 type Stats struct {
 	// Conns is the number of open connection pairs (client and target both
-	// connected).
+	// connected): the connections the target sees.
 	Conns int
-	// Pending is the number of accepted connections not yet forwarded: held by
-	// PauseAccept or still dialling the target.
+	// Pending is the number of open accepted connections not connected to
+	// the target: held by PauseAccept, waiting for the client's first bytes
+	// (or FIN) to be due at the target, or dialling it.
 	Pending int
 	// Accepted counts every connection accepted since New.
 	Accepted int64
-	// DialErrors counts accepted connections closed because the target could
-	// not be dialled.
+	// DialErrors counts connections ended because the target could not be
+	// dialled.
 	DialErrors int64
 	// BytesUp and BytesDown count bytes delivered to the target and to the
 	// client.
@@ -83,9 +84,10 @@ type Stats struct {
 }
 
 // New starts a proxy listening on 127.0.0.1 on a free port that forwards
-// every accepted connection to target (host:port), dialling target once per
-// accepted connection. New does not dial target; an unreachable target shows
-// up as accepted connections being closed at once. The caller must call
+// every accepted connection to target (host:port), dialling target for a
+// connection when the client's first bytes (or its FIN) are due there. New
+// does not dial target; an unreachable target shows up as connections
+// reset once the client sends something. The caller must call
 // [Proxy.Close].
 func New(target string) (*Proxy, error) {
 	if _, _, err := net.SplitHostPort(target); err != nil {
@@ -161,9 +163,9 @@ func (p *Proxy) CloseConns() {
 	}
 }
 
-// ResetConns aborts every connection with RST: both the client's socket and
-// the target's socket are closed with SO_LINGER 0, so both peers see
-// "connection reset by peer". The proxy keeps listening.
+// ResetConns aborts every connection with RST: the client's socket and,
+// where it was dialled, the target's socket are closed with SO_LINGER 0, so
+// both peers see "connection reset by peer". The proxy keeps listening.
 func (p *Proxy) ResetConns() {
 	for _, c := range p.snapshot() {
 		c.close(true)
@@ -171,10 +173,10 @@ func (p *Proxy) ResetConns() {
 }
 
 // PauseAccept holds new connections: they complete the TCP handshake (the
-// kernel accepts them) but are not forwarded until ResumeAccept, so the target
-// never sees them. A dial that completed just before PauseAccept but was not
-// yet forwarded is held too. Existing connections keep flowing. Stop and Close
-// close held connections.
+// kernel accepts them) but are not forwarded until ResumeAccept, so the
+// proxy reads nothing from them and the target never sees them. A dial that
+// completed just before PauseAccept but was not yet forwarded is held too.
+// Existing connections keep flowing. Stop and Close close held connections.
 func (p *Proxy) PauseAccept() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -197,7 +199,14 @@ func (p *Proxy) ResumeAccept() {
 // Stats returns a snapshot of the proxy's counters.
 func (p *Proxy) Stats() Stats {
 	p.mu.Lock()
-	conns, pending := len(p.conns), p.pending
+	conns, pending := 0, p.pending
+	for c := range p.conns {
+		if c.server != nil {
+			conns++
+		} else {
+			pending++
+		}
+	}
 	p.mu.Unlock()
 	return Stats{
 		Conns:      conns,
@@ -275,38 +284,22 @@ func (p *Proxy) accept(l *listener) {
 	}
 }
 
-// forward waits out PauseAccept, dials the target and runs the connection
-// pair until both directions are done.
+// forward waits out PauseAccept and runs the connection until both
+// directions are done. The target is dialled later, by the conn itself.
 func (p *Proxy) forward(l *listener, client *net.TCPConn) {
 	p.mu.Lock()
 	p.pending++
 	ok := p.waitLocked(func() bool { return p.acceptPaused }, l.ctx.Done())
-	p.mu.Unlock()
-
-	var server *net.TCPConn
-	if ok {
-		d := net.Dialer{Timeout: dialTimeout}
-		nc, err := d.DialContext(l.ctx, "tcp", p.target)
-		if err == nil {
-			server = nc.(*net.TCPConn)
-		} else if l.ctx.Err() == nil {
-			p.dialErrors.Add(1)
-		}
-	}
-
-	// Registration and the Stop check share one critical section, so Stop
-	// either sees this pair in conns or this pair sees the listener cancelled.
-	p.mu.Lock()
 	p.pending--
-	if server == nil || l.ctx.Err() != nil {
+	// Registration and the Stop check share one critical section, so Stop
+	// either sees this conn in conns or this conn sees the listener
+	// cancelled.
+	if !ok {
 		p.mu.Unlock()
 		client.Close()
-		if server != nil {
-			server.Close()
-		}
 		return
 	}
-	c := newConn(p, client, server)
+	c := newConn(p, client)
 	p.conns[c] = struct{}{}
 	p.mu.Unlock()
 

@@ -112,10 +112,7 @@ func TestResetConns(t *testing.T) {
 	t.Parallel()
 	srv := startRawServer(t)
 	p := newProxy(t, srv.addr)
-	c := dial(t, p.Addr())
-	sc := srv.next(t)
-	write(t, c, "hello")
-	expect(t, sc, "hello")
+	c, sc := srv.connect(t, p)
 
 	p.ResetConns()
 	for name, conn := range map[string]net.Conn{"client": c, "server": sc} {
@@ -176,8 +173,7 @@ func TestOneDirection(t *testing.T) {
 			t.Parallel()
 			srv := startRawServer(t)
 			p := newProxy(t, srv.addr)
-			c := dial(t, p.Addr())
-			sc := srv.next(t)
+			c, sc := srv.connect(t, p)
 
 			// from sends into the faulty direction; to receives from it.
 			from, to, back, forth := c, sc, sc, c
@@ -209,8 +205,7 @@ func TestPauseLosesNothing(t *testing.T) {
 			t.Parallel()
 			srv := startRawServer(t)
 			p := newProxy(t, srv.addr)
-			c := dial(t, p.Addr())
-			sc := srv.next(t)
+			c, sc := srv.connect(t, p)
 			sender, receiver := c, sc
 			if dir == proxy.Downstream {
 				sender, receiver = sc, c
@@ -223,8 +218,10 @@ func TestPauseLosesNothing(t *testing.T) {
 				_, err := sender.Write(data)
 				errc <- err
 			}()
+			before := p.Stats()
 			silent(t, receiver, 300*time.Millisecond)
-			require.Zero(t, p.Stats().BytesUp+p.Stats().BytesDown, "got bytes delivered while paused")
+			after := p.Stats()
+			require.Equal(t, before.BytesUp+before.BytesDown, after.BytesUp+after.BytesDown, "got bytes delivered while paused")
 
 			p.Resume()
 			got := read(t, receiver, len(data))
@@ -271,8 +268,7 @@ func TestPauseAccept(t *testing.T) {
 	t.Parallel()
 	srv := startRawServer(t)
 	p := newProxy(t, srv.addr)
-	old := dial(t, p.Addr())
-	oldServer := srv.next(t)
+	old, oldServer := srv.connect(t, p)
 
 	p.PauseAccept()
 	held := dial(t, p.Addr())
@@ -355,8 +351,7 @@ func TestBandwidth(t *testing.T) {
 			t.Parallel()
 			srv := startRawServer(t)
 			p := newProxy(t, srv.addr)
-			c := dial(t, p.Addr())
-			sc := srv.next(t)
+			c, sc := srv.connect(t, p)
 			sender, receiver := c, sc
 			if dir == proxy.Downstream {
 				sender, receiver = sc, c
@@ -393,8 +388,9 @@ func TestBandwidth(t *testing.T) {
 	}
 }
 
-// TestUpstreamUnreachable points the proxy at a closed port: the client's
-// connection is closed at once and nothing is left open.
+// TestUpstreamUnreachable points the proxy at a closed port: once the client
+// sends something, its connection is reset at once, as a refused dial would
+// be, and nothing is left open.
 func TestUpstreamUnreachable(t *testing.T) {
 	t.Parallel()
 	ln := listen(t)
@@ -404,17 +400,20 @@ func TestUpstreamUnreachable(t *testing.T) {
 	p := newProxy(t, target)
 	c := dial(t, p.Addr())
 	start := time.Now()
-	requireCut(t, c)
-	require.Less(t, time.Since(start), 2*time.Second, "got the close late, want it at once")
+	write(t, c, "hello")
+	err := closed(t, c)
+	require.ErrorIs(t, err, syscall.ECONNRESET, "got %v, want a reset", err)
+	require.Less(t, time.Since(start), 2*time.Second, "got the reset late, want it at once")
 	eventuallyStats(t, p, func(s proxy.Stats) bool {
 		return s.Conns == 0 && s.Pending == 0 && s.Accepted == 1 && s.DialErrors == 1
 	}, "1 dial error and nothing open")
 }
 
-// TestClose closes a proxy with conns in every state: flowing, paused,
-// throttled, blackholed and held by PauseAccept. Every client sees its
-// connection end, Close is idempotent, and the proxy is inert afterwards.
-// TestMain's goleak check proves no goroutine outlives it.
+// TestClose closes a proxy with conns in every state: flowing, paused, not
+// yet connected to the target, throttled, blackholed and held by
+// PauseAccept. Every client sees its connection end, Close is idempotent,
+// and the proxy is inert afterwards. TestMain's goleak check proves no
+// goroutine outlives it.
 func TestClose(t *testing.T) {
 	t.Parallel()
 	p, err := proxy.New(echoServer(t))
@@ -423,21 +422,25 @@ func TestClose(t *testing.T) {
 
 	flowing := dial(t, p.Addr())
 	roundTrip(t, flowing, "hello")
-	p.Pause(proxy.Upstream)
 	paused := dial(t, p.Addr())
+	roundTrip(t, paused, "hello")
+	p.Pause(proxy.Upstream)
 	write(t, paused, "held")
+	undialled := dial(t, p.Addr())
+	write(t, undialled, "held")
 	// A dial completes in the kernel before the proxy forwards it; wait for
 	// the forward so PauseAccept below does not catch this conn.
-	eventuallyStats(t, p, func(s proxy.Stats) bool { return s.Conns == 2 }, "2 open conns")
+	eventuallyStats(t, p, func(s proxy.Stats) bool { return s.Conns == 2 && s.Pending == 1 },
+		"2 open conns and 1 waiting for its bytes to be due at the target")
 	p.SetBandwidth(proxy.Downstream, 1)
 	p.Blackhole(proxy.Downstream)
 	p.PauseAccept()
 	pending := dial(t, p.Addr())
-	eventuallyStats(t, p, func(s proxy.Stats) bool { return s.Conns == 2 && s.Pending == 1 }, "2 open and 1 pending conn")
+	eventuallyStats(t, p, func(s proxy.Stats) bool { return s.Conns == 2 && s.Pending == 2 }, "2 open and 2 pending conns")
 
 	require.NoError(t, p.Close())
 	require.NoError(t, p.Close())
-	for _, c := range []net.Conn{flowing, paused, pending} {
+	for _, c := range []net.Conn{flowing, paused, undialled, pending} {
 		requireCut(t, c)
 	}
 	require.Equal(t, proxy.Stats{}, zeroCounters(p.Stats()))
