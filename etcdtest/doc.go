@@ -28,7 +28,10 @@
 // that old revisions are gone. With [WithProxy], each member's clients can
 // connect through its own fault-injection proxy ([Server.ProxyEndpoint],
 // [Server.Proxy]) that can drop, delay, pause or reset their traffic while
-// [Server.Endpoint] stays direct.
+// [Server.Endpoint] stays direct. Faults on a proxy and on its member
+// combine freely: Stop and Kill return promptly whatever the proxy is doing,
+// and clients whose proxy blackholes or pauses what the member sends see it
+// go only once the proxy heals, as behind a real silent network.
 //
 // [StartCluster] starts several members forming one cluster; a test can stop
 // the leader, move leadership ([Cluster.MoveLeader]), or cut a member off

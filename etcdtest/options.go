@@ -22,6 +22,10 @@ const (
 	DefaultElection = 500 * time.Millisecond
 )
 
+// stopGrace bounds how long Stop lets client requests and streams finish
+// once the member stopped serving new ones.
+const stopGrace = time.Second
+
 // readyTimeout bounds the wait for a member (or a whole cluster) to become
 // ready. It is generous because the race detector and a busy machine can
 // slow a cold start down by an order of magnitude.

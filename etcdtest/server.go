@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/etcdkit/etcdkit/proxy"
 )
@@ -42,8 +43,11 @@ type Server struct {
 	// life serialises starting and stopping the member.
 	life sync.Mutex
 
-	mu          sync.Mutex
-	etcd        *embed.Etcd // nil while stopped
+	mu   sync.Mutex
+	etcd *embed.Etcd // nil while stopped
+	// grpcs are the running member's client gRPC servers, as etcd creates
+	// them, so that stopping the member can end its client connections.
+	grpcs       []*grpc.Server
 	id          uint64
 	partitioned bool
 }
@@ -128,24 +132,27 @@ func (s *Server) Client(t testing.TB) *clientv3.Client {
 // leadership to another member first (unless the member or a peer is
 // partitioned, where the handover could pick a cut-off peer and stall for
 // etcd's request timeout; then Stop acts like Kill), and in-flight requests
-// get a moment to finish. The member's proxy, if any, keeps listening, so
-// clients on it see their upstream fail. Stop does nothing on a stopped
-// member; it returns once the member has released its ports and data
-// directory.
+// and streams get up to a second to finish before their connections are
+// closed. Stop does nothing on a stopped member; it returns once the member
+// has released its ports and data directory.
 //
-// Heal the member's proxy before stopping it: etcd's shutdown waits, with no
-// deadline, for every accepted client connection to send its first bytes,
-// and a connection whose bytes the proxy blackholes or pauses never does, so
-// Stop (and Kill, and Restart) would wait until the proxy heals.
+// The member's proxy, if any, keeps listening and keeps its faults, and
+// Stop does not wait for it: clients on it see their connections close
+// through the proxy as through a real network, at once where it lets the
+// member's side through, and only once it heals where it blackholes or
+// pauses the Downstream direction. A connection made while the proxy
+// silences Upstream never reached the member, so the stop shows on it only
+// once the proxy heals and its bytes meet the stopped member.
 func (s *Server) Stop() {
 	s.life.Lock()
 	defer s.life.Unlock()
 	s.stopLocked(s.g.anyPartitioned())
 }
 
-// Kill stops the member abruptly, like a crash as far as its peers can
-// tell: raft stops at once without handing over leadership, so if the member
-// led, the others elect a new leader only after an election timeout. Data
+// Kill stops the member abruptly, like a crash: raft stops at once without
+// handing over leadership, so if the member led, the others elect a new
+// leader only after an election timeout, and every client connection is
+// closed at once, with no GOAWAY and no grace for requests in flight. Data
 // already written stays on disk. Otherwise Kill is like Stop.
 func (s *Server) Kill() {
 	s.life.Lock()
@@ -155,17 +162,27 @@ func (s *Server) Kill() {
 
 func (s *Server) stopLocked(hard bool) {
 	s.mu.Lock()
-	e := s.etcd
-	s.etcd = nil
+	e, grpcs := s.etcd, s.grpcs
+	s.etcd, s.grpcs = nil, nil
 	s.mu.Unlock()
 	if e == nil {
 		return
 	}
+	// etcd's Close ends the client connections at once, unless its gRPC
+	// server's graceful stop wins a race with the listener closing: then it
+	// waits for every client to acknowledge a GOAWAY ping and end its
+	// streams, for up to etcd's request timeout (6s with DefaultElection),
+	// and a client behind a silent proxy acknowledges nothing. A kill cuts
+	// them at once, as a crash does; a stop gives them stopGrace at most.
+	grace := stopGrace
 	if hard {
+		grace = 0
 		// With raft already stopped, Close finds no peer to hand over to
 		// and skips straight to closing listeners and storage.
 		e.Server.HardStop()
 	}
+	cancelCut := cutClientsAfter(grace, grpcs)
+	defer cancelCut()
 	// Once raft has stopped, peer connections are of no use, and Close
 	// would wait a second for them to go idle before giving up on them;
 	// cutting them at the link ends them at once.
@@ -180,6 +197,29 @@ func (s *Server) stopLocked(hard bool) {
 	e.Close()
 	close(closed)
 	s.link.setDown(true)
+}
+
+// cutClientsAfter stops the gRPC servers hard, closing every client
+// connection, once grace has passed; at once for a zero grace. The returned
+// function cancels what has not started and waits for what has.
+func cutClientsAfter(grace time.Duration, grpcs []*grpc.Server) (cancel func()) {
+	done := make(chan struct{})
+	cut := func() {
+		defer close(done)
+		for _, gs := range grpcs {
+			gs.Stop()
+		}
+	}
+	if grace <= 0 {
+		cut()
+		return func() {}
+	}
+	t := time.AfterFunc(grace, cut)
+	return func() {
+		if !t.Stop() {
+			<-done
+		}
+	}
 }
 
 // Close stops, for good, everything that was started with the member: for
@@ -262,6 +302,9 @@ func (s *Server) IsLeader() bool {
 // s.life or owns s exclusively.
 func (s *Server) start() error {
 	s.link.setDown(false)
+	s.mu.Lock()
+	s.grpcs = nil
+	s.mu.Unlock()
 	e, err := embed.StartEtcd(s.config())
 	if err != nil {
 		return err
@@ -335,6 +378,15 @@ func (s *Server) config() *embed.Config {
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(s.logs.logger(s.name))
 	for _, f := range o.configs {
 		f(cfg)
+	}
+	register := cfg.ServiceRegister
+	cfg.ServiceRegister = func(gs *grpc.Server) {
+		s.mu.Lock()
+		s.grpcs = append(s.grpcs, gs)
+		s.mu.Unlock()
+		if register != nil {
+			register(gs)
+		}
 	}
 	return cfg
 }

@@ -164,8 +164,9 @@ func TestProxy(t *testing.T) {
 func TestStopKeepsProxyListening(t *testing.T) {
 	s := etcdtest.Start(t, etcdtest.WithProxy())
 	s.Stop()
-	// The proxy still accepts, and closes the connection because the member
-	// refuses it; a client sees its requests fail, not "connection refused".
+	// The proxy still accepts, and resets the connection once the client
+	// sends something and the member refuses the proxy's dial; a client sees
+	// its requests fail, not "connection refused".
 	conn, err := net.DialTimeout("tcp", s.ProxyEndpoint(), 5*time.Second)
 	require.NoError(t, err, "proxy stopped listening with its member")
 	conn.Close()
