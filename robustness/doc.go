@@ -6,8 +6,9 @@
 // A [Schedule], drawn from a seed by [Generate], overlaps proxy faults (stop,
 // FIN, RST, blackholes, pauses, held accepts, latency), member faults (stop,
 // kill, partition), leadership moves and compactions, and always ends
-// healed. At most one member is out at a time, unless the schedule drew a
-// short quorum loss.
+// healed. A member may be stopped or killed while its own proxy blackholes
+// or pauses its clients; at most one member is out at a time, unless the
+// schedule drew a short quorum loss.
 //
 // # Workloads
 //

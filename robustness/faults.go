@@ -84,11 +84,8 @@ func (in *injector) resolve(i int, f Fault) int {
 	}
 	m := f.Member
 	if m == Leader {
-		// A member fault needs a member that is in, and a stop one whose
-		// proxy lets clients' bytes through (see silencesUpstream).
-		eligible := func(j int) bool {
-			return !f.Kind.isMember() || !in.down[j] && !(f.Kind.stops() && in.silenced(j))
-		}
+		// A member fault needs a member that is in.
+		eligible := func(j int) bool { return !f.Kind.isMember() || !in.down[j] }
 		m = -1
 		if l := in.env.cluster.Leader(); l != nil && eligible(in.env.index(l)) {
 			m = in.env.index(l)
@@ -101,12 +98,6 @@ func (in *injector) resolve(i int, f Fault) int {
 	}
 	in.resolved[i] = m
 	return m
-}
-
-// silenced reports whether member m's proxy drops or holds what clients
-// send.
-func (in *injector) silenced(m int) bool {
-	return in.blackholed[m] && in.blackholeDir[m] != proxy.Downstream || in.paused[m] && in.pauseDir[m] != proxy.Downstream
 }
 
 // exec runs one step and records it.

@@ -65,15 +65,8 @@ func (k FaultKind) isMember() bool {
 	return k == MemberStop || k == MemberKill || k == MemberPartition
 }
 
-// stops reports whether the fault stops the member.
-func (k FaultKind) stops() bool { return k == MemberStop || k == MemberKill }
-
 // silencesUpstream reports whether the fault leaves connections through the
-// proxy open while dropping or holding what clients send. etcd cannot stop
-// a member then: its shutdown waits for every accepted connection to say
-// which protocol it speaks, with no deadline, so a connection the proxy
-// opened to the member but never forwards a byte on holds the shutdown
-// until the fault heals.
+// proxy open while dropping or holding what clients send.
 func (f Fault) silencesUpstream() bool {
 	return (f.Kind == ProxyBlackhole || f.Kind == ProxyPause) && f.Dir != proxy.Downstream
 }
@@ -207,9 +200,8 @@ func NewRand(seed int64, stream string) *rand.Rand {
 // unless the schedule drew a quorum loss (then a second member fault starts
 // inside the first and lasts at most p.MaxQuorumLoss), that a leadership
 // move happens only while every member is in, that a compaction never
-// happens while quorum is lost, that two faults of one kind never overlap
-// on one proxy, and that a member is never stopped while its proxy drops or
-// holds what clients send.
+// happens while quorum is lost, and that two faults of one kind never
+// overlap on one proxy.
 func Generate(seed int64, p Profile) *Schedule {
 	rng := NewRand(seed, "schedule")
 	s := &Schedule{Seed: seed}
@@ -282,12 +274,6 @@ func (s *Schedule) admits(f *Fault, quorumLoss bool, maxLoss time.Duration) bool
 			members = append(members, g)
 		}
 		if g.Kind == f.Kind && f.Kind.lasting() && !f.Kind.isMember() && g.Member == f.Member && overlaps(g) {
-			return false
-		}
-		// A member stopped while its proxy silences what clients send hangs
-		// in etcd's shutdown (see silencesUpstream).
-		if g.Member == f.Member && (f.Kind.stops() && g.silencesUpstream() && g.At <= f.At && f.At <= end(g) ||
-			f.silencesUpstream() && g.Kind.stops() && f.At <= g.At && g.At <= end(*f)) {
 			return false
 		}
 	}
