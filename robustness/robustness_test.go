@@ -19,18 +19,20 @@ import (
 // TestRobustness runs random fault schedules against proxied three-member
 // clusters while the default workloads run, and checks each schedule's
 // history. By default it runs -schedules short schedules from a random base
-// seed, spread over -lanes clusters running side by side; -seed N replays
-// one schedule (-long for the long profile), and -soak (or ETCDKIT_SOAK)
-// runs schedules, one in four under the long profile, for a duration:
+// seed, spread over -lanes clusters running side by side, and in -short mode
+// at most shortSchedules of them; -seed N replays one schedule (-long for
+// the long profile), and -soak (or ETCDKIT_SOAK) runs schedules, one in four
+// under the long profile, for a duration:
 //
 //	ETCDKIT_SOAK=30m go test -race ./robustness -run TestRobustness -timeout 40m
 //
 // It stops starting schedules 90s before the test binary's -timeout.
 func TestRobustness(t *testing.T) {
-	if testing.Short() && *seedFlag == 0 {
-		t.Skip("robustness schedules take minutes; not in -short mode")
-	}
 	soak := soakDuration(t)
+	schedules := int64(*schedulesFlag)
+	if testing.Short() {
+		schedules = min(schedules, shortSchedules)
+	}
 	lanes := *lanesFlag
 	if *seedFlag != 0 {
 		lanes = 1
@@ -66,7 +68,7 @@ func TestRobustness(t *testing.T) {
 			}
 			return base + i, p, time.Since(began) < soak
 		}
-		return base + i, robustness.ShortProfile, i < int64(*schedulesFlag)
+		return base + i, robustness.ShortProfile, i < schedules
 	}
 	t.Run("lanes", func(t *testing.T) {
 		for lane := range lanes {
@@ -102,6 +104,10 @@ func TestRobustness(t *testing.T) {
 		st.schedules, lanes, base, st.faults, st.kinds(), st.compactions, st.ops, st.unknown, st.events, st.caches,
 		st.leaderships, st.guarded, st.owners, st.outages, st.expiries, st.views, time.Since(began).Round(time.Millisecond))
 }
+
+// shortSchedules bounds the schedules TestRobustness runs in -short mode: a
+// share that takes seconds, not minutes.
+const shortSchedules = 10
 
 // scheduleWatchdog is how long one schedule may run before the test dumps
 // every goroutine's stack: far above the few seconds a schedule takes, and
