@@ -34,11 +34,8 @@ type owner struct {
 	key    *etcdkit.Key[string]
 	e      *etcdkit.Ephemeral[string]
 
-	mu sync.Mutex
-	// values are the values the key may hold at the end: the last one
-	// whose Update succeeded, then every one given since (a failed Update
-	// keeps its value for the next restore, which may or may not happen).
-	values []string
+	// values are the values the key may hold at the end.
+	values *candidates
 }
 
 // Name returns "ephemerals".
@@ -69,9 +66,9 @@ func (es *Ephemerals) Start(ctx context.Context, run *Run) error {
 		}
 		o.c = c
 		o.key = etcdkit.NewKey(c, fmt.Sprintf("%s/%s", EphemeralPrefix, name), etcdkit.String())
-		o.values = []string{name + ".0"}
+		o.values = newCandidates(name + ".0")
 		o.rec = &EphemeralRecord{Owner: fmt.Sprintf("%s via m%d", name, o.member), Key: o.key.Name(), TTL: ttl}
-		if o.e, err = etcdkit.NewEphemeral(ctx, o.key, o.values[0], ttl); err != nil {
+		if o.e, err = etcdkit.NewEphemeral(ctx, o.key, o.values.get()[0], ttl); err != nil {
 			return fmt.Errorf("%s: %w", o.rec.Owner, err)
 		}
 		o.rec.Created = run.Rec.Now()
@@ -79,7 +76,10 @@ func (es *Ephemerals) Start(ctx context.Context, run *Run) error {
 		es.owners = append(es.owners, o)
 		es.wg.Go(func() { o.watchStates(run.Rec) })
 		urng := run.Rand("ephemeral " + name)
-		es.wg.Go(func() { o.update(tctx, run.Rec, urng, name) })
+		es.wg.Go(func() {
+			// The pace of the updates is part of the workload's definition.
+			keepUpdating(tctx, run.Rec, urng, 50*time.Millisecond, 300*time.Millisecond, "eph", o.rec.Owner, name, o.values, o.e.Update)
+		})
 	}
 	return nil
 }
@@ -108,34 +108,6 @@ func (o *owner) watchStates(rec *Recorder) {
 	}
 }
 
-// update changes the owner's value now and then until ctx ends.
-func (o *owner) update(ctx context.Context, rec *Recorder, rng *RandSource, name string) {
-	for seq := 1; ; seq++ {
-		// The pace of the updates, part of the workload's definition.
-		t := time.NewTimer(rng.Duration(50*time.Millisecond, 300*time.Millisecond))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return
-		}
-		v := fmt.Sprintf("%s.%d", name, seq)
-		o.mu.Lock()
-		o.values = append(o.values, v)
-		o.mu.Unlock()
-		uctx, cancel := context.WithTimeout(ctx, time.Second)
-		err := o.e.Update(uctx, v)
-		cancel()
-		if err != nil {
-			rec.Note("eph", "%s update %q: %v", o.rec.Owner, v, err)
-			continue
-		}
-		o.mu.Lock()
-		o.values = []string{v}
-		o.mu.Unlock()
-	}
-}
-
 // Quiesce stops the updates.
 func (es *Ephemerals) Quiesce(*Run) {
 	if es.cancel != nil {
@@ -148,9 +120,7 @@ func (es *Ephemerals) Quiesce(*Run) {
 // which deletes the key.
 func (es *Ephemerals) Settle(ctx context.Context, run *Run) error {
 	for _, o := range es.owners {
-		o.mu.Lock()
-		want := o.values
-		o.mu.Unlock()
+		want := o.values.get()
 		full := run.Namespace + "/" + o.key.Name()
 		got := "not read"
 		ok := waitFor(ctx, func() bool {

@@ -45,8 +45,8 @@ type instance struct {
 	reg    *etcdkit.Registration[string]
 	addr   string
 
-	mu    sync.Mutex
-	metas []string // as owner.values
+	// metas are the metadata the instance may show at the end.
+	metas *candidates
 }
 
 type tracker struct {
@@ -73,7 +73,7 @@ func (ss *Services) Start(ctx context.Context, run *Run) error {
 	}
 	for i := range 1 + rng.IntN(2) {
 		id := fmt.Sprintf("i%d", i)
-		in := &instance{member: order[(i+1)%3], addr: fmt.Sprintf("127.0.0.1:%d", 9000+i), metas: []string{id + ".0"}}
+		in := &instance{member: order[(i+1)%3], addr: fmt.Sprintf("127.0.0.1:%d", 9000+i), metas: newCandidates(id + ".0")}
 		c, err := run.Client(ctx, ClientOptions{Name: id, Members: []int{in.member},
 			StallTimeout: rng.Duration(300*time.Millisecond, time.Second)})
 		if err != nil {
@@ -82,7 +82,7 @@ func (ss *Services) Start(ctx context.Context, run *Run) error {
 		in.c = c
 		svc := etcdkit.NewService(c, ServiceName, etcdkit.JSON[string]())
 		in.rec = &EphemeralRecord{Owner: fmt.Sprintf("%s via m%d", id, in.member), Key: servicePrefix(ServiceName) + id, TTL: ttl}
-		if in.reg, err = svc.Register(ctx, etcdkit.Instance[string]{ID: id, Addr: in.addr, Meta: in.metas[0]}, ttl); err != nil {
+		if in.reg, err = svc.Register(ctx, etcdkit.Instance[string]{ID: id, Addr: in.addr, Meta: in.metas.get()[0]}, ttl); err != nil {
 			return fmt.Errorf("register %s: %w", id, err)
 		}
 		in.rec.Created = run.Rec.Now()
@@ -94,7 +94,10 @@ func (ss *Services) Start(ctx context.Context, run *Run) error {
 			}
 		})
 		urng := run.Rand("instance " + id)
-		ss.wg.Go(func() { in.update(tctx, run.Rec, urng, id) })
+		ss.wg.Go(func() {
+			// The pace of the updates is part of the workload's definition.
+			keepUpdating(tctx, run.Rec, urng, 100*time.Millisecond, 500*time.Millisecond, "svc", in.rec.Owner, id, in.metas, in.reg.Update)
+		})
 	}
 	for i := range 1 + rng.IntN(2) {
 		name := fmt.Sprintf("t%d", i)
@@ -123,34 +126,6 @@ func (ss *Services) Start(ctx context.Context, run *Run) error {
 		}
 	}
 	return nil
-}
-
-// update changes the instance's metadata now and then until ctx ends.
-func (in *instance) update(ctx context.Context, rec *Recorder, rng *RandSource, id string) {
-	for seq := 1; ; seq++ {
-		// The pace of the updates, part of the workload's definition.
-		t := time.NewTimer(rng.Duration(100*time.Millisecond, 500*time.Millisecond))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return
-		}
-		m := fmt.Sprintf("%s.%d", id, seq)
-		in.mu.Lock()
-		in.metas = append(in.metas, m)
-		in.mu.Unlock()
-		uctx, cancel := context.WithTimeout(ctx, time.Second)
-		err := in.reg.Update(uctx, m)
-		cancel()
-		if err != nil {
-			rec.Note("svc", "%s update %q: %v", in.rec.Owner, m, err)
-			continue
-		}
-		in.mu.Lock()
-		in.metas = []string{m}
-		in.mu.Unlock()
-	}
 }
 
 // read records every view the tracker delivers.
@@ -184,9 +159,7 @@ func (ss *Services) Quiesce(*Run) {
 // metadata under its current lease, records its outages, then withdraws it.
 func (ss *Services) Settle(ctx context.Context, run *Run) error {
 	for _, in := range ss.instances {
-		in.mu.Lock()
-		want := in.metas
-		in.mu.Unlock()
+		want := in.metas.get()
 		got := "not read"
 		ok := waitFor(ctx, func() bool {
 			kv, err := run.get(ctx, run.Namespace+"/"+in.rec.Key)
