@@ -16,7 +16,8 @@ import (
 // The cache lists the prefix at one revision and then applies every change
 // after it, through the same engine as Prefix.Watch: it survives broken and
 // silent links and member failures, and after a compaction it applies the
-// differences with the re-read state, deletions included. Until Synced is
+// differences with the state re-read at the compaction's revision,
+// deletions included. Until Synced is
 // closed it is empty.
 //
 // A value that does not decode is not in the cache (Get reports false, List

@@ -41,8 +41,10 @@
 // after the last one it delivered, on another member when there is one. A
 // silent link is noticed within [Config.StallTimeout] plus a fraction of a
 // second, by asking the server for progress, not after gRPC's keepalive. If
-// the revisions it needs were compacted, it reads the current state and sends
-// events flagged Resync (deletes included) that bring the subscriber to it.
+// the revisions it needs were compacted, it reads the state at the oldest
+// revision etcd kept and sends events flagged Resync (deletes included) that
+// bring the subscriber to it; the changes after that revision follow one by
+// one.
 // Watches of one Client on the same key or prefix share one etcd watch; each
 // has a bounded buffer, and a subscriber that falls behind catches up on its
 // own without slowing the others or growing memory.

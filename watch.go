@@ -49,11 +49,13 @@ type Event[T any] struct {
 	// Initial marks the current state delivered first by WithInitial.
 	Initial bool
 	// Resync marks an event produced by re-reading the state after the
-	// revisions needed were compacted, rather than read from etcd's history:
-	// the changes in between are summed up, so that after the Resync events
-	// of one revision the subscriber holds the current state, deletes
-	// included. A Resync event may restate a value the subscriber already
-	// has.
+	// revisions needed were compacted, rather than read from etcd's history.
+	// The state is read at the compaction's revision, the oldest one etcd
+	// kept: the changes that are gone are summed up, so that after the
+	// Resync events of one revision the subscriber holds the state at that
+	// revision, deletes included, and every later change follows one by one
+	// from history. A Resync event may restate a value the subscriber
+	// already has.
 	Resync bool
 	// Err is a *DecodeError when the stored bytes of a Put did not decode.
 	// The event is still delivered (Value is then the zero value), so that

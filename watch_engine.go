@@ -183,9 +183,14 @@ func (s *stream) run(ctx context.Context) error {
 			}
 			c.log.Debug("watch revisions compacted, resyncing", zap.Stringer("target", s.target),
 				zap.Int64("next", s.next), zap.Int64("compacted", out.compactRev))
-			if act, err := s.resync(ctx); err != nil {
+			act, err := s.resync(ctx, out.compactRev)
+			switch {
+			case errors.Is(err, rpctypes.ErrCompacted):
+				// Compacted again since: the next watch reports how far.
+				continue
+			case err != nil:
 				return err
-			} else if act == stop {
+			case act == stop:
 				return nil
 			}
 			continue
@@ -311,9 +316,13 @@ func (s *stream) batches(evs []*clientv3.Event) []batch {
 	return out
 }
 
-// resync reads the current state and hands it on.
-func (s *stream) resync(ctx context.Context) (action, error) {
-	kvs, rev, err := s.h.read(ctx, s.target, 0, false)
+// resync reads the state at rev, the oldest revision the compaction kept,
+// and hands it on; the watch then goes on from rev+1. Reading there rather
+// than at the current revision sums up only the changes that are gone: the
+// later ones are still delivered one by one from history. It fails with
+// rpctypes.ErrCompacted if rev was compacted meanwhile.
+func (s *stream) resync(ctx context.Context, rev int64) (action, error) {
+	kvs, rev, err := s.h.read(ctx, s.target, rev, false)
 	if err != nil {
 		return stop, err
 	}
@@ -363,7 +372,10 @@ func (h *watchHub) readOnce(ctx context.Context, t watchTarget, rev int64, keysO
 		if err != nil {
 			return nil, 0, err
 		}
-		return resp.Kvs, resp.Header.Revision, nil
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		return resp.Kvs, rev, nil
 	}
 	var kvs []*mvccpb.KeyValue
 	end := clientv3.GetPrefixRangeEnd(t.key)

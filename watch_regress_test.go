@@ -336,3 +336,52 @@ func TestWatchAheadJoinsFeedFromHistory(t *testing.T) {
 		return etcdkit.EtcdWatches(s.c) == 1 && etcdkit.WatchBaselines(s.c) == 0
 	})
 }
+
+// TestWatchResyncAtCompactionRevision: after a compaction a watch re-reads
+// the state at the compaction's revision, the oldest etcd kept, and then
+// takes every later change from history. Read at the current revision
+// instead, a change made after the compaction and undone before the read (a
+// put and a delete of a key the subscriber knows as deleted) was summed up
+// to nothing and lost, and a later value replaced the history of a key.
+func TestWatchResyncAtCompactionRevision(t *testing.T) {
+	f := startFaulty(t, "resyncrev")
+	ctx := testContext(t, time.Minute)
+	key := collect(t, etcdkit.NewKey(f.c, "k", etcdkit.String()).Watch(ctx))
+	prefix := collect(t, etcdkit.NewPrefix(f.c, "p", etcdkit.String()).Watch(ctx))
+	for _, col := range []*collector{key, prefix} {
+		waitReady(t, col.w)
+		untilState(t, "watch", col.w.State, etcdkit.WatchConnected)
+	}
+	f.wr.put("k", "1")
+	key.untilRev(t, f.wr.del("k"))
+	f.wr.put("p/a", "1")
+	f.wr.put("p/b", "1")
+	prefix.untilRev(t, f.wr.del("p/a"))
+	seenKey, seenPrefix := len(key.events()), len(prefix.events())
+
+	f.srv.Proxy().Stop()
+	for _, col := range []*collector{key, prefix} {
+		untilState(t, "watch", col.w.State, etcdkit.WatchSuspended)
+	}
+	gone := f.wr.put("p/b", "2")
+	f.wr.put("elsewhere", "1") // so that the compaction removes gone's revision
+	compacted := f.srv.Compact(t)
+	require.Greater(t, compacted, gone)
+	k1, k2 := f.wr.put("k", "2"), f.wr.del("k")
+	a1, a2 := f.wr.put("p/a", "x"), f.wr.del("p/a")
+	b3 := f.wr.put("p/b", "3")
+	require.NoError(t, f.srv.Proxy().Start())
+
+	got := changesOf(key.untilRev(t, k2)[seenKey:])
+	assert.Equal(t, []change{
+		{etcdkit.Put, "k", "2", k1, false},
+		{etcdkit.Delete, "k", "", k2, false},
+	}, got, "the changes after the compaction arrive one by one")
+	got = changesOf(prefix.untilRev(t, b3)[seenPrefix:])
+	assert.Equal(t, []change{
+		{etcdkit.Put, "b", "2", gone, true},
+		{etcdkit.Put, "a", "x", a1, false},
+		{etcdkit.Delete, "a", "", a2, false},
+		{etcdkit.Put, "b", "3", b3, false},
+	}, got, "a resync to the state at the compaction, then history")
+}
