@@ -240,10 +240,14 @@ func (in *injector) compact() string {
 	cli := in.env.direct[in.env.index(in.env.cluster.WaitLeader(in.t))]
 	ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
 	defer cancel()
+	// Watches may see the compaction as soon as the request is applied, well
+	// before the physical compaction this call waits for is done: it counts
+	// from the moment the request is sent.
+	at := in.run.Rec.Now()
 	if _, err := cli.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil {
 		return fmt.Sprintf("compact at %d failed: %v", rev, err)
 	}
-	in.run.Rec.Compaction(Compaction{Rev: rev, At: in.run.Rec.Now()})
+	in.run.Rec.Compaction(Compaction{Rev: rev, At: at})
 	return fmt.Sprintf("compact at %d", rev)
 }
 

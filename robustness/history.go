@@ -124,7 +124,9 @@ type Change struct {
 // gone from then on.
 type Compaction struct {
 	Rev int64
-	At  time.Duration
+	// At is when the compaction was asked for: watches may meet it from
+	// then on.
+	At time.Duration
 }
 
 // StartMode is where a subscriber asked its events to start.
