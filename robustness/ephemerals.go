@@ -122,22 +122,8 @@ func (es *Ephemerals) Settle(ctx context.Context, run *Run) error {
 	for _, o := range es.owners {
 		want := o.values.get()
 		full := run.Namespace + "/" + o.key.Name()
-		got := "not read"
-		ok := waitFor(ctx, func() bool {
-			kv, err := run.get(ctx, full)
-			switch {
-			case err != nil:
-				if ctx.Err() == nil {
-					got = err.Error()
-				}
-				return false
-			case kv == nil:
-				got = "absent"
-				return false
-			}
-			got = fmt.Sprintf("%q under lease %x", kv.Value, kv.Lease)
-			return slices.Contains(want, string(kv.Value)) && kv.Lease == int64(o.e.Lease())
-		}, o.e.Done())
+		got, ok := awaitKey(ctx, run, full, o.e.Done(),
+			func() int64 { return int64(o.e.Lease()) }, func(v []byte) bool { return slices.Contains(want, string(v)) })
 		if !ok {
 			o.rec.Lost = fmt.Sprintf("after the heal its key %s is %s, want one of %q under lease %x (state %v, err %v)",
 				o.key.Name(), got, want, int64(o.e.Lease()), o.e.State(), o.e.Err())

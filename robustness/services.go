@@ -160,23 +160,11 @@ func (ss *Services) Quiesce(*Run) {
 func (ss *Services) Settle(ctx context.Context, run *Run) error {
 	for _, in := range ss.instances {
 		want := in.metas.get()
-		got := "not read"
-		ok := waitFor(ctx, func() bool {
-			kv, err := run.get(ctx, run.Namespace+"/"+in.rec.Key)
-			switch {
-			case err != nil:
-				if ctx.Err() == nil {
-					got = err.Error()
-				}
-				return false
-			case kv == nil:
-				got = "absent"
-				return false
-			}
-			got = fmt.Sprintf("%s under lease %x", kv.Value, kv.Lease)
-			addr, meta, err := decodeRecord(string(kv.Value))
-			return err == nil && addr == in.addr && slices.Contains(want, meta) && kv.Lease == int64(in.reg.Lease())
-		}, in.reg.Done())
+		got, ok := awaitKey(ctx, run, run.Namespace+"/"+in.rec.Key, in.reg.Done(),
+			func() int64 { return int64(in.reg.Lease()) }, func(v []byte) bool {
+				addr, meta, err := decodeRecord(string(v))
+				return err == nil && addr == in.addr && slices.Contains(want, meta)
+			})
 		if !ok {
 			in.rec.Lost = fmt.Sprintf("after the heal its key %s is %s, want addr %s and meta one of %q under lease %x (state %v, err %v)",
 				in.rec.Key, got, in.addr, want, int64(in.reg.Lease()), in.reg.State(), in.reg.Err())

@@ -1,5 +1,9 @@
 package robustness
 
+// The ephemeral owners and the service instances both own a self-healing
+// key: they update it at their own pace while faults run, and at the end
+// expect it back with one of the values it may hold, under its lease.
+
 import (
 	"context"
 	"fmt"
@@ -53,4 +57,29 @@ func keepUpdating(ctx context.Context, rec *Recorder, rng *RandSource, lo, hi ti
 		c.vs = []string{v}
 		c.mu.Unlock()
 	}
+}
+
+// awaitKey waits until the key full, read directly from the cluster, holds
+// a value that accept takes under the lease it names, or until ctx or stop
+// ends. It returns whether it did and what it read last: the value and
+// lease, "absent", or the read's error.
+func awaitKey(ctx context.Context, run *Run, full string, stop <-chan struct{},
+	lease func() int64, accept func([]byte) bool) (string, bool) {
+	got := "not read"
+	ok := waitFor(ctx, func() bool {
+		kv, err := run.get(ctx, full)
+		switch {
+		case err != nil:
+			if ctx.Err() == nil {
+				got = err.Error()
+			}
+			return false
+		case kv == nil:
+			got = "absent"
+			return false
+		}
+		got = fmt.Sprintf("%q under lease %x", kv.Value, kv.Lease)
+		return accept(kv.Value) && kv.Lease == lease()
+	}, stop)
+	return got, ok
 }
