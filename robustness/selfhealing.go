@@ -7,6 +7,7 @@ package robustness
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -22,11 +23,12 @@ type candidates struct {
 
 func newCandidates(first string) *candidates { return &candidates{vs: []string{first}} }
 
-// get returns the candidates, oldest first.
+// get returns a copy of the candidates, oldest first: keepUpdating goes on
+// appending to its own slice while the caller reads.
 func (c *candidates) get() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.vs
+	return slices.Clone(c.vs)
 }
 
 // keepUpdating writes name.1, name.2, ... with write, one every lo to hi
