@@ -144,11 +144,14 @@ const eventsBuffer = 16
 // after Err has been set.
 func (w *Watch[T]) Events() <-chan Event[T] { return w.events }
 
-// Ready is closed once the watch's start revision is fixed: for a watch from
-// now, every change committed after Ready is closed is delivered (a change
-// committed between Watch and Ready may or may not be). With AfterRevision or
-// WithInitial the start is exact anyway. Ready is also closed when the watch
-// ends.
+// Ready is closed once the watch's start revision is fixed. A watch from now
+// starts after the revision of a linearizable read made when Watch is
+// called: no change the caller could have read before calling Watch, nor any
+// older one, is delivered, even when the member the watch streams from lags
+// behind the cluster; every change committed after Ready is closed is
+// delivered (a change committed between Watch and Ready may or may not be).
+// With AfterRevision or WithInitial the start is exact anyway. Ready is also
+// closed when the watch ends.
 func (w *Watch[T]) Ready() <-chan struct{} { return w.ready }
 
 // Done is closed when the watch has ended, after Err is set and Events is
@@ -295,9 +298,10 @@ func hubWatch[T any](ctx context.Context, c *Client, t watchTarget, opts []Watch
 	switch {
 	case !h.join(s):
 		w.cancel(ErrClosed)
-	case !s.armed:
-		// The start needs a read (WithInitial) or the feed's position
-		// (AfterRevision): fix it off the caller's goroutine.
+	default:
+		// The start needs a read (the revision for a watch from now, the
+		// state for WithInitial) or the feed's position (AfterRevision):
+		// fix it off the caller's goroutine.
 		s.wg.Add(1)
 		if !c.spawn(func() {
 			defer s.wg.Done()

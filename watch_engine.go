@@ -14,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/etcdkit/etcdkit/internal/backoff"
@@ -224,7 +225,11 @@ func (s *stream) watch(ctx context.Context, conn *clientv3.Client, gen uint64, e
 	if exact || start < 1 {
 		start = s.next
 	}
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	// clientv3 picks the gRPC stream of a watch by the ctx's outgoing
+	// metadata. A subscriber's ctx is the caller's, which may carry some
+	// (tracing middleware, request ids): dropping it keeps every etcd watch
+	// of the engine on the one gRPC stream the link asks for progress on.
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(metadata.NewOutgoingContext(ctx, nil)))
 	defer cancel()
 	l := s.h.acquireLink(conn, gen)
 	defer s.h.releaseLink(l)
@@ -337,27 +342,55 @@ func (s *stream) resync(ctx context.Context, rev int64) (action, error) {
 // with backoff until ctx ends. keysOnly leaves the values out. With rev != 0
 // a compacted rev fails with rpctypes.ErrCompacted.
 func (h *watchHub) read(ctx context.Context, t watchTarget, rev int64, keysOnly bool) ([]*mvccpb.KeyValue, int64, error) {
+	for {
+		var kvs []*mvccpb.KeyValue
+		var got int64
+		err := h.retry(ctx, t, func() (err error) {
+			kvs, got, err = h.readOnce(ctx, t, rev, keysOnly)
+			return err
+		})
+		if errors.Is(err, rpctypes.ErrCompacted) && rev == 0 {
+			continue // a compaction between two pages: read again
+		}
+		return kvs, got, err
+	}
+}
+
+// revision returns the cluster's current revision through a linearizable
+// read, retrying as read does: every change the caller could have seen
+// before the call is at or below it.
+func (h *watchHub) revision(ctx context.Context, t watchTarget) (int64, error) {
+	var rev int64
+	err := h.retry(ctx, t, func() error {
+		resp, err := h.get(ctx, t.key, 0, clientv3.WithCountOnly())
+		if err == nil {
+			rev = resp.Header.Revision
+		}
+		return err
+	})
+	return rev, err
+}
+
+// retry runs the read op until it succeeds, fails for good or ctx ends,
+// waiting with backoff between transient failures. A compaction is for the
+// caller to handle.
+func (h *watchHub) retry(ctx context.Context, t watchTarget, op func() error) error {
 	bo := backoff.New(minRewatchDelay, 2*time.Second)
 	for {
-		kvs, got, err := h.readOnce(ctx, t, rev, keysOnly)
+		err := op()
 		switch {
-		case err == nil:
-			return kvs, got, nil
-		case errors.Is(err, rpctypes.ErrCompacted):
-			if rev != 0 {
-				return nil, 0, err
-			}
-			continue // a compaction between two pages: read again
+		case err == nil, errors.Is(err, rpctypes.ErrCompacted):
+			return err
 		case ctx.Err() != nil:
-			return nil, 0, ctx.Err()
+			return ctx.Err()
 		case h.c.closed():
-			return nil, 0, ErrClosed
+			return ErrClosed
 		case isTerminal(err):
-			return nil, 0, fmt.Errorf("etcdkit: watch: read %q: %w", t.key, err)
+			return fmt.Errorf("etcdkit: watch: read %q: %w", t.key, err)
 		}
 		h.c.log.Debug("watch read failed, retrying", zap.Stringer("target", t), zap.Error(err))
 		if !bo.Wait(ctx) {
-			return nil, 0, ctx.Err()
+			return ctx.Err()
 		}
 	}
 }

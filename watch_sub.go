@@ -45,7 +45,8 @@ const (
 // it) holds up to capacity events, or one whole batch if it is larger. When
 // the feed finds no room for a batch it unhooks the subscriber, which keeps
 // what it has queued and the feed's name -> mod revision state at that
-// point. Once the user has read half of the backlog, the subscriber's own
+// point. Once the user has read half of the backlog (and enough of it for
+// the batch that did not fit), the subscriber's own
 // catch-up stream re-watches from the first revision it is missing, with the
 // same flow control (it stops its etcd watch whenever the queue is full,
 // rather than let clientv3 buffer), and resyncs from that state if the
@@ -77,10 +78,13 @@ type sub struct {
 	mode       subMode
 	armed      bool // the start is decided: the feed may position and hook it
 	positioned bool // enq and from are set
-	q          []batch
-	queued     int   // events in q
-	enq        int64 // position after the last batch queued
-	from       int64 // the start: no resync put below it is queued
+	// floor is where a watch from now starts at the earliest: after the
+	// revision of a linearizable read made when Watch was called.
+	floor  int64
+	q      []batch
+	queued int   // events in q
+	enq    int64 // position after the last batch queued
+	from   int64 // the start: no resync put below it is queued
 	// baseline is the name -> mod revision state at enq-1, kept while the
 	// subscriber is not hooked so that a resync can be diffed against it;
 	// nil when unknown.
@@ -94,7 +98,12 @@ type sub struct {
 	catch    *stream
 	err      error
 	wake     chan struct{} // a batch was queued, or err was set (queue mode)
-	space    chan struct{} // the backlog went down to half
+	space    chan struct{} // the backlog went down far enough to resume
+	// need is the size of the batch a catch-up left out for want of room
+	// (0 if none): the catch-up resumes only once that batch fits, so that
+	// a revision larger than half the buffer does not make it re-read
+	// history in a loop while the reader is idle.
+	need int
 	// sink, when set, is the reader's channel: batches go straight into it
 	// when it has room and nothing is queued, otherwise into q, which a pump
 	// goroutine drains into it. Without a sink the reader pops batches.
@@ -119,21 +128,34 @@ func newSub(h *watchHub, t watchTarget, cfg watchConfig, ctx context.Context) *s
 	s := &sub{h: h, target: t, cfg: cfg, capacity: cfg.buffer,
 		ready: make(chan struct{}), wake: make(chan struct{}, 1), space: make(chan struct{}, 1)}
 	s.ctx, s.cancel = context.WithCancel(ctx)
-	// A watch from now is armed at once, so that its start is the feed's
-	// position when Watch is called if the feed is up.
-	s.armed = !cfg.initial && cfg.after < 0
 	return s
 }
 
+// fromNow reports whether the subscriber starts from now: neither
+// WithInitial nor AfterRevision.
+func (s *sub) fromNow() bool { return !s.cfg.initial && s.cfg.after < 0 }
+
 func (s *sub) markReady() { s.readyOnce.Do(func() { close(s.ready) }) }
 
-// start fixes the start of a subscriber with an explicit start point and
-// hands it to the feed. It runs on the subscriber's goroutine.
+// start fixes the start of a subscriber and hands it to the feed. It runs on
+// the subscriber's goroutine.
+//
+// A watch from now starts after the revision of a linearizable read made
+// here, or at the feed's position if that is later. The feed's position
+// alone is not enough: the feed's member may lag behind the cluster (cut
+// off from its peers, or just applying more slowly), and a caller that read
+// a value before calling Watch must never be handed an older change of it.
 func (s *sub) start() error {
-	if s.armed {
-		return nil
-	}
-	if s.cfg.initial {
+	switch {
+	case s.fromNow():
+		rev, err := s.h.revision(s.ctx, s.target)
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.floor = rev + 1
+		s.mu.Unlock()
+	case s.cfg.initial:
 		kvs, rev, err := s.h.read(s.ctx, s.target, 0, false)
 		if err != nil {
 			return err
@@ -148,7 +170,7 @@ func (s *sub) start() error {
 		s.push(batch{events: evs, next: rev + 1})
 		s.from = rev + 1
 		s.mu.Unlock()
-	} else {
+	default:
 		s.mu.Lock()
 		s.enq, s.from, s.needBase = s.cfg.after+1, s.cfg.after+1, true
 		s.mu.Unlock()
@@ -157,9 +179,12 @@ func (s *sub) start() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s.mu.Lock()
-	s.armed, s.positioned = true, true
+	s.armed = true
+	s.positioned = !s.fromNow()
 	s.mu.Unlock()
-	s.markReady()
+	if s.positioned {
+		s.markReady()
+	}
 	if f.err != nil {
 		s.fail(f.err)
 	} else if f.up {
@@ -178,10 +203,16 @@ func (s *sub) feedReady(f *feed) {
 		return
 	}
 	if !s.positioned {
-		s.enq, s.from, s.positioned = f.next, f.next, true
-		s.mode = subHooked
+		// From now: at the feed's position, unless the feed lags behind
+		// the revision read when the watch was made.
+		s.positioned = true
 		s.markReady()
-		return
+		if f.next >= s.floor {
+			s.enq, s.from = f.next, f.next
+			s.mode = subHooked
+			return
+		}
+		s.enq, s.from, s.needBase = s.floor, s.floor, true
 	}
 	switch {
 	case s.enq == f.next:
@@ -203,6 +234,7 @@ func (s *sub) hook() {
 	s.catch = nil
 	s.baseline = nil
 	s.needBase = false
+	s.need = 0
 	if r := s.baseRead; r != nil {
 		r.cancel()
 		s.baseRead = nil
@@ -232,6 +264,7 @@ func (s *sub) offer(f *feed, b batch) int {
 	evs := s.filter(b.events)
 	if len(evs) > 0 && waiting > 0 && waiting+len(evs) > s.capacity {
 		s.baseline = f.snapshot()
+		s.need = len(evs)
 		s.startCatchUp()
 		return waiting
 	}
@@ -333,10 +366,19 @@ func (s *sub) popLocked() batch {
 	s.q[0] = batch{}
 	s.q = s.q[1:]
 	s.queued -= len(b.events)
-	if s.mode == subCatching && s.waiting() <= s.capacity/2 {
+	if s.mode == subCatching && s.resumable() {
 		signal(s.space)
 	}
 	return b
+}
+
+// resumable reports whether a paused catch-up may read on: the reader has
+// drained the buffer to half, and the batch left out last time, if any,
+// now fits (a batch larger than the whole buffer fits an empty one). The
+// caller holds s.mu.
+func (s *sub) resumable() bool {
+	w := s.waiting()
+	return w <= s.capacity/2 && (w == 0 || w+s.need <= s.capacity)
 }
 
 // aheadOf moves the subscriber off the feed's path if it is ahead of it and
@@ -451,16 +493,16 @@ type catchUp struct {
 	st *stream
 }
 
-// ready waits until the reader has drained the buffer to half. The pump
-// signals as it pops; what drains from the channel itself is looked at every
-// few milliseconds.
+// ready waits until the reader has drained the buffer far enough (see
+// resumable). The pump signals as it pops; what drains from the channel
+// itself is looked at every few milliseconds.
 func (h catchUp) ready(ctx context.Context) error {
 	s := h.s
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		s.mu.Lock()
-		ok := s.waiting() <= s.capacity/2
+		ok := s.resumable()
 		s.mu.Unlock()
 		if ok {
 			return nil
@@ -488,11 +530,13 @@ func (h catchUp) deliver(bs []batch) action {
 		}
 		if waiting := s.waiting(); len(b.events) > 0 && waiting > 0 && waiting+len(b.events) > s.capacity {
 			full = true
+			s.need = len(b.events)
 			break
 		}
 		if s.baseline != nil {
 			applyState(s.baseline, b)
 		}
+		s.need = 0
 		s.push(b)
 	}
 	full = full || s.waiting() >= s.capacity

@@ -64,9 +64,22 @@ type collector struct {
 // reader.
 func collect(t testing.TB, w *etcdkit.Watch[string]) *collector {
 	t.Helper()
+	return collectAfter(t, w, nil)
+}
+
+// collectAfter is collect whose reader starts only once gate is closed (at
+// once for a nil gate), so that the subscriber falls behind meanwhile.
+func collectAfter(t testing.TB, w *etcdkit.Watch[string], gate <-chan struct{}) *collector {
+	t.Helper()
 	col := &collector{w: w, more: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(col.done)
+		if gate != nil {
+			select {
+			case <-gate:
+			case <-w.Done():
+			}
+		}
 		for e := range w.Events() {
 			col.mu.Lock()
 			col.evs = append(col.evs, e)

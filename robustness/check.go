@@ -216,7 +216,12 @@ func checkSubscriber(h *History, s *Subscriber) (Violation, bool) {
 		pos = s.After
 		if len(evs) > 0 && !evs[0].Resync && evs[0].Rev <= s.After {
 			// Changes between Watch and Ready may or may not be delivered,
-			// but once one is, every later one must be.
+			// but once one is, every later one must be. A change the caller
+			// could have read before calling Watch must not be.
+			if evs[0].Rev <= s.Before {
+				return fail("a watch from now delivered #0 %v, a change at or below revision %d, which a read returned before Watch was called",
+					evs[0], s.Before)
+			}
 			pos = evs[0].Rev - 1
 		}
 	case StartInitial:

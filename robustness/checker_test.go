@@ -167,6 +167,21 @@ func TestCheckerRejects(t *testing.T) {
 			s := sub(h)
 			s.Events = slices.Delete(s.Events, 2, 3) // the put at 13
 		}, "watch", `lost event: the cluster made Put data/k0="w0.2" @13, but the subscriber's next event after revision 12 was #2 Delete data/k1 @14`},
+		{"watch from now that starts late enough", func(h *robustness.History) {
+			// A read returned revision 12 before Watch; Ready closed at 14:
+			// starting with the change at 13 is allowed.
+			s := sub(h)
+			s.Start, s.Before, s.After = robustness.StartNow, 12, 14
+			s.Events = s.Events[2:]
+		}, "", ""},
+		{"watch from now rolls back what the caller read", func(h *robustness.History) {
+			// The caller read revision 13 (k0 = "w0.2") before calling
+			// Watch; the watch then hands it the change at 12 and that
+			// very value again.
+			s := sub(h)
+			s.Start, s.Before, s.After = robustness.StartNow, 13, 14
+			s.Events = s.Events[1:]
+		}, "watch", `a watch from now delivered #0 Put data/k1="w1.1" @12, a change at or below revision 13, which a read returned before Watch was called`},
 		{"lost last event", func(h *robustness.History) {
 			s := sub(h)
 			s.Events = s.Events[:4]

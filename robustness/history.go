@@ -181,6 +181,11 @@ type Subscriber struct {
 	// revision of a linearizable read made after Ready closed: every change
 	// above it must be delivered.
 	After int64
+	// Before is, for a Watch from now, the revision of a linearizable read
+	// that returned before Watch was called: no change at or below it may
+	// be delivered. 0 when unknown (Cache subscriptions, which start from
+	// the cache's contents rather than from the cluster).
+	Before int64
 	// Events are the events received, in order.
 	Events []Delivery
 	// Ended says how the watch ended, when that was wrong: by itself

@@ -155,6 +155,8 @@ func (ws *Watchers) Start(ctx context.Context, run *Run) error {
 			return err
 		}
 		switch rec.Start {
+		case StartNow:
+			rec.Before = rev
 		case StartAfter:
 			start := run.Rec.History().StartRev
 			rec.After = start + rng.Int64N(rev-start+1)
