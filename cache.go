@@ -37,8 +37,11 @@ type Cache[T any] struct {
 	cancel context.CancelCauseFunc
 	stop   func() bool
 	synced chan struct{}
-	done   chan struct{}
-	err    error // set before done is closed
+	// syncOnce guards closing synced: on the first sync, or when the cache
+	// ends before it.
+	syncOnce sync.Once
+	done     chan struct{}
+	err      error // set before done is closed
 
 	mu      sync.RWMutex
 	entries map[string]cacheEntry[T]
@@ -141,8 +144,12 @@ func (ca *Cache[T]) Revision() int64 {
 	return ca.rev
 }
 
-// Synced is closed once the initial list has been applied.
+// Synced is closed once the initial list has been applied, or when the
+// cache ends before that, after Done (Err then says why): a caller waiting
+// for it never hangs.
 func (ca *Cache[T]) Synced() <-chan struct{} { return ca.synced }
+
+func (ca *Cache[T]) markSynced() { ca.syncOnce.Do(func() { close(ca.synced) }) }
 
 // Done is closed when the cache has stopped following changes, after Err is
 // set.
@@ -183,6 +190,7 @@ func (ca *Cache[T]) finish(err error) {
 	ca.cancel(err)
 	ca.err = err
 	close(ca.done)
+	ca.markSynced()
 }
 
 func (ca *Cache[T]) run() {
@@ -203,17 +211,13 @@ func (ca *Cache[T]) run() {
 	if err = ca.sub.start(); err != nil {
 		return
 	}
-	first := true
 	for {
 		var b batch
 		if b, err = ca.sub.pop(ca.ctx); err != nil {
 			return
 		}
 		ca.apply(b)
-		if first {
-			close(ca.synced)
-			first = false
-		}
+		ca.markSynced()
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/etcdkit/etcdkit"
 	"github.com/etcdkit/etcdkit/etcdtest"
+	"github.com/etcdkit/etcdkit/proxy"
 )
 
 func waitSynced[T any](t testing.TB, ca *etcdkit.Cache[T]) {
@@ -341,4 +342,29 @@ func TestCacheConcurrentReads(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	assert.Equal(t, 7, len(ca.List()))
+}
+
+// A cache that ends before its first sync closes Synced too, with Err set,
+// as Watch.Ready does: a caller waiting on Synced must not hang. The member
+// is out of reach (proxy Blackhole on the client's only link) so the
+// initial list never completes; then the cache's ctx is cancelled.
+func TestCacheSyncedClosesWhenItEndsFirst(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.WithProxy())
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.ProxyEndpoint()}, Namespace: "unsynced"})
+	srv.Proxy().Blackhole(proxy.Both)
+	t.Cleanup(srv.Proxy().Unblackhole)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ca, err := etcdkit.NewPrefix(c, "p", etcdkit.String()).Cache(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ca.Close() })
+	select {
+	case <-ca.Synced():
+		t.Fatal("Synced closed while the member is out of reach")
+	case <-time.After(200 * time.Millisecond):
+	}
+	cancel()
+	waitDone(t, ca.Synced(), "Synced of a cache that ended before syncing")
+	assert.ErrorIs(t, ca.Err(), context.Canceled)
+	assert.Zero(t, ca.Revision())
 }
