@@ -36,7 +36,9 @@
 //
 // [Key.Watch] and [Prefix.Watch] return a [Watch] that delivers every change
 // once, in revision order, from now, after a revision ([AfterRevision]) or
-// from the current state ([WithInitial]). Across a closed, reset or silent
+// from the current state ([WithInitial]). From now means after the revision
+// of a linearizable read made when Watch is called, so a watch started after
+// a read never delivers a change older than what was read. Across a closed, reset or silent
 // link, a restarted server or a failed member it resumes from the revision
 // after the last one it delivered, on another member when there is one. A
 // silent link is noticed within [Config.StallTimeout] plus a fraction of a
