@@ -96,7 +96,7 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.Namespace != "" {
 		if err := validateName(cfg.Namespace); err != nil {
-			return cfg, fmt.Errorf("etcdkit: config: namespace: %w", err)
+			return cfg, errorf("config: namespace: %w", err)
 		}
 	}
 	durations := []struct {
@@ -247,7 +247,7 @@ func dialRaw(ctx context.Context, cfg Config, endpoints []string) (*clientv3.Cli
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("etcdkit: connect to %v: %w", endpoints, err)
+		return nil, errorf("connect to %v: %w", endpoints, err)
 	}
 	return raw, nil
 }
@@ -262,9 +262,9 @@ func probe(ctx context.Context, raw *clientv3.Client, cfg Config) error {
 		// gRPC hides a failed TLS handshake behind the deadline; redo one
 		// handshake ourselves so the error names the certificate problem.
 		if herr := diagnoseTLS(cfg); herr != nil {
-			return fmt.Errorf("etcdkit: connect to %v: %w (%w)", cfg.Endpoints, err, herr)
+			return errorf("connect to %v: %w (%w)", cfg.Endpoints, err, herr)
 		}
-		return fmt.Errorf("etcdkit: connect to %v: %w", cfg.Endpoints, err)
+		return errorf("connect to %v: %w", cfg.Endpoints, err)
 	}
 	return nil
 }
@@ -372,8 +372,8 @@ func (c *Client) handleContext(ctx context.Context) (context.Context, context.Ca
 // cause returns the error to report for a failed request: ErrClosed when the
 // client was closed meanwhile, err otherwise.
 func (c *Client) cause(err error) error {
-	if err != nil && c.closed() {
-		return fmt.Errorf("%w: %w", ErrClosed, err)
+	if err != nil && c.closed() && !errors.Is(err, ErrClosed) {
+		return errorf("%w: %w", ErrClosed, err)
 	}
 	return err
 }

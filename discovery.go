@@ -91,7 +91,7 @@ func NewService[M any](c *Client, name string, codec Codec[M]) *Service[M] {
 		s.err = fmt.Errorf("etcdkit: NewService %q: nil codec", name)
 	default:
 		if err := validateName(name); err != nil {
-			s.err = fmt.Errorf("etcdkit: NewService: %w", err)
+			s.err = errorf("NewService: %w", err)
 			break
 		}
 		s.p = NewPrefix[record[M]](c, serviceRoot+"/"+url.PathEscape(name), recordCodec[M]{meta: codec})
@@ -117,7 +117,7 @@ func (s *Service[M]) Err() error { return s.err }
 // registered it, or a crashed predecessor whose lease has not expired yet,
 // which takes at most its TTL), Register fails with a
 // *ConflictError[Instance[M]] matching ErrExists that carries the present
-// instance, and publishes nothing. An invalid ID or address fails with
+// instance (its Key is the ID), and publishes nothing. An invalid ID or address fails with
 // ErrInvalidInstance, Meta too large for Config.MaxValueSize with
 // ErrTooLarge, before anything is sent.
 //
@@ -128,19 +128,26 @@ func (s *Service[M]) Register(ctx context.Context, inst Instance[M], ttl time.Du
 		return nil, s.err
 	}
 	if err := validateID(inst.ID); err != nil {
-		return nil, fmt.Errorf("etcdkit: register in service %q: %w", s.name, err)
+		return nil, errorf("register in service %q: %w", s.name, err)
 	}
 	if err := validateAddr(inst.Addr); err != nil {
-		return nil, fmt.Errorf("etcdkit: register %q in service %q: %w", inst.ID, s.name, err)
+		return nil, errorf("register %q in service %q: %w", inst.ID, s.name, err)
+	}
+	rec := record[M]{addr: inst.Addr, meta: inst.Meta}
+	// Encoded here too so that a failure names the instance, not the key
+	// the library keeps it at.
+	if _, err := encodeValue(s.c, inst.ID, s.p.codec, rec); err != nil {
+		return nil, errorf("register %q in service %q: %w", inst.ID, s.name, err)
 	}
 	opts = append(slices.Clone(opts), WithCreateOnly())
-	e, err := NewEphemeral(ctx, s.p.Key(inst.ID), record[M]{addr: inst.Addr, meta: inst.Meta}, ttl, opts...)
+	e, err := NewEphemeral(ctx, s.p.Key(inst.ID), rec, ttl, opts...)
 	if err != nil {
 		var ce *ConflictError[record[M]]
 		if errors.As(err, &ce) {
 			return nil, s.taken(inst.ID, ce)
 		}
-		return nil, fmt.Errorf("etcdkit: register %q in service %q: %w", inst.ID, s.name, err)
+		// The Ephemeral's own context names the internal key.
+		return nil, errorf("register %q in service %q: %w", inst.ID, s.name, detail(err))
 	}
 	return &Registration[M]{e: e, inst: inst}, nil
 }
@@ -149,14 +156,14 @@ func (s *Service[M]) Register(ctx context.Context, inst Instance[M], ttl time.Du
 // instances.
 func (s *Service[M]) taken(id string, ce *ConflictError[record[M]]) error {
 	cur := ce.Current
-	out := &ConflictError[Instance[M]]{Key: ce.Key, Exists: ce.Exists, DecodeErr: ce.DecodeErr, Revision: ce.Revision,
+	out := &ConflictError[Instance[M]]{Key: id, Exists: ce.Exists, DecodeErr: ce.DecodeErr, Revision: ce.Revision,
 		kind: ErrExists, Current: Value[Instance[M]]{Data: cur.Data.instance(id), Revision: cur.Revision,
 			CreateRevision: cur.CreateRevision, Version: cur.Version, Lease: cur.Lease}}
 	holder := "an undecodable value"
 	if ce.DecodeErr == nil {
 		holder = strconv.Quote(cur.Data.addr)
 	}
-	return fmt.Errorf("etcdkit: register %q in service %q: the ID is held by %s under lease %x: %w",
+	return errorf("register %q in service %q: the ID is held by %s under lease %x: %w",
 		id, s.name, holder, cur.Lease, out)
 }
 
@@ -202,10 +209,10 @@ func isDecodeErrors(err error) bool {
 // validateID checks an instance ID: a valid name of one segment.
 func validateID(id string) error {
 	if err := validateName(id); err != nil {
-		return fmt.Errorf("%w: ID: %w", ErrInvalidInstance, err)
+		return errorf("%w: ID: %w", ErrInvalidInstance, err)
 	}
 	if strings.Contains(id, "/") {
-		return fmt.Errorf("%w: ID %q: %w: an ID is one segment, without \"/\"", ErrInvalidInstance, id, ErrInvalidName)
+		return errorf("%w: ID %q: %w: an ID is one segment, without \"/\"", ErrInvalidInstance, id, ErrInvalidName)
 	}
 	return nil
 }
@@ -439,7 +446,7 @@ func (s *Service[M]) Track(ctx context.Context) (*Tracker[M], error) {
 	ca, err := s.p.Cache(tctx)
 	if err != nil {
 		cancel(err)
-		return nil, fmt.Errorf("etcdkit: track service %q: %w", s.name, err)
+		return nil, errorf("track service %q: %w", s.name, err)
 	}
 	t.ca = ca
 	t.w = ca.Subscribe(WithInitial())
@@ -447,7 +454,7 @@ func (s *Service[M]) Track(ctx context.Context) (*Tracker[M], error) {
 		cancel(ErrClosed)
 		_ = t.w.Close()
 		_ = ca.Close()
-		return nil, fmt.Errorf("etcdkit: track service %q: %w", s.name, ErrClosed)
+		return nil, errorf("track service %q: %w", s.name, ErrClosed)
 	}
 	return t, nil
 }

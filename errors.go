@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
@@ -114,4 +115,47 @@ func IsRetryable(err error) bool {
 		}
 	}
 	return false
+}
+
+// prefix starts the text of every error the package makes.
+const prefix = "etcdkit: "
+
+// errorf is fmt.Errorf for the package's own errors: it puts prefix in front
+// of format and makes sure the text holds it once, however deep the chain,
+// by printing the errors among args without theirs (a sentinel's, or that of
+// an error made here). They stay wrapped as they are, so errors.Is and
+// errors.As see them unchanged. Every error that wraps another is made here:
+// this is the one place that decides how a chain reads.
+func errorf(format string, args ...any) error {
+	args = append([]any(nil), args...)
+	for i, a := range args {
+		if err, ok := a.(error); ok {
+			args[i] = unprefixed{err}
+		}
+	}
+	return fmt.Errorf(prefix+format, args...)
+}
+
+// unprefixed prints an error without the package's prefix.
+type unprefixed struct{ err error }
+
+func (u unprefixed) Error() string {
+	// Errors made before errorf existed, or by fmt.Errorf with a sentinel
+	// first and another of our errors later, hold the prefix inside too.
+	s := strings.TrimPrefix(u.err.Error(), prefix)
+	s = strings.ReplaceAll(s, ": "+prefix, ": ")
+	return strings.ReplaceAll(s, "("+prefix, "(")
+}
+
+func (u unprefixed) Unwrap() error { return u.err }
+
+// detail returns what an error made by errorf with one %w wraps, without the
+// context its maker added: for a caller whose own context says it better
+// (Register, over the Ephemeral it makes). Other errors are returned as they
+// are.
+func detail(err error) error {
+	if u, ok := errors.Unwrap(err).(unprefixed); ok {
+		return u.err
+	}
+	return err
 }
