@@ -34,9 +34,15 @@ type Config struct {
 	// client's endpoints.
 	Endpoints []string
 
-	// Namespace is the root under which every key of this Client lives:
-	// Namespace "app" stores key "db" at "app/db". It follows the rules of
-	// names (see ErrInvalidName). Default: "" (keys at the root of etcd).
+	// Namespace is the root under which every key of this Client lives,
+	// the library's own keys ("_etcdkit/...") included. It takes the forms
+	// of existing etcd layouts: with a leading "/", "/app/" and "/app" both
+	// store key "db" at "/app/db"; without one, "app/" and "app" store it at
+	// "app/db"; "/" stores it at "/db". Between the optional leading and
+	// trailing "/", it follows the rules of names (see ErrInvalidName: no
+	// empty, "." or ".." segment, no control character), so that no key
+	// leaves it. Client.KeyPrefix returns the resulting prefix.
+	// Default: "" (keys at the root of etcd, "db" at "db").
 	Namespace string
 
 	// DialTimeout bounds New's first contact with the cluster and every
@@ -94,10 +100,8 @@ func (cfg Config) withDefaults() (Config, error) {
 			return cfg, fmt.Errorf("etcdkit: config: endpoint %d is empty", i)
 		}
 	}
-	if cfg.Namespace != "" {
-		if err := validateName(cfg.Namespace); err != nil {
-			return cfg, errorf("config: namespace: %w", err)
-		}
+	if _, err := keyPrefix(cfg.Namespace); err != nil {
+		return cfg, errorf("config: Namespace %q: %w", cfg.Namespace, err)
 	}
 	durations := []struct {
 		name string
@@ -143,7 +147,7 @@ type Client struct {
 	raw   *clientv3.Client
 	owned bool
 	cfg   Config
-	ns    string // namespace with a trailing "/", or ""
+	ns    string // the prefix of every key: keyPrefix(cfg.Namespace)
 	log   *zap.Logger
 
 	// life is cancelled by Close; every handle's goroutines watch it.
@@ -207,11 +211,32 @@ func Wrap(raw *clientv3.Client, cfg Config) (*Client, error) {
 	return newClient(raw, false, cfg), nil
 }
 
+// keyPrefix returns the prefix of the etcd keys under namespace ns (see
+// Config.Namespace), or why ns is not acceptable.
+func keyPrefix(ns string) (string, error) {
+	switch ns {
+	case "":
+		return "", nil
+	case "/":
+		return "/", nil
+	}
+	// One "/" on each side belongs to the layout; more would make an empty
+	// segment, which validateName refuses.
+	inner, lead := strings.CutPrefix(ns, "/")
+	inner = strings.TrimSuffix(inner, "/")
+	if err := validateName(inner); err != nil {
+		return "", err
+	}
+	if lead {
+		return "/" + inner + "/", nil
+	}
+	return inner + "/", nil
+}
+
 func newClient(raw *clientv3.Client, owned bool, cfg Config) *Client {
 	c := &Client{raw: raw, owned: owned, cfg: cfg, log: cfg.Logger}
-	if cfg.Namespace != "" {
-		c.ns = cfg.Namespace + "/"
-	}
+	// withDefaults validated the namespace.
+	c.ns, _ = keyPrefix(cfg.Namespace)
 	c.life, c.cancel = context.WithCancel(context.Background())
 	c.streams = newStreamConns(c)
 	return c
@@ -320,8 +345,16 @@ func (c *Client) Close() error {
 // cover. Keys written through it are not namespaced.
 func (c *Client) Raw() *clientv3.Client { return c.raw }
 
-// Namespace returns the namespace the client's keys live under ("" for none).
+// Namespace returns Config.Namespace as given ("" for none). To build raw
+// etcd keys, use KeyPrefix.
 func (c *Client) Namespace() string { return c.cfg.Namespace }
+
+// KeyPrefix returns the prefix of the etcd key of every name under the
+// client's namespace: name "db" is at KeyPrefix()+"db". It is "/app/" for
+// Namespace "/app/" or "/app", "app/" for "app/" or "app", "/" for "/", and
+// "" for none. Use it to build keys for raw clientv3 calls, such as the ops of
+// Leadership.Txn.
+func (c *Client) KeyPrefix() string { return c.ns }
 
 // spawn runs f in a goroutine that Close waits for, unless the client is
 // closed, in which case it reports false and does not run f. f must return

@@ -667,7 +667,7 @@ func (l *Leadership) notLeader(op string) error {
 // Txn runs ops in one etcd transaction that applies only if the leader key
 // still exists with this leadership's token, and returns its response. Ops
 // are raw clientv3 operations and take full etcd keys: prefix them with
-// Client.Namespace and "/" (Key and Prefix do this for you; see GuardedPut
+// Client.KeyPrefix (Key and Prefix do this for you; see GuardedPut
 // and GuardedDelete). With no ops, Txn checks in the cluster that this is
 // still the leader.
 //

@@ -27,7 +27,8 @@ var (
 	ErrTooLarge = errors.New("etcdkit: value too large")
 	// ErrInvalidName means a key, prefix or namespace name is not acceptable:
 	// empty, with an empty, "." or ".." segment, with control characters or
-	// invalid UTF-8, or starting or ending with "/".
+	// invalid UTF-8, or starting or ending with "/" (a namespace may start
+	// and end with one; see Config.Namespace).
 	ErrInvalidName = errors.New("etcdkit: invalid name")
 	// ErrClosed means the Client or the handle was closed.
 	ErrClosed = errors.New("etcdkit: closed")
