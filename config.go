@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -99,6 +100,9 @@ func (cfg Config) withDefaults() (Config, error) {
 		if ep == "" {
 			return cfg, fmt.Errorf("etcdkit: config: endpoint %d is empty", i)
 		}
+		if _, _, err := endpointAddr(ep); err != nil {
+			return cfg, errorf("config: endpoint %q: %w", ep, err)
+		}
 	}
 	if _, err := keyPrefix(cfg.Namespace); err != nil {
 		return cfg, errorf("config: Namespace %q: %w", cfg.Namespace, err)
@@ -169,7 +173,11 @@ type Client struct {
 // New connects to the cluster described by cfg. It blocks until a member
 // answers, the DialTimeout passes or ctx ends, so that wrong endpoints,
 // certificates or credentials fail here with a clear error rather than on the
-// first request. ctx bounds only this call.
+// first request. An endpoint that is not "host:port" (or a URL or unix socket
+// of that form) fails at once, before any dial. When no member answers, the
+// error says for each endpoint why it could not be reached ("connection
+// refused", "no such host", a TLS handshake failure). ctx bounds only this
+// call.
 func New(ctx context.Context, cfg Config) (*Client, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("etcdkit: config: no endpoints")
@@ -284,42 +292,118 @@ func probe(ctx context.Context, raw *clientv3.Client, cfg Config) error {
 	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
 	if _, err := raw.MemberList(ctx, clientv3.WithSerializable()); err != nil {
-		// gRPC hides a failed TLS handshake behind the deadline; redo one
-		// handshake ourselves so the error names the certificate problem.
-		if herr := diagnoseTLS(cfg); herr != nil {
-			return errorf("connect to %v: %w (%w)", cfg.Endpoints, err, herr)
+		// gRPC hides why it could not connect (a refused connection, an
+		// unknown host, a failed TLS handshake) behind the deadline; dial
+		// each endpoint once ourselves so the error says it.
+		if derr := diagnoseEndpoints(cfg); derr != nil {
+			return errorf("connect to %v: %w (%w)", cfg.Endpoints, err, derr)
 		}
 		return errorf("connect to %v: %w", cfg.Endpoints, err)
 	}
 	return nil
 }
 
-// diagnoseTLS handshakes with the first endpoint using cfg.TLS and returns
-// the handshake's error, if any.
-func diagnoseTLS(cfg Config) error {
+// endpointAddr returns the network and address an endpoint is dialled at:
+// "tcp" and "host:port" for "host:port", "http://host:port" and
+// "https://host:port", "unix" and a path for "unix://path", "unix:path" and
+// their "unixs" forms. The error says what makes ep unusable.
+func endpointAddr(ep string) (network, addr string, err error) {
+	for _, scheme := range []string{"unixs://", "unix://", "unixs:", "unix:"} {
+		if path, ok := strings.CutPrefix(ep, scheme); ok {
+			if path == "" {
+				return "", "", errors.New("no socket path")
+			}
+			return "unix", path, nil
+		}
+	}
+	addr = ep
+	if scheme, rest, ok := strings.Cut(ep, "://"); ok {
+		if scheme != "http" && scheme != "https" {
+			return "", "", fmt.Errorf("scheme %q, want http, https, unix or unixs", scheme)
+		}
+		addr, _, _ = strings.Cut(rest, "/")
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", "", fmt.Errorf("want host:port: %w", err)
+	}
+	if host == "" {
+		return "", "", errors.New("want host:port: no host")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", "", fmt.Errorf("want host:port: port %q is not a number in 1..65535", port)
+	}
+	return "tcp", addr, nil
+}
+
+// endpointErrors lists why each endpoint could not be reached.
+type endpointErrors []error
+
+func (e endpointErrors) Error() string {
+	msgs := make([]string, len(e))
+	for i, err := range e {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (e endpointErrors) Unwrap() []error { return e }
+
+// diagnoseEndpoints dials every endpoint once, with a TLS handshake when
+// cfg.TLS is set, and returns the failures, one per endpoint that failed, or
+// nil if every endpoint answered.
+func diagnoseEndpoints(cfg Config) error {
+	errs := make([]error, len(cfg.Endpoints))
+	var wg sync.WaitGroup
+	for i, ep := range cfg.Endpoints {
+		wg.Go(func() {
+			if err := dialOnce(cfg, ep); err != nil {
+				errs[i] = fmt.Errorf("%s: %w", ep, err)
+			}
+		})
+	}
+	wg.Wait()
+	var failed endpointErrors
+	for _, err := range errs {
+		if err != nil {
+			failed = append(failed, err)
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	return failed
+}
+
+// diagnoseTimeout bounds each dial of diagnoseEndpoints, which comes after
+// the probe already waited DialTimeout: a refused connection or an unknown
+// host fails at once, a silent endpoint has had its chance.
+const diagnoseTimeout = time.Second
+
+// dialOnce connects to ep as the client would, bounded by DialTimeout and
+// diagnoseTimeout, and closes the connection.
+func dialOnce(cfg Config, ep string) error {
+	network, addr, err := endpointAddr(ep)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(cfg.DialTimeout, diagnoseTimeout))
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
 	if cfg.TLS == nil {
 		return nil
 	}
-	addr := cfg.Endpoints[0]
-	if i := strings.Index(addr, "://"); i >= 0 {
-		addr = addr[i+3:]
-	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil
-	}
 	tc := cfg.TLS.Clone()
-	if tc.ServerName == "" {
-		tc.ServerName = host
+	if tc.ServerName == "" && network == "tcp" {
+		tc.ServerName, _, _ = net.SplitHostPort(addr)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
-	defer cancel()
-	d := tls.Dialer{Config: tc}
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
+	if err := tls.Client(conn, tc).HandshakeContext(ctx); err != nil {
 		return fmt.Errorf("TLS handshake with %s: %w", addr, err)
 	}
-	_ = conn.Close()
 	return nil
 }
 
