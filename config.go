@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -83,8 +84,13 @@ type Config struct {
 	Logger *zap.Logger
 
 	// MaxValueSize is the largest encoded value, in bytes, the Client sends;
-	// larger ones fail with ErrTooLarge before anything is sent.
-	// Default: 1.5 MiB, etcd's default request size limit.
+	// larger ones fail with ErrTooLarge before anything is sent. The
+	// client's gRPC send limit follows it (MaxValueSize plus room for the key
+	// and the request's framing, never below gRPC's 2 MiB default), so a
+	// value within it is never refused by the client. The server has a limit
+	// of its own (etcd's --max-request-bytes, 1.5 MiB by default): raise both
+	// together. A value the server refuses also fails with ErrTooLarge, which
+	// is never retryable. Default: 1.5 MiB, etcd's default request limit.
 	MaxValueSize int
 
 	// Metrics receives counters and gauges about the library's own work
@@ -201,7 +207,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 // Close does not close it. cfg supplies the namespace and the other options;
 // its Endpoints default to raw's. The watch and lease engines open their own
 // connections to those endpoints with cfg's TLS and credentials, so set them
-// as for raw.
+// as for raw. Requests go through raw, whose gRPC send limit
+// (clientv3.Config.MaxCallSendMsgSize, 2 MiB by default) must then leave
+// room for values of cfg.MaxValueSize.
 func Wrap(raw *clientv3.Client, cfg Config) (*Client, error) {
 	if raw == nil {
 		return nil, errors.New("etcdkit: Wrap: nil client")
@@ -250,12 +258,33 @@ func newClient(raw *clientv3.Client, owned bool, cfg Config) *Client {
 	return c
 }
 
+// requestOverhead is the room a request needs besides its value: the key
+// (a name of at most maxNameLen under a namespace of at most as much), the
+// comparisons of a transaction and the protobuf framing.
+const requestOverhead = 64 << 10
+
+// grpcDefaultSendLimit is clientv3's default gRPC send limit, which the
+// client never goes below.
+const grpcDefaultSendLimit = 2 << 20
+
+// sendLimit is the gRPC send limit for cfg: room for a request carrying a
+// value of MaxValueSize.
+func sendLimit(cfg Config) int {
+	if cfg.MaxValueSize > math.MaxInt32-requestOverhead {
+		return math.MaxInt32
+	}
+	return max(cfg.MaxValueSize+requestOverhead, grpcDefaultSendLimit)
+}
+
 // dialRaw builds a raw client for endpoints with cfg's credentials, TLS,
-// keepalive and a reconnect backoff short enough that a healed link is used
-// again within a fraction of a second.
+// keepalive, a send limit that fits MaxValueSize and a reconnect backoff
+// short enough that a healed link is used again within a fraction of a
+// second.
 func dialRaw(ctx context.Context, cfg Config, endpoints []string) (*clientv3.Client, error) {
 	raw, err := clientv3.New(clientv3.Config{
 		Endpoints:            endpoints,
+		MaxCallSendMsgSize:   sendLimit(cfg),
+		MaxCallRecvMsgSize:   math.MaxInt32,
 		DialTimeout:          cfg.DialTimeout,
 		DialKeepAliveTime:    cfg.KeepAliveTime,
 		DialKeepAliveTimeout: cfg.KeepAliveTimeout,

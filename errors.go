@@ -95,12 +95,13 @@ func (e *DecodeError) Unwrap() error { return e.Err }
 // IsRetryable reports whether err is a transient failure after which the same
 // call may succeed: the cluster was unreachable, had no leader, or the request
 // timed out (not the caller's own cancellation). Writes that failed this way
-// may or may not have applied.
+// may or may not have applied. An error matching ErrTooLarge, ErrClosed or
+// context.Canceled is never retryable, whatever else it wraps.
 func IsRetryable(err error) bool {
 	if err == nil {
 		return false
 	}
-	if errors.Is(err, ErrClosed) || errors.Is(err, context.Canceled) {
+	if errors.Is(err, ErrClosed) || errors.Is(err, context.Canceled) || errors.Is(err, ErrTooLarge) {
 		return false
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrNoLeader) ||
