@@ -28,6 +28,9 @@ const (
 	DefaultMaxValueSize     = 1536 * 1024
 )
 
+// MinStallTimeout is the shortest Config.StallTimeout New and Wrap accept.
+const MinStallTimeout = 100 * time.Millisecond
+
 // Config configures a Client. The zero value of every field but Endpoints is
 // valid and means the default stated in the field's comment.
 type Config struct {
@@ -68,7 +71,9 @@ type Config struct {
 	// silent, after the engine has asked the server for a sign of life, before
 	// the link is declared stalled and the engine moves to another member (or
 	// re-dials the only one). It is what notices a silent link long before
-	// gRPC keepalive would. Default: 2s.
+	// gRPC keepalive would. It must be at least MinStallTimeout (100ms):
+	// the engines' timers are fractions of it, and a link cannot answer
+	// faster. Default: 2s.
 	StallTimeout time.Duration
 
 	// Username and Password authenticate the client when etcd auth is on.
@@ -131,6 +136,9 @@ func (cfg Config) withDefaults() (Config, error) {
 		if *d.v == 0 {
 			*d.v = d.def
 		}
+	}
+	if cfg.StallTimeout < MinStallTimeout {
+		return cfg, fmt.Errorf("etcdkit: config: StallTimeout %v is below the minimum of %v", cfg.StallTimeout, MinStallTimeout)
 	}
 	if cfg.MaxValueSize < 0 {
 		return cfg, fmt.Errorf("etcdkit: config: MaxValueSize is negative (%d)", cfg.MaxValueSize)

@@ -428,6 +428,7 @@ func TestConfigErrors(t *testing.T) {
 		"namespace slashes":  {Endpoints: []string{"127.0.0.1:1"}, Namespace: "//app"},
 		"namespace trailing": {Endpoints: []string{"127.0.0.1:1"}, Namespace: "app//"},
 		"endpoint no port":   {Endpoints: []string{"127.0.0.1"}},
+		"stall too short":    {Endpoints: []string{"127.0.0.1:1"}, StallTimeout: time.Millisecond},
 		"negative timeout":   {Endpoints: []string{"127.0.0.1:1"}, RequestTimeout: -time.Second},
 		"negative size":      {Endpoints: []string{"127.0.0.1:1"}, MaxValueSize: -1},
 		"user without pass":  {Endpoints: []string{"127.0.0.1:1"}, Username: "root"},
