@@ -149,7 +149,7 @@ func (s *Service[M]) Register(ctx context.Context, inst Instance[M], ttl time.Du
 		// The Ephemeral's own context names the internal key.
 		return nil, errorf("register %q in service %q: %w", inst.ID, s.name, detail(err))
 	}
-	return &Registration[M]{e: e, inst: inst}, nil
+	return &Registration[M]{e: e, svc: s.name, inst: inst}, nil
 }
 
 // taken turns the conflict of a refused registration into one about
@@ -325,7 +325,8 @@ func (rc recordCodec[M]) Decode(b []byte) (record[M], error) {
 // be presumed withdrawn (Lost); Done and Err say when and why it ended;
 // Close withdraws it at once. A Registration is safe for concurrent use.
 type Registration[M any] struct {
-	e *Ephemeral[record[M]]
+	e   *Ephemeral[record[M]]
+	svc string // the service's name
 
 	update sync.Mutex // orders Updates, so that inst is the last one written
 	mu     sync.Mutex
@@ -351,8 +352,13 @@ func (r *Registration[M]) Update(ctx context.Context, meta M) error {
 	r.update.Lock()
 	defer r.update.Unlock()
 	inst := r.Instance()
-	if err := r.e.Update(ctx, record[M]{addr: inst.Addr, meta: meta}); err != nil {
-		return err
+	rec := record[M]{addr: inst.Addr, meta: meta}
+	// As in Register: errors name the instance, not the key it is kept at.
+	if _, err := encodeValue(r.e.key.c, inst.ID, r.e.key.codec, rec); err != nil {
+		return r.fail("update", err)
+	}
+	if err := r.e.Update(ctx, rec); err != nil {
+		return r.fail("update", detail(err))
 	}
 	r.mu.Lock()
 	r.inst.Meta = meta
@@ -393,7 +399,17 @@ func (r *Registration[M]) Err() error { return r.e.Err() }
 // TTL later) and waits for the Registration's goroutines. It returns the
 // revoke's error, if any; the instance then expires with its lease. Close
 // is idempotent.
-func (r *Registration[M]) Close() error { return r.e.Close() }
+func (r *Registration[M]) Close() error {
+	if err := r.e.Close(); err != nil {
+		return r.fail("deregister", detail(err))
+	}
+	return nil
+}
+
+// fail names the instance and its service in the error of op.
+func (r *Registration[M]) fail(op string, err error) error {
+	return errorf("%s %q in service %q: %w", op, r.inst.ID, r.svc, err)
+}
 
 // Tracker is a live, local view of a service's instances, kept by a Cache
 // of the service's keys: it survives broken and silent links, member
