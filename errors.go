@@ -22,8 +22,10 @@ var (
 	// ErrConflict means a compare-and-swap found another revision than the
 	// expected one. The error is a *ConflictError that carries the current value.
 	ErrConflict = errors.New("etcdkit: revision conflict")
-	// ErrTooLarge means an encoded value is larger than Config.MaxValueSize.
-	// Nothing was sent to the cluster.
+	// ErrTooLarge means an encoded value is larger than Config.MaxValueSize,
+	// and nothing was sent to the cluster, or that the server refused the
+	// request as larger than its own limit (etcd's --max-request-bytes).
+	// Either way, sending it again fails again: IsRetryable is false.
 	ErrTooLarge = errors.New("etcdkit: value too large")
 	// ErrInvalidName means a key, prefix or namespace name is not acceptable:
 	// empty, with an empty, "." or ".." segment, with control characters or
@@ -126,8 +128,8 @@ const prefix = "etcdkit: "
 // of format and makes sure the text holds it once, however deep the chain,
 // by printing the errors among args without theirs (a sentinel's, or that of
 // an error made here). They stay wrapped as they are, so errors.Is and
-// errors.As see them unchanged. Every error that wraps another is made here:
-// this is the one place that decides how a chain reads.
+// errors.As see them unchanged. The package wraps its own errors only
+// through errorf: this is the one place that decides how a chain reads.
 func errorf(format string, args ...any) error {
 	args = append([]any(nil), args...)
 	for i, a := range args {
