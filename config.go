@@ -5,7 +5,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -26,6 +28,9 @@ const (
 	DefaultMaxValueSize     = 1536 * 1024
 )
 
+// MinStallTimeout is the shortest Config.StallTimeout New and Wrap accept.
+const MinStallTimeout = 100 * time.Millisecond
+
 // Config configures a Client. The zero value of every field but Endpoints is
 // valid and means the default stated in the field's comment.
 type Config struct {
@@ -34,9 +39,15 @@ type Config struct {
 	// client's endpoints.
 	Endpoints []string
 
-	// Namespace is the root under which every key of this Client lives:
-	// Namespace "app" stores key "db" at "app/db". It follows the rules of
-	// names (see ErrInvalidName). Default: "" (keys at the root of etcd).
+	// Namespace is the root under which every key of this Client lives,
+	// the library's own keys ("_etcdkit/...") included. It takes the forms
+	// of existing etcd layouts: with a leading "/", "/app/" and "/app" both
+	// store key "db" at "/app/db"; without one, "app/" and "app" store it at
+	// "app/db"; "/" stores it at "/db". Between the optional leading and
+	// trailing "/", it follows the rules of names (see ErrInvalidName: no
+	// empty, "." or ".." segment, no control character), so that no key
+	// leaves it. Client.KeyPrefix returns the resulting prefix.
+	// Default: "" (keys at the root of etcd, "db" at "db").
 	Namespace string
 
 	// DialTimeout bounds New's first contact with the cluster and every
@@ -60,7 +71,9 @@ type Config struct {
 	// silent, after the engine has asked the server for a sign of life, before
 	// the link is declared stalled and the engine moves to another member (or
 	// re-dials the only one). It is what notices a silent link long before
-	// gRPC keepalive would. Default: 2s.
+	// gRPC keepalive would. It must be at least MinStallTimeout (100ms):
+	// the engines' timers are fractions of it, and a link cannot answer
+	// faster. Default: 2s.
 	StallTimeout time.Duration
 
 	// Username and Password authenticate the client when etcd auth is on.
@@ -76,8 +89,13 @@ type Config struct {
 	Logger *zap.Logger
 
 	// MaxValueSize is the largest encoded value, in bytes, the Client sends;
-	// larger ones fail with ErrTooLarge before anything is sent.
-	// Default: 1.5 MiB, etcd's default request size limit.
+	// larger ones fail with ErrTooLarge before anything is sent. The
+	// client's gRPC send limit follows it (MaxValueSize plus room for the key
+	// and the request's framing, never below gRPC's 2 MiB default), so a
+	// value within it is never refused by the client. The server has a limit
+	// of its own (etcd's --max-request-bytes, 1.5 MiB by default): raise both
+	// together. A value the server refuses also fails with ErrTooLarge, which
+	// is never retryable. Default: 1.5 MiB, etcd's default request limit.
 	MaxValueSize int
 
 	// Metrics receives counters and gauges about the library's own work
@@ -93,11 +111,12 @@ func (cfg Config) withDefaults() (Config, error) {
 		if ep == "" {
 			return cfg, fmt.Errorf("etcdkit: config: endpoint %d is empty", i)
 		}
-	}
-	if cfg.Namespace != "" {
-		if err := validateName(cfg.Namespace); err != nil {
-			return cfg, fmt.Errorf("etcdkit: config: namespace: %w", err)
+		if _, _, err := endpointAddr(ep); err != nil {
+			return cfg, errorf("config: endpoint %q: %w", ep, err)
 		}
+	}
+	if _, err := keyPrefix(cfg.Namespace); err != nil {
+		return cfg, errorf("config: Namespace %q: %w", cfg.Namespace, err)
 	}
 	durations := []struct {
 		name string
@@ -117,6 +136,9 @@ func (cfg Config) withDefaults() (Config, error) {
 		if *d.v == 0 {
 			*d.v = d.def
 		}
+	}
+	if cfg.StallTimeout < MinStallTimeout {
+		return cfg, fmt.Errorf("etcdkit: config: StallTimeout %v is below the minimum of %v", cfg.StallTimeout, MinStallTimeout)
 	}
 	if cfg.MaxValueSize < 0 {
 		return cfg, fmt.Errorf("etcdkit: config: MaxValueSize is negative (%d)", cfg.MaxValueSize)
@@ -143,7 +165,7 @@ type Client struct {
 	raw   *clientv3.Client
 	owned bool
 	cfg   Config
-	ns    string // namespace with a trailing "/", or ""
+	ns    string // the prefix of every key: keyPrefix(cfg.Namespace)
 	log   *zap.Logger
 
 	// life is cancelled by Close; every handle's goroutines watch it.
@@ -165,7 +187,11 @@ type Client struct {
 // New connects to the cluster described by cfg. It blocks until a member
 // answers, the DialTimeout passes or ctx ends, so that wrong endpoints,
 // certificates or credentials fail here with a clear error rather than on the
-// first request. ctx bounds only this call.
+// first request. An endpoint that is not "host:port" (or a URL or unix socket
+// of that form) fails at once, before any dial. When no member answers, the
+// error says for each endpoint why it could not be reached ("connection
+// refused", "no such host", a TLS handshake failure). ctx bounds only this
+// call.
 func New(ctx context.Context, cfg Config) (*Client, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("etcdkit: config: no endpoints")
@@ -189,7 +215,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 // Close does not close it. cfg supplies the namespace and the other options;
 // its Endpoints default to raw's. The watch and lease engines open their own
 // connections to those endpoints with cfg's TLS and credentials, so set them
-// as for raw.
+// as for raw. Requests go through raw, whose gRPC send limit
+// (clientv3.Config.MaxCallSendMsgSize, 2 MiB by default) must then leave
+// room for values of cfg.MaxValueSize.
 func Wrap(raw *clientv3.Client, cfg Config) (*Client, error) {
 	if raw == nil {
 		return nil, errors.New("etcdkit: Wrap: nil client")
@@ -207,22 +235,64 @@ func Wrap(raw *clientv3.Client, cfg Config) (*Client, error) {
 	return newClient(raw, false, cfg), nil
 }
 
+// keyPrefix returns the prefix of the etcd keys under namespace ns (see
+// Config.Namespace), or why ns is not acceptable.
+func keyPrefix(ns string) (string, error) {
+	switch ns {
+	case "":
+		return "", nil
+	case "/":
+		return "/", nil
+	}
+	// One "/" on each side belongs to the layout; more would make an empty
+	// segment, which validateName refuses.
+	inner, lead := strings.CutPrefix(ns, "/")
+	inner = strings.TrimSuffix(inner, "/")
+	if err := validateName(inner); err != nil {
+		return "", err
+	}
+	if lead {
+		return "/" + inner + "/", nil
+	}
+	return inner + "/", nil
+}
+
 func newClient(raw *clientv3.Client, owned bool, cfg Config) *Client {
 	c := &Client{raw: raw, owned: owned, cfg: cfg, log: cfg.Logger}
-	if cfg.Namespace != "" {
-		c.ns = cfg.Namespace + "/"
-	}
+	// withDefaults validated the namespace.
+	c.ns, _ = keyPrefix(cfg.Namespace)
 	c.life, c.cancel = context.WithCancel(context.Background())
 	c.streams = newStreamConns(c)
 	return c
 }
 
+// requestOverhead is the room a request needs besides its value: the key
+// (a name of at most maxNameLen under a namespace of at most as much), the
+// comparisons of a transaction and the protobuf framing.
+const requestOverhead = 64 << 10
+
+// grpcDefaultSendLimit is clientv3's default gRPC send limit, which the
+// client never goes below.
+const grpcDefaultSendLimit = 2 << 20
+
+// sendLimit is the gRPC send limit for cfg: room for a request carrying a
+// value of MaxValueSize.
+func sendLimit(cfg Config) int {
+	if cfg.MaxValueSize > math.MaxInt32-requestOverhead {
+		return math.MaxInt32
+	}
+	return max(cfg.MaxValueSize+requestOverhead, grpcDefaultSendLimit)
+}
+
 // dialRaw builds a raw client for endpoints with cfg's credentials, TLS,
-// keepalive and a reconnect backoff short enough that a healed link is used
-// again within a fraction of a second.
+// keepalive, a send limit that fits MaxValueSize and a reconnect backoff
+// short enough that a healed link is used again within a fraction of a
+// second.
 func dialRaw(ctx context.Context, cfg Config, endpoints []string) (*clientv3.Client, error) {
 	raw, err := clientv3.New(clientv3.Config{
 		Endpoints:            endpoints,
+		MaxCallSendMsgSize:   sendLimit(cfg),
+		MaxCallRecvMsgSize:   math.MaxInt32,
 		DialTimeout:          cfg.DialTimeout,
 		DialKeepAliveTime:    cfg.KeepAliveTime,
 		DialKeepAliveTimeout: cfg.KeepAliveTimeout,
@@ -247,7 +317,7 @@ func dialRaw(ctx context.Context, cfg Config, endpoints []string) (*clientv3.Cli
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("etcdkit: connect to %v: %w", endpoints, err)
+		return nil, errorf("connect to %v: %w", endpoints, err)
 	}
 	return raw, nil
 }
@@ -259,42 +329,118 @@ func probe(ctx context.Context, raw *clientv3.Client, cfg Config) error {
 	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
 	if _, err := raw.MemberList(ctx, clientv3.WithSerializable()); err != nil {
-		// gRPC hides a failed TLS handshake behind the deadline; redo one
-		// handshake ourselves so the error names the certificate problem.
-		if herr := diagnoseTLS(cfg); herr != nil {
-			return fmt.Errorf("etcdkit: connect to %v: %w (%w)", cfg.Endpoints, err, herr)
+		// gRPC hides why it could not connect (a refused connection, an
+		// unknown host, a failed TLS handshake) behind the deadline; dial
+		// each endpoint once ourselves so the error says it.
+		if derr := diagnoseEndpoints(cfg); derr != nil {
+			return errorf("connect to %v: %w (%w)", cfg.Endpoints, err, derr)
 		}
-		return fmt.Errorf("etcdkit: connect to %v: %w", cfg.Endpoints, err)
+		return errorf("connect to %v: %w", cfg.Endpoints, err)
 	}
 	return nil
 }
 
-// diagnoseTLS handshakes with the first endpoint using cfg.TLS and returns
-// the handshake's error, if any.
-func diagnoseTLS(cfg Config) error {
+// endpointAddr returns the network and address an endpoint is dialled at:
+// "tcp" and "host:port" for "host:port", "http://host:port" and
+// "https://host:port", "unix" and a path for "unix://path", "unix:path" and
+// their "unixs" forms. The error says what makes ep unusable.
+func endpointAddr(ep string) (network, addr string, err error) {
+	for _, scheme := range []string{"unixs://", "unix://", "unixs:", "unix:"} {
+		if path, ok := strings.CutPrefix(ep, scheme); ok {
+			if path == "" {
+				return "", "", errors.New("no socket path")
+			}
+			return "unix", path, nil
+		}
+	}
+	addr = ep
+	if scheme, rest, ok := strings.Cut(ep, "://"); ok {
+		if scheme != "http" && scheme != "https" {
+			return "", "", fmt.Errorf("scheme %q, want http, https, unix or unixs", scheme)
+		}
+		addr, _, _ = strings.Cut(rest, "/")
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", "", fmt.Errorf("want host:port: %w", err)
+	}
+	if host == "" {
+		return "", "", errors.New("want host:port: no host")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", "", fmt.Errorf("want host:port: port %q is not a number in 1..65535", port)
+	}
+	return "tcp", addr, nil
+}
+
+// endpointErrors lists why each endpoint could not be reached.
+type endpointErrors []error
+
+func (e endpointErrors) Error() string {
+	msgs := make([]string, len(e))
+	for i, err := range e {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (e endpointErrors) Unwrap() []error { return e }
+
+// diagnoseEndpoints dials every endpoint once, with a TLS handshake when
+// cfg.TLS is set, and returns the failures, one per endpoint that failed, or
+// nil if every endpoint answered.
+func diagnoseEndpoints(cfg Config) error {
+	errs := make([]error, len(cfg.Endpoints))
+	var wg sync.WaitGroup
+	for i, ep := range cfg.Endpoints {
+		wg.Go(func() {
+			if err := dialOnce(cfg, ep); err != nil {
+				errs[i] = fmt.Errorf("%s: %w", ep, err)
+			}
+		})
+	}
+	wg.Wait()
+	var failed endpointErrors
+	for _, err := range errs {
+		if err != nil {
+			failed = append(failed, err)
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	return failed
+}
+
+// diagnoseTimeout bounds each dial of diagnoseEndpoints, which comes after
+// the probe already waited DialTimeout: a refused connection or an unknown
+// host fails at once, a silent endpoint has had its chance.
+const diagnoseTimeout = time.Second
+
+// dialOnce connects to ep as the client would, bounded by DialTimeout and
+// diagnoseTimeout, and closes the connection.
+func dialOnce(cfg Config, ep string) error {
+	network, addr, err := endpointAddr(ep)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(cfg.DialTimeout, diagnoseTimeout))
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
 	if cfg.TLS == nil {
 		return nil
 	}
-	addr := cfg.Endpoints[0]
-	if i := strings.Index(addr, "://"); i >= 0 {
-		addr = addr[i+3:]
-	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil
-	}
 	tc := cfg.TLS.Clone()
-	if tc.ServerName == "" {
-		tc.ServerName = host
+	if tc.ServerName == "" && network == "tcp" {
+		tc.ServerName, _, _ = net.SplitHostPort(addr)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
-	defer cancel()
-	d := tls.Dialer{Config: tc}
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
+	if err := tls.Client(conn, tc).HandshakeContext(ctx); err != nil {
 		return fmt.Errorf("TLS handshake with %s: %w", addr, err)
 	}
-	_ = conn.Close()
 	return nil
 }
 
@@ -320,8 +466,16 @@ func (c *Client) Close() error {
 // cover. Keys written through it are not namespaced.
 func (c *Client) Raw() *clientv3.Client { return c.raw }
 
-// Namespace returns the namespace the client's keys live under ("" for none).
+// Namespace returns Config.Namespace as given ("" for none). To build raw
+// etcd keys, use KeyPrefix.
 func (c *Client) Namespace() string { return c.cfg.Namespace }
+
+// KeyPrefix returns the prefix of the etcd key of every name under the
+// client's namespace: name "db" is at KeyPrefix()+"db". It is "/app/" for
+// Namespace "/app/" or "/app", "app/" for "app/" or "app", "/" for "/", and
+// "" for none. Use it to build keys for raw clientv3 calls, such as the ops of
+// Leadership.Txn.
+func (c *Client) KeyPrefix() string { return c.ns }
 
 // spawn runs f in a goroutine that Close waits for, unless the client is
 // closed, in which case it reports false and does not run f. f must return
@@ -372,8 +526,8 @@ func (c *Client) handleContext(ctx context.Context) (context.Context, context.Ca
 // cause returns the error to report for a failed request: ErrClosed when the
 // client was closed meanwhile, err otherwise.
 func (c *Client) cause(err error) error {
-	if err != nil && c.closed() {
-		return fmt.Errorf("%w: %w", ErrClosed, err)
+	if err != nil && c.closed() && !errors.Is(err, ErrClosed) {
+		return errorf("%w: %w", ErrClosed, err)
 	}
 	return err
 }

@@ -91,7 +91,7 @@ func NewService[M any](c *Client, name string, codec Codec[M]) *Service[M] {
 		s.err = fmt.Errorf("etcdkit: NewService %q: nil codec", name)
 	default:
 		if err := validateName(name); err != nil {
-			s.err = fmt.Errorf("etcdkit: NewService: %w", err)
+			s.err = errorf("NewService: %w", err)
 			break
 		}
 		s.p = NewPrefix[record[M]](c, serviceRoot+"/"+url.PathEscape(name), recordCodec[M]{meta: codec})
@@ -117,7 +117,7 @@ func (s *Service[M]) Err() error { return s.err }
 // registered it, or a crashed predecessor whose lease has not expired yet,
 // which takes at most its TTL), Register fails with a
 // *ConflictError[Instance[M]] matching ErrExists that carries the present
-// instance, and publishes nothing. An invalid ID or address fails with
+// instance (its Key is the ID), and publishes nothing. An invalid ID or address fails with
 // ErrInvalidInstance, Meta too large for Config.MaxValueSize with
 // ErrTooLarge, before anything is sent.
 //
@@ -128,35 +128,42 @@ func (s *Service[M]) Register(ctx context.Context, inst Instance[M], ttl time.Du
 		return nil, s.err
 	}
 	if err := validateID(inst.ID); err != nil {
-		return nil, fmt.Errorf("etcdkit: register in service %q: %w", s.name, err)
+		return nil, errorf("register in service %q: %w", s.name, err)
 	}
 	if err := validateAddr(inst.Addr); err != nil {
-		return nil, fmt.Errorf("etcdkit: register %q in service %q: %w", inst.ID, s.name, err)
+		return nil, errorf("register %q in service %q: %w", inst.ID, s.name, err)
+	}
+	rec := record[M]{addr: inst.Addr, meta: inst.Meta}
+	// Encoded here too so that a failure names the instance, not the key
+	// the library keeps it at.
+	if _, err := encodeValue(s.c, inst.ID, s.p.codec, rec); err != nil {
+		return nil, errorf("register %q in service %q: %w", inst.ID, s.name, err)
 	}
 	opts = append(slices.Clone(opts), WithCreateOnly())
-	e, err := NewEphemeral(ctx, s.p.Key(inst.ID), record[M]{addr: inst.Addr, meta: inst.Meta}, ttl, opts...)
+	e, err := NewEphemeral(ctx, s.p.Key(inst.ID), rec, ttl, opts...)
 	if err != nil {
 		var ce *ConflictError[record[M]]
 		if errors.As(err, &ce) {
 			return nil, s.taken(inst.ID, ce)
 		}
-		return nil, fmt.Errorf("etcdkit: register %q in service %q: %w", inst.ID, s.name, err)
+		// The Ephemeral's own context names the internal key.
+		return nil, errorf("register %q in service %q: %w", inst.ID, s.name, detail(err))
 	}
-	return &Registration[M]{e: e, inst: inst}, nil
+	return &Registration[M]{e: e, svc: s.name, inst: inst}, nil
 }
 
 // taken turns the conflict of a refused registration into one about
 // instances.
 func (s *Service[M]) taken(id string, ce *ConflictError[record[M]]) error {
 	cur := ce.Current
-	out := &ConflictError[Instance[M]]{Key: ce.Key, Exists: ce.Exists, DecodeErr: ce.DecodeErr, Revision: ce.Revision,
+	out := &ConflictError[Instance[M]]{Key: id, Exists: ce.Exists, DecodeErr: ce.DecodeErr, Revision: ce.Revision,
 		kind: ErrExists, Current: Value[Instance[M]]{Data: cur.Data.instance(id), Revision: cur.Revision,
 			CreateRevision: cur.CreateRevision, Version: cur.Version, Lease: cur.Lease}}
 	holder := "an undecodable value"
 	if ce.DecodeErr == nil {
 		holder = strconv.Quote(cur.Data.addr)
 	}
-	return fmt.Errorf("etcdkit: register %q in service %q: the ID is held by %s under lease %x: %w",
+	return errorf("register %q in service %q: the ID is held by %s under lease %x: %w",
 		id, s.name, holder, cur.Lease, out)
 }
 
@@ -202,10 +209,10 @@ func isDecodeErrors(err error) bool {
 // validateID checks an instance ID: a valid name of one segment.
 func validateID(id string) error {
 	if err := validateName(id); err != nil {
-		return fmt.Errorf("%w: ID: %w", ErrInvalidInstance, err)
+		return errorf("%w: ID: %w", ErrInvalidInstance, err)
 	}
 	if strings.Contains(id, "/") {
-		return fmt.Errorf("%w: ID %q: %w: an ID is one segment, without \"/\"", ErrInvalidInstance, id, ErrInvalidName)
+		return errorf("%w: ID %q: %w: an ID is one segment, without \"/\"", ErrInvalidInstance, id, ErrInvalidName)
 	}
 	return nil
 }
@@ -318,7 +325,8 @@ func (rc recordCodec[M]) Decode(b []byte) (record[M], error) {
 // be presumed withdrawn (Lost); Done and Err say when and why it ended;
 // Close withdraws it at once. A Registration is safe for concurrent use.
 type Registration[M any] struct {
-	e *Ephemeral[record[M]]
+	e   *Ephemeral[record[M]]
+	svc string // the service's name
 
 	update sync.Mutex // orders Updates, so that inst is the last one written
 	mu     sync.Mutex
@@ -344,8 +352,13 @@ func (r *Registration[M]) Update(ctx context.Context, meta M) error {
 	r.update.Lock()
 	defer r.update.Unlock()
 	inst := r.Instance()
-	if err := r.e.Update(ctx, record[M]{addr: inst.Addr, meta: meta}); err != nil {
-		return err
+	rec := record[M]{addr: inst.Addr, meta: meta}
+	// As in Register: errors name the instance, not the key it is kept at.
+	if _, err := encodeValue(r.e.key.c, inst.ID, r.e.key.codec, rec); err != nil {
+		return r.fail("update", err)
+	}
+	if err := r.e.Update(ctx, rec); err != nil {
+		return r.fail("update", detail(err))
 	}
 	r.mu.Lock()
 	r.inst.Meta = meta
@@ -386,7 +399,17 @@ func (r *Registration[M]) Err() error { return r.e.Err() }
 // TTL later) and waits for the Registration's goroutines. It returns the
 // revoke's error, if any; the instance then expires with its lease. Close
 // is idempotent.
-func (r *Registration[M]) Close() error { return r.e.Close() }
+func (r *Registration[M]) Close() error {
+	if err := r.e.Close(); err != nil {
+		return r.fail("deregister", detail(err))
+	}
+	return nil
+}
+
+// fail names the instance and its service in the error of op.
+func (r *Registration[M]) fail(op string, err error) error {
+	return errorf("%s %q in service %q: %w", op, r.inst.ID, r.svc, err)
+}
 
 // Tracker is a live, local view of a service's instances, kept by a Cache
 // of the service's keys: it survives broken and silent links, member
@@ -439,7 +462,7 @@ func (s *Service[M]) Track(ctx context.Context) (*Tracker[M], error) {
 	ca, err := s.p.Cache(tctx)
 	if err != nil {
 		cancel(err)
-		return nil, fmt.Errorf("etcdkit: track service %q: %w", s.name, err)
+		return nil, errorf("track service %q: %w", s.name, err)
 	}
 	t.ca = ca
 	t.w = ca.Subscribe(WithInitial())
@@ -447,7 +470,7 @@ func (s *Service[M]) Track(ctx context.Context) (*Tracker[M], error) {
 		cancel(ErrClosed)
 		_ = t.w.Close()
 		_ = ca.Close()
-		return nil, fmt.Errorf("etcdkit: track service %q: %w", s.name, ErrClosed)
+		return nil, errorf("track service %q: %w", s.name, ErrClosed)
 	}
 	return t, nil
 }

@@ -6,20 +6,41 @@
 //
 // # Quick start
 //
+// Follow a typed configuration value: the current value first, then every
+// change once, in order. A change is a Put or a Delete, and a stored value
+// that does not decode comes with Err set, so look at both before using
+// Value (it is the zero value for those). The package example QuickStart runs this code.
+//
 //	c, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{"127.0.0.1:2379"}, Namespace: "billing"})
-//	if err != nil { return err }
+//	if err != nil {
+//		return err
+//	}
 //	defer c.Close()
 //	limits := etcdkit.NewKey(c, "config/limits", etcdkit.JSON[Limits]())
 //	w := limits.Watch(ctx, etcdkit.WithInitial())
-//	for ev := range w.Events() { apply(ev.Value) }
+//	defer w.Close()
+//	for ev := range w.Events() {
+//		switch {
+//		case ev.Err != nil: // not decodable: keep the last good value
+//			log.Printf("config/limits at revision %d: %v", ev.Revision, ev.Err)
+//		case ev.Type == etcdkit.Delete:
+//			apply(DefaultLimits)
+//		default:
+//			apply(ev.Value)
+//		}
+//	}
+//	return w.Err() // why the loop ended: ctx, Close, or a permanent failure
 //
 // # Keys, prefixes and names
 //
 // A [Key] is a typed handle on one key and a [Prefix] a typed handle on the
-// keys below one name. Every name lives under [Config.Namespace]; names are
-// "/"-separated segments, and a name that is empty, has an empty, "." or ".."
-// segment, or holds control characters is refused with [ErrInvalidName], so
-// no name can reach outside its namespace. A prefix ends at a "/" boundary:
+// keys below one name. Every name lives under [Config.Namespace], which takes
+// the layouts of existing deployments: "/billing/" (or "/billing") puts name
+// "config/limits" at "/billing/config/limits", "billing" at
+// "billing/config/limits", "/" at "/config/limits". Names are "/"-separated
+// segments, and a name that is empty, has an empty, "." or ".." segment, or
+// holds control characters is refused with [ErrInvalidName], so no name can
+// reach outside its namespace. A prefix ends at a "/" boundary:
 // prefix "svc" holds "svc/a" but never "svc2/a".
 //
 // Values pass through a [Codec]: [JSON], [String], [Bytes] and [Proto] are

@@ -84,16 +84,16 @@ func NewElection(c *Client, name string, ttl time.Duration, opts ...ElectionOpti
 		return e
 	}
 	if err := validateName(name); err != nil {
-		e.err = fmt.Errorf("etcdkit: election: %w", err)
+		e.err = errorf("election: %w", err)
 		return e
 	}
 	if err := validateTTL(ttl); err != nil {
-		e.err = fmt.Errorf("etcdkit: election %q: %w", name, err)
+		e.err = errorf("election %q: %w", name, err)
 		return e
 	}
 	o, err := buildElectionOptions(ttl, c.cfg.StallTimeout, opts)
 	if err != nil {
-		e.err = fmt.Errorf("etcdkit: election %q: %w", name, err)
+		e.err = errorf("election %q: %w", name, err)
 		return e
 	}
 	e.o = o
@@ -180,7 +180,7 @@ func (e *Election) Leader(ctx context.Context) (LeaderInfo, error) {
 }
 
 func (e *Election) fail(op string, err error) error {
-	return fmt.Errorf("etcdkit: election %q: %s: %w", e.name, op, err)
+	return errorf("election %q: %s: %w", e.name, op, err)
 }
 
 // Campaign enters the election as candidate id and blocks until it leads,
@@ -539,12 +539,12 @@ func (l *Leadership) Resign(ctx context.Context) error {
 	select {
 	case <-l.done:
 	case <-ctx.Done():
-		return fmt.Errorf("etcdkit: election %q: resign: %w", l.e.name, context.Cause(ctx))
+		return errorf("election %q: resign: %w", l.e.name, context.Cause(ctx))
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.revokeErr != nil {
-		return fmt.Errorf("etcdkit: election %q: resign: %w", l.e.name, l.revokeErr)
+		return errorf("election %q: resign: %w", l.e.name, l.revokeErr)
 	}
 	return nil
 }
@@ -567,11 +567,11 @@ func (l *Leadership) lostCause() error {
 		if err := l.s.Err(); errors.Is(err, ErrClosed) {
 			return err
 		}
-		return fmt.Errorf("%w: %w", ErrNotLeader, l.s.Err())
+		return errorf("%w: %w", ErrNotLeader, l.s.Err())
 	default:
 	}
 	if st, _ := l.s.feed.get(); st == Lost {
-		return fmt.Errorf("%w: %w", ErrNotLeader, ErrLeaseLost)
+		return errorf("%w: %w", ErrNotLeader, ErrLeaseLost)
 	}
 	if rem := l.s.Remaining(); rem <= l.e.o.stepDown {
 		return fmt.Errorf("%w: stepped down: keepalives are failing and the lease may expire in %v",
@@ -626,7 +626,7 @@ func (l *Leadership) run() {
 		case <-timer.C:
 		case _, ok := <-l.w.Events():
 			if !ok {
-				l.end(fmt.Errorf("%w: the election watch ended: %w", ErrNotLeader, l.w.Err()))
+				l.end(errorf("%w: the election watch ended: %w", ErrNotLeader, l.w.Err()))
 				return
 			}
 		}
@@ -659,15 +659,15 @@ func (l *Leadership) finish() {
 func (l *Leadership) notLeader(op string) error {
 	cause := context.Cause(l.ctx)
 	if errors.Is(cause, ErrNotLeader) {
-		return fmt.Errorf("etcdkit: election %q: %s: %w", l.e.name, op, cause)
+		return errorf("election %q: %s: %w", l.e.name, op, cause)
 	}
-	return fmt.Errorf("etcdkit: election %q: %s: %w: %w", l.e.name, op, ErrNotLeader, cause)
+	return errorf("election %q: %s: %w: %w", l.e.name, op, ErrNotLeader, cause)
 }
 
 // Txn runs ops in one etcd transaction that applies only if the leader key
 // still exists with this leadership's token, and returns its response. Ops
 // are raw clientv3 operations and take full etcd keys: prefix them with
-// Client.Namespace and "/" (Key and Prefix do this for you; see GuardedPut
+// Client.KeyPrefix (Key and Prefix do this for you; see GuardedPut
 // and GuardedDelete). With no ops, Txn checks in the cluster that this is
 // still the leader.
 //
@@ -696,7 +696,7 @@ func (l *Leadership) txn(ctx context.Context, op string, ops []clientv3.Op) (*cl
 	c := l.e.c
 	rctx, cancel, err := c.opContext(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("etcdkit: election %q: %s: %w", l.e.name, op, err)
+		return nil, errorf("election %q: %s: %w", l.e.name, op, err)
 	}
 	defer cancel()
 	rctx, abort := context.WithCancel(rctx)
@@ -709,10 +709,10 @@ func (l *Leadership) txn(ctx context.Context, op string, ops []clientv3.Op) (*cl
 		Commit()
 	if err != nil {
 		if l.ctx.Err() != nil && ctx.Err() == nil && !c.closed() {
-			return nil, fmt.Errorf("etcdkit: election %q: %s: %w: leadership ended while the write was in flight, and it may have applied before (%w)",
+			return nil, errorf("election %q: %s: %w: leadership ended while the write was in flight, and it may have applied before (%w)",
 				l.e.name, op, ErrNotLeader, err)
 		}
-		return nil, fmt.Errorf("etcdkit: election %q: %s: %w", l.e.name, op, c.cause(mapServerError(err)))
+		return nil, errorf("election %q: %s: %w", l.e.name, op, c.cause(mapServerError(err)))
 	}
 	if !resp.Succeeded {
 		l.end(fmt.Errorf("%w: a guarded write found the leader key gone at revision %d", ErrNotLeader, resp.Header.Revision))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
@@ -21,12 +22,15 @@ var (
 	// ErrConflict means a compare-and-swap found another revision than the
 	// expected one. The error is a *ConflictError that carries the current value.
 	ErrConflict = errors.New("etcdkit: revision conflict")
-	// ErrTooLarge means an encoded value is larger than Config.MaxValueSize.
-	// Nothing was sent to the cluster.
+	// ErrTooLarge means an encoded value is larger than Config.MaxValueSize,
+	// and nothing was sent to the cluster, or that the server refused the
+	// request as larger than its own limit (etcd's --max-request-bytes).
+	// Either way, sending it again fails again: IsRetryable is false.
 	ErrTooLarge = errors.New("etcdkit: value too large")
 	// ErrInvalidName means a key, prefix or namespace name is not acceptable:
 	// empty, with an empty, "." or ".." segment, with control characters or
-	// invalid UTF-8, or starting or ending with "/".
+	// invalid UTF-8, or starting or ending with "/" (a namespace may start
+	// and end with one; see Config.Namespace).
 	ErrInvalidName = errors.New("etcdkit: invalid name")
 	// ErrClosed means the Client or the handle was closed.
 	ErrClosed = errors.New("etcdkit: closed")
@@ -93,12 +97,13 @@ func (e *DecodeError) Unwrap() error { return e.Err }
 // IsRetryable reports whether err is a transient failure after which the same
 // call may succeed: the cluster was unreachable, had no leader, or the request
 // timed out (not the caller's own cancellation). Writes that failed this way
-// may or may not have applied.
+// may or may not have applied. An error matching ErrTooLarge, ErrClosed or
+// context.Canceled is never retryable, whatever else it wraps.
 func IsRetryable(err error) bool {
 	if err == nil {
 		return false
 	}
-	if errors.Is(err, ErrClosed) || errors.Is(err, context.Canceled) {
+	if errors.Is(err, ErrClosed) || errors.Is(err, context.Canceled) || errors.Is(err, ErrTooLarge) {
 		return false
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrNoLeader) ||
@@ -114,4 +119,47 @@ func IsRetryable(err error) bool {
 		}
 	}
 	return false
+}
+
+// prefix starts the text of every error the package makes.
+const prefix = "etcdkit: "
+
+// errorf is fmt.Errorf for the package's own errors: it puts prefix in front
+// of format and makes sure the text holds it once, however deep the chain,
+// by printing the errors among args without theirs (a sentinel's, or that of
+// an error made here). They stay wrapped as they are, so errors.Is and
+// errors.As see them unchanged. The package wraps its own errors only
+// through errorf: this is the one place that decides how a chain reads.
+func errorf(format string, args ...any) error {
+	args = append([]any(nil), args...)
+	for i, a := range args {
+		if err, ok := a.(error); ok {
+			args[i] = unprefixed{err}
+		}
+	}
+	return fmt.Errorf(prefix+format, args...)
+}
+
+// unprefixed prints an error without the package's prefix.
+type unprefixed struct{ err error }
+
+func (u unprefixed) Error() string {
+	// Errors made before errorf existed, or by fmt.Errorf with a sentinel
+	// first and another of our errors later, hold the prefix inside too.
+	s := strings.TrimPrefix(u.err.Error(), prefix)
+	s = strings.ReplaceAll(s, ": "+prefix, ": ")
+	return strings.ReplaceAll(s, "("+prefix, "(")
+}
+
+func (u unprefixed) Unwrap() error { return u.err }
+
+// detail returns what an error made by errorf with one %w wraps, without the
+// context its maker added: for a caller whose own context says it better
+// (Register, over the Ephemeral it makes). Other errors are returned as they
+// are.
+func detail(err error) error {
+	if u, ok := errors.Unwrap(err).(unprefixed); ok {
+		return u.err
+	}
+	return err
 }

@@ -82,7 +82,7 @@ func (id MemberID) MarshalText() ([]byte, error) { return []byte(id.String()), n
 func (id *MemberID) UnmarshalText(b []byte) error {
 	v, err := strconv.ParseUint(string(b), 16, 64)
 	if err != nil {
-		return fmt.Errorf("etcdkit: member ID %q: %w", b, err)
+		return errorf("member ID %q: %w", b, err)
 	}
 	*id = MemberID(v)
 	return nil

@@ -86,7 +86,7 @@ func (k *Key[T]) Get(ctx context.Context) (Value[T], error) {
 	}
 	ctx, cancel, err := k.c.opContext(ctx)
 	if err != nil {
-		return zero, err
+		return zero, k.fail("get", err)
 	}
 	defer cancel()
 	resp, err := k.c.raw.Get(ctx, k.path)
@@ -109,7 +109,7 @@ func (k *Key[T]) Put(ctx context.Context, v T) (int64, error) {
 	}
 	ctx, cancel, err := k.c.opContext(ctx)
 	if err != nil {
-		return 0, err
+		return 0, k.fail("put", err)
 	}
 	defer cancel()
 	resp, err := k.c.raw.Put(ctx, k.path, string(data))
@@ -149,7 +149,7 @@ func (k *Key[T]) swap(ctx context.Context, v T, expectedRev int64) (int64, error
 	}
 	ctx, cancel, err := k.c.opContext(ctx)
 	if err != nil {
-		return 0, err
+		return 0, k.fail("compare-and-swap", err)
 	}
 	defer cancel()
 	resp, err := k.c.raw.Txn(ctx).
@@ -211,7 +211,7 @@ func (k *Key[T]) Update(ctx context.Context, fn func(cur T, exists bool) (T, err
 			return zero, ce.DecodeErr
 		}
 		if attempt == maxUpdateAttempts {
-			return zero, fmt.Errorf("etcdkit: Update %q: gave up after %d conflicting attempts: %w", k.name, attempt, err)
+			return zero, errorf("Update %q: gave up after %d conflicting attempts: %w", k.name, attempt, err)
 		}
 		// The losing transaction already read the winner's value.
 		cur, exists = ce.Current, ce.Exists
@@ -233,7 +233,7 @@ func (k *Key[T]) Delete(ctx context.Context) error {
 	}
 	ctx, cancel, err := k.c.opContext(ctx)
 	if err != nil {
-		return err
+		return k.fail("delete", err)
 	}
 	defer cancel()
 	if _, err := k.c.raw.Delete(ctx, k.path); err != nil {
@@ -249,15 +249,17 @@ func (k *Key[T]) encode(v T) ([]byte, error) {
 	return encodeValue(k.c, k.name, k.codec, v)
 }
 
+// fail names the key and the operation in the error of a request that was
+// refused or failed.
 func (k *Key[T]) fail(op string, err error) error {
-	return fmt.Errorf("etcdkit: %s %q: %w", op, k.name, k.c.cause(mapServerError(err)))
+	return errorf("%s %q: %w", op, k.name, k.c.cause(mapServerError(err)))
 }
 
 // encodeValue encodes v and enforces the client's size limit.
 func encodeValue[T any](c *Client, name string, codec Codec[T], v T) ([]byte, error) {
 	data, err := codec.Encode(v)
 	if err != nil {
-		return nil, fmt.Errorf("etcdkit: encode %q: %w", name, err)
+		return nil, errorf("encode %q: %w", name, err)
 	}
 	if len(data) > c.cfg.MaxValueSize {
 		return nil, fmt.Errorf("%w: %q encodes to %d bytes, limit %d", ErrTooLarge, name, len(data), c.cfg.MaxValueSize)
@@ -281,10 +283,10 @@ func decodeKV[T any](name string, codec Codec[T], kv *mvccpb.KeyValue) (Value[T]
 // large") and of gRPC ("message larger than max") into ErrTooLarge.
 func mapServerError(err error) error {
 	if errors.Is(err, rpctypes.ErrRequestTooLarge) {
-		return fmt.Errorf("%w: %w", ErrTooLarge, err)
+		return errorf("%w: %w", ErrTooLarge, err)
 	}
 	if s, ok := status.FromError(err); ok && s.Code() == codes.ResourceExhausted && strings.Contains(s.Message(), "larger than max") {
-		return fmt.Errorf("%w: %w", ErrTooLarge, err)
+		return errorf("%w: %w", ErrTooLarge, err)
 	}
 	return err
 }

@@ -275,12 +275,12 @@ func (c *Client) NewSession(ctx context.Context, ttl time.Duration, opts ...Sess
 	s := &Session{c: c, ttl: ttl, o: o}
 	gctx, cancel, err := c.opContext(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("etcdkit: session: %w", err)
+		return nil, errorf("session: %w", err)
 	}
 	id, sent, granted, err := s.grant(gctx)
 	cancel()
 	if err != nil {
-		return nil, fmt.Errorf("etcdkit: session: grant lease: %w", c.cause(err))
+		return nil, errorf("session: grant lease: %w", c.cause(err))
 	}
 	if granted > int64(ttl/time.Second) {
 		s.lease = id
@@ -299,7 +299,7 @@ func (c *Client) NewSession(ctx context.Context, ttl time.Duration, opts ...Sess
 		s.stopLife()
 		s.cancel(nil)
 		_ = s.revoke()
-		return nil, fmt.Errorf("etcdkit: session: %w", ErrClosed)
+		return nil, errorf("session: %w", ErrClosed)
 	}
 	c.log.Debug("session started", zap.Int64("lease", int64(id)), zap.Duration("ttl", ttl))
 	return s, nil
@@ -584,7 +584,7 @@ func (s *Session) revoke() error {
 		return err
 	})
 	if err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		return fmt.Errorf("etcdkit: session: revoke lease %x: %w", int64(id), err)
+		return errorf("session: revoke lease %x: %w", int64(id), err)
 	}
 	return nil
 }
@@ -598,7 +598,7 @@ func (s *Session) finish() {
 	s.mu.Unlock()
 	cause := context.Cause(s.ctx)
 	if !errors.Is(cause, ErrClosed) {
-		cause = fmt.Errorf("etcdkit: session: %w", cause)
+		cause = errorf("session: %w", cause)
 	}
 	s.end(cause)
 }
@@ -715,7 +715,7 @@ func NewEphemeral[T any](ctx context.Context, key *Key[T], value T, ttl time.Dur
 	}
 	s, err := key.c.NewSession(ctx, ttl, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("etcdkit: ephemeral %q: %w", key.name, err)
+		return nil, errorf("ephemeral %q: %w", key.name, err)
 	}
 	e := &Ephemeral[T]{
 		key: key,
@@ -748,7 +748,7 @@ func NewEphemeral[T any](ctx context.Context, key *Key[T], value T, ttl time.Dur
 	}
 	if !key.c.spawn(e.run) {
 		_ = s.Close()
-		return nil, fmt.Errorf("etcdkit: ephemeral %q: %w", key.name, ErrClosed)
+		return nil, errorf("ephemeral %q: %w", key.name, ErrClosed)
 	}
 	return e, nil
 }
@@ -848,7 +848,7 @@ func (e *Ephemeral[T]) Close() error {
 }
 
 func (e *Ephemeral[T]) fail(op string, err error) error {
-	return fmt.Errorf("etcdkit: ephemeral %s %q: %w", op, e.key.name, mapServerError(err))
+	return errorf("ephemeral %s %q: %w", op, e.key.name, mapServerError(err))
 }
 
 // run keeps the key in place until the session ends.

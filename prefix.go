@@ -133,12 +133,12 @@ func (p *Prefix[T]) list(ctx context.Context) ([]Entry[T], int64, error) {
 func (p *Prefix[T]) get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
 	ctx, cancel, err := p.c.opContext(ctx)
 	if err != nil {
-		return nil, err
+		return nil, errorf("list %q: %w", p.name, err)
 	}
 	defer cancel()
 	resp, err := p.c.raw.Get(ctx, key, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("etcdkit: list %q: %w", p.name, p.c.cause(err))
+		return nil, errorf("list %q: %w", p.name, p.c.cause(err))
 	}
 	return resp, nil
 }

@@ -121,16 +121,16 @@ func (b resolverBuilder) Build(target resolver.Target, cc resolver.ClientConn, _
 	}
 	svc := NewService(b.c, target.Endpoint(), Bytes())
 	if err := svc.Err(); err != nil {
-		return nil, fmt.Errorf("etcdkit: resolver: target %q: %w", target.URL.String(), err)
+		return nil, errorf("resolver: target %q: %w", target.URL.String(), err)
 	}
 	tr, err := svc.Track(context.Background())
 	if err != nil {
-		return nil, fmt.Errorf("etcdkit: resolver: %w", err)
+		return nil, errorf("resolver: %w", err)
 	}
 	r := &grpcResolver{c: b.c, name: svc.Name(), tr: tr, cc: cc, exited: make(chan struct{})}
 	if !b.c.spawn(r.run) {
 		_ = tr.Close()
-		return nil, fmt.Errorf("etcdkit: resolver: %w", ErrClosed)
+		return nil, errorf("resolver: %w", ErrClosed)
 	}
 	return r, nil
 }
@@ -173,7 +173,7 @@ func (r *grpcResolver) run() {
 		case list, ok := <-r.tr.Updates():
 			if !ok {
 				if !r.closing.Load() {
-					r.cc.ReportError(fmt.Errorf("etcdkit: resolver %q: %w", r.name, r.tr.Err()))
+					r.cc.ReportError(errorf("resolver %q: %w", r.name, r.tr.Err()))
 				}
 				return
 			}
@@ -197,10 +197,10 @@ func (r *grpcResolver) run() {
 			}
 			reported = true
 			if last == nil {
-				r.cc.ReportError(fmt.Errorf("etcdkit: resolver %q: no view of the service's instances yet: %w",
+				r.cc.ReportError(errorf("resolver %q: no view of the service's instances yet: %w",
 					r.name, r.staleness()))
 			} else {
-				r.cc.ReportError(fmt.Errorf("etcdkit: resolver %q: the view of the service's instances may be stale: %w",
+				r.cc.ReportError(errorf("resolver %q: the view of the service's instances may be stale: %w",
 					r.name, r.staleness()))
 			}
 		}

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -261,7 +260,7 @@ func (s *stream) watch(ctx context.Context, conn *clientv3.Client, gen uint64, e
 			case errors.Is(err, rpctypes.ErrNoLeader):
 				return outcome{kind: outNoLeader}
 			case isTerminal(err) && ctx.Err() == nil:
-				return outcome{kind: outFailed, err: fmt.Errorf("etcdkit: watch %q: %w", s.target.key, err)}
+				return outcome{kind: outFailed, err: errorf("watch %q: %w", s.target.key, err)}
 			}
 			return outcome{kind: outBroken}
 		}
@@ -386,7 +385,7 @@ func (h *watchHub) retry(ctx context.Context, t watchTarget, op func() error) er
 		case h.c.closed():
 			return ErrClosed
 		case isTerminal(err):
-			return fmt.Errorf("etcdkit: watch: read %q: %w", t.key, err)
+			return errorf("watch: read %q: %w", t.key, err)
 		}
 		h.c.log.Debug("watch read failed, retrying", zap.Stringer("target", t), zap.Error(err))
 		if !bo.Wait(ctx) {
