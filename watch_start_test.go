@@ -30,19 +30,6 @@ func serverEventsSent(t testing.TB) float64 {
 	return 0
 }
 
-// nextEvent receives one event from w, failing after waitTimeout.
-func nextEvent(t testing.TB, w *etcdkit.Watch[string]) etcdkit.Event[string] {
-	t.Helper()
-	select {
-	case e, ok := <-w.Events():
-		require.True(t, ok, "watch ended: %v", w.Err())
-		return e
-	case <-time.After(waitTimeout):
-		t.Fatalf("no event within %v", waitTimeout)
-	}
-	return etcdkit.Event[string]{}
-}
-
 // A subscriber whose buffer holds less than one revision's events on top of
 // what it has waiting must not make its catch-up re-read history while its
 // reader is idle. Buffer 16: 16 single puts fill it, a 12-key transaction
