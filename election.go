@@ -676,7 +676,8 @@ func (l *Leadership) notLeader(op string) error {
 // the cluster found the leader key gone (nothing was applied; the leadership
 // then ends). ctx bounds the call, with Config.RequestTimeout when it has no
 // deadline; the end of leadership also interrupts it, with an error matching
-// ErrNotLeader that says the write may have applied before. Any other error
+// ErrNotLeader that says the write may have applied before, whatever ctx is
+// (Context itself, or a context derived from it, included). Any other error
 // (a timeout, an unreachable cluster) also leaves the outcome unknown.
 func (l *Leadership) Txn(ctx context.Context, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
 	return l.txn(ctx, "guarded txn", ops)
@@ -696,6 +697,10 @@ func (l *Leadership) txn(ctx context.Context, op string, ops []clientv3.Op) (*cl
 	c := l.e.c
 	rctx, cancel, err := c.opContext(ctx)
 	if err != nil {
+		if l.ctx.Err() != nil && !c.closed() {
+			// ctx may derive from Context, which just ended: nothing was sent.
+			return nil, l.notLeader(op)
+		}
 		return nil, fmt.Errorf("etcdkit: election %q: %s: %w", l.e.name, op, err)
 	}
 	defer cancel()
@@ -708,7 +713,9 @@ func (l *Leadership) txn(ctx context.Context, op string, ops []clientv3.Op) (*cl
 		Then(ops...).
 		Commit()
 	if err != nil {
-		if l.ctx.Err() != nil && ctx.Err() == nil && !c.closed() {
+		// Whether or not ctx ended too (it may be Context itself, or derive
+		// from it), the end of leadership is what the caller must learn.
+		if l.ctx.Err() != nil && !c.closed() {
 			return nil, fmt.Errorf("etcdkit: election %q: %s: %w: leadership ended while the write was in flight, and it may have applied before (%w)",
 				l.e.name, op, ErrNotLeader, err)
 		}

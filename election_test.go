@@ -414,6 +414,67 @@ func TestElectionGuardedWrites(t *testing.T) {
 	assert.ErrorIs(t, err, etcdkit.ErrNotFound, "the refused write did not apply")
 }
 
+// TestGuardedWriteInterruptedByLossOfLeadership blackholes the leader's
+// only link (proxy Blackhole(Both)) and sends a guarded write into it; the
+// leader steps down while the write is in flight, which interrupts it. The
+// write's outcome is then unknown, and the caller must learn that it was
+// leadership that ended, whatever ctx it passed: before, a write made with
+// Leadership.Context (the natural ctx inside Election.Run) failed with a
+// bare "context canceled", which matched neither ErrNotLeader nor said that
+// the write may have applied.
+func TestGuardedWriteInterruptedByLossOfLeadership(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		leaders bool // pass Leadership.Context as ctx, else context.Background()
+		write   func(ctx context.Context, l *etcdkit.Leadership, k *etcdkit.Key[string]) error
+	}{
+		{"GuardedPut with Context", true, func(ctx context.Context, l *etcdkit.Leadership, k *etcdkit.Key[string]) error {
+			_, err := etcdkit.GuardedPut(ctx, l, k, "v")
+			return err
+		}},
+		{"GuardedDelete with Context", true, func(ctx context.Context, l *etcdkit.Leadership, k *etcdkit.Key[string]) error {
+			_, err := etcdkit.GuardedDelete(ctx, l, k)
+			return err
+		}},
+		{"Txn with Context", true, func(ctx context.Context, l *etcdkit.Leadership, k *etcdkit.Key[string]) error {
+			_, err := l.Txn(ctx, clientv3.OpPut(l.Key()+"-note", "v"))
+			return err
+		}},
+		{"GuardedPut with Background", false, func(ctx context.Context, l *etcdkit.Leadership, k *etcdkit.Key[string]) error {
+			_, err := etcdkit.GuardedPut(ctx, l, k, "v")
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := etcdtest.Start(t, etcdtest.WithProxy())
+			// The request timeout is far longer than the step-down, so that
+			// only the end of leadership can interrupt the write.
+			c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.ProxyEndpoint()}, Namespace: "el",
+				RequestTimeout: time.Minute})
+			l := elLead(t, etcdkit.NewElection(c, "svc", 2*time.Second), "a")
+			k := etcdkit.NewKey(c, "out", etcdkit.String())
+
+			srv.Proxy().Blackhole(proxy.Both)
+			t.Cleanup(srv.Proxy().Unblackhole)
+			ctx := context.Background()
+			if tc.leaders {
+				ctx = l.Context()
+			}
+			errc := make(chan error, 1)
+			go func() { errc <- tc.write(ctx, l, k) }()
+			var err error
+			select {
+			case err = <-errc:
+			case <-time.After(elWait):
+				t.Fatalf("the write did not return within %v of the cut", elWait)
+			}
+			require.Error(t, l.Context().Err(), "the write returned (%v) while still leading", err)
+			assert.ErrorIs(t, err, etcdkit.ErrNotLeader)
+			assert.ErrorContains(t, err, "may have applied")
+		})
+	}
+}
+
 func TestElectionLeaderKeyDeletedEndsLeadership(t *testing.T) {
 	srv := etcdtest.Start(t)
 	c := testClient(t, []string{srv.Endpoint()}, "el")
