@@ -465,9 +465,10 @@ type Leadership struct {
 	w       *Watch[[]byte]
 	endLife context.CancelCauseFunc
 
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	done   chan struct{}
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	endOnce sync.Once
+	done    chan struct{}
 
 	mu        sync.Mutex
 	err       error
@@ -535,7 +536,7 @@ func (l *Leadership) Err() error {
 // no longer kept alive). Resigning a leadership that has already ended does
 // nothing more and returns the same error.
 func (l *Leadership) Resign(ctx context.Context) error {
-	l.cancel(errResigned)
+	l.end(errResigned)
 	select {
 	case <-l.done:
 	case <-ctx.Done():
@@ -556,8 +557,16 @@ func (l *Leadership) Close() error {
 	return l.Resign(context.Background())
 }
 
-// end cancels Context with cause, unless it was already cancelled.
-func (l *Leadership) end(cause error) { l.cancel(cause) }
+// end cancels Context with cause, unless it was already cancelled. It counts
+// the change first, so that whoever sees Context cancelled finds it counted:
+// the revoke that follows can take as long as the TTL when the cluster is
+// out of reach.
+func (l *Leadership) end(cause error) {
+	l.endOnce.Do(func() {
+		l.e.c.cfg.Metrics.Add(MetricLeadershipChanges, 1)
+		l.cancel(cause)
+	})
+}
 
 // lostCause returns why leadership must end now, from what the session says,
 // or nil.
@@ -644,7 +653,6 @@ func (l *Leadership) finish() {
 	l.mu.Lock()
 	l.err, l.revokeErr = cause, revokeErr
 	l.mu.Unlock()
-	l.e.c.cfg.Metrics.Add(MetricLeadershipChanges, 1)
 	log := l.e.c.log.Warn
 	if errors.Is(cause, ErrClosed) {
 		log = l.e.c.log.Info

@@ -14,6 +14,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/etcdkit/etcdkit"
 	"github.com/etcdkit/etcdkit/etcdtest"
@@ -473,6 +475,44 @@ func TestGuardedWriteInterruptedByLossOfLeadership(t *testing.T) {
 			assert.ErrorContains(t, err, "may have applied")
 		})
 	}
+}
+
+// elPartitionedLeader starts a member behind a proxy and a client through
+// it, whose WARN lines go to logs and whose metrics to m, and returns a
+// leadership of that client, with TTL 2s. The test cuts the link.
+func elPartitionedLeader(t *testing.T) (*etcdtest.Server, *etcdkit.Client, *etcdkit.Leadership, *observer.ObservedLogs, *countingMetrics) {
+	t.Helper()
+	srv := etcdtest.Start(t, etcdtest.WithProxy())
+	core, logs := observer.New(zap.WarnLevel)
+	m := newCountingMetrics()
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.ProxyEndpoint()}, Namespace: "el",
+		Logger: zap.New(core), Metrics: m})
+	l := elLead(t, etcdkit.NewElection(c, "svc", 2*time.Second), "a")
+	t.Cleanup(srv.Proxy().Unblackhole)
+	return srv, c, l, logs, m
+}
+
+// TestLeadershipLossCountedAtCancel cuts the leader's only link silently
+// (proxy Blackhole(Both)): the leader steps down, and its revoke cannot
+// reach the cluster. Before, leadership_changes_total counted the loss only
+// once the revoke gave up, about 2s after Context was cancelled, so a
+// dashboard showed a leader that had already stepped down. The loss must be
+// counted by the time Context is cancelled.
+func TestLeadershipLossCountedAtCancel(t *testing.T) {
+	srv, _, l, _, m := elPartitionedLeader(t)
+	require.Equal(t, 1.0, m.get(etcdkit.MetricLeadershipChanges), "leadership changes once won")
+	atCancel := make(chan float64, 1)
+	context.AfterFunc(l.Context(), func() { atCancel <- m.get(etcdkit.MetricLeadershipChanges) })
+
+	srv.Proxy().Blackhole(proxy.Both)
+	select {
+	case n := <-atCancel:
+		assert.Equal(t, 2.0, n, "leadership changes counted when Context was cancelled")
+	case <-time.After(elWait):
+		t.Fatalf("leadership did not end within %v of the cut", elWait)
+	}
+	assert.ErrorIs(t, elWaitDone(t, l), etcdkit.ErrNotLeader)
+	assert.Equal(t, 2.0, m.get(etcdkit.MetricLeadershipChanges), "leadership changes once ended")
 }
 
 func TestElectionLeaderKeyDeletedEndsLeadership(t *testing.T) {
