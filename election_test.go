@@ -515,6 +515,50 @@ func TestLeadershipLossCountedAtCancel(t *testing.T) {
 	assert.Equal(t, 2.0, m.get(etcdkit.MetricLeadershipChanges), "leadership changes once ended")
 }
 
+// TestRevokeUnderPartitionLogsOnce cuts the leader's only link silently
+// (proxy Blackhole(Both)) for good, then closes the client. The leader
+// steps down and revokes its lease, which cannot reach the cluster, while
+// the watch engine replaces the client's stream connection. Before, the
+// revoke went on retrying every 25ms on the connection already replaced,
+// each try a WARN line (dozens in 2s, more at shutdown). It must move to
+// the live connection with backoff, and the failure be logged once.
+func TestRevokeUnderPartitionLogsOnce(t *testing.T) {
+	srv, c, l, logs, _ := elPartitionedLeader(t)
+
+	srv.Proxy().Blackhole(proxy.Both)
+	assert.ErrorIs(t, elWaitDone(t, l), etcdkit.ErrNotLeader)
+	during := logs.All()
+	require.NoError(t, c.Close())
+	atClose := logs.All()[len(during):]
+
+	for _, e := range logs.All() {
+		t.Logf("%s %s: %s %v", e.Level, e.LoggerName, e.Message, e.ContextMap())
+	}
+	// clientv3's interceptor reports every failed request once: a revoke
+	// attempt stopped when its connection was replaced, and one on the new
+	// connection until the revoke's deadline, with room for one more.
+	revokes := func(es []observer.LoggedEntry) int {
+		n := 0
+		for _, e := range es {
+			if e.ContextMap()["method"] == "/etcdserverpb.Lease/LeaseRevoke" {
+				n++
+			}
+		}
+		return n
+	}
+	assert.LessOrEqual(t, revokes(during), 3, "WARN lines about revokes from the cut to the end of leadership")
+	assert.LessOrEqual(t, revokes(atClose), 1, "WARN lines about revokes while the client closes")
+	// The library's own: the loss, with the revoke's failure, once.
+	own := 0
+	for _, e := range logs.All() {
+		if e.LoggerName != "clientv3" {
+			own++
+		}
+	}
+	assert.Equal(t, 1, own, "the library's own WARN lines")
+	assert.LessOrEqual(t, len(logs.All()), 10, "WARN lines in all")
+}
+
 func TestElectionLeaderKeyDeletedEndsLeadership(t *testing.T) {
 	srv := etcdtest.Start(t)
 	c := testClient(t, []string{srv.Endpoint()}, "el")
