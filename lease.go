@@ -682,7 +682,10 @@ func (c *Client) streamFailed(ctx context.Context, gen uint64, err error) {
 // place: if someone deletes or overwrites it, it is put back (sending
 // Restored and counting MetricEphemeralRestores), and after the lease was
 // Lost and a new one granted, the key is put again under the new lease
-// (sending Recovered).
+// (sending Recovered). It follows its key through the client's watch engine,
+// as Key.Watch does: a broken, silent or leaderless link is noticed and
+// survived as for any Watch, by the one stall detector every watch of the
+// client shares.
 //
 // Two Ephemerals on one key fight over it, each putting its value back; the
 // restores are paced (a restore within 5s of the previous one waits, longer
