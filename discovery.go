@@ -547,6 +547,11 @@ func (t *Tracker[M]) run() {
 		select {
 		case <-synced:
 			synced = nil
+			if t.ca.Revision() == 0 {
+				// A cache that ended before it synced may close Synced
+				// too; its Revision stays 0. The tracker ends with it.
+				return
+			}
 			t.publish()
 			close(t.synced)
 		case ev, ok := <-t.w.Events():

@@ -844,7 +844,9 @@ func (e *Election) observe(ctx context.Context, ch chan<- LeaderInfo) {
 	}
 	defer stop()
 	for {
-		if ca != nil && synced == nil {
+		// A cache that ended before it synced may close Synced too, with
+		// Revision still 0: that is no state to report.
+		if ca != nil && synced == nil && ca.Revision() > 0 {
 			li := leaderOf(ca.List(), ca.Revision())
 			if !known || !li.same(last) {
 				if len(queue) == observeBacklog {
