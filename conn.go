@@ -18,10 +18,13 @@ import (
 type streamConns struct {
 	c *Client
 
-	mu      sync.Mutex
-	cur     *clientv3.Client
-	curIdx  int    // index of cur's endpoint
-	gen     uint64 // generation of cur; bumped on every dial
+	mu     sync.Mutex
+	cur    *clientv3.Client
+	curIdx int    // index of cur's endpoint
+	gen    uint64 // generation of cur; bumped on every dial
+	// curLife ends when cur is dropped or closed; endCur ends it.
+	curLife context.Context
+	endCur  context.CancelFunc
 	dialing chan struct{}
 	done    bool
 	// failedAt records when each endpoint's connection was last dropped, so
@@ -102,12 +105,34 @@ func (s *streamConns) get(ctx context.Context) (*clientv3.Client, uint64, error)
 			return nil, 0, ErrClosed
 		}
 		s.cur = raw
+		s.curLife, s.endCur = context.WithCancel(context.Background())
 		s.curIdx = idx
 		s.gen++
 		s.c.log.Debug("stream connection up", zap.String("endpoint", ep), zap.Uint64("generation", s.gen))
 		s.mu.Unlock()
 	}
 }
+
+// life returns a context that ends when the connection of generation gen
+// is dropped or closed; it has already ended if gen is not the current
+// generation. Requests bound by it stop at once when their connection is
+// replaced, rather than wait, or retry inside clientv3, on a connection
+// that is closing.
+func (s *streamConns) life(gen uint64) context.Context {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur == nil || s.gen != gen {
+		return endedContext
+	}
+	return s.curLife
+}
+
+// endedContext is a context that has ended.
+var endedContext = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
 
 // fail reports that the connection of generation gen stalled, lost its
 // leader or broke. If it is still the current one it is closed, which ends
@@ -121,6 +146,7 @@ func (s *streamConns) fail(gen uint64) {
 	}
 	old := s.cur
 	s.cur = nil
+	s.endCur()
 	s.failedAt[s.curIdx] = time.Now()
 	s.mu.Unlock()
 	s.c.log.Debug("stream connection dropped", zap.Strings("endpoints", old.Endpoints()), zap.Uint64("generation", gen))
@@ -133,6 +159,9 @@ func (s *streamConns) close() {
 	s.done = true
 	old := s.cur
 	s.cur = nil
+	if old != nil {
+		s.endCur()
+	}
 	s.mu.Unlock()
 	if old != nil {
 		_ = old.Close()

@@ -492,7 +492,10 @@ func (t *Tracker[M]) Instances() []Instance[M] {
 // is one channel per tracker: concurrent readers share the views.
 func (t *Tracker[M]) Updates() <-chan []Instance[M] { return t.updates }
 
-// Synced is closed once the view holds the service's instances.
+// Synced is closed once the view holds the service's instances, or, like
+// Watch.Ready, when the tracker ends before that: a caller waiting on it is
+// never left hanging. In that case Done is closed first and Err says why the
+// tracker ended; the view stays empty and Stale reports true.
 func (t *Tracker[M]) Synced() <-chan struct{} { return t.synced }
 
 // Invalid returns the keys under the service whose values do not decode
@@ -567,6 +570,11 @@ func (t *Tracker[M]) run() {
 		select {
 		case <-synced:
 			synced = nil
+			if t.ca.Revision() == 0 {
+				// A cache that ended before it synced may close Synced
+				// too; its Revision stays 0. The tracker ends with it.
+				return
+			}
 			t.publish()
 			close(t.synced)
 		case ev, ok := <-t.w.Events():
@@ -649,7 +657,9 @@ func (t *Tracker[M]) publish() {
 	t.updates <- slices.Clone(list)
 }
 
-// finish records why the tracker ended, then closes Updates and Done.
+// finish records why the tracker ended, then closes Updates, Done and, if
+// the tracker never synced, Synced, so that whoever it releases finds Err
+// set.
 func (t *Tracker[M]) finish() {
 	_ = t.w.Close()
 	_ = t.ca.Close()
@@ -661,4 +671,10 @@ func (t *Tracker[M]) finish() {
 	t.err = err
 	close(t.updates)
 	close(t.done)
+	// Only run, whose end this is, closes synced.
+	select {
+	case <-t.synced:
+	default:
+		close(t.synced)
+	}
 }

@@ -469,6 +469,49 @@ func TestTrackerSlowReader(t *testing.T) {
 	}
 }
 
+// TestTrackerEndsBeforeSync closes a tracker whose cluster never answered:
+// its link is silent from the start (proxy Blackhole(Both) before Track), so
+// it never syncs. A caller waiting on Synced, as one waits on Watch.Ready,
+// must be released when the tracker ends, and find Err saying why; before,
+// Synced stayed open for good and such a caller hung.
+func TestTrackerEndsBeforeSync(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		end  func(tr *etcdkit.Tracker[nodeMeta], cancel context.CancelFunc)
+		want error
+	}{
+		{"Close", func(tr *etcdkit.Tracker[nodeMeta], _ context.CancelFunc) { _ = tr.Close() }, etcdkit.ErrClosed},
+		{"ctx cancelled", func(_ *etcdkit.Tracker[nodeMeta], cancel context.CancelFunc) { cancel() }, context.Canceled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := etcdtest.Start(t, etcdtest.WithProxy())
+			c := testClient(t, []string{srv.ProxyEndpoint()}, "app")
+			srv.Proxy().Blackhole(proxy.Both)
+			t.Cleanup(srv.Proxy().Unblackhole)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			tr, err := dsService(c).Track(ctx)
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = tr.Close() })
+			select {
+			case <-tr.Synced():
+				t.Fatal("Synced closed while the link was silent")
+			default:
+			}
+
+			tc.end(tr, cancel)
+			select {
+			case <-tr.Synced():
+			case <-time.After(dsWait):
+				t.Fatalf("Synced still open %v after the tracker was ended", dsWait)
+			}
+			assert.ErrorIs(t, tr.Err(), tc.want, "Err once Synced is closed by the end")
+			assert.Empty(t, tr.Instances())
+			assert.True(t, tr.Stale(), "Stale after ending unsynced")
+		})
+	}
+}
+
 // TestServiceNodeBlackholed cuts one node's link silently (proxy
 // Blackhole(Both)): no FIN, no error, the process does not Close. A
 // heartbeat-key scheme notices only when the key's TTL runs out too; here

@@ -465,9 +465,10 @@ type Leadership struct {
 	w       *Watch[[]byte]
 	endLife context.CancelCauseFunc
 
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	done   chan struct{}
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	endOnce sync.Once
+	done    chan struct{}
 
 	mu        sync.Mutex
 	err       error
@@ -535,7 +536,7 @@ func (l *Leadership) Err() error {
 // no longer kept alive). Resigning a leadership that has already ended does
 // nothing more and returns the same error.
 func (l *Leadership) Resign(ctx context.Context) error {
-	l.cancel(errResigned)
+	l.end(errResigned)
 	select {
 	case <-l.done:
 	case <-ctx.Done():
@@ -556,8 +557,16 @@ func (l *Leadership) Close() error {
 	return l.Resign(context.Background())
 }
 
-// end cancels Context with cause, unless it was already cancelled.
-func (l *Leadership) end(cause error) { l.cancel(cause) }
+// end cancels Context with cause, unless it was already cancelled. It counts
+// the change first, so that whoever sees Context cancelled finds it counted:
+// the revoke that follows can take as long as the TTL when the cluster is
+// out of reach.
+func (l *Leadership) end(cause error) {
+	l.endOnce.Do(func() {
+		l.e.c.cfg.Metrics.Add(MetricLeadershipChanges, 1)
+		l.cancel(cause)
+	})
+}
 
 // lostCause returns why leadership must end now, from what the session says,
 // or nil.
@@ -644,7 +653,6 @@ func (l *Leadership) finish() {
 	l.mu.Lock()
 	l.err, l.revokeErr = cause, revokeErr
 	l.mu.Unlock()
-	l.e.c.cfg.Metrics.Add(MetricLeadershipChanges, 1)
 	log := l.e.c.log.Warn
 	if errors.Is(cause, ErrClosed) {
 		log = l.e.c.log.Info
@@ -676,7 +684,8 @@ func (l *Leadership) notLeader(op string) error {
 // the cluster found the leader key gone (nothing was applied; the leadership
 // then ends). ctx bounds the call, with Config.RequestTimeout when it has no
 // deadline; the end of leadership also interrupts it, with an error matching
-// ErrNotLeader that says the write may have applied before. Any other error
+// ErrNotLeader that says the write may have applied before, whatever ctx is
+// (Context itself, or a context derived from it, included). Any other error
 // (a timeout, an unreachable cluster) also leaves the outcome unknown.
 func (l *Leadership) Txn(ctx context.Context, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
 	return l.txn(ctx, "guarded txn", ops)
@@ -696,6 +705,10 @@ func (l *Leadership) txn(ctx context.Context, op string, ops []clientv3.Op) (*cl
 	c := l.e.c
 	rctx, cancel, err := c.opContext(ctx)
 	if err != nil {
+		if l.ctx.Err() != nil && !c.closed() {
+			// ctx may derive from Context, which just ended: nothing was sent.
+			return nil, l.notLeader(op)
+		}
 		return nil, errorf("election %q: %s: %w", l.e.name, op, err)
 	}
 	defer cancel()
@@ -708,7 +721,9 @@ func (l *Leadership) txn(ctx context.Context, op string, ops []clientv3.Op) (*cl
 		Then(ops...).
 		Commit()
 	if err != nil {
-		if l.ctx.Err() != nil && ctx.Err() == nil && !c.closed() {
+		// Whether or not ctx ended too (it may be Context itself, or derive
+		// from it), the end of leadership is what the caller must learn.
+		if l.ctx.Err() != nil && !c.closed() {
 			return nil, errorf("election %q: %s: %w: leadership ended while the write was in flight, and it may have applied before (%w)",
 				l.e.name, op, ErrNotLeader, err)
 		}
@@ -829,7 +844,9 @@ func (e *Election) observe(ctx context.Context, ch chan<- LeaderInfo) {
 	}
 	defer stop()
 	for {
-		if ca != nil && synced == nil {
+		// A cache that ended before it synced may close Synced too, with
+		// Revision still 0: that is no state to report.
+		if ca != nil && synced == nil && ca.Revision() > 0 {
 			li := leaderOf(ca.List(), ca.Revision())
 			if !known || !li.same(last) {
 				if len(queue) == observeBacklog {

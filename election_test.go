@@ -14,6 +14,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/etcdkit/etcdkit"
 	"github.com/etcdkit/etcdkit/etcdtest"
@@ -412,6 +414,149 @@ func TestElectionGuardedWrites(t *testing.T) {
 	assert.ErrorIs(t, elWaitDone(t, l), etcdkit.ErrNotLeader)
 	_, err = k.Get(ctx)
 	assert.ErrorIs(t, err, etcdkit.ErrNotFound, "the refused write did not apply")
+}
+
+// TestGuardedWriteInterruptedByLossOfLeadership blackholes the leader's
+// only link (proxy Blackhole(Both)) and sends a guarded write into it; the
+// leader steps down while the write is in flight, which interrupts it. The
+// write's outcome is then unknown, and the caller must learn that it was
+// leadership that ended, whatever ctx it passed: before, a write made with
+// Leadership.Context (the natural ctx inside Election.Run) failed with a
+// bare "context canceled", which matched neither ErrNotLeader nor said that
+// the write may have applied.
+func TestGuardedWriteInterruptedByLossOfLeadership(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		leaders bool // pass Leadership.Context as ctx, else context.Background()
+		write   func(ctx context.Context, l *etcdkit.Leadership, k *etcdkit.Key[string]) error
+	}{
+		{"GuardedPut with Context", true, func(ctx context.Context, l *etcdkit.Leadership, k *etcdkit.Key[string]) error {
+			_, err := etcdkit.GuardedPut(ctx, l, k, "v")
+			return err
+		}},
+		{"GuardedDelete with Context", true, func(ctx context.Context, l *etcdkit.Leadership, k *etcdkit.Key[string]) error {
+			_, err := etcdkit.GuardedDelete(ctx, l, k)
+			return err
+		}},
+		{"Txn with Context", true, func(ctx context.Context, l *etcdkit.Leadership, k *etcdkit.Key[string]) error {
+			_, err := l.Txn(ctx, clientv3.OpPut(l.Key()+"-note", "v"))
+			return err
+		}},
+		{"GuardedPut with Background", false, func(ctx context.Context, l *etcdkit.Leadership, k *etcdkit.Key[string]) error {
+			_, err := etcdkit.GuardedPut(ctx, l, k, "v")
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := etcdtest.Start(t, etcdtest.WithProxy())
+			// The request timeout is far longer than the step-down, so that
+			// only the end of leadership can interrupt the write.
+			c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.ProxyEndpoint()}, Namespace: "el",
+				RequestTimeout: time.Minute})
+			l := elLead(t, etcdkit.NewElection(c, "svc", 2*time.Second), "a")
+			k := etcdkit.NewKey(c, "out", etcdkit.String())
+
+			srv.Proxy().Blackhole(proxy.Both)
+			t.Cleanup(srv.Proxy().Unblackhole)
+			ctx := context.Background()
+			if tc.leaders {
+				ctx = l.Context()
+			}
+			errc := make(chan error, 1)
+			go func() { errc <- tc.write(ctx, l, k) }()
+			var err error
+			select {
+			case err = <-errc:
+			case <-time.After(elWait):
+				t.Fatalf("the write did not return within %v of the cut", elWait)
+			}
+			require.Error(t, l.Context().Err(), "the write returned (%v) while still leading", err)
+			assert.ErrorIs(t, err, etcdkit.ErrNotLeader)
+			assert.ErrorContains(t, err, "may have applied")
+		})
+	}
+}
+
+// elPartitionedLeader starts a member behind a proxy and a client through
+// it, whose WARN lines go to logs and whose metrics to m, and returns a
+// leadership of that client, with TTL 2s. The test cuts the link.
+func elPartitionedLeader(t *testing.T) (*etcdtest.Server, *etcdkit.Client, *etcdkit.Leadership, *observer.ObservedLogs, *countingMetrics) {
+	t.Helper()
+	srv := etcdtest.Start(t, etcdtest.WithProxy())
+	core, logs := observer.New(zap.WarnLevel)
+	m := newCountingMetrics()
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.ProxyEndpoint()}, Namespace: "el",
+		Logger: zap.New(core), Metrics: m})
+	l := elLead(t, etcdkit.NewElection(c, "svc", 2*time.Second), "a")
+	t.Cleanup(srv.Proxy().Unblackhole)
+	return srv, c, l, logs, m
+}
+
+// TestLeadershipLossCountedAtCancel cuts the leader's only link silently
+// (proxy Blackhole(Both)): the leader steps down, and its revoke cannot
+// reach the cluster. Before, leadership_changes_total counted the loss only
+// once the revoke gave up, about 2s after Context was cancelled, so a
+// dashboard showed a leader that had already stepped down. The loss must be
+// counted by the time Context is cancelled.
+func TestLeadershipLossCountedAtCancel(t *testing.T) {
+	srv, _, l, _, m := elPartitionedLeader(t)
+	require.Equal(t, 1.0, m.get(etcdkit.MetricLeadershipChanges), "leadership changes once won")
+	atCancel := make(chan float64, 1)
+	context.AfterFunc(l.Context(), func() { atCancel <- m.get(etcdkit.MetricLeadershipChanges) })
+
+	srv.Proxy().Blackhole(proxy.Both)
+	select {
+	case n := <-atCancel:
+		assert.Equal(t, 2.0, n, "leadership changes counted when Context was cancelled")
+	case <-time.After(elWait):
+		t.Fatalf("leadership did not end within %v of the cut", elWait)
+	}
+	assert.ErrorIs(t, elWaitDone(t, l), etcdkit.ErrNotLeader)
+	assert.Equal(t, 2.0, m.get(etcdkit.MetricLeadershipChanges), "leadership changes once ended")
+}
+
+// TestRevokeUnderPartitionLogsOnce cuts the leader's only link silently
+// (proxy Blackhole(Both)) for good, then closes the client. The leader
+// steps down and revokes its lease, which cannot reach the cluster, while
+// the watch engine replaces the client's stream connection. Before, the
+// revoke went on retrying every 25ms on the connection already replaced,
+// each try a WARN line (dozens in 2s, more at shutdown). It must move to
+// the live connection with backoff, and the failure be logged once.
+func TestRevokeUnderPartitionLogsOnce(t *testing.T) {
+	srv, c, l, logs, _ := elPartitionedLeader(t)
+
+	srv.Proxy().Blackhole(proxy.Both)
+	assert.ErrorIs(t, elWaitDone(t, l), etcdkit.ErrNotLeader)
+	during := logs.All()
+	require.NoError(t, c.Close())
+	atClose := logs.All()[len(during):]
+
+	for _, e := range logs.All() {
+		t.Logf("%s %s: %s %v", e.Level, e.LoggerName, e.Message, e.ContextMap())
+	}
+	// clientv3's interceptor reports every failed request once: a revoke
+	// attempt stopped when its connection was replaced, and one on the new
+	// connection until the revoke's deadline, with room for one more.
+	revokes := func(es []observer.LoggedEntry) int {
+		n := 0
+		for _, e := range es {
+			if e.ContextMap()["method"] == "/etcdserverpb.Lease/LeaseRevoke" {
+				n++
+			}
+		}
+		return n
+	}
+	assert.LessOrEqual(t, revokes(during), 3, "WARN lines about revokes from the cut to the end of leadership")
+	assert.LessOrEqual(t, revokes(atClose), 1, "WARN lines about revokes while the client closes")
+	// The library's own: the loss, with the revoke's failure, once.
+	own := 0
+	for _, e := range logs.All() {
+		if e.LoggerName != "clientv3" {
+			own++
+		}
+	}
+	assert.Equal(t, 1, own, "the library's own WARN lines")
+	assert.LessOrEqual(t, len(logs.All()), 10, "WARN lines in all")
 }
 
 func TestElectionLeaderKeyDeletedEndsLeadership(t *testing.T) {

@@ -2,6 +2,8 @@ package etcdkit_test
 
 import (
 	"context"
+	"fmt"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -492,4 +494,86 @@ func TestEphemeralQuietCluster(t *testing.T) {
 	time.Sleep(2 * time.Second) // an observation window, not synchronisation
 	assert.Zero(t, m.get(etcdkit.MetricWatchStalls), "stalls")
 	assert.Equal(t, etcdkit.Live, e.State())
+}
+
+// TestEphemeralNoFalseStall runs an Ephemeral beside other watches of the
+// same client on a healthy loopback link (no fault is injected): watches of
+// new keys started every 40ms, or a slow reader whose buffer keeps filling.
+// etcd ignores a progress request on a gRPC stream while any watch on it is
+// not synced, which both loads keep true most of the time. A stall detector
+// that trusts progress notifications alone would declare the healthy link
+// silent and drop the client's stream connection, moving every watch and
+// session of the client for nothing; the library must count no stall.
+func TestEphemeralNoFalseStall(t *testing.T) {
+	const window = 8 * time.Second
+	for _, tc := range []struct {
+		name string
+		load func(ctx context.Context, t *testing.T, c *etcdkit.Client, raw *clientv3.Client)
+	}{
+		{"watch churn", func(ctx context.Context, t *testing.T, c *etcdkit.Client, _ *clientv3.Client) {
+			var open []*etcdkit.Watch[string]
+			defer func() {
+				for _, w := range open {
+					_ = w.Close()
+				}
+			}()
+			tick := time.NewTicker(40 * time.Millisecond)
+			defer tick.Stop()
+			for i := 0; ; i++ {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+				open = append(open, etcdkit.NewKey(c, fmt.Sprintf("churn/%d", i), etcdkit.String()).Watch(ctx))
+				if len(open) > 10 {
+					_ = open[0].Close()
+					open = open[1:]
+				}
+			}
+		}},
+		{"slow reader", func(ctx context.Context, t *testing.T, c *etcdkit.Client, raw *clientv3.Client) {
+			w := etcdkit.NewKey(c, "slow", etcdkit.String()).Watch(ctx, etcdkit.WithBufferSize(4))
+			defer func() { _ = w.Close() }()
+			writerDone := make(chan struct{})
+			go func() {
+				defer close(writerDone)
+				for i := 0; ctx.Err() == nil; i++ {
+					_, _ = raw.Put(ctx, "slow", strconv.Itoa(i))
+				}
+			}()
+			defer func() { <-writerDone }()
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+				select {
+				case <-w.Events():
+				case <-ctx.Done():
+					return
+				}
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := etcdtest.Start(t)
+			m := newCountingMetrics()
+			c := lsClient(t, etcdkit.Config{Metrics: m, Logger: lsLogger(t)}, srv.Endpoint())
+			raw := srv.Client(t)
+			e := lsEphemeral(t, c, "svc/busy", "mine", 3*time.Second)
+			states := recordStates(t, e.States())
+
+			ctx, cancel := context.WithTimeout(context.Background(), window)
+			defer cancel()
+			tc.load(ctx, t, c, raw)
+
+			assert.Zero(t, m.get(etcdkit.MetricWatchStalls), "stalls declared on a healthy link")
+			assert.NotContains(t, states.list(), etcdkit.Suspended)
+			assert.Equal(t, etcdkit.Live, e.State())
+		})
+	}
 }

@@ -616,12 +616,16 @@ func (s *Session) end(err error) {
 // onStreams runs op on the stream connection, one attempt at a time, each
 // bounded by attempt, until it succeeds, fails in a way retrying cannot fix,
 // or ctx ends. An attempt that stalls or finds its member unavailable moves
-// the stream connection to the next member before the next attempt.
+// the stream connection to the next member before the next attempt; one
+// whose connection is replaced meanwhile (by another request or the watch
+// engine) stops at once. Either way the next attempt goes to the live
+// connection, after a backoff. It logs nothing: the caller reports the
+// outcome.
 func (c *Client) onStreams(ctx context.Context, attempt time.Duration, op func(context.Context, *clientv3.Client) error) error {
 	retry := backoff.New(50*time.Millisecond, 500*time.Millisecond)
 	for {
 		err := c.streamAttempt(ctx, attempt, op)
-		if err == nil || !IsRetryable(err) {
+		if err == nil || !IsRetryable(err) && !errors.Is(err, errStreamReplaced) {
 			return err
 		}
 		if ctx.Err() != nil || !retry.Wait(ctx) {
@@ -630,14 +634,28 @@ func (c *Client) onStreams(ctx context.Context, attempt time.Duration, op func(c
 	}
 }
 
+// errStreamReplaced is the cause of an attempt stopped because its stream
+// connection was dropped while it ran.
+var errStreamReplaced = errors.New("etcdkit: the stream connection was replaced during the request")
+
 func (c *Client) streamAttempt(ctx context.Context, attempt time.Duration, op func(context.Context, *clientv3.Client) error) error {
-	actx, cancel := context.WithTimeout(ctx, attempt)
+	tctx, cancel := context.WithTimeout(ctx, attempt)
 	defer cancel()
-	cli, gen, err := c.streams.get(actx)
+	cli, gen, err := c.streams.get(tctx)
 	if err != nil {
 		return err
 	}
+	// A request on a connection that is closing fails with Canceled, which
+	// clientv3's interceptor retries every 25ms until the deadline: end it as
+	// soon as its connection is dropped.
+	actx, abandon := context.WithCancelCause(tctx)
+	defer abandon(nil)
+	stop := context.AfterFunc(c.streams.life(gen), func() { abandon(errStreamReplaced) })
+	defer stop()
 	if err := op(actx, cli); err != nil {
+		if ctx.Err() == nil && errors.Is(context.Cause(actx), errStreamReplaced) {
+			return fmt.Errorf("%w: %w", errStreamReplaced, err)
+		}
 		c.streamFailed(ctx, gen, err)
 		return err
 	}
@@ -664,7 +682,10 @@ func (c *Client) streamFailed(ctx context.Context, gen uint64, err error) {
 // place: if someone deletes or overwrites it, it is put back (sending
 // Restored and counting MetricEphemeralRestores), and after the lease was
 // Lost and a new one granted, the key is put again under the new lease
-// (sending Recovered).
+// (sending Recovered). It follows its key through the client's watch engine,
+// as Key.Watch does: a broken, silent or leaderless link is noticed and
+// survived as for any Watch, by the one stall detector every watch of the
+// client shares.
 //
 // Two Ephemerals on one key fight over it, each putting its value back; the
 // restores are paced (a restore within 5s of the previous one waits, longer
@@ -913,8 +934,8 @@ func (e *Ephemeral[T]) run() {
 		why, checked = 0, false
 		start := time.Now()
 		e.watch(epoch, lease)
-		// A watch that breaks at once for a lasting reason (a member
-		// without a leader, a compaction race) must not spin.
+		// A watch that ends at once for a lasting reason (a permission
+		// denied, a restore that keeps failing) must not spin.
 		delay := time.Duration(0)
 		if time.Since(start) < time.Second {
 			delay = rewatch.Next()
@@ -1002,7 +1023,13 @@ func (e *Ephemeral[T]) reconcile(epoch context.Context, lease clientv3.LeaseID) 
 
 // oursLocked reports whether kv is our value under lease.
 func (e *Ephemeral[T]) oursLocked(kv *mvccpb.KeyValue, lease clientv3.LeaseID) bool {
-	return kv != nil && kv.Lease == int64(lease) && bytes.Equal(kv.Value, e.value)
+	return kv != nil && e.holdsLocked(kv.Value, kv.Lease, lease)
+}
+
+// holdsLocked reports whether a key holding value under kvLease holds our
+// value under lease.
+func (e *Ephemeral[T]) holdsLocked(value []byte, kvLease int64, lease clientv3.LeaseID) bool {
+	return kvLease == int64(lease) && bytes.Equal(value, e.value)
 }
 
 // writeLocked puts our value under lease if the key's mod revision is
@@ -1081,69 +1108,53 @@ func (e *Ephemeral[T]) createLocked(ctx context.Context, lease clientv3.LeaseID)
 	return ce
 }
 
-// watch follows the key from our last write on the stream connection and
-// puts it back whenever someone else changes it. It returns at the end of the
+// watch follows the key through the client's watch engine, as a Key.Watch
+// does, from the last revision known to hold our value, and puts the key
+// back whenever someone else changes it. The engine notices a silent link,
+// resumes after a broken one and turns a compacted gap into Resync events,
+// so nothing here watches over the link. It returns at the end of the
 // session state's epoch (the lease or the state changed: the key must be
-// checked again), when the watch breaks or stalls, or when the session ends.
+// checked again), when a restore fails, when the watch fails for good (a
+// permission denied), or when the session ends.
 func (e *Ephemeral[T]) watch(epoch context.Context, lease clientv3.LeaseID) {
 	c := e.key.c
-	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(e.s.ctx))
+	ctx, cancel := context.WithCancel(e.s.ctx)
 	defer cancel()
-	cli, gen, err := c.streams.get(ctx)
-	if err != nil {
-		return
-	}
+	stop := context.AfterFunc(epoch, cancel)
+	defer stop()
 	e.mu.Lock()
-	// Everything up to seen was checked, so starting there misses nothing,
-	// even if our last write was compacted away. Not one revision later: a
-	// watch that starts in the future gets no progress notification until
-	// someone writes, which would look like a stall on a quiet cluster. The
-	// event at the start revision, if any, is our own write or was checked.
+	// Everything up to seen was checked, and the change at our last write's
+	// revision is our own, so a start after both misses nothing, even if our
+	// last write was compacted away.
 	from := max(e.rev, e.seen)
 	e.mu.Unlock()
-	wch := cli.Watch(ctx, e.key.path, clientv3.WithRev(from))
-
-	// A watch on a silent link just goes quiet. Ask for a progress
-	// notification every keepalive interval; one left unanswered for
-	// StallTimeout means the stream stalled.
-	stall := c.cfg.StallTimeout
-	tick := time.NewTicker(min(e.s.o.interval, stall))
-	defer tick.Stop()
-	var asked time.Time
+	h := c.watchHub()
+	cfg := watchConfig{after: from, setAfter: true, buffer: DefaultWatchBuffer}
+	s := newSub(h, watchTarget{key: e.key.path, strip: len(c.ns)}, cfg, ctx)
+	if !h.join(s) {
+		s.cancel()
+		return
+	}
+	defer s.close()
+	if err := s.start(); err != nil {
+		return
+	}
 	for {
-		select {
-		case <-e.s.done:
+		b, err := s.pop(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Debug("ephemeral key watch failed", zap.String("key", e.key.name), zap.Error(err))
+			}
 			return
-		case <-epoch.Done():
-			return
-		case wr, ok := <-wch:
-			if !ok || wr.Err() != nil {
+		}
+		for _, ev := range b.events {
+			if e.foreign(ev, lease) && !e.paceRestore(epoch) {
 				return
 			}
-			asked = time.Time{}
-			for _, ev := range wr.Events {
-				if e.foreign(ev, lease) && !e.paceRestore(epoch) {
-					return
-				}
-				if err := e.restore(epoch, lease, ev); err != nil {
-					c.log.Debug("ephemeral cannot restore its key", zap.String("key", e.key.name), zap.Error(err))
-					return
-				}
+			if err := e.restore(epoch, lease, ev); err != nil {
+				c.log.Debug("ephemeral cannot restore its key", zap.String("key", e.key.name), zap.Error(err))
+				return
 			}
-		case <-tick.C:
-			if !asked.IsZero() {
-				if time.Since(asked) >= stall {
-					c.log.Info("ephemeral key watch stalled", zap.String("key", e.key.name))
-					c.cfg.Metrics.Add(MetricWatchStalls, 1)
-					c.streams.fail(gen)
-					return
-				}
-				continue
-			}
-			pctx, pcancel := context.WithTimeout(ctx, stall)
-			_ = cli.RequestProgress(pctx)
-			pcancel()
-			asked = time.Now()
 		}
 	}
 }
@@ -1154,10 +1165,10 @@ const restoreQuiet = 5 * time.Second
 
 // foreign reports whether ev is a change by someone else after our last
 // write.
-func (e *Ephemeral[T]) foreign(ev *clientv3.Event, lease clientv3.LeaseID) bool {
+func (e *Ephemeral[T]) foreign(ev *rawEvent, lease clientv3.LeaseID) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return ev.Kv.ModRevision > e.rev && !(ev.Type == mvccpb.PUT && e.oursLocked(ev.Kv, lease))
+	return ev.rev > e.rev && !(ev.typ == Put && e.holdsLocked(ev.value, ev.lease, lease))
 }
 
 // paceRestore delays a restore that follows another within restoreQuiet,
@@ -1174,17 +1185,17 @@ func (e *Ephemeral[T]) paceRestore(epoch context.Context) bool {
 
 // restore puts the key back after ev, unless ev is ours or older than our
 // last write.
-func (e *Ephemeral[T]) restore(epoch context.Context, lease clientv3.LeaseID, ev *clientv3.Event) error {
+func (e *Ephemeral[T]) restore(epoch context.Context, lease clientv3.LeaseID, ev *rawEvent) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if ev.Kv.ModRevision <= e.rev {
+	if ev.rev <= e.rev {
 		return nil
 	}
-	expect := ev.Kv.ModRevision
-	if ev.Type == mvccpb.DELETE {
+	expect := ev.rev
+	if ev.typ == Delete {
 		expect = 0
-	} else if e.oursLocked(ev.Kv, lease) {
-		e.rev = ev.Kv.ModRevision
+	} else if e.holdsLocked(ev.value, ev.lease, lease) {
+		e.rev = ev.rev
 		return nil
 	}
 	ctx, cancel := e.opContext(epoch)
@@ -1195,7 +1206,7 @@ func (e *Ephemeral[T]) restore(epoch context.Context, lease clientv3.LeaseID, ev
 	}
 	if wrote {
 		e.lastRestore = time.Now()
-		e.key.c.log.Info("ephemeral key put back", zap.String("key", e.key.name), zap.Stringer("after", ev.Type))
+		e.key.c.log.Info("ephemeral key put back", zap.String("key", e.key.name), zap.Stringer("after", ev.typ))
 		e.key.c.cfg.Metrics.Add(MetricEphemeralRestores, 1)
 		e.feed.announce(Restored)
 	}

@@ -40,8 +40,9 @@ const (
 	// MetricEphemeralRestores counts ephemeral keys put back after they were
 	// deleted, overwritten or lost with their lease. Counter.
 	MetricEphemeralRestores Metric = "ephemeral_restores_total"
-	// MetricLeadershipChanges counts leaderships won and lost by this client.
-	// Counter.
+	// MetricLeadershipChanges counts leaderships won and lost by this client:
+	// a win when Campaign returns it, a loss (or resignation) when
+	// Leadership.Context is cancelled, before the lease is revoked. Counter.
 	MetricLeadershipChanges Metric = "leadership_changes_total"
 	// MetricHealthStatus is the cluster status found by the latest check of a
 	// HealthMonitor, as the HealthStatus number: 0 unknown, 1 healthy,
