@@ -3,7 +3,6 @@ package etcdkit
 import (
 	"cmp"
 	"context"
-	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -46,9 +45,13 @@ type Cache[T any] struct {
 	mu      sync.RWMutex
 	entries map[string]cacheEntry[T]
 	rev     int64
-	subs    map[*cacheSub[T]]struct{}
-	ending  bool           // no more subscriptions
-	subWG   sync.WaitGroup // subscription goroutines
+	// fan hands what the cache applied to its subscriptions: a feed driven
+	// by the cache rather than by an etcd watch, so that a subscription
+	// that falls behind catches up from etcd's history as any Watch does.
+	// Lock order: mu, then fan.mu.
+	fan    *feed
+	subs   map[*Watch[T]]struct{} // the subscriptions' watches
+	ending bool                   // no more subscriptions
 	// sorted caches List's result until the next change; it is built under
 	// the read lock and cleared under the write lock, so it is never stale.
 	sorted atomic.Pointer[[]Entry[T]]
@@ -74,10 +77,11 @@ func (p *Prefix[T]) Cache(ctx context.Context) (*Cache[T], error) {
 	}
 	h := p.c.watchHub()
 	ca := &Cache[T]{c: p.c, decode: p.decoder(), synced: make(chan struct{}), done: make(chan struct{}),
-		entries: make(map[string]cacheEntry[T]), subs: make(map[*cacheSub[T]]struct{})}
+		entries: make(map[string]cacheEntry[T]), subs: make(map[*Watch[T]]struct{})}
 	ca.ctx, ca.cancel = context.WithCancelCause(ctx)
 	ca.stop = context.AfterFunc(p.c.life, func() { ca.cancel(ErrClosed) })
 	ca.sub = newSub(h, p.target(), watchConfig{after: -1, initial: true, buffer: DefaultWatchBuffer}, ca.ctx)
+	ca.fan = newDerivedFeed(h, p.target(), ca.sub.State)
 	if !h.join(ca.sub) {
 		ca.sub.cancel()
 		ca.finish(ErrClosed)
@@ -204,8 +208,14 @@ func (ca *Cache[T]) run() {
 		ca.cancel(err)
 		ca.mu.Lock()
 		ca.ending = true
+		subs := make([]*Watch[T], 0, len(ca.subs))
+		for w := range ca.subs {
+			subs = append(subs, w)
+		}
 		ca.mu.Unlock()
-		ca.subWG.Wait()
+		for _, w := range subs {
+			<-w.done
+		}
 		ca.finish(err)
 	}()
 	if err = ca.sub.start(); err != nil {
@@ -221,9 +231,10 @@ func (ca *Cache[T]) run() {
 	}
 }
 
-// apply applies a batch, then hands its events to the subscriptions, all
-// under the write lock, so that a subscriber that receives an event finds
-// the cache already reflecting it.
+// apply applies a batch, then hands it to the subscriptions, all under the
+// write lock, so that a subscriber that receives an event finds the cache
+// already reflecting it. The first batch is the initial list: it positions
+// the subscriptions made before it, and is not a change.
 func (ca *Cache[T]) apply(b batch) {
 	evs := make([]Event[T], len(b.events))
 	for i, re := range b.events {
@@ -232,15 +243,6 @@ func (ca *Cache[T]) apply(b batch) {
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
 	if len(evs) > 0 {
-		var before map[string]int64
-		for s := range ca.subs {
-			if !s.fits(len(evs)) {
-				if before == nil {
-					before = ca.stateLocked()
-				}
-				s.unhook(before)
-			}
-		}
 		for _, e := range evs {
 			if e.Type == Delete {
 				delete(ca.entries, e.Name)
@@ -252,11 +254,42 @@ func (ca *Cache[T]) apply(b batch) {
 		ca.sorted.Store(nil)
 	}
 	ca.rev = b.next - 1
-	if len(evs) > 0 {
-		for s := range ca.subs {
-			s.push(evs)
+	f := ca.fan
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.up {
+		f.state, f.next, f.up = ca.stateLocked(), b.next, true
+		for _, s := range f.members {
+			ca.position(s)
 		}
+		return
 	}
+	if b.resync {
+		f.passResync(b.next)
+	}
+	f.advance(b)
+}
+
+// position starts a subscription at the cache's revision, with the cache's
+// contents as Initial events if it asked for them, in step with the fan.
+// The caller holds ca.mu and ca.fan.mu, and the fan is up.
+func (ca *Cache[T]) position(s *sub) {
+	f := ca.fan
+	s.mu.Lock()
+	if s.cfg.initial {
+		entries := ca.entriesLocked()
+		evs := make([]*rawEvent, len(entries))
+		for i, e := range entries {
+			ev := &Event[T]{Type: Put, Name: e.Name, Value: e.v.Data, Revision: e.v.Revision,
+				CreateRevision: e.v.CreateRevision, Version: e.v.Version, Lease: e.v.Lease, Initial: true, Err: e.err}
+			evs[i] = &rawEvent{typ: Put, name: e.Name, rev: e.v.Revision, initial: true, typed: ev}
+		}
+		s.push(batch{events: evs, next: f.next})
+	}
+	s.enq, s.from, s.positioned = f.next, f.next, true
+	s.hook()
+	s.mu.Unlock()
+	s.markReady()
 }
 
 // stateLocked returns the name -> mod revision state of the cache. The
@@ -274,60 +307,58 @@ func (ca *Cache[T]) stateLocked() map[string]int64 {
 // cache applied them. With WithInitial the watch starts with the cache's
 // contents (as Initial events; nothing before Synced, whose list then comes
 // as Initial events); without, with the next change. WithBufferSize bounds
-// its buffer: a subscriber that falls behind by more is unhooked and, once
-// it has drained its backlog, receives as Resync events the differences
-// between what it had and the cache's contents, then follows again.
-// AfterRevision is not supported. The Watch ends when the cache ends (with
-// the cache's cause) or when it is closed.
+// its buffer: a subscription that falls behind by more is unhooked and,
+// once its reader has drained half of it, catches up from etcd's history
+// (as Resync events only if that history was compacted meanwhile), then
+// follows the cache again, as a Watch does. AfterRevision is not
+// supported. The Watch ends when the cache ends (with the cache's cause) or
+// when it is closed.
 func (ca *Cache[T]) Subscribe(opts ...WatchOption) *Watch[T] {
 	cfg := newWatchConfig(opts)
 	if err := cfg.err(); err != nil {
 		return endedWatch[T](err)
 	}
 	if cfg.setAfter {
-		return endedWatch[T](errors.New("etcdkit: Cache.Subscribe: AfterRevision is not supported"))
+		return endedWatch[T](errorf("Cache.Subscribe: AfterRevision is not supported"))
 	}
-	w, ok := newWatch[T](ca.ctx, ca.c, 0)
+	w, ok := newWatch[T](ca.ctx, ca.c, min(cfg.buffer, eventsBuffer))
 	if !ok {
 		return w
 	}
-	ready := make(chan struct{})
-	close(ready)
-	w.ready = ready
-	w.state = ca.State
-	s := &cacheSub[T]{ca: ca, capacity: cfg.buffer, wake: make(chan struct{}, 1)}
+	s := newSub(ca.c.watchHub(), ca.fan.target, cfg, w.ctx)
+	decode := ca.decode
+	s.sink = &chanSink[T]{ch: w.events, decode: func(re *rawEvent) Event[T] {
+		if e, ok := re.typed.(*Event[T]); ok {
+			return *e
+		}
+		return decode(re)
+	}}
+	s.onFail = func(err error) { w.cancel(err) }
+	w.ready, w.state = s.ready, s.State
+	w.producers = func() {
+		s.close()
+		ca.mu.Lock()
+		delete(ca.subs, w)
+		ca.mu.Unlock()
+	}
 	ca.mu.Lock()
 	if ca.ending {
 		ca.mu.Unlock()
+		w.producers = nil
 		w.cancel(ErrClosed)
 		w.arm()
 		return w
 	}
-	if cfg.initial {
-		var evs []Event[T]
-		for _, e := range ca.entriesLocked() {
-			evs = append(evs, Event[T]{Type: Put, Name: e.Name, Value: e.v.Data, Revision: e.v.Revision,
-				CreateRevision: e.v.CreateRevision, Version: e.v.Version, Lease: e.v.Lease, Initial: true, Err: e.err})
-		}
-		s.q = evs
+	ca.subs[w] = struct{}{}
+	f := ca.fan
+	f.mu.Lock()
+	f.add(s)
+	s.armed = true
+	if f.up {
+		ca.position(s)
 	}
-	ca.subs[s] = struct{}{}
-	ca.subWG.Add(1)
+	f.mu.Unlock()
 	ca.mu.Unlock()
-	var wg sync.WaitGroup
-	w.producers = func() {
-		wg.Wait()
-		s.leave()
-		ca.subWG.Done()
-	}
-	wg.Add(1)
-	if !ca.c.spawn(func() {
-		defer wg.Done()
-		s.run(w)
-	}) {
-		wg.Done()
-		w.cancel(ErrClosed)
-	}
 	w.arm()
 	return w
 }
@@ -346,115 +377,4 @@ func (ca *Cache[T]) entriesLocked() []namedEntry[T] {
 	}
 	slices.SortFunc(out, func(a, b namedEntry[T]) int { return cmp.Compare(a.Name, b.Name) })
 	return out
-}
-
-// cacheSub is one subscription to a Cache: a bounded queue of typed events.
-// Lock order: ca.mu, then s.mu.
-type cacheSub[T any] struct {
-	ca       *Cache[T]
-	capacity int
-
-	mu       sync.Mutex
-	q        []Event[T]
-	unhooked bool
-	baseline map[string]int64 // what the subscriber had when unhooked
-	wake     chan struct{}
-}
-
-// fits reports whether a batch of n events can be queued; an unhooked
-// subscriber takes nothing. The caller holds ca.mu.
-func (s *cacheSub[T]) fits(n int) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.unhooked || len(s.q) == 0 || len(s.q)+n <= s.capacity
-}
-
-func (s *cacheSub[T]) unhook(before map[string]int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.unhooked, s.baseline = true, before
-}
-
-func (s *cacheSub[T]) push(evs []Event[T]) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.unhooked {
-		return
-	}
-	s.q = append(s.q, evs...)
-	signal(s.wake)
-}
-
-// rehook queues the differences between what an unhooked subscriber had and
-// the cache's contents, as Resync events, and hooks it back. The caller
-// holds no lock.
-func (s *cacheSub[T]) rehook() {
-	ca := s.ca
-	ca.mu.RLock()
-	defer ca.mu.RUnlock()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var puts, dels []Event[T]
-	for _, e := range ca.entriesLocked() {
-		if rev, ok := s.baseline[e.Name]; ok && rev == e.v.Revision {
-			continue
-		}
-		puts = append(puts, Event[T]{Type: Put, Name: e.Name, Value: e.v.Data, Revision: e.v.Revision,
-			CreateRevision: e.v.CreateRevision, Version: e.v.Version, Lease: e.v.Lease, Resync: true, Err: e.err})
-	}
-	for name := range s.baseline {
-		if _, ok := ca.entries[name]; !ok {
-			dels = append(dels, Event[T]{Type: Delete, Name: name, Revision: ca.rev, Resync: true})
-		}
-	}
-	slices.SortStableFunc(puts, func(a, b Event[T]) int { return cmp.Compare(a.Revision, b.Revision) })
-	slices.SortFunc(dels, func(a, b Event[T]) int { return cmp.Compare(a.Name, b.Name) })
-	s.q = append(append(s.q, puts...), dels...)
-	s.unhooked, s.baseline = false, nil
-}
-
-// pop returns the next event, blocking until there is one or ctx ends.
-func (s *cacheSub[T]) pop(ctx context.Context) (Event[T], error) {
-	for {
-		s.mu.Lock()
-		if len(s.q) > 0 {
-			e := s.q[0]
-			s.q[0] = Event[T]{}
-			s.q = s.q[1:]
-			s.mu.Unlock()
-			return e, nil
-		}
-		unhooked := s.unhooked
-		s.mu.Unlock()
-		if unhooked {
-			s.rehook()
-			continue
-		}
-		select {
-		case <-s.wake:
-		case <-ctx.Done():
-			return Event[T]{}, context.Cause(ctx)
-		}
-	}
-}
-
-// run hands events to the subscription's reader until its context ends.
-func (s *cacheSub[T]) run(w *Watch[T]) {
-	for {
-		e, err := s.pop(w.ctx)
-		if err != nil {
-			return
-		}
-		select {
-		case w.events <- e:
-		case <-w.ctx.Done():
-			return
-		}
-	}
-}
-
-func (s *cacheSub[T]) leave() {
-	s.ca.mu.Lock()
-	delete(s.ca.subs, s)
-	s.ca.mu.Unlock()
 }

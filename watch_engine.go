@@ -42,6 +42,10 @@ type rawEvent struct {
 	rev                    int64
 	create, version, lease int64
 	resync, initial        bool
+	// typed is the decoded event, set only on the initial events a Cache
+	// subscription takes from the cache's contents, which keep values
+	// decoded rather than their bytes.
+	typed any
 }
 
 // batch is the unit the engine hands on atomically: the events of one
@@ -52,6 +56,9 @@ type rawEvent struct {
 type batch struct {
 	events []*rawEvent
 	next   int64
+	// resync marks the diff of a resync, even an empty one: what happened
+	// between the receiver's position and next is summed up, not replayed.
+	resync bool
 }
 
 // watchTarget is what an etcd watch covers: one key, or every key under a
@@ -480,7 +487,7 @@ func diffState(t watchTarget, old map[string]int64, kvs []*mvccpb.KeyValue, rev,
 		return cmp.Or(cmp.Compare(a.rev, b.rev), cmp.Compare(a.name, b.name))
 	})
 	slices.SortFunc(dels, func(a, b *rawEvent) int { return cmp.Compare(a.name, b.name) })
-	return batch{events: append(puts, dels...), next: rev + 1}, cur
+	return batch{events: append(puts, dels...), next: rev + 1, resync: true}, cur
 }
 
 // stateOf returns the name -> mod revision state of kvs.

@@ -64,10 +64,8 @@ func (h *watchHub) join(s *sub) bool {
 		h.feeds[k] = f
 	}
 	f.refs++
-	s.feed = f
 	f.mu.Lock()
-	s.slot = len(f.members)
-	f.members = append(f.members, s)
+	f.add(s)
 	if f.err != nil {
 		s.fail(f.err)
 	} else if f.up {
@@ -80,6 +78,12 @@ func (h *watchHub) join(s *sub) bool {
 // leave unregisters s; the feed's etcd watch ends with its last subscriber.
 func (h *watchHub) leave(s *sub) {
 	f := s.feed
+	if f.derived {
+		f.mu.Lock()
+		f.remove(s)
+		f.mu.Unlock()
+		return
+	}
 	h.mu.Lock()
 	f.refs--
 	if f.refs == 0 {
@@ -101,6 +105,11 @@ func (h *watchHub) leave(s *sub) {
 // diffed against and what a subscriber unhooked for being slow takes with it.
 // Only subscribers in step with the feed (at its position) are hooked, so
 // that this state is also what each of them has been delivered; see sub.
+//
+// A derived feed has no etcd watch of its own: its owner (a Cache) hands it
+// the batches it has applied, and it fans them out to the owner's
+// subscribers with the same slow-subscriber handling: one that falls behind
+// catches up on its own from etcd's history, then rejoins the derived feed.
 type feed struct {
 	h      *watchHub
 	target watchTarget
@@ -108,6 +117,10 @@ type feed struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	refs   int // guarded by h.mu
+	// derived marks a feed driven by its owner rather than by stream, which
+	// is then nil; upstream reports the state of what drives it.
+	derived  bool
+	upstream func() WatchState
 
 	mu    sync.Mutex
 	up    bool             // the first read is done and next is known
@@ -163,20 +176,47 @@ func (f *feed) deliver(bs []batch) action {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, b := range bs {
-		f.fanOut(b)
-		applyState(f.state, b)
-		f.next = b.next
+		f.advance(b)
 	}
 	return proceed
+}
+
+// advance fans b out and moves the feed's state and position past it. The
+// caller holds f.mu.
+func (f *feed) advance(b batch) {
+	f.fanOut(b)
+	applyState(f.state, b)
+	f.next = b.next
+}
+
+// newDerivedFeed returns a feed of t that its owner drives: the owner sets
+// up, next and state once it knows them, then calls advance (or, for a
+// resync, passResync and advance) with every batch, holding f.mu.
+func newDerivedFeed(h *watchHub, t watchTarget, upstream func() WatchState) *feed {
+	return &feed{h: h, target: t, derived: true, upstream: upstream}
+}
+
+// passResync moves the subscribers that a resync to next passes off the
+// feed's path; see aheadOf. The caller holds f.mu.
+func (f *feed) passResync(next int64) {
+	for _, s := range f.members {
+		s.aheadOf(next)
+	}
+}
+
+// State reports the state of what feeds the feed.
+func (f *feed) State() WatchState {
+	if f.derived {
+		return f.upstream()
+	}
+	return f.stream.State()
 }
 
 func (f *feed) resync(kvs []*mvccpb.KeyValue, rev int64) action {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	b, st := diffState(f.target, f.state, kvs, rev, 0)
-	for _, s := range f.members {
-		s.aheadOf(b.next)
-	}
+	f.passResync(b.next)
 	f.fanOut(b)
 	f.state = st
 	f.next = b.next
@@ -195,6 +235,13 @@ func (f *feed) fanOut(b batch) {
 	if len(b.events) > 0 {
 		f.h.c.cfg.Metrics.Set(MetricSubscriberLag, float64(lag))
 	}
+}
+
+// add makes s a member. The caller holds f.mu.
+func (f *feed) add(s *sub) {
+	s.feed = f
+	s.slot = len(f.members)
+	f.members = append(f.members, s)
 }
 
 // remove takes s out of the members, moving the last one to its place. The

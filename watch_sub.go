@@ -268,7 +268,7 @@ func (s *sub) offer(f *feed, b batch) int {
 		s.startCatchUp()
 		return waiting
 	}
-	s.push(batch{events: evs, next: b.next})
+	s.push(batch{events: evs, next: b.next, resync: b.resync})
 	return waiting + len(evs)
 }
 
@@ -311,6 +311,7 @@ func (s *sub) push(b batch) {
 	case len(b.events) == 0:
 		if n := len(s.q); n > 0 && len(s.q[n-1].events) == 0 {
 			s.q[n-1].next = b.next
+			s.q[n-1].resync = s.q[n-1].resync || b.resync
 		} else {
 			s.q = append(s.q, b)
 		}
@@ -658,7 +659,7 @@ func (s *sub) State() WatchState {
 	s.mu.Unlock()
 	switch mode {
 	case subHooked, subAhead:
-		return s.feed.stream.State()
+		return s.feed.State()
 	case subCatching:
 		return catch.State()
 	case subEnded:

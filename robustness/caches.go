@@ -74,7 +74,6 @@ func (cs *Caches) Start(ctx context.Context, run *Run) error {
 			if rng.Chance(0.25) {
 				slow = rng.Duration(time.Millisecond, 8*time.Millisecond)
 			}
-			rec.LagResync = small || slow > 0
 			rec.Name = fmt.Sprintf("c%d.%d cache %s %v", i, j, rec.Scope, rec.Start)
 			if small {
 				rec.Name += " small-buffer"

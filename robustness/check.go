@@ -284,11 +284,6 @@ func checkSubscriber(h *History, s *Subscriber) (Violation, bool) {
 					just = c
 				}
 			}
-			if just == nil && s.LagResync {
-				// Resynced from the cache's contents after falling behind:
-				// the state check below is all that applies.
-				just = &Compaction{Rev: pos + 1}
-			}
 			if just == nil {
 				return fail("Resync events #%d..#%d (%v ...) without a compaction of revisions the subscriber had not yet "+
 					"received (it was at revision %d): its history was never gone", i, j-1, batch[0], pos)

@@ -195,10 +195,6 @@ type Subscriber struct {
 	// Stuck is set when the subscriber did not catch up with the cluster's
 	// history before the settle deadline.
 	Stuck string
-	// LagResync marks a subscriber that may get Resync events without a
-	// compaction, because it falls behind: a Cache subscription with a small
-	// buffer or a slow reader, which is resynced from the cache's contents.
-	LagResync bool
 
 	mu sync.Mutex
 }
