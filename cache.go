@@ -310,9 +310,11 @@ func (ca *Cache[T]) stateLocked() map[string]int64 {
 // its buffer: a subscription that falls behind by more is unhooked and,
 // once its reader has drained half of it, catches up from etcd's history
 // (as Resync events only if that history was compacted meanwhile), then
-// follows the cache again, as a Watch does. AfterRevision is not
-// supported. The Watch ends when the cache ends (with the cache's cause) or
-// when it is closed.
+// follows the cache again, as a Watch does. Catching up, it never delivers
+// a change the cache has not applied yet; only the Resync events of a
+// compaction met while catching up may precede the cache's own.
+// AfterRevision is not supported. The Watch ends when the cache ends (with
+// the cache's cause) or when it is closed.
 func (ca *Cache[T]) Subscribe(opts ...WatchOption) *Watch[T] {
 	cfg := newWatchConfig(opts)
 	if err := cfg.err(); err != nil {

@@ -396,3 +396,59 @@ func TestCacheSubscriberBehindGetsChangesFromHistory(t *testing.T) {
 	evs := col.untilRev(t, last)
 	assert.Equal(t, wr.since(start, "p/"), changesOf(evs))
 }
+
+// A Cache subscription never runs ahead of the cache, also while it catches
+// up from history after falling behind: when an event arrives, the cache
+// already reflects it. Buffer 2: a and b fill it, c unhooks it. The cache
+// is then held (as a cache goroutine slow to run would be) while d and e
+// are written, and the reader drains: catching up from history, the
+// subscription finds d and e, which the cache has not applied, and must
+// leave them to the cache.
+func TestCacheSubscriberNeverAheadOfTheCache(t *testing.T) {
+	srv := etcdtest.Start(t)
+	c := testClient(t, []string{srv.Endpoint()}, "cahead")
+	wr := newWriter(t, srv.Client(t), "cahead")
+	ctx := testContext(t, time.Minute)
+	ca, err := etcdkit.NewPrefix(c, "p", etcdkit.String()).Cache(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ca.Close() })
+	waitSynced(t, ca)
+	w := ca.Subscribe(etcdkit.WithBufferSize(2))
+	t.Cleanup(func() { _ = w.Close() })
+	start := ca.Revision()
+
+	wr.put("p/a", "1")
+	wr.put("p/b", "2")
+	applied := wr.put("p/c", "3")
+	eventually(t, "the cache at c", func() bool { return ca.Revision() >= applied })
+	release := etcdkit.HoldCache(ca)
+	held := true
+	defer func() {
+		if held {
+			release()
+		}
+	}()
+	wr.put("p/d", "4")
+	last := wr.put("p/e", "5")
+
+	var got []etcdkit.Event[string]
+	for len(got) < 3 {
+		got = append(got, nextEvent(t, w))
+	}
+	select {
+	case e := <-w.Events():
+		t.Fatalf("event %s@%d arrived while the cache, held, was at revision %d", e.Name, e.Revision, applied)
+	case <-time.After(300 * time.Millisecond):
+	}
+	release()
+	held = false
+	for len(got) < 5 {
+		e := nextEvent(t, w)
+		if rev := ca.Revision(); rev < e.Revision {
+			t.Fatalf("event %s@%d arrived while the cache was at revision %d", e.Name, e.Revision, rev)
+		}
+		got = append(got, e)
+	}
+	assert.Equal(t, wr.since(start, "p/"), changesOf(got))
+	assert.Equal(t, last, got[4].Revision)
+}

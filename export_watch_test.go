@@ -65,3 +65,10 @@ func WatchBaselines(c *Client) int {
 	})
 	return n
 }
+
+// HoldCache stops ca from applying changes until release is called, as a
+// cache whose goroutine is slow to run would.
+func HoldCache[T any](ca *Cache[T]) (release func()) {
+	ca.mu.Lock()
+	return ca.mu.Unlock
+}

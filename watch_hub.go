@@ -3,6 +3,7 @@ package etcdkit
 import (
 	"context"
 	"maps"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -202,6 +203,19 @@ func (f *feed) passResync(next int64) {
 	for _, s := range f.members {
 		s.aheadOf(next)
 	}
+}
+
+// limit is the position a catching-up subscriber of the feed may not
+// deliver changes beyond: a derived feed's own, since its owner must have
+// applied a change before its subscribers see it; none for a shared
+// stream.
+func (f *feed) limit() int64 {
+	if !f.derived {
+		return math.MaxInt64
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.next
 }
 
 // State reports the state of what feeds the feed.

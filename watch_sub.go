@@ -520,14 +520,22 @@ func (h catchUp) ready(ctx context.Context) error {
 // deliver queues what fits of a response. A response read from history can
 // hold up to a thousand revisions; what does not fit is left out and read
 // again from history later: the stream is rewound to the position after the
-// last batch queued and paused.
+// last batch queued and paused. A subscription of a Cache never runs ahead
+// of the cache: the first change the cache has not applied yet is left to
+// the cache (see meetCache).
 func (h catchUp) deliver(bs []batch) action {
 	s := h.s
+	limit := s.feed.limit()
 	s.mu.Lock()
 	full := false
+	var beyond int64 // next of the first batch the cache has not applied
 	for _, b := range bs {
 		if b.next <= s.enq {
 			continue
+		}
+		if len(b.events) > 0 && b.next > limit {
+			beyond = b.next
+			break
 		}
 		if waiting := s.waiting(); len(b.events) > 0 && waiting > 0 && waiting+len(b.events) > s.capacity {
 			full = true
@@ -541,17 +549,47 @@ func (h catchUp) deliver(bs []batch) action {
 		s.push(b)
 	}
 	full = full || s.waiting() >= s.capacity
-	if full {
+	if full || beyond != 0 {
 		h.st.next = s.enq
 	}
 	s.mu.Unlock()
-	if s.tryHook() {
+	if beyond != 0 && s.meetCache(beyond) || s.tryHook() {
 		return stop
 	}
-	if full {
+	if full || beyond != 0 {
 		return pause
 	}
 	return behind
+}
+
+// meetCache hooks a subscription of a Cache whose catch-up has come to a
+// change the cache has not applied yet, the first one before next: no
+// change lies between the subscription's position and the cache's, so it
+// moves to the cache's position and takes the rest from the cache. It
+// reports false if the cache has applied that change meanwhile: the
+// catch-up reads it again.
+func (s *sub) meetCache(next int64) bool {
+	f := s.feed
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.mode != subCatching:
+		return true
+	case f.err != nil:
+		s.failLocked(f.err)
+		return true
+	case f.next >= next:
+		return false
+	case s.enq > f.next:
+		s.mode = subAhead
+		s.catch = nil
+		return true
+	}
+	s.push(batch{next: f.next})
+	s.hook()
+	return true
 }
 
 func (h catchUp) resync(kvs []*mvccpb.KeyValue, rev int64) action {
