@@ -522,7 +522,7 @@ func (h catchUp) ready(ctx context.Context) error {
 // again from history later: the stream is rewound to the position after the
 // last batch queued and paused. A subscription of a Cache never runs ahead
 // of the cache: the first change the cache has not applied yet is left to
-// the cache (see meetCache).
+// the cache (see tryHook).
 func (h catchUp) deliver(bs []batch) action {
 	s := h.s
 	limit := s.feed.limit()
@@ -553,43 +553,13 @@ func (h catchUp) deliver(bs []batch) action {
 		h.st.next = s.enq
 	}
 	s.mu.Unlock()
-	if beyond != 0 && s.meetCache(beyond) || s.tryHook() {
+	if s.tryHook(beyond) {
 		return stop
 	}
 	if full || beyond != 0 {
 		return pause
 	}
 	return behind
-}
-
-// meetCache hooks a subscription of a Cache whose catch-up has come to a
-// change the cache has not applied yet, the first one before next: no
-// change lies between the subscription's position and the cache's, so it
-// moves to the cache's position and takes the rest from the cache. It
-// reports false if the cache has applied that change meanwhile: the
-// catch-up reads it again.
-func (s *sub) meetCache(next int64) bool {
-	f := s.feed
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch {
-	case s.mode != subCatching:
-		return true
-	case f.err != nil:
-		s.failLocked(f.err)
-		return true
-	case f.next >= next:
-		return false
-	case s.enq > f.next:
-		s.mode = subAhead
-		s.catch = nil
-		return true
-	}
-	s.push(batch{next: f.next})
-	s.hook()
-	return true
 }
 
 func (h catchUp) resync(kvs []*mvccpb.KeyValue, rev int64) action {
@@ -601,7 +571,7 @@ func (h catchUp) resync(kvs []*mvccpb.KeyValue, rev int64) action {
 	s.push(b)
 	full := s.waiting() >= s.capacity
 	s.mu.Unlock()
-	if s.tryHook() {
+	if s.tryHook(0) {
 		return stop
 	}
 	if full {
@@ -614,7 +584,13 @@ func (h catchUp) resync(kvs []*mvccpb.KeyValue, rev int64) action {
 // has reached the feed's, and reports whether its own stream is no longer
 // needed. If it went past the feed's position, it waits ahead of the feed,
 // with its baseline, for the feed to reach it.
-func (s *sub) tryHook() bool {
+//
+// With gap > 0 the catch-up has come to a change a Cache has not applied
+// yet, the first one before gap: no change lies between the subscriber's
+// position and gap-1, so a feed position in that range counts as reached,
+// and the subscriber moves to it and takes the rest from the cache. If the
+// cache has applied that change meanwhile, the catch-up reads it again.
+func (s *sub) tryHook(gap int64) bool {
 	f := s.feed
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -626,12 +602,17 @@ func (s *sub) tryHook() bool {
 	case f.err != nil:
 		s.failLocked(f.err)
 		return true
-	case !f.up || s.enq < f.next:
+	case !f.up:
 		return false
 	case s.enq > f.next:
 		s.mode = subAhead
 		s.catch = nil
 		return true
+	case s.enq < f.next && f.next >= gap:
+		return false
+	}
+	if s.enq < f.next {
+		s.push(batch{next: f.next})
 	}
 	s.hook()
 	return true
