@@ -24,11 +24,6 @@ import (
 // which every service keeps its instances.
 const serviceRoot = "_etcdkit/service"
 
-// ErrInvalidInstance means an instance cannot be registered as given: its ID
-// is not a single valid name segment (the error then matches ErrInvalidName
-// too) or its address is not "host:port".
-var ErrInvalidInstance = errors.New("etcdkit: invalid instance")
-
 // Instance is one member of a Service: a process reachable at Addr.
 type Instance[M any] struct {
 	// ID names the instance within its service, uniquely among the live

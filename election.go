@@ -14,16 +14,6 @@ import (
 	"github.com/etcdkit/etcdkit/internal/backoff"
 )
 
-var (
-	// ErrNotLeader means a Leadership has ended, or may have: its Context is
-	// cancelled, its key is gone, and guarded writes are refused. A guarded
-	// write that fails with it was not applied, unless the error says that
-	// leadership ended while the write was in flight.
-	ErrNotLeader = errors.New("etcdkit: not leader")
-	// ErrNoLeader means no candidate holds the election.
-	ErrNoLeader = errors.New("etcdkit: no leader")
-)
-
 // electionRoot is the reserved name, under the client's namespace, below
 // which every election keeps its candidate keys.
 const electionRoot = "_etcdkit/election"

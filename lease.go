@@ -16,19 +16,6 @@ import (
 	"github.com/etcdkit/etcdkit/internal/backoff"
 )
 
-var (
-	// ErrLeaseLost means a session's lease is presumed expired: no keepalive
-	// succeeded for the whole TTL (minus the Lost margin), or the server
-	// answered that the lease no longer exists. It is the Err of a session
-	// made WithoutRecovery once it is Lost.
-	ErrLeaseLost = errors.New("etcdkit: lease lost")
-	// ErrInvalidTTL means a lease TTL the cluster cannot honour exactly: under
-	// one second, not a whole number of seconds, above etcd's maximum, or
-	// under the cluster's minimum (etcd silently raises TTLs below 1.5 times
-	// its election timeout, rounded up to a second; etcdkit refuses them).
-	ErrInvalidTTL = errors.New("etcdkit: invalid lease TTL")
-)
-
 // SessionState is the state of a Session or an Ephemeral, as sent on their
 // States channels. The zero value is not a state.
 type SessionState int
