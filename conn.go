@@ -2,11 +2,15 @@ package etcdkit
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/etcdkit/etcdkit/internal/backoff"
 )
 
 // streamConns owns the connection that carries the client's long-lived
@@ -166,4 +170,67 @@ func (s *streamConns) close() {
 	if old != nil {
 		_ = old.Close()
 	}
+}
+
+// onStreams runs op on the stream connection, one attempt at a time, each
+// bounded by attempt, until it succeeds, fails in a way retrying cannot fix,
+// or ctx ends. An attempt that stalls or finds its member unavailable moves
+// the stream connection to the next member before the next attempt; one
+// whose connection is replaced meanwhile (by another request or the watch
+// engine) stops at once. Either way the next attempt goes to the live
+// connection, after a backoff. It logs nothing: the caller reports the
+// outcome.
+func (c *Client) onStreams(ctx context.Context, attempt time.Duration, op func(context.Context, *clientv3.Client) error) error {
+	retry := backoff.New(50*time.Millisecond, 500*time.Millisecond)
+	for {
+		err := c.streamAttempt(ctx, attempt, op)
+		if err == nil || !IsRetryable(err) && !errors.Is(err, errStreamReplaced) {
+			return err
+		}
+		if ctx.Err() != nil || !retry.Wait(ctx) {
+			return fmt.Errorf("%w (last attempt: %v)", context.Cause(ctx), err)
+		}
+	}
+}
+
+// errStreamReplaced is the cause of an attempt stopped because its stream
+// connection was dropped while it ran.
+var errStreamReplaced = errors.New("etcdkit: the stream connection was replaced during the request")
+
+func (c *Client) streamAttempt(ctx context.Context, attempt time.Duration, op func(context.Context, *clientv3.Client) error) error {
+	tctx, cancel := context.WithTimeout(ctx, attempt)
+	defer cancel()
+	cli, gen, err := c.streams.get(tctx)
+	if err != nil {
+		return err
+	}
+	// A request on a connection that is closing fails with Canceled, which
+	// clientv3's interceptor retries every 25ms until the deadline: end it as
+	// soon as its connection is dropped.
+	actx, abandon := context.WithCancelCause(tctx)
+	defer abandon(nil)
+	stop := context.AfterFunc(c.streams.life(gen), func() { abandon(errStreamReplaced) })
+	defer stop()
+	if err := op(actx, cli); err != nil {
+		if ctx.Err() == nil && errors.Is(context.Cause(actx), errStreamReplaced) {
+			return fmt.Errorf("%w: %w", errStreamReplaced, err)
+		}
+		c.streamFailed(ctx, gen, err)
+		return err
+	}
+	return nil
+}
+
+// streamFailed moves the stream connection of generation gen to the next
+// member if err, from a request on it, says the member is silent,
+// unreachable or without a leader, unless ctx (the caller's, not the
+// attempt's) ended.
+func (c *Client) streamFailed(ctx context.Context, gen uint64, err error) {
+	if ctx.Err() != nil || !IsRetryable(err) {
+		return
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		c.cfg.Metrics.Add(MetricWatchStalls, 1)
+	}
+	c.streams.fail(gen)
 }

@@ -34,6 +34,27 @@ var (
 	ErrInvalidName = errors.New("etcdkit: invalid name")
 	// ErrClosed means the Client or the handle was closed.
 	ErrClosed = errors.New("etcdkit: closed")
+	// ErrLeaseLost means a session's lease is presumed expired: no keepalive
+	// succeeded for the whole TTL (minus the Lost margin), or the server
+	// answered that the lease no longer exists. It is the Err of a session
+	// made WithoutRecovery once it is Lost.
+	ErrLeaseLost = errors.New("etcdkit: lease lost")
+	// ErrInvalidTTL means a lease TTL the cluster cannot honour exactly: under
+	// one second, not a whole number of seconds, above etcd's maximum, or
+	// under the cluster's minimum (etcd silently raises TTLs below 1.5 times
+	// its election timeout, rounded up to a second; etcdkit refuses them).
+	ErrInvalidTTL = errors.New("etcdkit: invalid lease TTL")
+	// ErrNotLeader means a Leadership has ended, or may have: its Context is
+	// cancelled, its key is gone, and guarded writes are refused. A guarded
+	// write that fails with it was not applied, unless the error says that
+	// leadership ended while the write was in flight.
+	ErrNotLeader = errors.New("etcdkit: not leader")
+	// ErrNoLeader means no candidate holds the election.
+	ErrNoLeader = errors.New("etcdkit: no leader")
+	// ErrInvalidInstance means an instance cannot be registered as given: its ID
+	// is not a single valid name segment (the error then matches ErrInvalidName
+	// too) or its address is not "host:port".
+	ErrInvalidInstance = errors.New("etcdkit: invalid instance")
 )
 
 // ConflictError reports that a conditional write did not apply because the key

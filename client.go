@@ -1,0 +1,340 @@
+package etcdkit
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
+)
+
+// Client is a connection to an etcd cluster under one namespace. It is safe
+// for concurrent use. Keys, prefixes, watches, sessions and the other handles
+// are made from it and end when it is closed.
+type Client struct {
+	raw   *clientv3.Client
+	owned bool
+	cfg   Config
+	ns    string // the prefix of every key: keyPrefix(cfg.Namespace)
+	log   *zap.Logger
+
+	// life is cancelled by Close; every handle's goroutines watch it.
+	life   context.Context
+	cancel context.CancelFunc
+
+	streams *streamConns
+	hub     watchHub // shared etcd watches (watch_hub.go)
+
+	// spawnMu orders spawn against Close so that no goroutine starts after
+	// Close began waiting for them.
+	spawnMu sync.Mutex
+	wg      sync.WaitGroup
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New connects to the cluster described by cfg. It blocks until a member
+// answers, the DialTimeout passes or ctx ends, so that wrong endpoints,
+// certificates or credentials fail here with a clear error rather than on the
+// first request. An endpoint that is not "host:port" (or a URL or unix socket
+// of that form) fails at once, before any dial. When no member answers, the
+// error says for each endpoint why it could not be reached ("connection
+// refused", "no such host", a TLS handshake failure). ctx bounds only this
+// call.
+func New(ctx context.Context, cfg Config) (*Client, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("etcdkit: config: no endpoints")
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	raw, err := dialRaw(ctx, cfg, cfg.Endpoints)
+	if err != nil {
+		return nil, err
+	}
+	if err := probe(ctx, raw, cfg); err != nil {
+		_ = raw.Close()
+		return nil, err
+	}
+	return newClient(raw, true, cfg), nil
+}
+
+// Wrap makes a Client over an existing raw client, which stays the caller's:
+// Close does not close it. cfg supplies the namespace and the other options;
+// its Endpoints default to raw's. The watch and lease engines open their own
+// connections to those endpoints with cfg's TLS and credentials, so set them
+// as for raw. Requests go through raw, whose gRPC send limit
+// (clientv3.Config.MaxCallSendMsgSize, 2 MiB by default) must then leave
+// room for values of cfg.MaxValueSize.
+func Wrap(raw *clientv3.Client, cfg Config) (*Client, error) {
+	if raw == nil {
+		return nil, errors.New("etcdkit: Wrap: nil client")
+	}
+	if len(cfg.Endpoints) == 0 {
+		cfg.Endpoints = raw.Endpoints()
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("etcdkit: config: no endpoints")
+	}
+	return newClient(raw, false, cfg), nil
+}
+
+func newClient(raw *clientv3.Client, owned bool, cfg Config) *Client {
+	c := &Client{raw: raw, owned: owned, cfg: cfg, log: cfg.Logger}
+	// withDefaults validated the namespace.
+	c.ns, _ = keyPrefix(cfg.Namespace)
+	c.life, c.cancel = context.WithCancel(context.Background())
+	c.streams = newStreamConns(c)
+	return c
+}
+
+// requestOverhead is the room a request needs besides its value: the key
+// (a name of at most maxNameLen under a namespace of at most as much), the
+// comparisons of a transaction and the protobuf framing.
+const requestOverhead = 64 << 10
+
+// grpcDefaultSendLimit is clientv3's default gRPC send limit, which the
+// client never goes below.
+const grpcDefaultSendLimit = 2 << 20
+
+// sendLimit is the gRPC send limit for cfg: room for a request carrying a
+// value of MaxValueSize.
+func sendLimit(cfg Config) int {
+	if cfg.MaxValueSize > math.MaxInt32-requestOverhead {
+		return math.MaxInt32
+	}
+	return max(cfg.MaxValueSize+requestOverhead, grpcDefaultSendLimit)
+}
+
+// dialRaw builds a raw client for endpoints with cfg's credentials, TLS,
+// keepalive, a send limit that fits MaxValueSize and a reconnect backoff
+// short enough that a healed link is used again within a fraction of a
+// second.
+func dialRaw(ctx context.Context, cfg Config, endpoints []string) (*clientv3.Client, error) {
+	raw, err := clientv3.New(clientv3.Config{
+		Endpoints:            endpoints,
+		MaxCallSendMsgSize:   sendLimit(cfg),
+		MaxCallRecvMsgSize:   math.MaxInt32,
+		DialTimeout:          cfg.DialTimeout,
+		DialKeepAliveTime:    cfg.KeepAliveTime,
+		DialKeepAliveTimeout: cfg.KeepAliveTimeout,
+		// etcd's servers refuse keepalive pings on a connection without
+		// streams (GOAWAY too_many_pings), so idle connections do not ping.
+		PermitWithoutStream: false,
+		TLS:                 cfg.TLS,
+		Username:            cfg.Username,
+		Password:            cfg.Password,
+		Logger:              cfg.Logger.Named("clientv3"),
+		Context:             context.WithoutCancel(ctx),
+		DialOptions: []grpc.DialOption{
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff: grpcbackoff.Config{
+					BaseDelay:  50 * time.Millisecond,
+					Multiplier: 1.6,
+					Jitter:     0.2,
+					MaxDelay:   time.Second,
+				},
+				MinConnectTimeout: cfg.DialTimeout,
+			}),
+		},
+	})
+	if err != nil {
+		return nil, errorf("connect to %v: %w", endpoints, err)
+	}
+	return raw, nil
+}
+
+// probe asks the cluster for its member list (served by any member, leader
+// or not, and open to every user) to prove that the endpoints, certificates
+// and credentials work.
+func probe(ctx context.Context, raw *clientv3.Client, cfg Config) error {
+	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	if _, err := raw.MemberList(ctx, clientv3.WithSerializable()); err != nil {
+		// gRPC hides why it could not connect (a refused connection, an
+		// unknown host, a failed TLS handshake) behind the deadline; dial
+		// each endpoint once ourselves so the error says it.
+		if derr := diagnoseEndpoints(cfg); derr != nil {
+			return errorf("connect to %v: %w (%w)", cfg.Endpoints, err, derr)
+		}
+		return errorf("connect to %v: %w", cfg.Endpoints, err)
+	}
+	return nil
+}
+
+// endpointErrors lists why each endpoint could not be reached.
+type endpointErrors []error
+
+func (e endpointErrors) Error() string {
+	msgs := make([]string, len(e))
+	for i, err := range e {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (e endpointErrors) Unwrap() []error { return e }
+
+// diagnoseEndpoints dials every endpoint once, with a TLS handshake when
+// cfg.TLS is set, and returns the failures, one per endpoint that failed, or
+// nil if every endpoint answered.
+func diagnoseEndpoints(cfg Config) error {
+	errs := make([]error, len(cfg.Endpoints))
+	var wg sync.WaitGroup
+	for i, ep := range cfg.Endpoints {
+		wg.Go(func() {
+			if err := dialOnce(cfg, ep); err != nil {
+				errs[i] = fmt.Errorf("%s: %w", ep, err)
+			}
+		})
+	}
+	wg.Wait()
+	var failed endpointErrors
+	for _, err := range errs {
+		if err != nil {
+			failed = append(failed, err)
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	return failed
+}
+
+// diagnoseTimeout bounds each dial of diagnoseEndpoints, which comes after
+// the probe already waited DialTimeout: a refused connection or an unknown
+// host fails at once, a silent endpoint has had its chance.
+const diagnoseTimeout = time.Second
+
+// dialOnce connects to ep as the client would, bounded by DialTimeout and
+// diagnoseTimeout, and closes the connection.
+func dialOnce(cfg Config, ep string) error {
+	network, addr, err := endpointAddr(ep)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(cfg.DialTimeout, diagnoseTimeout))
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if cfg.TLS == nil {
+		return nil
+	}
+	tc := cfg.TLS.Clone()
+	if tc.ServerName == "" && network == "tcp" {
+		tc.ServerName, _, _ = net.SplitHostPort(addr)
+	}
+	if err := tls.Client(conn, tc).HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("TLS handshake with %s: %w", addr, err)
+	}
+	return nil
+}
+
+// Close ends every handle made from the client (watches, sessions, caches...
+// report ErrClosed), closes the connections the client opened, and returns
+// once they are closed. A raw client passed to Wrap stays open. Close is
+// idempotent.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		c.spawnMu.Lock()
+		c.cancel()
+		c.spawnMu.Unlock()
+		c.wg.Wait()
+		c.streams.close()
+		if c.owned {
+			c.closeErr = c.raw.Close()
+		}
+	})
+	return c.closeErr
+}
+
+// Raw returns the underlying clientv3 client, for what etcdkit does not
+// cover. Keys written through it are not namespaced.
+func (c *Client) Raw() *clientv3.Client { return c.raw }
+
+// Namespace returns Config.Namespace as given ("" for none). To build raw
+// etcd keys, use KeyPrefix.
+func (c *Client) Namespace() string { return c.cfg.Namespace }
+
+// KeyPrefix returns the prefix of the etcd key of every name under the
+// client's namespace: name "db" is at KeyPrefix()+"db". It is "/app/" for
+// Namespace "/app/" or "/app", "app/" for "app/" or "app", "/" for "/", and
+// "" for none. Use it to build keys for raw clientv3 calls, such as the ops of
+// Leadership.Txn.
+func (c *Client) KeyPrefix() string { return c.ns }
+
+// spawn runs f in a goroutine that Close waits for, unless the client is
+// closed, in which case it reports false and does not run f. f must return
+// soon after c.life ends.
+func (c *Client) spawn(f func()) bool {
+	c.spawnMu.Lock()
+	defer c.spawnMu.Unlock()
+	if c.closed() {
+		return false
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// closed reports whether Close was called.
+func (c *Client) closed() bool { return c.life.Err() != nil }
+
+// opContext derives the context of one request: ctx itself if it has a
+// deadline, else ctx bounded by RequestTimeout. Requests in flight when the
+// client is closed end because Close closes the connection; requests made
+// after Close fail with ErrClosed at once.
+func (c *Client) opContext(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	if c.closed() {
+		return nil, nil, ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	return ctx, cancel, nil
+}
+
+// handleContext derives the context that bounds a long-lived handle: it ends
+// when ctx ends or the client is closed.
+func (c *Client) handleContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(c.life, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+// cause returns the error to report for a failed request: ErrClosed when the
+// client was closed meanwhile, err otherwise.
+func (c *Client) cause(err error) error {
+	if err != nil && c.closed() && !errors.Is(err, ErrClosed) {
+		return errorf("%w: %w", ErrClosed, err)
+	}
+	return err
+}
+
+// path returns the etcd key of a name under the namespace.
+func (c *Client) path(name string) string { return c.ns + name }

@@ -1,0 +1,386 @@
+package etcdkit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// errResigned is the cause of a leadership ended by Resign or Close.
+var errResigned = fmt.Errorf("%w: leadership resigned", ErrClosed)
+
+// Leadership is won by Campaign and lasts until it is resigned or may have
+// been lost. Its Context is the leader's authority: work done as leader
+// should run under it, and guarded writes check it, then the leader key,
+// in the cluster.
+//
+// # When leadership ends
+//
+// Context is cancelled, with a cause matching ErrNotLeader (or ErrClosed
+// after Resign, Close or Client.Close), as soon as one of these happens:
+//
+//   - no keepalive of the leader's lease has succeeded for so long that the
+//     session would declare the lease Lost within the step-down margin (see
+//     WithStepDownMargin), whether the session is Suspended or a keepalive
+//     is still in flight;
+//   - the session is Lost or ended;
+//   - the leader key is seen deleted or replaced;
+//   - a guarded write found the leader key gone;
+//   - Resign or Close was called, or the client was closed.
+//
+// The first rule is what makes the leader know before anyone else can win.
+// Another candidate wins only once the leader key is deleted. If nobody
+// deletes it and nobody revokes the lease, that takes the lease expiring,
+// which the server does no earlier than the TTL after the leader sent its
+// last successful keepalive (see Session on why). The session declares Lost
+// the Lost margin before that moment, on the client's monotonic clock, and
+// the leadership ends the step-down margin before Lost: at least the two
+// margins together (1s with a 5s TTL and the defaults) before the earliest
+// moment another candidate can win, which leaves room for late timers and
+// for the leader to stop what it is doing. What the margins cannot cover,
+// a pause longer than them, a key deleted or a lease revoked by someone
+// else, the guarded writes do: their condition is checked by the cluster in
+// the same transaction as the write.
+//
+// Once its Context is cancelled, the Leadership gives up its key: it stops
+// keeping the lease alive and revokes it, which deletes the key, so the next
+// candidate takes over at once; if the cluster cannot be reached, the key
+// expires with the lease.
+//
+// A Leadership is safe for concurrent use.
+type Leadership struct {
+	e     *Election
+	id    string
+	name  string
+	key   string
+	token int64
+	lease clientv3.LeaseID
+
+	s       *Session
+	ca      *Cache[[]byte]
+	w       *Watch[[]byte]
+	endLife context.CancelCauseFunc
+
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	endOnce sync.Once
+	done    chan struct{}
+
+	mu        sync.Mutex
+	err       error
+	revokeErr error
+}
+
+func newLeadership(cd *candidate) *Leadership {
+	l := &Leadership{e: cd.e, id: cd.id, name: cd.name, key: cd.key, token: cd.token, lease: cd.lease,
+		s: cd.s, ca: cd.ca, w: cd.w, endLife: cd.endLife, done: make(chan struct{})}
+	l.ctx, l.cancel = context.WithCancelCause(context.WithValue(context.Background(), leadershipKey{}, l))
+	return l
+}
+
+type leadershipKey struct{}
+
+// LeadershipFrom returns the Leadership whose Context ctx is or derives
+// from, or nil. It lets code run by Election.Run, which receives only the
+// context, make guarded writes.
+func LeadershipFrom(ctx context.Context) *Leadership {
+	l, _ := ctx.Value(leadershipKey{}).(*Leadership)
+	return l
+}
+
+// ID returns the id the leader campaigned with.
+func (l *Leadership) ID() string { return l.id }
+
+// Token returns the fencing token: the create revision of the leader key.
+// Tokens of successive leaderships of an election only grow, so a resource
+// that remembers the highest token it has seen can refuse a deposed leader.
+func (l *Leadership) Token() int64 { return l.token }
+
+// Lease returns the ID of the leader's lease.
+func (l *Leadership) Lease() int64 { return int64(l.lease) }
+
+// Key returns the leader key as a full etcd key, namespace included, for
+// conditions of one's own in raw transactions.
+func (l *Leadership) Key() string { return l.key }
+
+// Context returns a context that is cancelled the moment leadership ends or
+// may have ended (see Leadership); context.Cause says why. It is never
+// cancelled by the ctx given to Campaign.
+func (l *Leadership) Context() context.Context { return l.ctx }
+
+// Done returns a channel that is closed once the leadership has ended and
+// been cleaned up: its Context cancelled, the lease revoked (or, when the
+// cluster could not be reached, no longer kept alive) and its goroutine
+// finished. It closes shortly after Context is cancelled; Err then says why.
+func (l *Leadership) Done() <-chan struct{} { return l.done }
+
+// Err returns nil until Done is closed, then why the leadership ended:
+// context.Cause of Context. It matches ErrNotLeader when leadership was lost
+// (with ErrLeaseLost when the lease was), ErrClosed after Resign, Close or
+// Client.Close.
+func (l *Leadership) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// Resign gives up leadership at once: it cancels Context, then revokes the
+// lease, which deletes the leader key in the same step, so the next
+// candidate takes over without waiting for the TTL. It blocks until that is
+// done (within Config.RequestTimeout and the TTL) or ctx ends, and returns
+// the revoke's error, if any (the key then expires with its lease, which is
+// no longer kept alive). Resigning a leadership that has already ended does
+// nothing more and returns the same error.
+func (l *Leadership) Resign(ctx context.Context) error {
+	l.end(errResigned)
+	select {
+	case <-l.done:
+	case <-ctx.Done():
+		return errorf("election %q: resign: %w", l.e.name, context.Cause(ctx))
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.revokeErr != nil {
+		return errorf("election %q: resign: %w", l.e.name, l.revokeErr)
+	}
+	return nil
+}
+
+// Close resigns, as Resign with no deadline of its own, and waits for the
+// leadership's goroutine. It is idempotent: later calls return the same
+// error.
+func (l *Leadership) Close() error {
+	return l.Resign(context.Background())
+}
+
+// end cancels Context with cause, unless it was already cancelled. It counts
+// the change first, so that whoever sees Context cancelled finds it counted:
+// the revoke that follows can take as long as the TTL when the cluster is
+// out of reach.
+func (l *Leadership) end(cause error) {
+	l.endOnce.Do(func() {
+		l.e.c.cfg.Metrics.Add(MetricLeadershipChanges, 1)
+		l.cancel(cause)
+	})
+}
+
+// lostCause returns why leadership must end now, from what the session says,
+// or nil.
+func (l *Leadership) lostCause() error {
+	select {
+	case <-l.s.Done():
+		if err := l.s.Err(); errors.Is(err, ErrClosed) {
+			return err
+		}
+		return errorf("%w: %w", ErrNotLeader, l.s.Err())
+	default:
+	}
+	if st, _ := l.s.feed.get(); st == Lost {
+		return errorf("%w: %w", ErrNotLeader, ErrLeaseLost)
+	}
+	if rem := l.s.Remaining(); rem <= l.e.o.stepDown {
+		return fmt.Errorf("%w: stepped down: keepalives are failing and the lease may expire in %v",
+			ErrNotLeader, (rem + l.s.o.margin).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// keyCause returns why leadership must end, from what the cache shows of
+// the leader key, or nil.
+func (l *Leadership) keyCause() error {
+	rev := l.ca.Revision()
+	if rev < l.token {
+		return nil
+	}
+	v, ok := l.ca.Get(l.name)
+	switch {
+	case !ok:
+		return fmt.Errorf("%w: the leader key was deleted by revision %d", ErrNotLeader, rev)
+	case v.CreateRevision != l.token || v.Lease != int64(l.lease):
+		return fmt.Errorf("%w: the leader key was replaced by revision %d", ErrNotLeader, rev)
+	}
+	return nil
+}
+
+// run watches over the leadership until it ends, then cleans up.
+func (l *Leadership) run() {
+	defer l.finish()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		if cause := l.lostCause(); cause != nil {
+			l.end(cause)
+			return
+		}
+		if cause := l.keyCause(); cause != nil {
+			l.end(cause)
+			return
+		}
+		_, epoch := l.s.feed.get()
+		// Keepalives that succeed push the step-down point back without a
+		// state change: look again when it comes.
+		timer.Reset(l.s.Remaining() - l.e.o.stepDown)
+		select {
+		case <-l.ctx.Done():
+			return
+		case <-l.e.c.life.Done():
+			l.end(fmt.Errorf("%w: client closed", ErrClosed))
+			return
+		case <-epoch.Done():
+		case <-l.s.Done():
+		case <-timer.C:
+		case _, ok := <-l.w.Events():
+			if !ok {
+				l.end(errorf("%w: the election watch ended: %w", ErrNotLeader, l.w.Err()))
+				return
+			}
+		}
+	}
+}
+
+// finish gives up the key and records why the leadership ended.
+func (l *Leadership) finish() {
+	// The revoke hands over: first.
+	revokeErr := l.s.Close()
+	_ = l.w.Close()
+	_ = l.ca.Close()
+	l.endLife(nil)
+	cause := context.Cause(l.ctx)
+	l.mu.Lock()
+	l.err, l.revokeErr = cause, revokeErr
+	l.mu.Unlock()
+	log := l.e.c.log.Warn
+	if errors.Is(cause, ErrClosed) {
+		log = l.e.c.log.Info
+	}
+	log("leadership ended", zap.String("election", l.e.name), zap.String("id", l.id),
+		zap.Int64("token", l.token), zap.NamedError("cause", cause), zap.NamedError("revoke", revokeErr))
+	close(l.done)
+}
+
+// notLeader is the error of a guarded write refused because leadership has
+// ended.
+func (l *Leadership) notLeader(op string) error {
+	cause := context.Cause(l.ctx)
+	if errors.Is(cause, ErrNotLeader) {
+		return errorf("election %q: %s: %w", l.e.name, op, cause)
+	}
+	return errorf("election %q: %s: %w: %w", l.e.name, op, ErrNotLeader, cause)
+}
+
+// Txn runs ops in one etcd transaction that applies only if the leader key
+// still exists with this leadership's token, and returns its response. Ops
+// are raw clientv3 operations and take full etcd keys: prefix them with
+// Client.KeyPrefix (Key and Prefix do this for you; see GuardedPut
+// and GuardedDelete). With no ops, Txn checks in the cluster that this is
+// still the leader.
+//
+// It fails with ErrNotLeader, without sending anything, once Context is
+// cancelled or the lease is about to be given up, and with ErrNotLeader when
+// the cluster found the leader key gone (nothing was applied; the leadership
+// then ends). ctx bounds the call, with Config.RequestTimeout when it has no
+// deadline; the end of leadership also interrupts it, with an error matching
+// ErrNotLeader that says the write may have applied before, whatever ctx is
+// (Context itself, or a context derived from it, included). Any other error
+// (a timeout, an unreachable cluster) also leaves the outcome unknown.
+func (l *Leadership) Txn(ctx context.Context, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
+	return l.txn(ctx, "guarded txn", ops)
+}
+
+func (l *Leadership) txn(ctx context.Context, op string, ops []clientv3.Op) (*clientv3.TxnResponse, error) {
+	if l.ctx.Err() == nil {
+		// Refuse now rather than when the watchdog's timer fires: it may be
+		// late on a busy machine.
+		if cause := l.lostCause(); cause != nil {
+			l.end(cause)
+		}
+	}
+	if l.ctx.Err() != nil {
+		return nil, l.notLeader(op)
+	}
+	c := l.e.c
+	rctx, cancel, err := c.opContext(ctx)
+	if err != nil {
+		if l.ctx.Err() != nil && !c.closed() {
+			// ctx may derive from Context, which just ended: nothing was sent.
+			return nil, l.notLeader(op)
+		}
+		return nil, errorf("election %q: %s: %w", l.e.name, op, err)
+	}
+	defer cancel()
+	rctx, abort := context.WithCancel(rctx)
+	defer abort()
+	stop := context.AfterFunc(l.ctx, abort)
+	defer stop()
+	resp, err := c.raw.Txn(rctx).
+		If(clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.token)).
+		Then(ops...).
+		Commit()
+	if err != nil {
+		// Whether or not ctx ended too (it may be Context itself, or derive
+		// from it), the end of leadership is what the caller must learn.
+		if l.ctx.Err() != nil && !c.closed() {
+			return nil, errorf("election %q: %s: %w: leadership ended while the write was in flight, and it may have applied before (%w)",
+				l.e.name, op, ErrNotLeader, err)
+		}
+		return nil, errorf("election %q: %s: %w", l.e.name, op, c.cause(mapServerError(err)))
+	}
+	if !resp.Succeeded {
+		l.end(fmt.Errorf("%w: a guarded write found the leader key gone at revision %d", ErrNotLeader, resp.Header.Revision))
+		return nil, l.notLeader(op)
+	}
+	return resp, nil
+}
+
+// GuardedPut stores v at k only while l leads: in one transaction that
+// applies only if l's leader key still exists with l's token. It returns the
+// revision of the write. It fails as Leadership.Txn does, and as Key.Put does
+// for values it refuses (ErrTooLarge, an invalid key). k must belong to the
+// Client that l's election was made with.
+func GuardedPut[T any](ctx context.Context, l *Leadership, k *Key[T], v T) (int64, error) {
+	if err := guardedKey(l, k); err != nil {
+		return 0, err
+	}
+	data, err := k.encode(v)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := l.txn(ctx, fmt.Sprintf("guarded put %q", k.name), []clientv3.Op{clientv3.OpPut(k.path, string(data))})
+	if err != nil {
+		return 0, err
+	}
+	return resp.Header.Revision, nil
+}
+
+// GuardedDelete deletes k only while l leads, as GuardedPut writes, and
+// returns the revision of the transaction. Deleting an absent key is not an
+// error.
+func GuardedDelete[T any](ctx context.Context, l *Leadership, k *Key[T]) (int64, error) {
+	if err := guardedKey(l, k); err != nil {
+		return 0, err
+	}
+	resp, err := l.txn(ctx, fmt.Sprintf("guarded delete %q", k.name), []clientv3.Op{clientv3.OpDelete(k.path)})
+	if err != nil {
+		return 0, err
+	}
+	return resp.Header.Revision, nil
+}
+
+func guardedKey[T any](l *Leadership, k *Key[T]) error {
+	switch {
+	case l == nil:
+		return errors.New("etcdkit: guarded write: nil leadership")
+	case k == nil:
+		return errors.New("etcdkit: guarded write: nil key")
+	case k.err != nil:
+		return k.err
+	case k.c != l.e.c:
+		return fmt.Errorf("etcdkit: guarded write %q: the key belongs to another Client than the election", k.name)
+	}
+	return nil
+}

@@ -1,0 +1,478 @@
+package etcdkit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/etcdkit/etcdkit/internal/backoff"
+)
+
+// SessionState is the state of a Session or an Ephemeral, as sent on their
+// States channels. The zero value is not a state.
+type SessionState int
+
+const (
+	// Live means the lease is being kept alive: the last keepalive succeeded.
+	Live SessionState = iota + 1
+	// Suspended means keepalives are failing (the member is silent,
+	// unreachable or without a leader) but the lease may still live on the
+	// server; Remaining says for how long at least. The session retries on the
+	// next member, and returns to Live if a keepalive succeeds in time.
+	Suspended
+	// Lost means no keepalive succeeded for the lease's TTL minus the Lost
+	// margin, so the server may expire the lease at any moment (or the server
+	// said it has). Keys attached to the lease must be presumed gone. A
+	// session WithoutRecovery ends; otherwise it keeps trying to grant a new
+	// lease.
+	Lost
+	// Recovered is sent when a new lease was granted after Lost; it is
+	// followed at once by Live, on the new lease. An Ephemeral sends it once
+	// its key is back under the new lease. State never returns Recovered.
+	Recovered
+	// Restored is sent only by an Ephemeral, when its key was deleted or
+	// overwritten by someone else and it put the key back; it is followed by
+	// the current state. State never returns Restored.
+	Restored
+)
+
+// String returns the state's name in lower case ("live", "suspended"...).
+func (s SessionState) String() string {
+	switch s {
+	case Live:
+		return "live"
+	case Suspended:
+		return "suspended"
+	case Lost:
+		return "lost"
+	case Recovered:
+		return "recovered"
+	case Restored:
+		return "restored"
+	}
+	return fmt.Sprintf("SessionState(%d)", int(s))
+}
+
+// Session is a lease that etcdkit keeps alive, and the state of that effort.
+// Make one with Client.NewSession. Attach keys to Lease to make them live as
+// long as the session; an Ephemeral does that for one key and puts it back
+// when it goes missing.
+//
+// # Keepalives
+//
+// The session refreshes its lease with one keepalive request every third of
+// the TTL (at most every 5s; WithKeepAliveInterval), on the client's stream
+// connection, each bounded by Config.StallTimeout (or the interval, if
+// shorter). A keepalive that fails or stalls makes the session Suspended at
+// once and moves the stream connection (and the watches on it) to the next
+// member, where it retries within a fraction of a second.
+//
+// # When Lost is declared
+//
+// The server expires a lease TTL after the leader last renewed it, and it can
+// only have renewed it after the client sent the request, so the lease lives
+// at least until TTL after the send time of the last keepalive that
+// succeeded (a new leader only extends leases, by its election timeout, and
+// a keepalive whose answer was lost can only have extended it further). The
+// session declares Lost a margin before that moment, measured on the
+// client's monotonic clock from when the request was sent, not when its
+// answer came back. The margin, a tenth of the TTL but at least 500ms (a
+// quarter of TTLs under 2s; WithLostMargin), covers what can make Lost reach
+// the owner late: timers firing late on a loaded machine or during a garbage
+// collection pause, the owner's own reaction to the state, and clock rate
+// differences between client and server (under 0.1% with NTP). The server
+// itself deletes expired leases only on its next half-second sweep and after
+// a raft round, which adds slack that the margin does not rely on.
+//
+// A Session is safe for concurrent use.
+type Session struct {
+	c   *Client
+	ttl time.Duration
+	o   sessionOptions
+
+	// ctx is the session's life: the caller's ctx, the client's life and
+	// Close. Its cause says why it ended.
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
+	stopLife func() bool
+
+	feed   *stateFeed
+	poked  chan struct{}
+	done   chan struct{}
+	exited chan struct{}
+
+	mu        sync.Mutex
+	lease     clientv3.LeaseID
+	lastSent  time.Time // send time of the last successful keepalive or grant
+	err       error
+	revokeErr error
+
+	closeOnce sync.Once
+}
+
+// errSessionClosed is the cause of a session ended by its Close.
+var errSessionClosed = fmt.Errorf("%w: session closed", ErrClosed)
+
+// NewSession grants a lease of the given TTL and starts keeping it alive. The
+// TTL must be a whole number of seconds, at least 1s and at least the
+// cluster's minimum (1.5 times its election timeout, rounded up to a second;
+// 2s with etcd's defaults), or NewSession fails with ErrInvalidTTL.
+//
+// ctx bounds both the grant (together with Config.RequestTimeout) and the
+// session's life: when ctx ends, the session revokes its lease and ends, and
+// Err wraps ctx's error. Pass a context that lasts as long as the session
+// should. Closing the client ends the session the same way with ErrClosed.
+func (c *Client) NewSession(ctx context.Context, ttl time.Duration, opts ...SessionOption) (*Session, error) {
+	if err := validateTTL(ttl); err != nil {
+		return nil, err
+	}
+	o, err := buildSessionOptions(ttl, c.cfg.StallTimeout, opts)
+	if err != nil {
+		return nil, err
+	}
+	s := &Session{c: c, ttl: ttl, o: o}
+	gctx, cancel, err := c.opContext(ctx)
+	if err != nil {
+		return nil, errorf("session: %w", err)
+	}
+	id, sent, granted, err := s.grant(gctx)
+	cancel()
+	if err != nil {
+		return nil, errorf("session: grant lease: %w", c.cause(err))
+	}
+	if granted > int64(ttl/time.Second) {
+		s.lease = id
+		_ = s.revoke()
+		return nil, fmt.Errorf("%w: TTL %v is below the cluster's minimum of %ds", ErrInvalidTTL, ttl, granted)
+	}
+
+	s.ctx, s.cancel = context.WithCancelCause(ctx)
+	s.stopLife = context.AfterFunc(c.life, func() { s.cancel(fmt.Errorf("%w: client closed", ErrClosed)) })
+	s.feed = newStateFeed(c.cfg.Metrics)
+	s.poked = make(chan struct{}, 1)
+	s.done = make(chan struct{})
+	s.exited = make(chan struct{})
+	s.lease, s.lastSent = id, sent
+	if !c.spawn(s.run) {
+		s.stopLife()
+		s.cancel(nil)
+		_ = s.revoke()
+		return nil, errorf("session: %w", ErrClosed)
+	}
+	c.log.Debug("session started", zap.Int64("lease", int64(id)), zap.Duration("ttl", ttl))
+	return s, nil
+}
+
+// validateTTL checks what can be checked before asking the cluster.
+func validateTTL(ttl time.Duration) error {
+	switch {
+	case ttl < time.Second:
+		return fmt.Errorf("%w: TTL %v is below etcd's minimum of 1s", ErrInvalidTTL, ttl)
+	case ttl%time.Second != 0:
+		return fmt.Errorf("%w: TTL %v is not a whole number of seconds, as etcd leases are", ErrInvalidTTL, ttl)
+	}
+	return nil
+}
+
+// Lease returns the ID of the current lease, to attach keys to with
+// clientv3.WithLease; it is a clientv3.LeaseID because that is what the raw
+// client takes (compare it with Value.Lease as int64(s.Lease())). It changes
+// when the session Recovers from Lost; keys attached to the previous lease
+// are gone, or soon will be, and must be written again.
+func (s *Session) Lease() clientv3.LeaseID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lease
+}
+
+// TTL returns the TTL of the session's leases.
+func (s *Session) TTL() time.Duration { return s.ttl }
+
+// State returns the current state: Live, Suspended or Lost. It keeps its last
+// value after the session ended.
+func (s *Session) State() SessionState {
+	st, _ := s.feed.get()
+	return st
+}
+
+// States returns the channel of the session's state transitions, starting
+// with Live. Sending never blocks the session: the channel holds the latest
+// 16 states, and when a reader falls further behind the oldest are dropped,
+// so the last value received is always the current state. The channel is
+// closed after Done, once the session has ended. There is one channel per
+// session: concurrent readers share the states.
+func (s *Session) States() <-chan SessionState { return s.feed.ch }
+
+// Remaining returns how long, at least, the session stays out of Lost without
+// a successful keepalive: the time until it would declare Lost. The lease
+// itself lives on the server for at least the Lost margin longer. It is 0
+// once Lost or ended. It is the number to check before acting on the
+// strength of the lease while Suspended.
+func (s *Session) Remaining() time.Duration {
+	if st, _ := s.feed.get(); st == Lost {
+		return 0
+	}
+	select {
+	case <-s.done:
+		return 0
+	default:
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return max(0, time.Until(s.lostAtLocked()))
+}
+
+// Done returns a channel that is closed when the session has ended for good:
+// after Close, when the ctx given to NewSession ended, when the client was
+// closed, or when the lease was Lost and the session was made
+// WithoutRecovery. It is not closed by Lost otherwise; watch States for that.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Err returns nil while the session runs, and once Done is closed the reason
+// it ended: ErrClosed (Close, or the client was closed), ErrLeaseLost, or an
+// error wrapping the error of the ctx given to NewSession.
+func (s *Session) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Close ends the session and revokes its lease, which deletes the keys
+// attached to it at once. It waits for the session's goroutine and for the
+// revoke (bounded by Config.RequestTimeout and the TTL), and returns the
+// revoke's error, if any (the lease then expires after its TTL). Close is
+// idempotent; later calls return the same error.
+func (s *Session) Close() error {
+	s.closeOnce.Do(func() {
+		s.cancel(errSessionClosed)
+		<-s.exited
+	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.revokeErr
+}
+
+// snapshot returns what the engines that follow the session need: its state,
+// its lease and the state's epoch, which ends at the next transition.
+func (s *Session) snapshot() (SessionState, clientv3.LeaseID, context.Context) {
+	st, epoch := s.feed.get()
+	return st, s.Lease(), epoch
+}
+
+// poke asks for a keepalive now, when a request found the lease gone.
+func (s *Session) poke() {
+	select {
+	case s.poked <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Session) lostAtLocked() time.Time {
+	return s.lastSent.Add(s.ttl - s.o.margin)
+}
+
+// run is the keepalive engine.
+func (s *Session) run() {
+	defer close(s.exited)
+	defer s.stopLife()
+	retry := backoff.New(50*time.Millisecond, 500*time.Millisecond)
+	for {
+		st, _ := s.feed.get()
+		if st == Lost {
+			if s.o.noRecovery {
+				s.end(ErrLeaseLost)
+				// The lease may outlive our verdict by the margin; revoking it
+				// makes the keys go when the owner was told they are gone.
+				_ = s.revoke()
+				return
+			}
+			if !s.recover() {
+				s.finish()
+				return
+			}
+			retry.Reset()
+			continue
+		}
+
+		s.mu.Lock()
+		id, lostAt, next := s.lease, s.lostAtLocked(), s.lastSent.Add(s.o.interval)
+		s.mu.Unlock()
+		if st == Suspended {
+			next = time.Now().Add(retry.Next())
+		}
+		if next.After(lostAt) {
+			next = lostAt
+		}
+		if !s.sleepUntil(next) {
+			s.finish()
+			return
+		}
+		if !time.Now().Before(lostAt) {
+			s.lose(fmt.Sprintf("no keepalive succeeded within the TTL minus a %v margin", s.o.margin))
+			continue
+		}
+
+		deadline := time.Now().Add(s.o.attempt)
+		if deadline.After(lostAt) {
+			deadline = lostAt
+		}
+		sent, err := s.keepAlive(id, deadline)
+		switch {
+		case err == nil:
+			s.mu.Lock()
+			s.lastSent = sent
+			s.mu.Unlock()
+			retry.Reset()
+			s.feed.enter(Live, 0)
+		case s.ctx.Err() != nil:
+			s.finish()
+			return
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+			s.lose("the server no longer knows the lease")
+		default:
+			if st == Live {
+				s.c.log.Info("session suspended", zap.Int64("lease", int64(id)), zap.Error(err))
+			}
+			s.feed.enter(Suspended, 0)
+		}
+	}
+}
+
+// sleepUntil waits until t, a poke or the end of the session's life, and
+// reports whether the session is still to run.
+func (s *Session) sleepUntil(t time.Time) bool {
+	timer := time.NewTimer(time.Until(t))
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+	case <-s.poked:
+	case <-s.ctx.Done():
+		return false
+	}
+	return true
+}
+
+func (s *Session) lose(why string) {
+	s.c.log.Warn("session lost its lease", zap.Int64("lease", int64(s.Lease())), zap.String("reason", why))
+	s.feed.enter(Lost, 0)
+}
+
+// keepAlive sends one keepalive, bounded by deadline, and returns when it
+// was sent.
+func (s *Session) keepAlive(id clientv3.LeaseID, deadline time.Time) (time.Time, error) {
+	ctx, cancel := context.WithDeadline(s.ctx, deadline)
+	defer cancel()
+	cli, gen, err := s.c.streams.get(ctx)
+	if err != nil {
+		return time.Time{}, err
+	}
+	sent := time.Now()
+	if _, err := cli.KeepAliveOnce(ctx, id); err != nil {
+		s.c.streamFailed(s.ctx, gen, err)
+		return sent, err
+	}
+	return sent, nil
+}
+
+// recover grants a new lease after Lost, retrying until it succeeds or the
+// session's life ends, and reports whether it succeeded. The old lease is
+// left to expire on its own: revoking it could delete keys an Ephemeral is
+// about to move to the new lease.
+func (s *Session) recover() bool {
+	for {
+		id, sent, _, err := s.grant(s.ctx)
+		if err == nil {
+			s.mu.Lock()
+			old := s.lease
+			s.lease, s.lastSent = id, sent
+			s.mu.Unlock()
+			s.c.log.Info("session recovered with a new lease", zap.Int64("lease", int64(id)), zap.Int64("lost", int64(old)))
+			s.feed.enter(Live, Recovered)
+			return true
+		}
+		if s.ctx.Err() != nil {
+			return false
+		}
+		// grant retries transient failures itself; anything else (auth,
+		// quota) is retried more slowly, as the session has nothing better
+		// to do.
+		s.c.log.Warn("session cannot grant a new lease", zap.Error(err))
+		if !sleepCtx(s.ctx, time.Second) {
+			return false
+		}
+	}
+}
+
+// grant asks for a lease of the session's TTL on the stream connection,
+// retrying transient failures until ctx ends. It returns the lease, when the
+// successful request was sent and the TTL the server granted.
+func (s *Session) grant(ctx context.Context) (clientv3.LeaseID, time.Time, int64, error) {
+	var (
+		id      clientv3.LeaseID
+		sent    time.Time
+		granted int64
+	)
+	// A grant goes through raft, unlike a keepalive: give each attempt the
+	// full StallTimeout, so that a slow disk does not leave a trail of
+	// granted leases whose answers came too late.
+	err := s.c.onStreams(ctx, s.c.cfg.StallTimeout, func(ctx context.Context, cli *clientv3.Client) error {
+		t := time.Now()
+		resp, err := cli.Grant(ctx, int64(s.ttl/time.Second))
+		if err != nil {
+			return err
+		}
+		id, sent, granted = resp.ID, t, resp.TTL
+		return nil
+	})
+	if errors.Is(err, rpctypes.ErrLeaseTTLTooLarge) {
+		err = fmt.Errorf("%w: %w", ErrInvalidTTL, err)
+	}
+	return id, sent, granted, err
+}
+
+// revoke revokes the current lease, bounded by RequestTimeout and the TTL
+// (past which the lease has expired anyway). A lease already gone is not an
+// error.
+func (s *Session) revoke() error {
+	ctx, cancel := context.WithTimeout(context.Background(), min(s.c.cfg.RequestTimeout, s.ttl))
+	defer cancel()
+	id := s.Lease()
+	err := s.c.onStreams(ctx, min(s.c.cfg.StallTimeout, s.ttl), func(ctx context.Context, cli *clientv3.Client) error {
+		_, err := cli.Revoke(ctx, id)
+		return err
+	})
+	if err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return errorf("session: revoke lease %x: %w", int64(id), err)
+	}
+	return nil
+}
+
+// finish ends a session whose life ended: it revokes the lease, then reports
+// why.
+func (s *Session) finish() {
+	err := s.revoke()
+	s.mu.Lock()
+	s.revokeErr = err
+	s.mu.Unlock()
+	cause := context.Cause(s.ctx)
+	if !errors.Is(cause, ErrClosed) {
+		cause = errorf("session: %w", cause)
+	}
+	s.end(cause)
+}
+
+// end records err, closes Done and then States.
+func (s *Session) end(err error) {
+	s.mu.Lock()
+	s.err = err
+	s.mu.Unlock()
+	close(s.done)
+	s.feed.close()
+	s.c.log.Debug("session ended", zap.Error(err))
+}
