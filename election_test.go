@@ -318,7 +318,7 @@ func TestLeaderNoLeaderAndCurrent(t *testing.T) {
 
 func TestElectionResignHandsOver(t *testing.T) {
 	srv := etcdtest.Start(t)
-	metrics := newCountingMetrics()
+	metrics := newMetrics()
 	ca := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}, Namespace: "el", Metrics: metrics})
 	cb := testClient(t, []string{srv.Endpoint()}, "el")
 	ea := etcdkit.NewElection(ca, "svc", 2*time.Second)
@@ -477,11 +477,11 @@ func TestGuardedWriteInterruptedByLossOfLeadership(t *testing.T) {
 // elPartitionedLeader starts a member behind a proxy and a client through
 // it, whose WARN lines go to logs and whose metrics to m, and returns a
 // leadership of that client, with TTL 2s. The test cuts the link.
-func elPartitionedLeader(t *testing.T) (*etcdtest.Server, *etcdkit.Client, *etcdkit.Leadership, *observer.ObservedLogs, *countingMetrics) {
+func elPartitionedLeader(t *testing.T) (*etcdtest.Server, *etcdkit.Client, *etcdkit.Leadership, *observer.ObservedLogs, *metrics) {
 	t.Helper()
 	srv := etcdtest.Start(t, etcdtest.WithProxy())
 	core, logs := observer.New(zap.WarnLevel)
-	m := newCountingMetrics()
+	m := newMetrics()
 	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.ProxyEndpoint()}, Namespace: "el",
 		Logger: zap.New(core), Metrics: m})
 	l := elLead(t, etcdkit.NewElection(c, "svc", 2*time.Second), "a")
