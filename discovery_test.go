@@ -117,78 +117,6 @@ func dsRecord(t testing.TB, tr *etcdkit.Tracker[nodeMeta]) *dsViews {
 	return v
 }
 
-// dsStates records every state a registration sends, in order, with the
-// time it was received, until the channel closes.
-type dsStates struct {
-	mu     sync.Mutex
-	states []etcdkit.SessionState
-	at     []time.Time
-}
-
-func dsRecordStates(t testing.TB, ch <-chan etcdkit.SessionState) *dsStates {
-	l := &dsStates{}
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case st, ok := <-ch:
-				if !ok {
-					return
-				}
-				l.mu.Lock()
-				l.states, l.at = append(l.states, st), append(l.at, time.Now())
-				l.mu.Unlock()
-			case <-stop:
-				return
-			}
-		}
-	}()
-	t.Cleanup(func() { close(stop); <-done })
-	return l
-}
-
-func (l *dsStates) list() []etcdkit.SessionState {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.Clone(l.states)
-}
-
-// mark returns the number of states received so far, for waitFor.
-func (l *dsStates) mark() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.states)
-}
-
-// waitFor waits until st is received after the first from states and
-// returns when it was.
-func (l *dsStates) waitFor(t testing.TB, st etcdkit.SessionState, from int) time.Time {
-	t.Helper()
-	var at time.Time
-	require.Eventually(t, func() bool {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		for i := from; i < len(l.states); i++ {
-			if l.states[i] == st {
-				at = l.at[i]
-				return true
-			}
-		}
-		return false
-	}, dsWait, dsTick, "state %v never arrived after the first %d; got %v", st, from, l)
-	return at
-}
-
-// settled waits until the last state received is want.
-func (l *dsStates) settled(t testing.TB, want etcdkit.SessionState) {
-	t.Helper()
-	require.Eventually(t, func() bool { s := l.list(); return len(s) > 0 && s[len(s)-1] == want }, dsWait, dsTick,
-		"states never settled at %v; got %v", want, l)
-}
-
-func (l *dsStates) String() string { return fmt.Sprint(l.list()) }
-
 func (v *dsViews) list() [][]etcdkit.Instance[nodeMeta] {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -525,24 +453,24 @@ func TestServiceNodeBlackholed(t *testing.T) {
 	cut := dsRegister(t, dsService(nodeClient), dsInstance("cut", 1001))
 	dsRegister(t, dsService(c), dsInstance("ok", 1002))
 	tr := dsTrack(t, dsService(c))
-	states := dsRecordStates(t, cut.States())
+	states := recordStates(t, cut.States())
 	dsWaitIDs(t, tr, "cut", "ok")
-	states.settled(t, etcdkit.Live)
+	states.settled(t, etcdkit.Live, dsWait)
 
 	start := time.Now()
 	srv.Proxy().Blackhole(proxy.Both)
 	gone := dsWaitIDs(t, tr, "ok")
-	lost := states.waitFor(t, etcdkit.Lost, 0)
+	lost := states.waitFor(t, etcdkit.Lost, time.Time{}, dsWait)
 	t.Logf("blackholed node gone from the view %v after the cut (TTL %v); it declared Lost after %v",
 		gone, dsTTL, lost.Sub(start))
 	assert.Less(t, gone, dsTTL+etcdtest.DefaultElection+2*time.Second, "removal after the cut")
 	assert.Less(t, lost.Sub(start), gone, "the node must know before the others")
 
-	mark := states.mark()
+	mark := time.Now()
 	srv.Proxy().Unblackhole()
 	back := dsWaitIDs(t, tr, "cut", "ok")
 	t.Logf("back in the view %v after the heal", back)
-	states.waitFor(t, etcdkit.Recovered, mark)
+	states.waitFor(t, etcdkit.Recovered, mark, dsWait)
 	require.Eventually(t, func() bool { return cut.State() == etcdkit.Live }, dsWait, dsTick)
 	assert.Equal(t, dsInstance("cut", 1001), tr.Instances()[0])
 }
@@ -557,7 +485,7 @@ func TestServiceEtcdRestart(t *testing.T) {
 	other := testClient(t, []string{srv.Endpoint()}, "app")
 	svc := dsService(c)
 	a := dsRegister(t, svc, dsInstance("a", 1001))
-	states := dsRecordStates(t, a.States())
+	states := recordStates(t, a.States())
 	tr := dsTrack(t, dsService(other))
 	dsWaitIDs(t, tr, "a")
 
@@ -565,16 +493,16 @@ func TestServiceEtcdRestart(t *testing.T) {
 	b := dsRegister(t, svc, dsInstance("b", 1002))
 	dsWaitIDs(t, tr, "a", "b")
 	require.Eventually(t, func() bool { return !tr.Stale() }, dsWait, dsTick, "tracker state %v", tr.State())
-	states.settled(t, etcdkit.Live)
+	states.settled(t, etcdkit.Live, dsWait)
 
-	mark := states.mark()
+	mark := time.Now()
 	srv.Stop()
 	require.Eventually(t, tr.Stale, dsWait, dsTick, "tracker not stale while the member is down")
-	states.waitFor(t, etcdkit.Lost, mark)
-	mark = states.mark()
+	states.waitFor(t, etcdkit.Lost, mark, dsWait)
+	mark = time.Now()
 	restart := time.Now()
 	require.NoError(t, srv.Restart())
-	states.waitFor(t, etcdkit.Recovered, mark)
+	states.waitFor(t, etcdkit.Recovered, mark, dsWait)
 	require.Eventually(t, func() bool { return !tr.Stale() }, dsWait, dsTick, "tracker state %v", tr.State())
 	dsWaitIDs(t, tr, "a", "b")
 	require.NoError(t, b.Close())

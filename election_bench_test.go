@@ -42,13 +42,13 @@ func BenchmarkElectionTakeover(b *testing.B) {
 		measureSilentDeath(b, cl, ttl, fmt.Sprintf("silent-%d", i), &m)
 	}
 	b.Logf("TTL %v, 3-member cluster", ttl)
-	b.Logf("  takeover after Resign:          etcdkit %s", elStats(m.resignOurs))
-	b.Logf("                                  raw     %s", elStats(m.resignRaw))
-	b.Logf("  takeover after a silent link:   etcdkit %s", elStats(m.deathOurs))
-	b.Logf("                                  raw     %s", elStats(m.deathRaw))
+	b.Logf("  takeover after Resign:          etcdkit %s", durationStats(m.resignOurs))
+	b.Logf("                                  raw     %s", durationStats(m.resignRaw))
+	b.Logf("  takeover after a silent link:   etcdkit %s", durationStats(m.deathOurs))
+	b.Logf("                                  raw     %s", durationStats(m.deathRaw))
 	b.Logf("  step-down margin (old leader told -> new leader won; positive: told first):")
-	b.Logf("                                  etcdkit %s", elStats(m.marginOurs))
-	b.Logf("                                  raw     %s", elStats(m.marginRaw))
+	b.Logf("                                  etcdkit %s", durationStats(m.marginOurs))
+	b.Logf("                                  raw     %s", durationStats(m.marginRaw))
 	reportMedian(b, m.resignOurs, "ms-resign-takeover")
 	reportMedian(b, m.resignRaw, "ms-resign-takeover-raw")
 	reportMedian(b, m.deathOurs, "ms-silent-takeover")
@@ -69,21 +69,6 @@ func reportMedian(b *testing.B, ds []time.Duration, unit string) {
 
 type measurements struct {
 	resignOurs, resignRaw, deathOurs, deathRaw, marginOurs, marginRaw []time.Duration
-}
-
-// elStats describes a set of durations.
-func elStats(ds []time.Duration) string {
-	if len(ds) == 0 {
-		return "no data"
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	r := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
-	all := make([]time.Duration, len(ds))
-	for i, d := range ds {
-		all[i] = r(d)
-	}
-	return fmt.Sprintf("min %v  median %v  max %v  (all: %v)", r(s[0]), r(s[len(s)/2]), r(s[len(s)-1]), all)
 }
 
 // rawCandidate is a concurrency.Election candidate on its own raw client.

@@ -51,7 +51,7 @@ func lsHolds(t testing.TB, raw *clientv3.Client, e *etcdkit.Ephemeral[string], k
 
 func TestEphemeralPutAndClose(t *testing.T) {
 	srv := etcdtest.Start(t)
-	c := lsClient(t, etcdkit.Config{Namespace: "app"}, srv.Endpoint())
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}, Namespace: "app"})
 	raw := srv.Client(t)
 
 	// A value left by someone else (a previous run of the owner, say) is
@@ -90,8 +90,8 @@ func TestEphemeralPutAndClose(t *testing.T) {
 // its lease and says so on States and in Metrics.
 func TestEphemeralRestores(t *testing.T) {
 	srv := etcdtest.Start(t)
-	m := newCountingMetrics()
-	c := lsClient(t, etcdkit.Config{Metrics: m}, srv.Endpoint())
+	m := newMetrics()
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}, Metrics: m})
 	raw := srv.Client(t)
 	e := lsEphemeral(t, c, "svc/b", "mine", 2*time.Second)
 	states := recordStates(t, e.States())
@@ -126,7 +126,7 @@ func TestEphemeralRestores(t *testing.T) {
 
 func TestEphemeralUpdate(t *testing.T) {
 	srv := etcdtest.Start(t)
-	c := lsClient(t, etcdkit.Config{}, srv.Endpoint())
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}})
 	raw := srv.Client(t)
 	e := lsEphemeral(t, c, "svc/c", "v1", 2*time.Second)
 	lease := e.Lease()
@@ -156,7 +156,7 @@ func TestEphemeralUpdate(t *testing.T) {
 
 func TestEphemeralErrors(t *testing.T) {
 	srv := etcdtest.Start(t)
-	c := lsClient(t, etcdkit.Config{}, srv.Endpoint())
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}})
 	raw := srv.Client(t)
 	key := etcdkit.NewKey(c, "svc/d", etcdkit.String())
 
@@ -166,7 +166,7 @@ func TestEphemeralErrors(t *testing.T) {
 	_, err = etcdkit.NewEphemeral(lsContext(t), etcdkit.NewKey(c, "../d", etcdkit.String()), "x", 2*time.Second)
 	assert.ErrorIs(t, err, etcdkit.ErrInvalidName)
 
-	small := lsClient(t, etcdkit.Config{MaxValueSize: 4}, srv.Endpoint())
+	small := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}, MaxValueSize: 4})
 	_, err = etcdkit.NewEphemeral(lsContext(t), etcdkit.NewKey(small, "svc/d", etcdkit.String()), "too long", 2*time.Second)
 	assert.ErrorIs(t, err, etcdkit.ErrTooLarge)
 
@@ -192,7 +192,7 @@ func TestEphemeralErrors(t *testing.T) {
 	assert.False(t, ok, "key present after ctx ended")
 	assert.Equal(t, int64(-1), lsLeaseTTL(t, raw, lease))
 
-	other := lsClient(t, etcdkit.Config{}, srv.Endpoint())
+	other := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}})
 	e2, err := etcdkit.NewEphemeral(lsContext(t), etcdkit.NewKey(other, "svc/e", etcdkit.String()), "x", 2*time.Second)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = e2.Close() })
@@ -215,8 +215,8 @@ func TestEphemeralErrors(t *testing.T) {
 // gets a new lease and puts the key back (Recovered).
 func TestEphemeralLeaseRevokedElsewhere(t *testing.T) {
 	srv := etcdtest.Start(t)
-	m := newCountingMetrics()
-	c := lsClient(t, etcdkit.Config{Metrics: m}, srv.Endpoint())
+	m := newMetrics()
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}, Metrics: m})
 	raw := srv.Client(t)
 	e := lsEphemeral(t, c, "svc/f", "mine", 2*time.Second)
 	states := recordStates(t, e.States())
@@ -324,7 +324,7 @@ func (k *keyEvents) waitFirst(t testing.TB, typ mvccpb.Event_EventType, from tim
 func TestEphemeralOwnerCutOff(t *testing.T) {
 	const ttl = 2 * time.Second
 	srv := etcdtest.Start(t, etcdtest.WithProxy())
-	c := lsClient(t, etcdkit.Config{Logger: lsLogger(t)}, srv.ProxyEndpoint())
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.ProxyEndpoint()}, Logger: lsLogger(t)})
 	raw := srv.Client(t)
 	events := watchKey(t, raw, "svc/cut")
 	e := lsEphemeral(t, c, "svc/cut", "mine", ttl)
@@ -364,7 +364,7 @@ func TestEphemeralOwnerCutOff(t *testing.T) {
 // the key is present afterwards, under a live lease.
 func TestEphemeralServerRestart(t *testing.T) {
 	srv := etcdtest.Start(t)
-	c := lsClient(t, etcdkit.Config{Logger: lsLogger(t)}, srv.Endpoint())
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}, Logger: lsLogger(t)})
 	raw := srv.Client(t)
 
 	check := func(t *testing.T, e *etcdkit.Ephemeral[string], key string, old clientv3.LeaseID) {
@@ -413,8 +413,8 @@ func TestEphemeralMemberStopped(t *testing.T) {
 	const ttl = 3 * time.Second
 	cl := etcdtest.StartCluster(t, 3, etcdtest.WithProxy())
 	cl.WaitLeader(t)
-	m := newCountingMetrics()
-	c := lsClient(t, etcdkit.Config{Logger: lsLogger(t), Metrics: m}, cl.Endpoints()...)
+	m := newMetrics()
+	c := testClientConfig(t, etcdkit.Config{Endpoints: cl.Endpoints(), Logger: lsLogger(t), Metrics: m})
 	e := lsEphemeral(t, c, "svc/moved", "mine", ttl)
 	states := recordStates(t, e.States())
 	lease := e.Lease()
@@ -465,9 +465,9 @@ func TestEphemeralMemberStopped(t *testing.T) {
 // times, not thousands.
 func TestEphemeralFightIsPaced(t *testing.T) {
 	srv := etcdtest.Start(t)
-	m1, m2 := newCountingMetrics(), newCountingMetrics()
-	c1 := lsClient(t, etcdkit.Config{Metrics: m1}, srv.Endpoint())
-	c2 := lsClient(t, etcdkit.Config{Metrics: m2}, srv.Endpoint())
+	m1, m2 := newMetrics(), newMetrics()
+	c1 := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}, Metrics: m1})
+	c2 := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}, Metrics: m2})
 	lsEphemeral(t, c1, "svc/shared", "one", 2*time.Second)
 	lsEphemeral(t, c2, "svc/shared", "two", 2*time.Second)
 
@@ -488,8 +488,8 @@ func TestEphemeralFightIsPaced(t *testing.T) {
 // bounce the client's stream connection over and over.
 func TestEphemeralQuietCluster(t *testing.T) {
 	srv := etcdtest.Start(t)
-	m := newCountingMetrics()
-	c := lsClient(t, etcdkit.Config{StallTimeout: 300 * time.Millisecond, Metrics: m}, srv.Endpoint())
+	m := newMetrics()
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}, StallTimeout: 300 * time.Millisecond, Metrics: m})
 	e := lsEphemeral(t, c, "svc/quiet", "mine", 2*time.Second)
 	time.Sleep(2 * time.Second) // an observation window, not synchronisation
 	assert.Zero(t, m.get(etcdkit.MetricWatchStalls), "stalls")
@@ -561,8 +561,8 @@ func TestEphemeralNoFalseStall(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := etcdtest.Start(t)
-			m := newCountingMetrics()
-			c := lsClient(t, etcdkit.Config{Metrics: m, Logger: lsLogger(t)}, srv.Endpoint())
+			m := newMetrics()
+			c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}, Metrics: m, Logger: lsLogger(t)})
 			raw := srv.Client(t)
 			e := lsEphemeral(t, c, "svc/busy", "mine", 3*time.Second)
 			states := recordStates(t, e.States())

@@ -27,14 +27,24 @@ func TestKeyCRUD(t *testing.T) {
 	c := testClient(t, []string{srv.Endpoint()}, "crud")
 	raw := srv.Client(t)
 	ctx := testContext(t, time.Minute)
-	k := etcdkit.NewKey(c, "config/limits", etcdkit.JSON[limits]())
+	// Every subtest works on keys of its own and writes the state it starts
+	// from, so that none depends on another having run before it.
+	keyWith := func(t *testing.T, name string, v limits) *etcdkit.Key[limits] {
+		t.Helper()
+		k := etcdkit.NewKey(c, name, etcdkit.JSON[limits]())
+		_, err := k.Put(ctx, v)
+		require.NoError(t, err)
+		return k
+	}
 
 	t.Run("get absent", func(t *testing.T) {
+		k := etcdkit.NewKey(c, "config/absent", etcdkit.JSON[limits]())
 		_, err := k.Get(ctx)
 		require.ErrorIs(t, err, etcdkit.ErrNotFound)
 	})
 
 	t.Run("put then get", func(t *testing.T) {
+		k := etcdkit.NewKey(c, "config/limits", etcdkit.JSON[limits]())
 		rev, err := k.Put(ctx, limits{MaxConns: 10})
 		require.NoError(t, err)
 		v, err := k.Get(ctx)
@@ -69,6 +79,7 @@ func TestKeyCRUD(t *testing.T) {
 	})
 
 	t.Run("compare and swap", func(t *testing.T) {
+		k := keyWith(t, "config/cas", limits{MaxConns: 10})
 		v, err := k.Get(ctx)
 		require.NoError(t, err)
 		rev, err := k.CompareAndSwap(ctx, limits{MaxConns: 20}, v.Revision)
@@ -85,7 +96,7 @@ func TestKeyCRUD(t *testing.T) {
 		assert.Equal(t, limits{MaxConns: 20}, ce.Current.Data)
 		assert.Equal(t, rev, ce.Current.Revision)
 		assert.Equal(t, v.Revision, ce.Expected)
-		assert.Contains(t, ce.Error(), "config/limits")
+		assert.Contains(t, ce.Error(), "config/cas")
 
 		rev2, err := k.CompareAndSwap(ctx, limits{MaxConns: 30}, ce.Current.Revision)
 		require.NoError(t, err)
@@ -103,6 +114,7 @@ func TestKeyCRUD(t *testing.T) {
 	})
 
 	t.Run("update", func(t *testing.T) {
+		k := keyWith(t, "config/update", limits{MaxConns: 30})
 		v, err := k.Update(ctx, func(cur limits, exists bool) (limits, error) {
 			require.True(t, exists)
 			cur.MaxConns++
@@ -128,6 +140,7 @@ func TestKeyCRUD(t *testing.T) {
 	})
 
 	t.Run("update error stores nothing", func(t *testing.T) {
+		k := keyWith(t, "config/update-error", limits{MaxConns: 10})
 		before, err := k.Get(ctx)
 		require.NoError(t, err)
 		boom := errors.New("refused")
@@ -139,6 +152,7 @@ func TestKeyCRUD(t *testing.T) {
 	})
 
 	t.Run("delete", func(t *testing.T) {
+		k := keyWith(t, "config/delete", limits{MaxConns: 10})
 		require.NoError(t, k.Delete(ctx))
 		_, err := k.Get(ctx)
 		require.ErrorIs(t, err, etcdkit.ErrNotFound)

@@ -2,9 +2,7 @@ package etcdkit_test
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
-	"slices"
 	"testing"
 	"time"
 
@@ -40,20 +38,10 @@ func BenchmarkSessionLostMargin(b *testing.B) {
 		b.Logf("Ephemeral Lost %v before the deletion; raw Session Done %v before the deletion", o, r)
 	}
 	b.Logf("TTL %v (positive: the owner knew before its key was deleted)", ttl)
-	b.Logf("  etcdkit Ephemeral, Lost:        %s", stats(ours))
-	b.Logf("  raw concurrency.Session, Done:  %s", stats(raw))
+	b.Logf("  etcdkit Ephemeral, Lost:        %s", durationStats(ours))
+	b.Logf("  raw concurrency.Session, Done:  %s", durationStats(raw))
 	reportMedian(b, ours, "ms-lost-before-delete")
 	reportMedian(b, raw, "ms-done-before-delete-raw")
-}
-
-// stats describes a set of margins.
-func stats(ds []time.Duration) string {
-	if len(ds) == 0 {
-		return "no data"
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return fmt.Sprintf("min %v  median %v  max %v  (all: %v)", s[0], s[len(s)/2], s[len(s)-1], ds)
 }
 
 // measureLostMargin runs one round and returns the margins of the Ephemeral
@@ -64,7 +52,7 @@ func measureLostMargin(t testing.TB, ttl time.Duration) (ours, raw time.Duration
 	oursEvents := watchKey(t, direct, "m/ours")
 	rawEvents := watchKey(t, direct, "m/raw")
 
-	c := lsClient(t, etcdkit.Config{}, srv.ProxyEndpoint())
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.ProxyEndpoint()}})
 	e := lsEphemeral(t, c, "m/ours", "x", ttl)
 	states := recordStates(t, e.States())
 

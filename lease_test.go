@@ -2,7 +2,6 @@ package etcdkit_test
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,19 +22,6 @@ const (
 	lsWait = 15 * time.Second
 	lsTick = 20 * time.Millisecond
 )
-
-// lsClient connects an etcdkit client to endpoints, with cfg's other fields,
-// and closes it when the test ends.
-func lsClient(t testing.TB, cfg etcdkit.Config, endpoints ...string) *etcdkit.Client {
-	t.Helper()
-	cfg.Endpoints = endpoints
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c, err := etcdkit.New(ctx, cfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
 
 // lsLogger returns a logger whose output goes to the test's log, which is
 // shown for failed tests and with -v.
@@ -71,108 +57,9 @@ func lsLeaseTTL(t testing.TB, raw *clientv3.Client, id clientv3.LeaseID) int64 {
 	return resp.TTL
 }
 
-// stateLog records every state a handle sends, with the time it was
-// received, until the channel closes.
-type stateLog struct {
-	mu     sync.Mutex
-	states []stampedState
-	closed bool
-}
-
-type stampedState struct {
-	st etcdkit.SessionState
-	at time.Time
-}
-
-func recordStates(t testing.TB, ch <-chan etcdkit.SessionState) *stateLog {
-	l := &stateLog{}
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case st, ok := <-ch:
-				l.mu.Lock()
-				if !ok {
-					l.closed = true
-					l.mu.Unlock()
-					return
-				}
-				l.states = append(l.states, stampedState{st, time.Now()})
-				l.mu.Unlock()
-			case <-stop:
-				return
-			}
-		}
-	}()
-	t.Cleanup(func() { close(stop); <-done })
-	return l
-}
-
-func (l *stateLog) list() []etcdkit.SessionState {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	out := make([]etcdkit.SessionState, len(l.states))
-	for i, s := range l.states {
-		out[i] = s.st
-	}
-	return out
-}
-
-// first returns when st was first received after from, or the zero time.
-func (l *stateLog) first(st etcdkit.SessionState, from time.Time) time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, s := range l.states {
-		if s.st == st && !s.at.Before(from) {
-			return s.at
-		}
-	}
-	return time.Time{}
-}
-
-// waitFor waits until st is received (at or after from) and returns when.
-func (l *stateLog) waitFor(t testing.TB, st etcdkit.SessionState, from time.Time, within time.Duration) time.Time {
-	t.Helper()
-	var at time.Time
-	require.Eventually(t, func() bool {
-		at = l.first(st, from)
-		return !at.IsZero()
-	}, within, lsTick, "state %v never arrived; got %v", st, l.list())
-	return at
-}
-
-// countingMetrics records the library's counters.
-type countingMetrics struct {
-	mu sync.Mutex
-	m  map[etcdkit.Metric]float64
-}
-
-func newCountingMetrics() *countingMetrics {
-	return &countingMetrics{m: map[etcdkit.Metric]float64{}}
-}
-
-func (c *countingMetrics) Add(m etcdkit.Metric, d float64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.m[m] += d
-}
-
-func (c *countingMetrics) Set(m etcdkit.Metric, v float64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.m[m] = v
-}
-
-func (c *countingMetrics) get(m etcdkit.Metric) float64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.m[m]
-}
-
 func TestSessionKeepsLeaseAlive(t *testing.T) {
 	srv := etcdtest.Start(t)
-	c := lsClient(t, etcdkit.Config{}, srv.Endpoint())
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}})
 	raw := srv.Client(t)
 	s := lsSession(t, c, 2*time.Second)
 
@@ -202,7 +89,7 @@ func TestSessionKeepsLeaseAlive(t *testing.T) {
 
 func TestSessionInvalidTTL(t *testing.T) {
 	srv := etcdtest.Start(t)
-	c := lsClient(t, etcdkit.Config{}, srv.Endpoint())
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}})
 	for _, ttl := range []time.Duration{0, -time.Second, 500 * time.Millisecond, 1500 * time.Millisecond} {
 		_, err := c.NewSession(lsContext(t), ttl)
 		assert.ErrorIs(t, err, etcdkit.ErrInvalidTTL, "TTL %v", ttl)
@@ -218,7 +105,7 @@ func TestSessionInvalidTTL(t *testing.T) {
 // outlive their owner by twice what it asked for.
 func TestSessionTTLRaisedByServer(t *testing.T) {
 	srv := etcdtest.Start(t, etcdtest.WithTiming(100*time.Millisecond, time.Second))
-	c := lsClient(t, etcdkit.Config{}, srv.Endpoint())
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}})
 	raw := srv.Client(t)
 
 	_, err := c.NewSession(lsContext(t), time.Second)
@@ -238,7 +125,7 @@ func TestSessionTTLRaisedByServer(t *testing.T) {
 
 func TestSessionClose(t *testing.T) {
 	srv := etcdtest.Start(t)
-	c := lsClient(t, etcdkit.Config{}, srv.Endpoint())
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}})
 	raw := srv.Client(t)
 	s, err := c.NewSession(lsContext(t), 2*time.Second)
 	require.NoError(t, err)
@@ -272,7 +159,7 @@ func TestSessionClose(t *testing.T) {
 
 func TestSessionContextEnds(t *testing.T) {
 	srv := etcdtest.Start(t)
-	c := lsClient(t, etcdkit.Config{}, srv.Endpoint())
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}})
 	raw := srv.Client(t)
 
 	t.Run("cancelled before", func(t *testing.T) {
@@ -318,7 +205,7 @@ func TestSessionContextEnds(t *testing.T) {
 func TestSessionClientClosed(t *testing.T) {
 	srv := etcdtest.Start(t)
 	raw := srv.Client(t)
-	c := lsClient(t, etcdkit.Config{}, srv.Endpoint())
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}})
 	s, err := c.NewSession(lsContext(t), 2*time.Second)
 	require.NoError(t, err)
 	id := s.Lease()
@@ -342,8 +229,8 @@ func TestSessionClientClosed(t *testing.T) {
 // for good; this one reports Lost, grants a new lease and goes on.
 func TestSessionLeaseRevokedElsewhere(t *testing.T) {
 	srv := etcdtest.Start(t)
-	m := newCountingMetrics()
-	c := lsClient(t, etcdkit.Config{Metrics: m}, srv.Endpoint())
+	m := newMetrics()
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}, Metrics: m})
 	raw := srv.Client(t)
 
 	t.Run("recovers", func(t *testing.T) {
@@ -389,7 +276,7 @@ func TestSessionLeaseRevokedElsewhere(t *testing.T) {
 // with the current one last.
 func TestSessionSlowReader(t *testing.T) {
 	srv := etcdtest.Start(t)
-	c := lsClient(t, etcdkit.Config{}, srv.Endpoint())
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}})
 	raw := srv.Client(t)
 	s := lsSession(t, c, 2*time.Second, etcdkit.WithKeepAliveInterval(100*time.Millisecond))
 
@@ -429,8 +316,8 @@ func TestSessionStateString(t *testing.T) {
 func TestSessionSuspendedOnSilentLink(t *testing.T) {
 	const ttl = 3 * time.Second
 	srv := etcdtest.Start(t, etcdtest.WithProxy())
-	m := newCountingMetrics()
-	c := lsClient(t, etcdkit.Config{Logger: lsLogger(t), Metrics: m}, srv.ProxyEndpoint())
+	m := newMetrics()
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.ProxyEndpoint()}, Logger: lsLogger(t), Metrics: m})
 	raw := srv.Client(t)
 	s := lsSession(t, c, ttl, etcdkit.WithKeepAliveInterval(300*time.Millisecond))
 	states := recordStates(t, s.States())

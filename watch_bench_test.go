@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"runtime"
-	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -195,11 +194,6 @@ func (f *fanOut) close() {
 	}
 }
 
-func percentile(ds []time.Duration, p float64) time.Duration {
-	slices.Sort(ds)
-	return ds[int(float64(len(ds)-1)*p)]
-}
-
 // handoffStamp is a Metrics that records when a feed last finished handing
 // a batch to its subscribers: the feed sets the subscriber-lag gauge right
 // after its last subscriber's channel took the batch.
@@ -248,13 +242,13 @@ func BenchmarkWatchFanOut1000(b *testing.B) {
 		d1 = append(d1, one.round()...)
 		h1 = append(h1, time.Duration(stamp.at.Load()-one.start.Load()))
 	}
-	p99n, p99one := percentile(dn, 0.99), percentile(d1, 0.99)
-	b.ReportMetric(float64(percentile(dn, 0.5).Microseconds()), "p50-µs/1000-subs")
+	p99n, p99one := etcdkit.Percentile(dn, 0.99), etcdkit.Percentile(d1, 0.99)
+	b.ReportMetric(float64(etcdkit.Percentile(dn, 0.5).Microseconds()), "p50-µs/1000-subs")
 	b.ReportMetric(float64(p99n.Microseconds()), "p99-µs/1000-subs")
-	b.ReportMetric(float64(percentile(d1, 0.5).Microseconds()), "p50-µs/1-sub")
+	b.ReportMetric(float64(etcdkit.Percentile(d1, 0.5).Microseconds()), "p50-µs/1-sub")
 	b.ReportMetric(float64(p99one.Microseconds()), "p99-µs/1-sub")
 	b.ReportMetric(float64(p99n)/float64(p99one), "p99-ratio")
-	hp99n, hp99one := percentile(hn, 0.99), percentile(h1, 0.99)
+	hp99n, hp99one := etcdkit.Percentile(hn, 0.99), etcdkit.Percentile(h1, 0.99)
 	b.ReportMetric(float64(hp99n.Microseconds()), "handoff-p99-µs/1000-subs")
 	b.ReportMetric(float64(hp99one.Microseconds()), "handoff-p99-µs/1-sub")
 	b.ReportMetric(float64(hp99n)/float64(hp99one), "handoff-p99-ratio")

@@ -2,7 +2,6 @@ package etcdkit
 
 import (
 	"context"
-	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -106,14 +105,8 @@ func BenchmarkFanOutEngine(b *testing.B) {
 		unit string
 		ds   []time.Duration
 	}{{"handoff", hand}, {"last-reader", last}, {"plain-handoff", plainHand}, {"plain-last-reader", plainLast}} {
-		b.ReportMetric(float64(pctl(m.ds, 0.5).Microseconds()), m.unit+"-p50-µs")
-		b.ReportMetric(float64(pctl(m.ds, 0.99).Microseconds()), m.unit+"-p99-µs")
+		b.ReportMetric(float64(Percentile(m.ds, 0.5).Microseconds()), m.unit+"-p50-µs")
+		b.ReportMetric(float64(Percentile(m.ds, 0.99).Microseconds()), m.unit+"-p99-µs")
 	}
-	b.ReportMetric(float64(pctl(last, 0.99))/float64(pctl(plainLast, 0.99)), "last-reader-p99/plain")
-}
-
-// pctl sorts ds and returns its p-quantile.
-func pctl(ds []time.Duration, p float64) time.Duration {
-	slices.Sort(ds)
-	return ds[int(float64(len(ds)-1)*p)]
+	b.ReportMetric(float64(Percentile(last, 0.99))/float64(Percentile(plainLast, 0.99)), "last-reader-p99/plain")
 }

@@ -571,36 +571,6 @@ func TestWatchSharesOneEtcdWatch(t *testing.T) {
 	assert.Equal(t, 0, etcdkit.WatchFeeds(c))
 }
 
-// metrics records the library's metrics for the tests.
-type metrics struct {
-	mu   sync.Mutex
-	vals map[etcdkit.Metric]float64
-	max  map[etcdkit.Metric]float64
-}
-
-func newMetrics() *metrics {
-	return &metrics{vals: map[etcdkit.Metric]float64{}, max: map[etcdkit.Metric]float64{}}
-}
-
-func (m *metrics) Add(k etcdkit.Metric, d float64) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.vals[k] += d
-}
-
-func (m *metrics) Set(k etcdkit.Metric, v float64) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.vals[k] = v
-	m.max[k] = max(m.max[k], v)
-}
-
-func (m *metrics) get(k etcdkit.Metric) float64 {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.vals[k]
-}
-
 // faulty is a single member behind a proxy, a client through the proxy and
 // a writer that goes around it.
 type faulty struct {

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/etcdkit/etcdkit/etcdtest"
-	"github.com/etcdkit/etcdkit/robustness"
+	"github.com/etcdkit/etcdkit/internal/robustness"
 )
 
 // TestRobustness runs random fault schedules against proxied three-member
@@ -24,7 +24,7 @@ import (
 // the long profile), and -soak (or ETCDKIT_SOAK) runs schedules, one in four
 // under the long profile, for a duration:
 //
-//	ETCDKIT_SOAK=30m go test -race ./robustness -run TestRobustness -timeout 40m
+//	ETCDKIT_SOAK=30m go test -race ./internal/robustness -run TestRobustness -timeout 40m
 //
 // It stops starting schedules 90s before the test binary's -timeout.
 func TestRobustness(t *testing.T) {
@@ -135,7 +135,7 @@ func runSchedule(t *testing.T, env *robustness.Env, seed int64, profile robustne
 		t.Logf("%s\n%s", s, robustness.Timeline(r.History, all...))
 	}
 	if vs := robustness.Check(r.History); len(vs) > 0 {
-		replay := fmt.Sprintf("go test ./robustness -run TestRobustness -seed %d", seed)
+		replay := fmt.Sprintf("go test ./internal/robustness -run TestRobustness -seed %d", seed)
 		if profile == robustness.LongProfile {
 			replay += " -long"
 		}

@@ -59,6 +59,7 @@
 //
 // A failure report names the seed and prints a timeline of faults, calls and
 // events with times relative to the start of the schedule; the tests replay
-// one schedule with "go test ./robustness -run TestRobustness -seed N". In
-// -short mode TestRobustness runs ten schedules instead of two hundred.
+// one schedule with
+// "go test ./internal/robustness -run TestRobustness -seed N". In -short mode
+// TestRobustness runs ten schedules instead of two hundred.
 package robustness

@@ -31,17 +31,6 @@ func nextView(t testing.TB, tr *etcdkit.Tracker[nodeMeta], ok func([]string) boo
 	}
 }
 
-func dsStats(ds []time.Duration) string {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	var sum time.Duration
-	for _, d := range s {
-		sum += d
-	}
-	r := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
-	return fmt.Sprintf("n=%d min %v median %v mean %v max %v", len(s), r(s[0]), r(s[len(s)/2]), r(sum/time.Duration(len(s))), r(s[len(s)-1]))
-}
-
 // BenchmarkDiscoveryRemoval measures how long a tracker takes to see an instance
 // go: after a Close (the lease is revoked, the key deleted at once) and
 // after a silent death (the node's link is blackholed with proxy
@@ -78,7 +67,7 @@ func measureDiscovery(t testing.TB) {
 		at := nextView(t, tr, lacks(id))
 		seen, closing = append(seen, at.Sub(start)), append(closing, closed.Sub(start))
 	}
-	t.Logf("Close to the tracker's view without the instance: %s (Close itself returned after %s)", dsStats(seen), dsStats(closing))
+	t.Logf("Close to the tracker's view without the instance: %s (Close itself returned after %s)", durationStats(seen), durationStats(closing))
 
 	node := testClient(t, []string{srv.ProxyEndpoint()}, "m")
 	for _, ttl := range []time.Duration{2 * time.Second, 3 * time.Second} {
@@ -86,23 +75,23 @@ func measureDiscovery(t testing.TB) {
 		r, err := dsService(node).Register(testContext(t, time.Minute), dsInstance(fmt.Sprintf("silent-%v", ttl), 4000), ttl)
 		require.NoError(t, err)
 		id := r.Instance().ID
-		states := dsRecordStates(t, r.States())
+		states := recordStates(t, r.States())
 		nextView(t, tr, has(id))
 		for range 3 {
-			states.settled(t, etcdkit.Live)
-			mark := states.mark()
+			states.settled(t, etcdkit.Live, dsWait)
+			mark := time.Now()
 			start := time.Now()
 			srv.Proxy().Blackhole(proxy.Both)
 			at := nextView(t, tr, lacks(id))
 			gone = append(gone, at.Sub(start))
-			lost = append(lost, states.waitFor(t, etcdkit.Lost, mark).Sub(start))
+			lost = append(lost, states.waitFor(t, etcdkit.Lost, mark, dsWait).Sub(start))
 			heal := time.Now()
 			srv.Proxy().Unblackhole()
 			back = append(back, nextView(t, tr, has(id)).Sub(heal))
 		}
 		require.NoError(t, r.Close())
-		t.Logf("TTL %v, silent death to the tracker's view without the instance: %s", ttl, dsStats(gone))
-		t.Logf("TTL %v, silent death to the node's own Lost: %s", ttl, dsStats(lost))
-		t.Logf("TTL %v, heal to the instance back in the view: %s", ttl, dsStats(back))
+		t.Logf("TTL %v, silent death to the tracker's view without the instance: %s", ttl, durationStats(gone))
+		t.Logf("TTL %v, silent death to the node's own Lost: %s", ttl, durationStats(lost))
+		t.Logf("TTL %v, heal to the instance back in the view: %s", ttl, durationStats(back))
 	}
 }
