@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/etcdkit/etcdkit"
@@ -22,6 +23,41 @@ const (
 	// before its key must be present again.
 	RecoveryGrace = 3 * time.Second
 )
+
+// expiryDeadline is when the key of an owner cut off at from must be gone:
+// its TTL plus ExpiryGrace after the cut, or after the last fault step on a
+// member that can change the leader (stop, kill, restart, partition, heal,
+// move-leader) made before that deadline: a new leader renews every lease
+// for a full TTL, so each election in the outage starts the count again.
+func expiryDeadline(h *History, from, ttl time.Duration) time.Duration {
+	deadline := from + ttl + ExpiryGrace
+	for moved := true; moved; {
+		moved = false
+		for _, f := range h.Faults {
+			if f.At < from || f.At >= deadline || !changesLeader(f.Desc) {
+				continue
+			}
+			if d := f.At + f.Took + ttl + ExpiryGrace; d > deadline {
+				deadline, moved = d, true
+			}
+		}
+	}
+	return deadline
+}
+
+// changesLeader reports whether a fault step, by its description, acts on
+// a member in a way that can elect a new leader. Skipped steps do not.
+func changesLeader(desc string) bool {
+	if strings.Contains(desc, "skipped") || strings.Contains(desc, "already leads") {
+		return false
+	}
+	for _, verb := range []string{"stop m", "kill m", "restart m", "partition m", "heal m", "move-leader "} {
+		if strings.HasPrefix(desc, verb) {
+			return true
+		}
+	}
+	return false
+}
 
 // revClock bounds when a revision was committed, from the writes whose
 // revision and call times are known: a revision is committed after the
@@ -106,7 +142,7 @@ func checkEphemeral(h *History, rc *revClock, e *EphemeralRecord) (Violation, bo
 	// key deleted. The key certainly existed all through [deadline, To] if
 	// a put committed before To is followed by no change until after To.
 	for _, o := range e.Outages {
-		deadline := o.From + e.TTL + ExpiryGrace
+		deadline := expiryDeadline(h, o.From, e.TTL)
 		if o.Doubtful || o.To <= deadline {
 			continue
 		}
@@ -122,9 +158,9 @@ func checkEphemeral(h *History, rc *revClock, e *EphemeralRecord) (Violation, bo
 				nextLo, _ = rc.bounds(hs[i+1].Rev)
 			}
 			if nextLo > o.To {
-				return fail("the owner was cut off from %s to %s (%s), longer than its TTL %v + %v, but its key %s "+
+				return fail("the owner was cut off from %s to %s (%s), longer than its TTL %v + %v (past %s, after the elections in it), but its key %s "+
 					"written at revision %d was not deleted until after %s", fmtTime(o.From), fmtTime(o.To), o.Why,
-					e.TTL, ExpiryGrace, e.Key, c.Rev, fmtTime(o.To))
+					e.TTL, ExpiryGrace, fmtTime(deadline), e.Key, c.Rev, fmtTime(o.To))
 			}
 		}
 	}

@@ -285,6 +285,12 @@ func ephemeralHistory(deleted int64, outage robustness.Outage) *robustness.Histo
 	return h
 }
 
+// withFaults adds fault steps to h.
+func withFaults(h *robustness.History, fs ...robustness.FaultRecord) *robustness.History {
+	h.Faults = append(h.Faults, fs...)
+	return h
+}
+
 // TestCheckerEphemerals checks the ephemeral-key rules on forged histories.
 func TestCheckerEphemerals(t *testing.T) {
 	cut := robustness.Outage{From: ms(1500), To: ms(6000), Why: "p0 stopped"}
@@ -296,7 +302,15 @@ func TestCheckerEphemerals(t *testing.T) {
 		{"connected, never deleted", ephemeralHistory(0, robustness.Outage{}), ""},
 		{"cut off, deleted in time", ephemeralHistory(30, cut), ""},
 		{"cut off past TTL and grace, never deleted", ephemeralHistory(0, cut),
-			"the owner was cut off from +1.500s to +6.000s (p0 stopped), longer than its TTL 1s + 3s, but its key eph/o0 written at revision 12 was not deleted until after +6.000s"},
+			"the owner was cut off from +1.500s to +6.000s (p0 stopped), longer than its TTL 1s + 3s (past +5.500s, after the elections in it), but its key eph/o0 written at revision 12 was not deleted until after +6.000s"},
+		{"cut off past TTL and grace, elections renewed the lease", withFaults(ephemeralHistory(0, cut),
+			robustness.FaultRecord{At: ms(2000), Took: ms(50), Desc: "kill m1"},
+			robustness.FaultRecord{At: ms(4000), Took: ms(100), Desc: "move-leader m0 -> m2"}), ""},
+		{"cut off past TTL and grace, an election too early to matter", withFaults(ephemeralHistory(0, cut),
+			robustness.FaultRecord{At: ms(1000), Took: ms(50), Desc: "kill m1"},
+			robustness.FaultRecord{At: ms(1600), Took: ms(50), Desc: "move-leader to m2 skipped: no leader"},
+			robustness.FaultRecord{At: ms(1700), Took: ms(50), Desc: "blackhole p1 both"}),
+			"longer than its TTL 1s + 3s (past +5.500s, after the elections in it)"},
 		{"cut off past TTL and grace, deleted too late", ephemeralHistory(70, cut),
 			"its key eph/o0 written at revision 12 was not deleted until after +6.000s"},
 		{"deleted while connected", ephemeralHistory(30, robustness.Outage{}),
