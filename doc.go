@@ -117,6 +117,24 @@
 // closes without Err saying why. Closing the Client ends them all with
 // [ErrClosed].
 //
+// The ctx given to the call that makes a long-lived handle bounds the
+// handle's life: when ctx ends, the handle ends and lets go of what it holds
+// (a Session revokes its lease, an Ephemeral's key goes with it), and Err
+// wraps ctx's cause; [Election.Observe], which returns a bare channel, closes
+// it. A call that waits for the cluster before it returns the handle
+// ([Client.NewSession], [NewEphemeral], [Service.Register]) is bounded by the
+// same ctx, and by [Config.RequestTimeout] when ctx has no deadline; one that
+// returns at once ([Key.Watch], [Prefix.Watch], [Prefix.Cache],
+// [Service.Track], [Election.Observe]) leaves all the waiting to the handle.
+// Pass a context that lasts as long as the handle should, not a request's.
+//
+// Exceptions: the ctx of [New] bounds only the call, and the Client lasts
+// until Close; the ctx of [Election.Campaign] bounds only the campaign, and
+// the Leadership lasts until it ends on its own, Resign or Close
+// ([Election.Run] ties leading to a ctx); [NewHealthMonitor] and
+// [Cache.Subscribe] take no ctx: the monitor lasts until Close or
+// Client.Close, a subscription until Close or the end of its Cache.
+//
 // # Testing
 //
 // The etcdtest package runs embedded etcd members inside a test, and the
