@@ -100,6 +100,31 @@
 // [GuardedDelete] or [Leadership.Txn] apply only while the leader key still
 // holds that token, and fail with [ErrNotLeader] otherwise.
 //
+// # Key layout
+//
+// The library keeps its own keys under "_etcdkit/", a root of the namespace
+// reserved to it. Each candidate of an [Election] holds one key, attached to
+// a lease of its own: <namespace>/_etcdkit/election/<name>/<lease in hex>,
+// whose value is the candidate's id. The leader is the candidate whose key
+// has the lowest create revision, as in etcd's concurrency.Election; that
+// revision is the leadership's fencing token ([Leadership.Token]). Each
+// instance of a [Service] is one key, attached to a lease of its own:
+// <namespace>/_etcdkit/service/<name>/<ID>. In both, <name> is the
+// election's or the service's name path-escaped into one segment, so that
+// election "a" never sees the candidates of election "a/b", nor service "a"
+// the instances of service "a/b".
+//
+// An instance's value is a JSON object:
+//
+//	{"addr":"10.0.0.7:8080","meta":{"zone":"eu-1","weight":3}}
+//
+// "meta" holds the bytes the service's codec produced, verbatim, when they
+// are a JSON value (JSON[M] always). Other bytes (Proto[M], a String that is
+// not JSON, no bytes at all) are stored base64-encoded under "metaBytes"
+// instead. An object with neither (written by another tool) is an instance
+// whose Meta is M's zero value. Readers ignore fields they do not know, so
+// later versions can add some.
+//
 // # Health and metrics
 //
 // [NewHealthMonitor] probes every member (reachability, linearizable read
