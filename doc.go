@@ -160,6 +160,65 @@
 // [Cache.Subscribe] take no ctx: the monitor lasts until Close or
 // Client.Close, a subscription until Close or the end of its Cache.
 //
+// # Guarantees
+//
+// Each type's documentation states its contract; the sections that follow
+// derive the timing those contracts promise and give the reasons for the
+// choices they rest on:
+//
+//   - Sessions: keepalives and Lost: why a [Session] declares Lost before the
+//     server can expire its lease;
+//   - When leadership ends: why a leader learns it may have lost leadership
+//     before any other candidate can win.
+//
+// # Sessions: keepalives and Lost
+//
+// A [Session] refreshes its lease with one keepalive request every third of
+// the TTL (at most every 5s; [WithKeepAliveInterval]), on the client's
+// stream connection, each bounded by [Config.StallTimeout] (or the interval,
+// if shorter). A keepalive that fails or stalls makes the session Suspended
+// at once and moves the stream connection (and the watches on it) to the
+// next member, where it retries within a fraction of a second.
+//
+// The server expires a lease TTL after the leader last renewed it, and it
+// can only have renewed it after the client sent the request, so the lease
+// lives at least until TTL after the send time of the last keepalive that
+// succeeded (a new leader only extends leases, by its election timeout, and
+// a keepalive whose answer was lost can only have extended it further). The
+// session declares Lost a margin before that moment, measured on the
+// client's monotonic clock from when the request was sent, not when its
+// answer came back. The margin, a tenth of the TTL but at least 500ms (a
+// quarter of TTLs under 2s; [WithLostMargin]), covers what can make Lost
+// reach the owner late: timers firing late on a loaded machine or during a
+// garbage collection pause, the owner's own reaction to the state, and clock
+// rate differences between client and server (under 0.1% with NTP). The
+// server itself deletes expired leases only on its next half-second sweep
+// and after a raft round, which adds slack that the margin does not rely on.
+//
+// # When leadership ends
+//
+// The [Leadership.Context] of a leader whose keepalives fail is cancelled
+// once no keepalive of its lease has succeeded for so long that the session
+// would declare the lease Lost within the step-down margin
+// ([WithStepDownMargin]), whether the session is Suspended or a keepalive is
+// still in flight. This rule is what makes the leader know before anyone
+// else can win. Another candidate wins only once the leader key is deleted.
+// If nobody deletes it and nobody revokes the lease, that takes the lease
+// expiring, which the server does no earlier than the TTL after the leader
+// sent its last successful keepalive (see Sessions: keepalives and Lost).
+// The session declares Lost the Lost margin before that moment, on the
+// client's monotonic clock, and the leadership ends the step-down margin
+// before Lost: at least the two margins together (1s with a 5s TTL and the
+// defaults) before the earliest moment another candidate can win, which
+// leaves room for late timers and for the leader to stop what it is doing.
+//
+// What the margins cannot cover, a pause longer than them, a key deleted or
+// a lease revoked by someone else, the guarded writes do: [Leadership.Txn],
+// [GuardedPut] and [GuardedDelete] apply only while the leader key still
+// exists with the leadership's token, a condition the cluster checks in the
+// same etcd transaction as the write. Whatever the timing, a deposed
+// leader's late writes are refused by the cluster itself.
+//
 // # Testing
 //
 // The etcdtest package runs embedded etcd members inside a test, and the
