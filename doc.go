@@ -59,21 +59,25 @@
 // once, in revision order, from now, after a revision ([AfterRevision]) or
 // from the current state ([WithInitial]). From now means after the revision
 // of a linearizable read made when Watch is called, so a watch started after
-// a read never delivers a change older than what was read. Across a closed, reset or silent
-// link, a restarted server or a failed member it resumes from the revision
-// after the last one it delivered, on another member when there is one. A
-// silent link is noticed within [Config.StallTimeout] plus a fraction of a
-// second, by asking the server for progress, not after gRPC's keepalive. If
-// the revisions it needs were compacted, it reads the state at the oldest
-// revision etcd kept and sends events flagged Resync (deletes included) that
-// bring the subscriber to it; the changes after that revision follow one by
-// one.
-// Watches of one Client on the same key or prefix share one etcd watch; each
-// has a bounded buffer, and a subscriber that falls behind catches up on its
-// own without slowing the others or growing memory.
+// a read never delivers a change older than what was read. Across a closed,
+// reset, silent or leaderless link, a restarted server or a failed member it
+// resumes from the revision after the last one it delivered, on another
+// member when there is one. A silent link is noticed within
+// [Config.StallTimeout] plus a fraction of a second, by asking the server for
+// progress, not after gRPC's keepalive. If the revisions it needs were
+// compacted, it reads the state at the oldest revision etcd kept and sends
+// events flagged Resync (deletes included) that bring the subscriber to it;
+// the changes after that revision follow one by one. A subscriber that falls
+// behind loses nothing and slows no other (see Slow subscribers, under
+// Guarantees).
 //
 // [Prefix.Cache] keeps a synced copy of a prefix in memory: Get and List are
 // served locally, and [Cache.Subscribe] feeds the changes as they are applied.
+// The cache lists the prefix at one revision and then applies every change
+// after it, through the same engine as [Prefix.Watch]: it survives broken and
+// silent links and member failures, and after a compaction it applies the
+// differences with the state re-read at the compaction's revision, deletions
+// included.
 //
 // # Sessions and ephemeral keys
 //
@@ -130,9 +134,13 @@
 // [NewHealthMonitor] probes every member (reachability, linearizable read
 // latency, leader, raft indexes, database size, alarms) and rates the cluster
 // Healthy, Degraded or Unhealthy with reasons; it serves readiness probes
-// over HTTP. Set [Config.Metrics] to count the library's own reconnects,
-// resyncs, stalls, session changes, restores and leadership changes; the
-// metrics/prom package adapts them to Prometheus.
+// over HTTP. A check asks every configured endpoint for its member's status
+// and a linearizable read, through a connection pinned to that endpoint, and
+// relates the answers to the cluster's member list: the endpoints may be
+// proxies whose addresses differ from the members'. Set [Config.Metrics] to
+// count the library's own reconnects, resyncs, stalls, session changes,
+// restores and leadership changes; the metrics/prom package adapts them to
+// Prometheus.
 //
 // # Handles
 //
@@ -166,10 +174,26 @@
 // derive the timing those contracts promise and give the reasons for the
 // choices they rest on:
 //
+//   - Slow subscribers: why a [Watch] that falls behind loses nothing and
+//     slows no other;
 //   - Sessions: keepalives and Lost: why a [Session] declares Lost before the
 //     server can expire its lease;
 //   - When leadership ends: why a leader learns it may have lost leadership
 //     before any other candidate can win.
+//
+// # Slow subscribers
+//
+// Watches of one [Client] on the same key, or on the same prefix, share one
+// etcd watch, which hands each event straight to every subscriber's Events
+// channel. Each subscriber has its own bounded buffer ([WithBufferSize],
+// 1024 events by default): a subscriber that does not keep up never slows
+// the others and never makes memory grow. When its buffer is full it is
+// unhooked from the shared stream; once its reader has drained half of the
+// buffer it catches up on its own from the first revision it is missing,
+// through its own etcd watch, or, if that history has been compacted
+// meanwhile, with Resync events; then it rejoins the shared stream. Nothing
+// is dropped. A [Watch] runs no goroutine of its own while its reader keeps
+// up.
 //
 // # Sessions: keepalives and Lost
 //
