@@ -178,8 +178,12 @@
 //     slows no other;
 //   - Sessions: keepalives and Lost: why a [Session] declares Lost before the
 //     server can expire its lease;
+//   - Ephemeral keys and registrations: how an [Ephemeral] survives a silent
+//     link and a second owner;
 //   - When leadership ends: why a leader learns it may have lost leadership
-//     before any other candidate can win.
+//     before any other candidate can win;
+//   - Discovery: how fresh a view is: what a [Tracker] and the gRPC resolver
+//     show while the link is down.
 //
 // # Slow subscribers
 //
@@ -219,6 +223,21 @@
 // server itself deletes expired leases only on its next half-second sweep
 // and after a raft round, which adds slack that the margin does not rely on.
 //
+// # Ephemeral keys and registrations
+//
+// An [Ephemeral] follows its key through the client's watch engine, as
+// [Key.Watch] does: a broken, silent or leaderless link is noticed and
+// survived as for any [Watch], by the one stall detector every watch of the
+// client shares. Two Ephemerals on one key fight over it, each putting its
+// value back; the restores are paced (a restore within 5s of the previous
+// one waits, longer each time, up to 5s) so that the fight stays cheap.
+//
+// A [Registration] is an Ephemeral, so a silent process disappears from its
+// service within about the TTL, and an instance whose lease was lost is
+// published again once its link comes back. An ID is taken while its key
+// exists: registered by another live process, or by a crashed predecessor
+// whose lease has not expired yet, which takes at most its TTL.
+//
 // # When leadership ends
 //
 // The [Leadership.Context] of a leader whose keepalives fail is cancelled
@@ -242,6 +261,29 @@
 // exists with the leadership's token, a condition the cluster checks in the
 // same etcd transaction as the write. Whatever the timing, a deposed
 // leader's late writes are refused by the cluster itself.
+//
+// # Discovery: how fresh a view is
+//
+// A [Tracker]'s view can only be as fresh as its link to the cluster: while
+// that link is down, [Tracker.State] is not WatchConnected and
+// [Tracker.Stale] reports true, and instances that went away meanwhile are
+// still listed. They are removed as soon as the link is back.
+//
+// The resolver of [Client.ResolverBuilder] runs a Tracker of the service
+// and hands every new view to gRPC. It is not generic: it reads each
+// instance's address and the raw bytes of its metadata from the stored
+// object (see Key layout) without decoding them, so it serves services of
+// any metadata type; decode the metadata with [Service.DecodeResolved]
+// where a balancer needs it. An instance whose stored object is unreadable
+// is left out; an empty service resolves to no endpoints, which gRPC reports
+// as a resolver that produced zero addresses. Failures reach gRPC through
+// ReportError: when the resolver cannot get a first view, when its view has
+// been stale for half of [Config.StallTimeout] (the watch itself is declared
+// Suspended after a StallTimeout of silence), and when its tracker ends (the
+// Client was closed). While the view is stale, gRPC keeps using the
+// endpoints it has; once the view is fresh again the resolver sends it
+// again. ResolveNow does nothing: the view follows every change as it is
+// made.
 //
 // # Testing
 //
