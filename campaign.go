@@ -16,7 +16,7 @@ import (
 // ctx ends, or it can no longer win. It puts the candidate's key under a new
 // lease of the election's TTL, then waits until every older candidate key is
 // gone. It returns the Leadership once this candidate leads and its lease is
-// safely alive (see Leadership for the rule).
+// safely alive: not within the step-down margin of Lost (see Leadership).
 //
 // ctx bounds the campaign only, not the Leadership it returns. Campaign fails
 // when ctx ends (the error wraps ctx's cause), when the candidate's lease is

@@ -59,21 +59,25 @@
 // once, in revision order, from now, after a revision ([AfterRevision]) or
 // from the current state ([WithInitial]). From now means after the revision
 // of a linearizable read made when Watch is called, so a watch started after
-// a read never delivers a change older than what was read. Across a closed, reset or silent
-// link, a restarted server or a failed member it resumes from the revision
-// after the last one it delivered, on another member when there is one. A
-// silent link is noticed within [Config.StallTimeout] plus a fraction of a
-// second, by asking the server for progress, not after gRPC's keepalive. If
-// the revisions it needs were compacted, it reads the state at the oldest
-// revision etcd kept and sends events flagged Resync (deletes included) that
-// bring the subscriber to it; the changes after that revision follow one by
-// one.
-// Watches of one Client on the same key or prefix share one etcd watch; each
-// has a bounded buffer, and a subscriber that falls behind catches up on its
-// own without slowing the others or growing memory.
+// a read never delivers a change older than what was read. Across a closed,
+// reset, silent or leaderless link, a restarted server or a failed member it
+// resumes from the revision after the last one it delivered, on another
+// member when there is one. A silent link is noticed within
+// [Config.StallTimeout] plus a fraction of a second, by asking the server for
+// progress, not after gRPC's keepalive. If the revisions it needs were
+// compacted, it reads the state at the oldest revision etcd kept and sends
+// events flagged Resync (deletes included) that bring the subscriber to it;
+// the changes after that revision follow one by one. A subscriber that falls
+// behind loses nothing and slows no other (see Slow subscribers, under
+// Guarantees).
 //
 // [Prefix.Cache] keeps a synced copy of a prefix in memory: Get and List are
 // served locally, and [Cache.Subscribe] feeds the changes as they are applied.
+// The cache lists the prefix at one revision and then applies every change
+// after it, through the same engine as [Prefix.Watch]: it survives broken and
+// silent links and member failures, and after a compaction it applies the
+// differences with the state re-read at the compaction's revision, deletions
+// included.
 //
 // # Sessions and ephemeral keys
 //
@@ -100,14 +104,43 @@
 // [GuardedDelete] or [Leadership.Txn] apply only while the leader key still
 // holds that token, and fail with [ErrNotLeader] otherwise.
 //
+// # Key layout
+//
+// The library keeps its own keys under "_etcdkit/", a root of the namespace
+// reserved to it. Each candidate of an [Election] holds one key, attached to
+// a lease of its own: <namespace>/_etcdkit/election/<name>/<lease in hex>,
+// whose value is the candidate's id. The leader is the candidate whose key
+// has the lowest create revision, as in etcd's concurrency.Election; that
+// revision is the leadership's fencing token ([Leadership.Token]). Each
+// instance of a [Service] is one key, attached to a lease of its own:
+// <namespace>/_etcdkit/service/<name>/<ID>. In both, <name> is the
+// election's or the service's name path-escaped into one segment, so that
+// election "a" never sees the candidates of election "a/b", nor service "a"
+// the instances of service "a/b".
+//
+// An instance's value is a JSON object:
+//
+//	{"addr":"10.0.0.7:8080","meta":{"zone":"eu-1","weight":3}}
+//
+// "meta" holds the bytes the service's codec produced, verbatim, when they
+// are a JSON value (JSON[M] always). Other bytes (Proto[M], a String that is
+// not JSON, no bytes at all) are stored base64-encoded under "metaBytes"
+// instead. An object with neither (written by another tool) is an instance
+// whose Meta is M's zero value. Readers ignore fields they do not know, so
+// later versions can add some.
+//
 // # Health and metrics
 //
 // [NewHealthMonitor] probes every member (reachability, linearizable read
 // latency, leader, raft indexes, database size, alarms) and rates the cluster
 // Healthy, Degraded or Unhealthy with reasons; it serves readiness probes
-// over HTTP. Set [Config.Metrics] to count the library's own reconnects,
-// resyncs, stalls, session changes, restores and leadership changes; the
-// metrics/prom package adapts them to Prometheus.
+// over HTTP. A check asks every configured endpoint for its member's status
+// and a linearizable read, through a connection pinned to that endpoint, and
+// relates the answers to the cluster's member list: the endpoints may be
+// proxies whose addresses differ from the members'. Set [Config.Metrics] to
+// count the library's own reconnects, resyncs, stalls, session changes,
+// restores and leadership changes; the metrics/prom package adapts them to
+// Prometheus.
 //
 // # Handles
 //
@@ -116,6 +149,141 @@
 // goroutines), Done and Err (the cause once Done is closed). A channel never
 // closes without Err saying why. Closing the Client ends them all with
 // [ErrClosed].
+//
+// The ctx given to the call that makes a long-lived handle bounds the
+// handle's life: when ctx ends, the handle ends and lets go of what it holds
+// (a Session revokes its lease, an Ephemeral's key goes with it), and Err
+// wraps ctx's cause; [Election.Observe], which returns a bare channel, closes
+// it. A call that waits for the cluster before it returns the handle
+// ([Client.NewSession], [NewEphemeral], [Service.Register]) is bounded by the
+// same ctx, and by [Config.RequestTimeout] when ctx has no deadline; one that
+// returns at once ([Key.Watch], [Prefix.Watch], [Prefix.Cache],
+// [Service.Track], [Election.Observe]) leaves all the waiting to the handle.
+// Pass a context that lasts as long as the handle should, not a request's.
+//
+// Exceptions: the ctx of [New] bounds only the call, and the Client lasts
+// until Close; the ctx of [Election.Campaign] bounds only the campaign, and
+// the Leadership lasts until it ends on its own, Resign or Close
+// ([Election.Run] ties leading to a ctx); [NewHealthMonitor] and
+// [Cache.Subscribe] take no ctx: the monitor lasts until Close or
+// Client.Close, a subscription until Close or the end of its Cache.
+//
+// # Guarantees
+//
+// Each type's documentation states its contract; the sections that follow
+// derive the timing those contracts promise and give the reasons for the
+// choices they rest on:
+//
+//   - Slow subscribers: why a [Watch] that falls behind loses nothing and
+//     slows no other;
+//   - Sessions: keepalives and Lost: why a [Session] declares Lost before the
+//     server can expire its lease;
+//   - Ephemeral keys and registrations: how an [Ephemeral] survives a silent
+//     link and a second owner;
+//   - When leadership ends: why a leader learns it may have lost leadership
+//     before any other candidate can win;
+//   - Discovery: how fresh a view is: what a [Tracker] and the gRPC resolver
+//     show while the link is down.
+//
+// # Slow subscribers
+//
+// Watches of one [Client] on the same key, or on the same prefix, share one
+// etcd watch, which hands each event straight to every subscriber's Events
+// channel. Each subscriber has its own bounded buffer ([WithBufferSize],
+// 1024 events by default): a subscriber that does not keep up never slows
+// the others and never makes memory grow. When its buffer is full it is
+// unhooked from the shared stream; once its reader has drained half of the
+// buffer it catches up on its own from the first revision it is missing,
+// through its own etcd watch, or, if that history has been compacted
+// meanwhile, with Resync events; then it rejoins the shared stream. Nothing
+// is dropped. A [Watch] runs no goroutine of its own while its reader keeps
+// up.
+//
+// # Sessions: keepalives and Lost
+//
+// A [Session] refreshes its lease with one keepalive request every third of
+// the TTL (at most every 5s; [WithKeepAliveInterval]), on the client's
+// stream connection, each bounded by [Config.StallTimeout] (or the interval,
+// if shorter). A keepalive that fails or stalls makes the session Suspended
+// at once and moves the stream connection (and the watches on it) to the
+// next member, where it retries within a fraction of a second.
+//
+// The server expires a lease TTL after the leader last renewed it, and it
+// can only have renewed it after the client sent the request, so the lease
+// lives at least until TTL after the send time of the last keepalive that
+// succeeded (a new leader only extends leases, by its election timeout, and
+// a keepalive whose answer was lost can only have extended it further). The
+// session declares Lost a margin before that moment, measured on the
+// client's monotonic clock from when the request was sent, not when its
+// answer came back. The margin, a tenth of the TTL but at least 500ms (a
+// quarter of TTLs under 2s; [WithLostMargin]), covers what can make Lost
+// reach the owner late: timers firing late on a loaded machine or during a
+// garbage collection pause, the owner's own reaction to the state, and clock
+// rate differences between client and server (under 0.1% with NTP). The
+// server itself deletes expired leases only on its next half-second sweep
+// and after a raft round, which adds slack that the margin does not rely on.
+//
+// # Ephemeral keys and registrations
+//
+// An [Ephemeral] follows its key through the client's watch engine, as
+// [Key.Watch] does: a broken, silent or leaderless link is noticed and
+// survived as for any [Watch], by the one stall detector every watch of the
+// client shares. Two Ephemerals on one key fight over it, each putting its
+// value back; the restores are paced (a restore within 5s of the previous
+// one waits, longer each time, up to 5s) so that the fight stays cheap.
+//
+// A [Registration] is an Ephemeral, so a silent process disappears from its
+// service within about the TTL, and an instance whose lease was lost is
+// published again once its link comes back. An ID is taken while its key
+// exists: registered by another live process, or by a crashed predecessor
+// whose lease has not expired yet, which takes at most its TTL.
+//
+// # When leadership ends
+//
+// The [Leadership.Context] of a leader whose keepalives fail is cancelled
+// once no keepalive of its lease has succeeded for so long that the session
+// would declare the lease Lost within the step-down margin
+// ([WithStepDownMargin]), whether the session is Suspended or a keepalive is
+// still in flight. This rule is what makes the leader know before anyone
+// else can win. Another candidate wins only once the leader key is deleted.
+// If nobody deletes it and nobody revokes the lease, that takes the lease
+// expiring, which the server does no earlier than the TTL after the leader
+// sent its last successful keepalive (see Sessions: keepalives and Lost).
+// The session declares Lost the Lost margin before that moment, on the
+// client's monotonic clock, and the leadership ends the step-down margin
+// before Lost: at least the two margins together (1s with a 5s TTL and the
+// defaults) before the earliest moment another candidate can win, which
+// leaves room for late timers and for the leader to stop what it is doing.
+//
+// What the margins cannot cover, a pause longer than them, a key deleted or
+// a lease revoked by someone else, the guarded writes do: [Leadership.Txn],
+// [GuardedPut] and [GuardedDelete] apply only while the leader key still
+// exists with the leadership's token, a condition the cluster checks in the
+// same etcd transaction as the write. Whatever the timing, a deposed
+// leader's late writes are refused by the cluster itself.
+//
+// # Discovery: how fresh a view is
+//
+// A [Tracker]'s view can only be as fresh as its link to the cluster: while
+// that link is down, [Tracker.State] is not WatchConnected and
+// [Tracker.Stale] reports true, and instances that went away meanwhile are
+// still listed. They are removed as soon as the link is back.
+//
+// The resolver of [Client.ResolverBuilder] runs a Tracker of the service
+// and hands every new view to gRPC. It is not generic: it reads each
+// instance's address and the raw bytes of its metadata from the stored
+// object (see Key layout) without decoding them, so it serves services of
+// any metadata type; decode the metadata with [Service.DecodeResolved]
+// where a balancer needs it. An instance whose stored object is unreadable
+// is left out; an empty service resolves to no endpoints, which gRPC reports
+// as a resolver that produced zero addresses. Failures reach gRPC through
+// ReportError: when the resolver cannot get a first view, when its view has
+// been stale for half of [Config.StallTimeout] (the watch itself is declared
+// Suspended after a StallTimeout of silence), and when its tracker ends (the
+// Client was closed). While the view is stale, gRPC keeps using the
+// endpoints it has; once the view is fresh again the resolver sends it
+// again. ResolveNow does nothing: the view follows every change as it is
+// made.
 //
 // # Testing
 //

@@ -16,30 +16,13 @@ const electionRoot = "_etcdkit/election"
 
 // Election is a leader election among the holders of one name: candidates
 // call Campaign, the one whose candidate key is oldest leads, the others
-// wait in line. Make one with NewElection; it holds no state besides its
+// wait in line. Make one with [NewElection]; it holds no state besides its
 // configuration, is cheap to make and safe for concurrent use. Any number of
 // Campaigns may run at once, from one Election or many, in one process or
-// many.
-//
-// # Keys
-//
-// Each candidate holds one key, attached to a lease of its own:
-// <namespace>/_etcdkit/election/<name>/<lease in hex>, where <name> is the
-// election's name path-escaped into one segment (so that election "a" never
-// sees the candidates of election "a/b") and the key's value is the
-// candidate's id. The "_etcdkit/" root of a namespace is reserved to the
-// library. The leader is the candidate whose key has the lowest create
-// revision, as in etcd's concurrency.Election; that revision is the
-// leadership's fencing token.
-//
-// # Safety
-//
-// A leader is told it may have lost leadership (Leadership.Context is
-// cancelled) before any other candidate can win, unless someone else deletes
-// its key or revokes its lease. Whatever the timing, a guarded write
-// (Leadership.Txn, GuardedPut, GuardedDelete) applies only while its key
-// still exists, in the same etcd transaction, so a deposed leader's late
-// writes are refused by the cluster itself. See Leadership for the rule.
+// many. A leader learns it may have lost leadership before another can win,
+// unless someone else deletes its key or revokes its lease, and its guarded
+// writes apply only while it leads (see [Leadership]); the package
+// documentation gives the candidates' keys under Key layout.
 //
 // An invalid name, TTL or option does not panic: every method returns the
 // error, as Err does.

@@ -14,43 +14,21 @@ import (
 // errResigned is the cause of a leadership ended by Resign or Close.
 var errResigned = fmt.Errorf("%w: leadership resigned", ErrClosed)
 
-// Leadership is won by Campaign and lasts until it is resigned or may have
-// been lost. Its Context is the leader's authority: work done as leader
-// should run under it, and guarded writes check it, then the leader key,
-// in the cluster.
+// Leadership is won by [Election.Campaign] and lasts until it is resigned or
+// may have been lost. Its Context is the leader's authority: work done as
+// leader should run under it, and guarded writes check it, then the leader
+// key, in the cluster.
 //
-// # When leadership ends
-//
-// Context is cancelled, with a cause matching ErrNotLeader (or ErrClosed
-// after Resign, Close or Client.Close), as soon as one of these happens:
-//
-//   - no keepalive of the leader's lease has succeeded for so long that the
-//     session would declare the lease Lost within the step-down margin (see
-//     WithStepDownMargin), whether the session is Suspended or a keepalive
-//     is still in flight;
-//   - the session is Lost or ended;
-//   - the leader key is seen deleted or replaced;
-//   - a guarded write found the leader key gone;
-//   - Resign or Close was called, or the client was closed.
-//
-// The first rule is what makes the leader know before anyone else can win.
-// Another candidate wins only once the leader key is deleted. If nobody
-// deletes it and nobody revokes the lease, that takes the lease expiring,
-// which the server does no earlier than the TTL after the leader sent its
-// last successful keepalive (see Session on why). The session declares Lost
-// the Lost margin before that moment, on the client's monotonic clock, and
-// the leadership ends the step-down margin before Lost: at least the two
-// margins together (1s with a 5s TTL and the defaults) before the earliest
-// moment another candidate can win, which leaves room for late timers and
-// for the leader to stop what it is doing. What the margins cannot cover,
-// a pause longer than them, a key deleted or a lease revoked by someone
-// else, the guarded writes do: their condition is checked by the cluster in
-// the same transaction as the write.
-//
-// Once its Context is cancelled, the Leadership gives up its key: it stops
-// keeping the lease alive and revokes it, which deletes the key, so the next
+// Context is cancelled, with a cause matching [ErrNotLeader], as soon as the
+// session would declare the lease Lost within the step-down margin
+// ([WithStepDownMargin]), which is before any other candidate can win; when
+// the session is Lost or ended; and when the leader key is seen deleted or
+// replaced, or a guarded write found it gone. Resign, Close and Client.Close
+// cancel it with a cause matching [ErrClosed]. Then the Leadership stops
+// keeping its lease alive and revokes it, which deletes its key, so the next
 // candidate takes over at once; if the cluster cannot be reached, the key
-// expires with the lease.
+// expires with the lease. The package documentation derives the timing
+// under When leadership ends.
 //
 // A Leadership is safe for concurrent use.
 type Leadership struct {

@@ -26,22 +26,16 @@ type Registration[M any] struct {
 }
 
 // Register publishes inst under a new lease of the given TTL and keeps it
-// published until the Registration ends: it is an Ephemeral (see
+// published until the Registration ends: it is an [Ephemeral] (see
 // NewEphemeral and Client.NewSession for the TTL's rules, the states and the
-// options), so a silent process disappears from its service within about
-// the TTL, and an instance whose lease was lost is published again once its
-// link comes back.
-//
-// The ID must be free: if a key with that ID exists (another live process
-// registered it, or a crashed predecessor whose lease has not expired yet,
-// which takes at most its TTL), Register fails with a
-// *ConflictError[Instance[M]] matching ErrExists that carries the present
-// instance (its Key is the ID), and publishes nothing. An invalid ID or address fails with
-// ErrInvalidInstance, Meta too large for Config.MaxValueSize with
-// ErrTooLarge, before anything is sent.
-//
-// ctx bounds the call and the life of the Registration, as for
+// options). ctx bounds the call and the life of the Registration, as for
 // NewEphemeral: when it ends the instance is withdrawn.
+//
+// The ID must be free: if a key with that ID exists, Register fails with a
+// *ConflictError[Instance[M]] matching ErrExists that carries the present
+// instance (its Key is the ID), and publishes nothing. An invalid ID or
+// address fails with ErrInvalidInstance, Meta too large for
+// Config.MaxValueSize with ErrTooLarge, before anything is sent.
 func (s *Service[M]) Register(ctx context.Context, inst Instance[M], ttl time.Duration, opts ...SessionOption) (*Registration[M], error) {
 	if s.err != nil {
 		return nil, s.err

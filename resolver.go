@@ -77,7 +77,7 @@ func (s *Service[M]) DecodeResolved(ri ResolvedInstance) (Instance[M], error) {
 }
 
 // ResolverBuilder returns a gRPC resolver builder for the scheme "etcdkit",
-// which resolves the target "etcdkit:///<service>" (Service.Target) to the
+// which resolves the target "etcdkit:///<service>" ([Service.Target]) to the
 // instances of the service of that name in the client's namespace. Pass it
 // to grpc.NewClient with grpc.WithResolvers, and pick a balancer with the
 // service config, for example:
@@ -87,28 +87,12 @@ func (s *Service[M]) DecodeResolved(ri ResolvedInstance) (Instance[M], error) {
 //		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
 //		grpc.WithTransportCredentials(creds))
 //
-// Each resolver runs a Tracker of the service and hands every new view to
-// gRPC as the complete list of endpoints, in ID order, one per instance,
-// each with a ResolvedInstance under ResolverAttributeKey in its
-// Attributes. The resolver is not generic: it reads each instance's address
-// and the raw bytes of its metadata from the stored object (see Service)
-// without decoding them, so it serves services of any metadata type;
-// decode the metadata with Service.DecodeResolved where a balancer needs it.
-// An instance whose stored object is unreadable is left out; an empty
-// service resolves to no endpoints, which gRPC reports as a resolver that
-// produced zero addresses.
-//
-// Failures reach gRPC through ReportError: when the resolver cannot get a
-// first view, or its view has been stale (see Tracker.Stale) for half of
-// Config.StallTimeout (the watch itself is declared Suspended after a
-// StallTimeout of silence), and when its tracker ends (the Client was
-// closed).
-// While the view is stale, gRPC keeps using the endpoints it has; once the
-// view is fresh again the resolver sends it again. ResolveNow does nothing:
-// the view follows every change as it is made.
-//
-// The builder may be used for any number of targets; each resolver ends
-// when gRPC closes it or the Client is closed.
+// On every change, each resolver hands gRPC the complete list of endpoints,
+// in ID order, one per instance, each with a [ResolvedInstance] under
+// [ResolverAttributeKey] in its Attributes; failures and a stale view reach
+// gRPC through ReportError (see Discovery: how fresh a view is, in the
+// package documentation). The builder may be used for any number of
+// targets; each resolver ends when gRPC closes it or the Client is closed.
 func (c *Client) ResolverBuilder() resolver.Builder { return resolverBuilder{c: c} }
 
 type resolverBuilder struct{ c *Client }

@@ -60,35 +60,14 @@ func (s SessionState) String() string {
 }
 
 // Session is a lease that etcdkit keeps alive, and the state of that effort.
-// Make one with Client.NewSession. Attach keys to Lease to make them live as
-// long as the session; an Ephemeral does that for one key and puts it back
-// when it goes missing.
+// Make one with [Client.NewSession]. Attach keys to Lease to make them live
+// as long as the session; an [Ephemeral] does that for one key and puts it
+// back when it goes missing.
 //
-// # Keepalives
-//
-// The session refreshes its lease with one keepalive request every third of
-// the TTL (at most every 5s; WithKeepAliveInterval), on the client's stream
-// connection, each bounded by Config.StallTimeout (or the interval, if
-// shorter). A keepalive that fails or stalls makes the session Suspended at
-// once and moves the stream connection (and the watches on it) to the next
-// member, where it retries within a fraction of a second.
-//
-// # When Lost is declared
-//
-// The server expires a lease TTL after the leader last renewed it, and it can
-// only have renewed it after the client sent the request, so the lease lives
-// at least until TTL after the send time of the last keepalive that
-// succeeded (a new leader only extends leases, by its election timeout, and
-// a keepalive whose answer was lost can only have extended it further). The
-// session declares Lost a margin before that moment, measured on the
-// client's monotonic clock from when the request was sent, not when its
-// answer came back. The margin, a tenth of the TTL but at least 500ms (a
-// quarter of TTLs under 2s; WithLostMargin), covers what can make Lost reach
-// the owner late: timers firing late on a loaded machine or during a garbage
-// collection pause, the owner's own reaction to the state, and clock rate
-// differences between client and server (under 0.1% with NTP). The server
-// itself deletes expired leases only on its next half-second sweep and after
-// a raft round, which adds slack that the margin does not rely on.
+// A keepalive that fails or stalls makes the session Suspended at once. It
+// declares Lost a margin ([WithLostMargin]) before the earliest moment the
+// server may expire the lease; the package documentation derives the
+// keepalive cadence and that moment under Sessions: keepalives and Lost.
 //
 // A Session is safe for concurrent use.
 type Session struct {

@@ -95,32 +95,20 @@ func (s WatchState) String() string {
 }
 
 // Watch is a subscription to the changes of a key or a prefix, made by
-// Key.Watch, Prefix.Watch or Cache.Subscribe. It delivers every change once,
-// in revision order, whatever happens to the link: it resumes after a
-// broken, reset, silent or leaderless link from the revision after the last
-// one it delivered, on another member when there is one, and it turns a
-// compacted gap into Resync events.
+// [Key.Watch], [Prefix.Watch] or [Cache.Subscribe]. It delivers every change
+// once, in revision order, on Events, whatever happens to the link, and
+// turns a compacted gap into Resync events.
 //
-// Events are received from Events. A Watch ends when the ctx it was made with
-// ends, when Close or Client.Close is called, or on a failure that retrying
-// cannot cure (such as a permission denied); then Err is set, Events is
-// closed, and Done is closed, in that order; events already in the Events
-// channel can still be received before its close, the rest of the buffer is
-// dropped. It never ends because of the network.
+// A Watch ends when the ctx it was made with ends, when Close or
+// Client.Close is called, or on a failure that retrying cannot cure (such
+// as a permission denied), never because of the network. Then Err is set,
+// Events is closed, and Done is closed, in that order; events already in
+// the Events channel can still be received before its close, the rest of
+// the buffer is dropped. Each Watch has its own bounded buffer
+// ([WithBufferSize]): a reader that falls behind loses nothing and slows no
+// other (see Slow subscribers in the package documentation).
 //
-// Watches of one Client on the same key, or on the same prefix, share one
-// etcd watch, which hands each event straight to every subscriber's Events
-// channel. Each subscriber has its own bounded buffer (WithBufferSize, 1024
-// events by default): a subscriber that does not keep up never slows the
-// others and never makes memory grow. When its buffer is full it is
-// unhooked from the shared stream; once its reader has drained half of the
-// buffer it catches up on its own from the first revision it is missing,
-// through its own etcd watch, or, if that history has been compacted
-// meanwhile, with Resync events; then it rejoins the shared stream. Nothing
-// is dropped.
-//
-// A Watch is safe for concurrent use. It runs no goroutine of its own while
-// its reader keeps up.
+// A Watch is safe for concurrent use.
 type Watch[T any] struct {
 	events chan Event[T]
 	ready  <-chan struct{}
