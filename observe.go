@@ -146,8 +146,12 @@ func (e *Election) observe(ctx context.Context, ch chan<- LeaderInfo) error {
 			}
 			err := w.Err()
 			stop()
-			if ctx.Err() != nil || e.c.closed() {
+			if ctx.Err() != nil {
 				return nil
+			}
+			if e.c.closed() {
+				// Client.Close's own cancellation may not have run yet.
+				return ErrClosed
 			}
 			e.c.log.Warn("election observer restarts its cache", zap.String("election", e.name), zap.Error(err))
 			restart.Reset(retry.Next())
