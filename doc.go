@@ -103,6 +103,7 @@
 // other candidate can win; writes made through [GuardedPut],
 // [GuardedDelete] or [Leadership.Txn] apply only while the leader key still
 // holds that token, and fail with [ErrNotLeader] otherwise.
+// [Election.Observe] returns an [Observation] of every change of leader.
 //
 // # Key layout
 //
@@ -145,7 +146,7 @@
 // # Handles
 //
 // Every long-lived handle (Watch, Cache, Session, Ephemeral, Registration,
-// Tracker, Leadership, HealthMonitor) has Close (idempotent, waits for its
+// Tracker, Observation, Leadership, HealthMonitor) has Close (idempotent, waits for its
 // goroutines), Done and Err (the cause once Done is closed). A channel never
 // closes without Err saying why. Closing the Client ends them all with
 // [ErrClosed].

@@ -10,7 +10,9 @@ import (
 const minStepDownMargin = 250 * time.Millisecond
 
 // ElectionOption configures NewElection. Options are made by the With...
-// functions of this package; the interface is sealed.
+// functions of this package; the interface is sealed. A nil option (or a nil
+// SessionOption given to WithSessionOptions) is an error, as is an invalid
+// one: the Election is unusable and Err returns it.
 type ElectionOption interface {
 	applyElection(*electionOptions)
 }
@@ -48,7 +50,7 @@ func WithSessionOptions(opts ...SessionOption) ElectionOption {
 	return electionOptionFunc(func(o *electionOptions) {
 		for _, opt := range opts {
 			if opt == nil {
-				o.errs = append(o.errs, errors.New("etcdkit: election: nil session option"))
+				o.errs = append(o.errs, errors.New("etcdkit: election: WithSessionOptions: nil option"))
 				continue
 			}
 			o.session = append(o.session, opt)

@@ -134,8 +134,9 @@ func elWaitDone(t testing.TB, l *etcdkit.Leadership) error {
 	}
 }
 
-// observed records what an Observe channel delivers.
+// observed records what an Observation delivers.
 type observed struct {
+	h      *etcdkit.Observation
 	mu     sync.Mutex
 	vals   []etcdkit.LeaderInfo
 	closed bool
@@ -144,12 +145,11 @@ type observed struct {
 // elObserve observes e until ctx ends or the test does.
 func elObserve(t testing.TB, ctx context.Context, e *etcdkit.Election) *observed {
 	ctx, cancel := context.WithCancel(ctx)
-	ch := e.Observe(ctx)
-	o := &observed{}
+	o := &observed{h: e.Observe(ctx)}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for li := range ch {
+		for li := range o.h.Events() {
 			o.mu.Lock()
 			o.vals = append(o.vals, li)
 			o.mu.Unlock()
@@ -158,8 +158,26 @@ func elObserve(t testing.TB, ctx context.Context, e *etcdkit.Election) *observed
 		o.closed = true
 		o.mu.Unlock()
 	}()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		_ = o.h.Close()
+	})
 	return o
+}
+
+// elEnded checks that o has ended, with Events closed, and returns its Err.
+func elEnded(t testing.TB, o *etcdkit.Observation) error {
+	t.Helper()
+	select {
+	case <-o.Done():
+	case <-time.After(elWait):
+		t.Fatalf("observation did not end within %v", elWait)
+	}
+	_, ok := <-o.Events()
+	assert.False(t, ok, "Events is closed once Done is")
+	require.Error(t, o.Err(), "an ended observation has a cause")
+	return o.Err()
 }
 
 func (o *observed) list() []etcdkit.LeaderInfo {
@@ -214,8 +232,16 @@ func TestElectionInvalidArguments(t *testing.T) {
 			assert.Equal(t, e.Err(), err, "Leader")
 			err = e.Run(ctx, "a", func(context.Context) error { return nil })
 			assert.Equal(t, e.Err(), err, "Run")
-			_, ok := <-e.Observe(ctx)
-			assert.False(t, ok, "Observe channel of an invalid election is closed")
+			o := e.Observe(ctx)
+			select {
+			case <-o.Done():
+			default:
+				t.Fatal("the Observation of an invalid election has not ended")
+			}
+			assert.Equal(t, e.Err(), o.Err(), "Observe")
+			_, ok := <-o.Events()
+			assert.False(t, ok, "Events of an invalid election's Observation is closed")
+			assert.NoError(t, o.Close())
 		})
 	}
 
@@ -284,9 +310,9 @@ func TestElectionClosedClientAndCancelledContext(t *testing.T) {
 	assert.ErrorIs(t, err, etcdkit.ErrClosed)
 	err = e.Run(testContext(t, elWait), "d", func(context.Context) error { return nil })
 	assert.ErrorIs(t, err, etcdkit.ErrClosed)
-	require.Eventually(t, obs.isClosed, elWait, elTick, "Observe channel closed with the client")
-	_, ok := <-e.Observe(context.Background())
-	assert.False(t, ok, "Observe on a closed client")
+	require.Eventually(t, obs.isClosed, elWait, elTick, "Observation ended with the client")
+	assert.ErrorIs(t, elEnded(t, obs.h), etcdkit.ErrClosed, "Observation's cause after Client.Close")
+	assert.ErrorIs(t, elEnded(t, e.Observe(context.Background())), etcdkit.ErrClosed, "Observe on a closed client")
 	assert.Empty(t, elCandidates(t, raw, prefix), "Close revoked the leader's lease")
 }
 
@@ -622,7 +648,65 @@ func TestObserveNoLeaderThenNewLeader(t *testing.T) {
 	assert.Len(t, obs.list(), 5, "no change reported twice, no spurious value")
 
 	cancel()
-	require.Eventually(t, obs.isClosed, elWait, elTick, "Observe channel closed when its ctx ended")
+	require.Eventually(t, obs.isClosed, elWait, elTick, "Observation ended when its ctx ended")
+	assert.ErrorIs(t, elEnded(t, obs.h), context.Canceled, "Observation's cause after its ctx was cancelled")
+}
+
+// TestObserveEndCauses checks that every way an Observation ends leaves Err
+// saying why: its ctx's cause, Close, or Client.Close.
+func TestObserveEndCauses(t *testing.T) {
+	srv := etcdtest.Start(t)
+	c := testClient(t, []string{srv.Endpoint()}, "el")
+	e := etcdkit.NewElection(c, "svc", 2*time.Second)
+	first := func(t *testing.T, o *etcdkit.Observation) {
+		t.Helper()
+		select {
+		case li, ok := <-o.Events():
+			require.True(t, ok, "Events closed before the first state: %v", o.Err())
+			assert.False(t, li.Present, "first value: got %v, want no leader", li)
+			assert.Positive(t, li.Revision, "no leader is stated at a revision")
+		case <-time.After(elWait):
+			t.Fatalf("no first state within %v", elWait)
+		}
+		assert.NoError(t, o.Err(), "Err before the end")
+	}
+
+	t.Run("ctx cause", func(t *testing.T) {
+		errStop := errors.New("observer stopped")
+		ctx, cancel := context.WithCancelCause(context.Background())
+		o := e.Observe(ctx)
+		first(t, o)
+		cancel(errStop)
+		assert.ErrorIs(t, elEnded(t, o), errStop)
+		assert.NoError(t, o.Close())
+		assert.ErrorIs(t, o.Err(), errStop, "Close after the end keeps the cause")
+	})
+	t.Run("deadline", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		o := e.Observe(ctx)
+		first(t, o)
+		assert.ErrorIs(t, elEnded(t, o), context.DeadlineExceeded)
+	})
+	t.Run("Close", func(t *testing.T) {
+		o := e.Observe(context.Background())
+		first(t, o)
+		require.NoError(t, o.Close())
+		assert.ErrorIs(t, elEnded(t, o), etcdkit.ErrClosed)
+		assert.NoError(t, o.Close(), "Close is idempotent")
+	})
+	t.Run("Close before the first state", func(t *testing.T) {
+		o := e.Observe(context.Background())
+		require.NoError(t, o.Close())
+		assert.ErrorIs(t, elEnded(t, o), etcdkit.ErrClosed)
+	})
+	t.Run("Client.Close", func(t *testing.T) {
+		c2 := testClient(t, []string{srv.Endpoint()}, "el")
+		o := etcdkit.NewElection(c2, "svc", 2*time.Second).Observe(context.Background())
+		first(t, o)
+		require.NoError(t, c2.Close())
+		assert.ErrorIs(t, elEnded(t, o), etcdkit.ErrClosed)
+	})
 }
 
 func TestObserveSurvivesSilentLinkAndCompaction(t *testing.T) {

@@ -66,6 +66,10 @@ var (
 //
 //	var ce *etcdkit.ConflictError[Config]
 //	if errors.As(err, &ce) { retry(ce.Current) }
+//
+// A caller that does not know T (a middleware, a log, code handling the
+// conflicts of several keys) uses AsConflict, which returns everything but
+// the value.
 type ConflictError[T any] struct {
 	// Key is the name of the key, relative to the namespace.
 	Key string
@@ -96,6 +100,41 @@ func (e *ConflictError[T]) Error() string {
 
 // Unwrap returns ErrExists or ErrConflict.
 func (e *ConflictError[T]) Unwrap() error { return e.kind }
+
+func (e *ConflictError[T]) conflict() Conflict {
+	return Conflict{Key: e.Key, Expected: e.Expected, Exists: e.Exists, ModRevision: e.Current.Revision,
+		CreateRevision: e.Current.CreateRevision, Version: e.Current.Version, Lease: e.Current.Lease,
+		Revision: e.Revision}
+}
+
+// Conflict is what a *ConflictError[T] says about the key, without its
+// value: see AsConflict.
+type Conflict struct {
+	// Key is the name of the key, relative to the namespace (for a refused
+	// Service.Register, the instance ID), as in ConflictError.Key.
+	Key string
+	// Expected is the mod revision the caller expected (0: absent).
+	Expected int64
+	// Exists reports whether the key existed at Revision.
+	Exists bool
+	// ModRevision, CreateRevision, Version and Lease are the key's metadata
+	// at Revision, as in ConflictError.Current; zero when Exists is false.
+	ModRevision, CreateRevision, Version, Lease int64
+	// Revision is the cluster revision at which the comparison failed.
+	Revision int64
+}
+
+// AsConflict reports whether err, or an error it wraps, is a
+// *ConflictError[T] of any T, and if so returns what it says about the key.
+// It is errors.As for callers that do not know T; errors.Is(err, ErrExists)
+// or errors.Is(err, ErrConflict) tells which kind of conflict it is.
+func AsConflict(err error) (Conflict, bool) {
+	var ce interface{ conflict() Conflict }
+	if !errors.As(err, &ce) {
+		return Conflict{}, false
+	}
+	return ce.conflict(), true
+}
 
 // DecodeError reports a stored value that the key's codec could not decode,
 // typically written by another tool. The value in the cluster is untouched.

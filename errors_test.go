@@ -2,6 +2,7 @@ package etcdkit_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -126,4 +127,59 @@ func TestErrorTextNamesUserObjects(t *testing.T) {
 		requireClearError(t, err, `"config/limits"`)
 		assert.ErrorIs(t, err, etcdkit.ErrClosed)
 	})
+}
+
+// TestAsConflict checks that a conflict can be inspected without knowing the
+// key's type, through errors that wrap it, for every call that reports one.
+func TestAsConflict(t *testing.T) {
+	srv := etcdtest.Start(t)
+	c := testClient(t, []string{srv.Endpoint()}, "conflicts")
+	ctx := testContext(t, time.Minute)
+	k := etcdkit.NewKey(c, "config/limits", etcdkit.JSON[int]())
+	created, err := k.Create(ctx, 1)
+	require.NoError(t, err)
+
+	_, err = k.Create(ctx, 2)
+	got, ok := etcdkit.AsConflict(fmt.Errorf("reload limits: %w", err))
+	require.True(t, ok, "Create on a present key: got %v, want a conflict", err)
+	assert.ErrorIs(t, err, etcdkit.ErrExists)
+	assert.Equal(t, "config/limits", got.Key)
+	assert.True(t, got.Exists)
+	assert.Equal(t, created, got.ModRevision, "the key's mod revision")
+	assert.Equal(t, created, got.CreateRevision)
+	assert.Equal(t, int64(1), got.Version)
+	assert.GreaterOrEqual(t, got.Revision, created, "the revision of the failed attempt")
+
+	_, err = k.CompareAndSwap(ctx, 3, created-1)
+	got, ok = etcdkit.AsConflict(fmt.Errorf("outer: %w", fmt.Errorf("inner: %w", err)))
+	require.True(t, ok, "CompareAndSwap with a stale revision: got %v, want a conflict", err)
+	assert.ErrorIs(t, err, etcdkit.ErrConflict)
+	assert.Equal(t, etcdkit.Conflict{Key: "config/limits", Expected: created - 1, Exists: true, ModRevision: created,
+		CreateRevision: created, Version: 1, Revision: got.Revision}, got)
+
+	absent := etcdkit.NewKey(c, "config/absent", etcdkit.String())
+	_, err = absent.CompareAndSwap(ctx, "x", created)
+	got, ok = etcdkit.AsConflict(fmt.Errorf("wrapped: %w", err))
+	require.True(t, ok, "CompareAndSwap on an absent key: got %v, want a conflict", err)
+	assert.Equal(t, etcdkit.Conflict{Key: "config/absent", Expected: created, Revision: got.Revision}, got,
+		"an absent key has no metadata")
+
+	svc := etcdkit.NewService(c, "pricing", etcdkit.JSON[string]())
+	inst := etcdkit.Instance[string]{ID: "node-1", Addr: "127.0.0.1:1001", Meta: "first"}
+	reg, err := svc.Register(ctx, inst, 2*time.Second)
+	require.NoError(t, err)
+	defer reg.Close()
+	inst.Addr = "127.0.0.1:2002"
+	_, err = svc.Register(ctx, inst, 2*time.Second)
+	got, ok = etcdkit.AsConflict(fmt.Errorf("start pricing: %w", err))
+	require.True(t, ok, "Register of a taken ID: got %v, want a conflict", err)
+	assert.ErrorIs(t, err, etcdkit.ErrExists)
+	assert.Equal(t, "node-1", got.Key, "a refused registration's Key is the instance ID")
+	assert.True(t, got.Exists)
+	assert.Equal(t, int64(reg.Lease()), got.Lease, "the holder's lease")
+
+	for _, err := range []error{nil, etcdkit.ErrExists, etcdkit.ErrConflict, fmt.Errorf("x: %w", etcdkit.ErrNotFound)} {
+		_, ok := etcdkit.AsConflict(err)
+		assert.False(t, ok, "AsConflict(%v): got true, want false", err)
+	}
 }

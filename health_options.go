@@ -18,7 +18,8 @@ const (
 
 // A HealthOption changes how a HealthMonitor checks the cluster. Pass options
 // to NewHealthMonitor. The interface is sealed: only this package provides
-// options.
+// options. A nil option is an error, as is an invalid one: the monitor
+// returned has already ended with it (see HealthMonitor.Err).
 type HealthOption interface {
 	applyHealth(*healthOptions)
 }

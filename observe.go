@@ -9,45 +9,82 @@ import (
 	"github.com/etcdkit/etcdkit/internal/backoff"
 )
 
-// observeBacklog bounds the leader changes an Observe channel holds for a
-// slow reader.
+// observeBacklog bounds the leader changes an Observation holds for a slow
+// reader.
 const observeBacklog = 64
 
-// Observe follows who leads the election. The returned channel first
-// receives the current state, once known, then every change of leader:
-// another candidate (a new Token), or no candidate at all, reported as a
-// LeaderInfo that is not Present. It follows a Cache of the candidate keys,
-// so it survives broken and silent links, member failures and compactions;
-// while the cluster cannot be reached it reports nothing new.
+// Observation follows who leads an election; make one with
+// Election.Observe. Its Events channel first receives the current state,
+// once known, then every change of leader: another candidate (a new Token),
+// or no candidate at all, reported as a LeaderInfo that is not Present. It
+// follows a Cache of the candidate keys, so it survives broken and silent
+// links, member failures and compactions; while the cluster cannot be
+// reached it reports nothing new.
 //
-// Observe does not block; ctx bounds the life of the channel. The channel
-// is closed only when ctx ends or the client is closed (if ctx.Err() is nil,
-// the client was), never because of the network or a failed watch, which
-// it retries; an invalid Election yields a closed channel (see Err).
-// Sending never blocks the observer: a reader more than 64 changes behind
-// loses the oldest undelivered ones, so the last value received is always
-// the latest state known.
-func (e *Election) Observe(ctx context.Context) <-chan LeaderInfo {
-	ch := make(chan LeaderInfo)
-	if e.err != nil {
-		close(ch)
-		return ch
-	}
-	octx, cancel := e.c.handleContext(ctx)
-	if !e.c.spawn(func() {
-		defer close(ch)
-		defer cancel()
-		e.observe(octx, ch)
-	}) {
-		cancel()
-		close(ch)
-	}
-	return ch
+// An Observation ends when the ctx given to Observe ends, when Close or
+// Client.Close is called, or when it cannot start following the election
+// (an invalid Election gives one that has already ended); never because of
+// the network or a failed watch, which it retries. Then Err is set, Events
+// is closed, and Done is closed, in that order.
+//
+// Sending never blocks the observation: a reader more than 64 changes
+// behind loses the oldest undelivered ones, so the last value received is
+// always the latest state known. An Observation is safe for concurrent use.
+type Observation struct {
+	lifecycle[LeaderInfo]
 }
 
+// Observe starts an Observation of the election and returns at once. ctx
+// bounds the life of the Observation, not the call. An invalid Election, or
+// a closed Client, gives an Observation that has already ended with the
+// error (the Election's Err, or ErrClosed).
+func (e *Election) Observe(ctx context.Context) *Observation {
+	o := &Observation{}
+	if e.err != nil {
+		o.ended(e.err)
+		return o
+	}
+	if !o.init(ctx, e.c, 0) {
+		o.ended(ErrClosed)
+		return o
+	}
+	stopped := make(chan struct{})
+	o.producers = func() { <-stopped }
+	if !e.c.spawn(func() {
+		defer close(stopped)
+		o.cancel(e.observe(o.ctx, o.events))
+	}) {
+		close(stopped)
+		o.cancel(ErrClosed)
+	}
+	o.arm()
+	return o
+}
+
+// Events returns the channel of leader states. It is closed when the
+// Observation ends, after Err has been set.
+func (o *Observation) Events() <-chan LeaderInfo { return o.events }
+
+// Done is closed when the Observation has ended, after Err is set and
+// Events is closed.
+func (o *Observation) Done() <-chan struct{} { return o.done }
+
+// Err returns why the Observation ended once Done is closed, nil before:
+// the ctx's cause (context.Canceled or context.DeadlineExceeded) when its
+// ctx ended, ErrClosed after Close or Client.Close, the Election's Err for
+// an invalid Election, or the error that kept it from following the
+// election.
+func (o *Observation) Err() error { return o.cause() }
+
+// Close ends the Observation (Err then reports ErrClosed unless it had
+// already ended) and returns once its goroutines have finished. It is
+// idempotent and returns nil.
+func (o *Observation) Close() error { return o.close() }
+
 // observe feeds ch until ctx ends, following a Cache of the candidates and
-// starting a new one if a cache fails.
-func (e *Election) observe(ctx context.Context, ch chan<- LeaderInfo) {
+// starting a new one if a cache fails. It returns the error that stopped it
+// when that is not the end of ctx.
+func (e *Election) observe(ctx context.Context, ch chan<- LeaderInfo) error {
 	var (
 		queue  []LeaderInfo
 		last   LeaderInfo
@@ -96,7 +133,7 @@ func (e *Election) observe(ctx context.Context, ch chan<- LeaderInfo) {
 		case <-restartC:
 			var err error
 			if ca, err = e.cands.Cache(ctx); err != nil {
-				return // the client is closed or ctx ended
+				return e.fail("observe", err) // the client is closed or ctx ended
 			}
 			w = ca.Subscribe()
 			synced, events = ca.Synced(), w.Events()
@@ -109,13 +146,17 @@ func (e *Election) observe(ctx context.Context, ch chan<- LeaderInfo) {
 			}
 			err := w.Err()
 			stop()
-			if ctx.Err() != nil || e.c.closed() {
-				return
+			if ctx.Err() != nil {
+				return nil
+			}
+			if e.c.closed() {
+				// Client.Close's own cancellation may not have run yet.
+				return ErrClosed
 			}
 			e.c.log.Warn("election observer restarts its cache", zap.String("election", e.name), zap.Error(err))
 			restart.Reset(retry.Next())
 		case <-ctx.Done():
-			return
+			return nil
 		}
 	}
 }

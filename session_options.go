@@ -1,6 +1,7 @@
 package etcdkit
 
 import (
+	"errors"
 	"fmt"
 	"time"
 )
@@ -13,8 +14,10 @@ const maxKeepAliveInterval = 5 * time.Second
 // more; shorter TTLs get a quarter of the TTL.
 const maxLostMargin = 500 * time.Millisecond
 
-// SessionOption configures NewSession and NewEphemeral. Options are made by
-// the With... functions of this package.
+// SessionOption configures Client.NewSession, NewEphemeral and
+// Service.Register. Options are made by the With... functions of this
+// package; the interface is sealed. A nil option is an error, as is an
+// invalid one: the call fails with it before anything is sent.
 type SessionOption interface {
 	applySession(*sessionOptions)
 }
@@ -75,9 +78,10 @@ func WithLostMargin(d time.Duration) SessionOption {
 func buildSessionOptions(ttl, stall time.Duration, opts []SessionOption) (sessionOptions, error) {
 	var o sessionOptions
 	for _, opt := range opts {
-		if opt != nil {
-			opt.applySession(&o)
+		if opt == nil {
+			return o, errors.New("etcdkit: session: nil option")
 		}
+		opt.applySession(&o)
 	}
 	if !o.marginSet {
 		o.margin = max(ttl/10, min(maxLostMargin, ttl/4))

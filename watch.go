@@ -110,17 +110,9 @@ func (s WatchState) String() string {
 //
 // A Watch is safe for concurrent use.
 type Watch[T any] struct {
-	events chan Event[T]
-	ready  <-chan struct{}
-	done   chan struct{}
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	state  func() WatchState
-	err    error // set before done is closed
-	// producers stops whatever sends on events and waits for it.
-	producers func()
-	release   func()
-	stopLife  func() bool
+	lifecycle[Event[T]]
+	ready <-chan struct{}
+	state func() WatchState
 }
 
 // eventsBuffer is the capacity of a Watch's Events channel; the rest of its
@@ -150,12 +142,7 @@ func (w *Watch[T]) Done() <-chan struct{} { return w.done }
 // cause (context.Canceled or context.DeadlineExceeded) when its ctx ended,
 // ErrClosed after Close or Client.Close, or the failure that ended it.
 func (w *Watch[T]) Err() error {
-	select {
-	case <-w.done:
-		return w.err
-	default:
-		return nil
-	}
+	return w.cause()
 }
 
 // State reports the state of the stream that feeds the watch.
@@ -172,52 +159,28 @@ func (w *Watch[T]) State() WatchState {
 // ended) and returns once its goroutines have finished. It is idempotent and
 // returns nil.
 func (w *Watch[T]) Close() error {
-	w.cancel(ErrClosed)
-	<-w.done
-	return nil
+	return w.close()
 }
 
 // newWatch makes a Watch bounded by ctx and by c's life, whose end
 // Client.Close waits for. If c is closed it returns a Watch that has ended
 // with ErrClosed, and false. Set producers, ready and state, then call arm.
 func newWatch[T any](ctx context.Context, c *Client, buffer int) (*Watch[T], bool) {
-	if !c.hold() {
+	w := &Watch[T]{}
+	if !w.init(ctx, c, buffer) {
 		return endedWatch[T](ErrClosed), false
 	}
-	w := &Watch[T]{events: make(chan Event[T], buffer), done: make(chan struct{}), release: c.wg.Done}
-	w.ctx, w.cancel = context.WithCancelCause(ctx)
-	w.stopLife = context.AfterFunc(c.life, func() { w.cancel(ErrClosed) })
 	return w, true
 }
 
-// arm makes the watch end when its context does.
-func (w *Watch[T]) arm() { context.AfterFunc(w.ctx, w.finish) }
-
 // endedWatch returns a Watch that has already ended with err.
 func endedWatch[T any](err error) *Watch[T] {
-	w := &Watch[T]{events: make(chan Event[T]), done: make(chan struct{}), err: err}
-	w.ctx, w.cancel = context.WithCancelCause(context.Background())
-	w.cancel(err)
-	w.state = func() WatchState { return WatchClosed }
+	w := &Watch[T]{state: func() WatchState { return WatchClosed }}
+	w.ended(err)
 	ready := make(chan struct{})
 	close(ready)
 	w.ready = ready
-	close(w.events)
-	close(w.done)
 	return w
-}
-
-// finish runs once the watch's context has ended: it stops the producers,
-// records the cause, closes Events, then Done.
-func (w *Watch[T]) finish() {
-	w.stopLife()
-	if w.producers != nil {
-		w.producers()
-	}
-	w.err = context.Cause(w.ctx)
-	close(w.events)
-	close(w.done)
-	w.release()
 }
 
 // hold registers a handle whose end Client.Close waits for, as spawn does for

@@ -11,7 +11,8 @@ const DefaultWatchBuffer = 1024
 
 // A WatchOption changes where a watch starts or how much it may buffer. Pass
 // options to Key.Watch, Prefix.Watch and Cache.Subscribe. The interface is
-// sealed: only this package provides options.
+// sealed: only this package provides options. A nil option is an error, as
+// is an invalid one: the Watch returned has already ended with it.
 type WatchOption interface {
 	applyWatch(*watchConfig)
 }

@@ -31,7 +31,7 @@ func StartCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	if n < 1 {
 		t.Fatalf("etcdtest: StartCluster with %d members, want at least 1", n)
 	}
-	return &Cluster{g: startGroup(t, n, buildOptions(opts))}
+	return &Cluster{g: startGroup(t, n, buildOptions(t, opts))}
 }
 
 // Close stops every member, proxy and peer connection of the cluster for

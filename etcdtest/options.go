@@ -1,6 +1,7 @@
 package etcdtest
 
 import (
+	"testing"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -33,6 +34,8 @@ const readyTimeout = 30 * time.Second
 
 // An Option changes how Start and StartCluster configure their members.
 // Options are applied in order; WithConfig functions run after all others.
+// A nil Option is an error, as in the etcdkit package: Start and
+// StartCluster fail the test, New and NewCluster return the error.
 type Option interface {
 	apply(*options)
 }
@@ -50,9 +53,13 @@ type options struct {
 	configs        []func(*embed.Config)
 }
 
-func buildOptions(opts []Option) *options {
+func buildOptions(t testing.TB, opts []Option) *options {
+	t.Helper()
 	o := &options{tick: DefaultTick, election: DefaultElection}
-	for _, opt := range opts {
+	for i, opt := range opts {
+		if opt == nil {
+			t.Fatalf("etcdtest: option %d is nil", i)
+		}
 		opt.apply(o)
 	}
 	return o

@@ -63,7 +63,7 @@ type Server struct {
 // the gRPC gateway is off, and timing is DefaultTick and DefaultElection.
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
-	return startGroup(t, 1, buildOptions(opts)).members[0]
+	return startGroup(t, 1, buildOptions(t, opts)).members[0]
 }
 
 // Name returns the member's etcd name: "m0", "m1", ... in cluster order.

@@ -43,7 +43,7 @@ func startStandalone(n int, opts []Option) (*group, error) {
 	go func() {
 		// Fatalf ends this goroutine with runtime.Goexit, as in a test.
 		defer close(done)
-		g = startGroup(tb, n, buildOptions(opts))
+		g = startGroup(tb, n, buildOptions(tb, opts))
 	}()
 	<-done
 	if g == nil {

@@ -38,3 +38,12 @@ func TestNewClusterOutsideTests(t *testing.T) {
 	_, err = etcdtest.NewCluster(0)
 	require.Error(t, err)
 }
+
+// TestNilOption checks that a nil Option is an error, not a panic: New and
+// NewCluster return it, and start nothing.
+func TestNilOption(t *testing.T) {
+	_, err := etcdtest.New(etcdtest.WithLogs(), nil)
+	require.EqualError(t, err, "etcdtest: option 1 is nil")
+	_, err = etcdtest.NewCluster(3, nil)
+	require.EqualError(t, err, "etcdtest: option 0 is nil")
+}

@@ -102,8 +102,13 @@ func run(endpoints string, workers int, duration, ttl, term time.Duration, out i
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for li := range etcdkit.NewElection(admin, name, ttl).Observe(ctx) {
+		obs := etcdkit.NewElection(admin, name, ttl).Observe(ctx)
+		defer obs.Close()
+		for li := range obs.Events() {
 			say("observer: %v", li)
+		}
+		if ctx.Err() == nil {
+			say("observer: ended: %v", obs.Err())
 		}
 	}()
 

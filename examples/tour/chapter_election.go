@@ -43,9 +43,8 @@ func electionChapter(ctx context.Context, tr *tour) error {
 	e1 := etcdkit.NewElection(c1, name, ttl)
 	e2 := etcdkit.NewElection(c2, name, ttl)
 
-	octx, stopObserving := context.WithCancel(ctx)
-	defer stopObserving()
-	observed := etcdkit.NewElection(watcher, name, ttl).Observe(octx)
+	observed := etcdkit.NewElection(watcher, name, ttl).Observe(ctx)
+	defer observed.Close()
 	li, err := electionNext(ctx, observed)
 	if err != nil {
 		return err
@@ -172,12 +171,12 @@ type electionWin struct {
 	at  time.Time
 }
 
-// electionNext returns the next value of an Observe channel.
-func electionNext(ctx context.Context, ch <-chan etcdkit.LeaderInfo) (etcdkit.LeaderInfo, error) {
+// electionNext returns the next value of an Observation.
+func electionNext(ctx context.Context, o *etcdkit.Observation) (etcdkit.LeaderInfo, error) {
 	select {
-	case li, ok := <-ch:
+	case li, ok := <-o.Events():
 		if !ok {
-			return li, errors.New("observer closed")
+			return li, fmt.Errorf("observation ended: %w", o.Err())
 		}
 		return li, nil
 	case <-time.After(electionWait):
