@@ -51,7 +51,8 @@
 // [Key.Create] writes only if the key is absent, [Key.CompareAndSwap] only if
 // the key still has the expected mod revision, and [Key.Update] runs a
 // read-modify-write function, retrying on conflicts with the value that won.
-// A failed condition is a [*ConflictError] that carries the current value.
+// A failed condition is a [*ConflictError] that carries the current value;
+// [AsConflict] reads it without knowing the value's type.
 //
 // # Watching
 //
@@ -146,20 +147,20 @@
 // # Handles
 //
 // Every long-lived handle (Watch, Cache, Session, Ephemeral, Registration,
-// Tracker, Observation, Leadership, HealthMonitor) has Close (idempotent, waits for its
-// goroutines), Done and Err (the cause once Done is closed). A channel never
-// closes without Err saying why. Closing the Client ends them all with
-// [ErrClosed].
+// Tracker, Observation, Leadership, HealthMonitor) has Close (idempotent,
+// waits for its goroutines), Done and Err (the cause once Done is closed).
+// A channel never closes without Err saying why. Closing the Client ends
+// them all with [ErrClosed].
 //
 // The ctx given to the call that makes a long-lived handle bounds the
 // handle's life: when ctx ends, the handle ends and lets go of what it holds
 // (a Session revokes its lease, an Ephemeral's key goes with it), and Err
-// wraps ctx's cause; [Election.Observe], which returns a bare channel, closes
-// it. A call that waits for the cluster before it returns the handle
-// ([Client.NewSession], [NewEphemeral], [Service.Register]) is bounded by the
-// same ctx, and by [Config.RequestTimeout] when ctx has no deadline; one that
-// returns at once ([Key.Watch], [Prefix.Watch], [Prefix.Cache],
-// [Service.Track], [Election.Observe]) leaves all the waiting to the handle.
+// wraps ctx's cause. A call that waits for the cluster before it returns
+// the handle ([Client.NewSession], [NewEphemeral], [Service.Register]) is
+// bounded by the same ctx, and by [Config.RequestTimeout] when ctx has no
+// deadline; one that returns at once ([Key.Watch], [Prefix.Watch],
+// [Prefix.Cache], [Service.Track], [Election.Observe]) leaves all the
+// waiting to the handle.
 // Pass a context that lasts as long as the handle should, not a request's.
 //
 // Exceptions: the ctx of [New] bounds only the call, and the Client lasts
