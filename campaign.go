@@ -72,7 +72,7 @@ func (e *Election) Campaign(ctx context.Context, id string) (*Leadership, error)
 		// A session that lost its lease or ended with the client revokes
 		// its lease on its own, which a silent link can make take a while:
 		// do not make the caller wait for it.
-		if st, _ := s.feed.get(); st != Lost || !e.c.spawn(func() { _ = cd.abandon() }) {
+		if st, _ := s.feed.get(); st != SessionLost || !e.c.spawn(func() { _ = cd.abandon() }) {
 			_ = cd.abandon()
 		}
 		return nil, e.fail("campaign", err)
@@ -121,7 +121,7 @@ func (cd *candidate) campaign(ctx context.Context) (*Leadership, error) {
 	defer poll.Stop()
 	for {
 		st, epoch := cd.s.feed.get()
-		if st == Lost {
+		if st == SessionLost {
 			return nil, fmt.Errorf("%w before this candidate could lead", ErrLeaseLost)
 		}
 		if synced == nil {

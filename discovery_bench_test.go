@@ -78,20 +78,20 @@ func measureDiscovery(t testing.TB) {
 		states := recordStates(t, r.States())
 		nextView(t, tr, has(id))
 		for range 3 {
-			states.settled(t, etcdkit.Live, dsWait)
+			states.settled(t, etcdkit.SessionLive, dsWait)
 			mark := time.Now()
 			start := time.Now()
 			srv.Proxy().Blackhole(proxy.Both)
 			at := nextView(t, tr, lacks(id))
 			gone = append(gone, at.Sub(start))
-			lost = append(lost, states.waitFor(t, etcdkit.Lost, mark, dsWait).Sub(start))
+			lost = append(lost, states.waitFor(t, etcdkit.SessionLost, mark, dsWait).Sub(start))
 			heal := time.Now()
 			srv.Proxy().Unblackhole()
 			back = append(back, nextView(t, tr, has(id)).Sub(heal))
 		}
 		require.NoError(t, r.Close())
 		t.Logf("TTL %v, silent death to the tracker's view without the instance: %s", ttl, durationStats(gone))
-		t.Logf("TTL %v, silent death to the node's own Lost: %s", ttl, durationStats(lost))
+		t.Logf("TTL %v, silent death to the node's own SessionLost: %s", ttl, durationStats(lost))
 		t.Logf("TTL %v, heal to the instance back in the view: %s", ttl, durationStats(back))
 	}
 }

@@ -222,7 +222,7 @@ func TestServiceDuplicateID(t *testing.T) {
 		assert.Contains(t, err.Error(), "127.0.0.1:1001")
 	}
 	assert.Equal(t, []etcdkit.Instance[nodeMeta]{dsInstance("a", 1001)}, tr.Instances())
-	assert.Equal(t, etcdkit.Live, first.State())
+	assert.Equal(t, etcdkit.SessionLive, first.State())
 
 	require.NoError(t, first.Close())
 	dsRegister(t, dsService(c2), dsInstance("a", 2002))
@@ -455,13 +455,13 @@ func TestServiceNodeBlackholed(t *testing.T) {
 	tr := dsTrack(t, dsService(c))
 	states := recordStates(t, cut.States())
 	dsWaitIDs(t, tr, "cut", "ok")
-	states.settled(t, etcdkit.Live, dsWait)
+	states.settled(t, etcdkit.SessionLive, dsWait)
 
 	start := time.Now()
 	srv.Proxy().Blackhole(proxy.Both)
 	gone := dsWaitIDs(t, tr, "ok")
-	lost := states.waitFor(t, etcdkit.Lost, time.Time{}, dsWait)
-	t.Logf("blackholed node gone from the view %v after the cut (TTL %v); it declared Lost after %v",
+	lost := states.waitFor(t, etcdkit.SessionLost, time.Time{}, dsWait)
+	t.Logf("blackholed node gone from the view %v after the cut (TTL %v); it declared SessionLost after %v",
 		gone, dsTTL, lost.Sub(start))
 	assert.Less(t, gone, dsTTL+etcdtest.DefaultElection+2*time.Second, "removal after the cut")
 	assert.Less(t, lost.Sub(start), gone, "the node must know before the others")
@@ -470,8 +470,8 @@ func TestServiceNodeBlackholed(t *testing.T) {
 	srv.Proxy().Unblackhole()
 	back := dsWaitIDs(t, tr, "cut", "ok")
 	t.Logf("back in the view %v after the heal", back)
-	states.waitFor(t, etcdkit.Recovered, mark, dsWait)
-	require.Eventually(t, func() bool { return cut.State() == etcdkit.Live }, dsWait, dsTick)
+	states.waitFor(t, etcdkit.SessionRecovered, mark, dsWait)
+	require.Eventually(t, func() bool { return cut.State() == etcdkit.SessionLive }, dsWait, dsTick)
 	assert.Equal(t, dsInstance("cut", 1001), tr.Instances()[0])
 }
 
@@ -493,21 +493,21 @@ func TestServiceEtcdRestart(t *testing.T) {
 	b := dsRegister(t, svc, dsInstance("b", 1002))
 	dsWaitIDs(t, tr, "a", "b")
 	require.Eventually(t, func() bool { return !tr.Stale() }, dsWait, dsTick, "tracker state %v", tr.State())
-	states.settled(t, etcdkit.Live, dsWait)
+	states.settled(t, etcdkit.SessionLive, dsWait)
 
 	mark := time.Now()
 	srv.Stop()
 	require.Eventually(t, tr.Stale, dsWait, dsTick, "tracker not stale while the member is down")
-	states.waitFor(t, etcdkit.Lost, mark, dsWait)
+	states.waitFor(t, etcdkit.SessionLost, mark, dsWait)
 	mark = time.Now()
 	restart := time.Now()
 	require.NoError(t, srv.Restart())
-	states.waitFor(t, etcdkit.Recovered, mark, dsWait)
+	states.waitFor(t, etcdkit.SessionRecovered, mark, dsWait)
 	require.Eventually(t, func() bool { return !tr.Stale() }, dsWait, dsTick, "tracker state %v", tr.State())
 	dsWaitIDs(t, tr, "a", "b")
 	require.NoError(t, b.Close())
 	dsWaitIDs(t, tr, "a")
-	require.Eventually(t, func() bool { return a.State() == etcdkit.Live }, dsWait, dsTick)
+	require.Eventually(t, func() bool { return a.State() == etcdkit.SessionLive }, dsWait, dsTick)
 	t.Logf("outage: registration recovered %v after the restart", time.Since(restart))
 }
 

@@ -82,10 +82,10 @@
 //
 // # Sessions and ephemeral keys
 //
-// [Client.NewSession] grants a lease and keeps it alive, reporting Live,
-// Suspended (keepalives failing; the lease may still live), Lost (declared
-// before the server can expire the lease) and Recovered (a new lease after
-// the link returned). [NewEphemeral] keeps a key alive under its own session:
+// [Client.NewSession] grants a lease and keeps it alive, reporting
+// [SessionLive], [SessionSuspended] (keepalives failing; the lease may still
+// live), [SessionLost] (declared before the server can expire the lease) and
+// [SessionRecovered] (a new lease after the link returned). [NewEphemeral] keeps a key alive under its own session:
 // deleted or overwritten by someone else, it is put back; after a lost lease,
 // it comes back under a new one once the link returns.
 //

@@ -175,7 +175,7 @@ func (e *Ephemeral[T]) Update(ctx context.Context, v T) error {
 	}
 	e.value = data
 	st, lease, _ := e.s.snapshot()
-	if st == Lost {
+	if st == SessionLost {
 		return e.fail("update", fmt.Errorf("%w; the value is written when a new lease is granted", ErrLeaseLost))
 	}
 	if _, err := e.writeLocked(ctx, lease, e.rev); err != nil {
@@ -214,10 +214,10 @@ func (e *Ephemeral[T]) run() {
 	rewatch := backoff.New(50*time.Millisecond, time.Second)
 	liveOn := e.s.Lease() // the lease the key was last written under
 	checked := true       // the key was just written: no need to read it
-	var why SessionState  // Recovered or Restored, not yet reported
+	var why SessionState  // SessionRecovered or SessionRestored, not yet reported
 	for {
 		st, lease, epoch := e.s.snapshot()
-		if st == Lost || st == Suspended {
+		if st == SessionLost || st == SessionSuspended {
 			// Suspended: the cluster is out of reach, the key most likely
 			// still in place; Lost: nothing can be written until a new lease.
 			e.feed.enter(st, 0)
@@ -230,7 +230,7 @@ func (e *Ephemeral[T]) run() {
 			if lease != liveOn {
 				// The session may have recovered before this goroutine saw
 				// it Lost; the key's lease was lost all the same.
-				e.feed.enter(Lost, 0)
+				e.feed.enter(SessionLost, 0)
 			}
 			restored, err := e.reconcile(epoch, lease)
 			if errors.Is(err, ErrExists) {
@@ -253,16 +253,16 @@ func (e *Ephemeral[T]) run() {
 			switch {
 			case lease != liveOn:
 				e.key.c.cfg.Metrics.Add(MetricEphemeralRestores, 1)
-				why, liveOn = Recovered, lease
+				why, liveOn = SessionRecovered, lease
 			case restored:
 				e.key.c.cfg.Metrics.Add(MetricEphemeralRestores, 1)
 				if why == 0 {
-					why = Restored
+					why = SessionRestored
 				}
 			}
 			checked = true
 		}
-		if !e.s.feed.relay(epoch, e.feed, Live, why) {
+		if !e.s.feed.relay(epoch, e.feed, SessionLive, why) {
 			continue // the session moved on meanwhile: look again
 		}
 		why, checked = 0, false
@@ -542,7 +542,7 @@ func (e *Ephemeral[T]) restore(epoch context.Context, lease clientv3.LeaseID, ev
 		e.lastRestore = time.Now()
 		e.key.c.log.Info("ephemeral key put back", zap.String("key", e.key.name), zap.Stringer("after", ev.typ))
 		e.key.c.cfg.Metrics.Add(MetricEphemeralRestores, 1)
-		e.feed.announce(Restored)
+		e.feed.announce(SessionRestored)
 	}
 	return nil
 }

@@ -48,7 +48,7 @@ func TestEphemeralCreateOnly(t *testing.T) {
 	assert.Equal(t, int64(e1.Lease()), ce.Current.Lease)
 	v, lease, ok := lsGet(t, raw, "app/svc/x")
 	assert.True(t, ok && v == "one" && lease == e1.Lease(), "key after the refused create: got %q under %x, %v", v, int64(lease), ok)
-	assert.Equal(t, etcdkit.Live, e1.State())
+	assert.Equal(t, etcdkit.SessionLive, e1.State())
 
 	require.NoError(t, e1.Close())
 	e2, err := etcdkit.NewEphemeral(ctx, etcdkit.NewKey(c2, "svc/x", etcdkit.String()), "two", 2*time.Second, etcdkit.WithCreateOnly())
@@ -81,7 +81,7 @@ func TestEphemeralCreateOnlyNotTakenBack(t *testing.T) {
 
 	srv.Proxy().Blackhole(proxy.Both)
 	t.Cleanup(srv.Proxy().Unblackhole)
-	states.waitFor(t, etcdkit.Lost, time.Time{}, lsWait)
+	states.waitFor(t, etcdkit.SessionLost, time.Time{}, lsWait)
 	require.Eventually(t, func() bool {
 		_, _, ok := lsGet(t, raw, "app/svc/x")
 		return !ok
@@ -104,5 +104,5 @@ func TestEphemeralCreateOnlyNotTakenBack(t *testing.T) {
 
 	v, lease, ok := lsGet(t, raw, "app/svc/x")
 	assert.True(t, ok && v == "second" && lease == second.Lease(), "key after the heal: got %q under %x, %v; want the second owner's", v, int64(lease), ok)
-	assert.Equal(t, etcdkit.Live, second.State())
+	assert.Equal(t, etcdkit.SessionLive, second.State())
 }

@@ -67,7 +67,7 @@ func TestEphemeralPutAndClose(t *testing.T) {
 	assert.Equal(t, "10.0.0.1:80", v)
 	assert.Equal(t, e.Lease(), lease)
 	assert.Greater(t, lsLeaseTTL(t, raw, lease), int64(0))
-	assert.Equal(t, etcdkit.Live, e.State())
+	assert.Equal(t, etcdkit.SessionLive, e.State())
 	assert.Equal(t, "svc/a", e.Key().Name())
 
 	require.NoError(t, e.Close())
@@ -102,14 +102,14 @@ func TestEphemeralRestores(t *testing.T) {
 	_, err := raw.Delete(ctx, "svc/b")
 	require.NoError(t, err)
 	lsHolds(t, raw, e, "svc/b", "mine", lsWait)
-	states.waitFor(t, etcdkit.Restored, start, lsWait)
+	states.waitFor(t, etcdkit.SessionRestored, start, lsWait)
 	assert.Equal(t, 1.0, m.get(etcdkit.MetricEphemeralRestores), "restores after delete")
 
 	start = time.Now()
 	_, err = raw.Put(ctx, "svc/b", "intruder")
 	require.NoError(t, err)
 	lsHolds(t, raw, e, "svc/b", "mine", lsWait)
-	states.waitFor(t, etcdkit.Restored, start, lsWait)
+	states.waitFor(t, etcdkit.SessionRestored, start, lsWait)
 	assert.Equal(t, 2.0, m.get(etcdkit.MetricEphemeralRestores), "restores after overwrite")
 
 	// An overwrite under the owner's own lease is still someone else's.
@@ -117,11 +117,11 @@ func TestEphemeralRestores(t *testing.T) {
 	_, err = raw.Put(ctx, "svc/b", "intruder", clientv3.WithLease(e.Lease()))
 	require.NoError(t, err)
 	lsHolds(t, raw, e, "svc/b", "mine", lsWait)
-	states.waitFor(t, etcdkit.Restored, start, lsWait)
+	states.waitFor(t, etcdkit.SessionRestored, start, lsWait)
 
-	assert.Equal(t, etcdkit.Live, e.State())
+	assert.Equal(t, etcdkit.SessionLive, e.State())
 	got := states.list()
-	assert.Equal(t, etcdkit.Live, got[len(got)-1], "last state; all: %v", got)
+	assert.Equal(t, etcdkit.SessionLive, got[len(got)-1], "last state; all: %v", got)
 }
 
 func TestEphemeralUpdate(t *testing.T) {
@@ -151,7 +151,7 @@ func TestEphemeralUpdate(t *testing.T) {
 	_, err = raw.Delete(ctx, "svc/c")
 	require.NoError(t, err)
 	lsHolds(t, raw, e, "svc/c", "v3", lsWait)
-	states.waitFor(t, etcdkit.Restored, start, lsWait)
+	states.waitFor(t, etcdkit.SessionRestored, start, lsWait)
 }
 
 func TestEphemeralErrors(t *testing.T) {
@@ -228,13 +228,13 @@ func TestEphemeralLeaseRevokedElsewhere(t *testing.T) {
 	_, err := raw.Revoke(ctx, old)
 	require.NoError(t, err)
 
-	states.waitFor(t, etcdkit.Recovered, start, lsWait)
+	states.waitFor(t, etcdkit.SessionRecovered, start, lsWait)
 	assert.NotEqual(t, old, e.Lease())
 	lsHolds(t, raw, e, "svc/f", "mine", lsWait)
 	assert.GreaterOrEqual(t, m.get(etcdkit.MetricEphemeralRestores), 1.0)
 	got := states.list()
-	assert.Contains(t, got, etcdkit.Lost)
-	assert.Equal(t, etcdkit.Live, got[len(got)-1], "states %v", got)
+	assert.Contains(t, got, etcdkit.SessionLost)
+	assert.Equal(t, etcdkit.SessionLive, got[len(got)-1], "states %v", got)
 }
 
 // keyEvents records the events of a direct watch on one key, with the time
@@ -334,14 +334,14 @@ func TestEphemeralOwnerCutOff(t *testing.T) {
 	srv.Proxy().Blackhole(proxy.Both)
 
 	del := events.waitFirst(t, mvccpb.DELETE, cut, ttl+lsWait)
-	suspended := states.waitFor(t, etcdkit.Suspended, cut, lsWait)
-	lost := states.waitFor(t, etcdkit.Lost, cut, lsWait)
-	t.Logf("after the cut: Suspended %v, Lost %v, deleted %v; Lost came %v before the deletion",
+	suspended := states.waitFor(t, etcdkit.SessionSuspended, cut, lsWait)
+	lost := states.waitFor(t, etcdkit.SessionLost, cut, lsWait)
+	t.Logf("after the cut: SessionSuspended %v, SessionLost %v, deleted %v; SessionLost came %v before the deletion",
 		suspended.Sub(cut), lost.Sub(cut), del.at.Sub(cut), del.at.Sub(lost))
 	// The server renewed the lease last before the cut, and sweeps expired
 	// leases every 500ms; allow 1s more for a loaded machine.
 	assert.Less(t, del.at.Sub(cut), ttl+etcdtest.DefaultElection+time.Second, "deletion after the cut")
-	assert.True(t, suspended.Before(lost), "Suspended %v after Lost %v", suspended.Sub(cut), lost.Sub(cut))
+	assert.True(t, suspended.Before(lost), "Suspended %v after SessionLost %v", suspended.Sub(cut), lost.Sub(cut))
 	assert.True(t, lost.Before(del.at), "Lost %v after the deletion %v", lost.Sub(cut), del.at.Sub(cut))
 
 	heal := time.Now()
@@ -350,9 +350,9 @@ func TestEphemeralOwnerCutOff(t *testing.T) {
 	t.Logf("key back %v after the heal", back.at.Sub(heal))
 	assert.Less(t, back.at.Sub(heal), 2*time.Second, "key back after the heal")
 	assert.Equal(t, "mine", back.value)
-	states.waitFor(t, etcdkit.Recovered, heal, lsWait)
+	states.waitFor(t, etcdkit.SessionRecovered, heal, lsWait)
 	lsHolds(t, raw, e, "svc/cut", "mine", lsWait)
-	require.Eventually(t, func() bool { return e.State() == etcdkit.Live }, lsWait, lsTick)
+	require.Eventually(t, func() bool { return e.State() == etcdkit.SessionLive }, lsWait, lsTick)
 }
 
 // TestEphemeralServerRestart restarts the only member: at once (etcdtest
@@ -369,7 +369,7 @@ func TestEphemeralServerRestart(t *testing.T) {
 
 	check := func(t *testing.T, e *etcdkit.Ephemeral[string], key string, old clientv3.LeaseID) {
 		lsHolds(t, raw, e, key, "mine", lsWait)
-		require.Eventually(t, func() bool { return e.State() == etcdkit.Live }, lsWait, lsTick)
+		require.Eventually(t, func() bool { return e.State() == etcdkit.SessionLive }, lsWait, lsTick)
 		// If the session had to move to a new lease, the old one expires
 		// on its own; the key must not go with it.
 		if e.Lease() != old {
@@ -394,10 +394,10 @@ func TestEphemeralServerRestart(t *testing.T) {
 		old := e.Lease()
 		stop := time.Now()
 		srv.Stop()
-		states.waitFor(t, etcdkit.Lost, stop, lsWait)
+		states.waitFor(t, etcdkit.SessionLost, stop, lsWait)
 		restart := time.Now()
 		require.NoError(t, srv.Restart())
-		states.waitFor(t, etcdkit.Recovered, restart, lsWait)
+		states.waitFor(t, etcdkit.SessionRecovered, restart, lsWait)
 		assert.NotEqual(t, old, e.Lease())
 		check(t, e, "svc/outage", old)
 		t.Logf("states: %v", states.list())
@@ -453,8 +453,8 @@ func TestEphemeralMemberStopped(t *testing.T) {
 	lsHolds(t, raw, e, "svc/moved", "mine", lsWait)
 	assert.Equal(t, lease, e.Lease(), "lease after the member stopped")
 	assert.Zero(t, events.count(mvccpb.DELETE), "the key disappeared")
-	assert.NotContains(t, states.list(), etcdkit.Lost)
-	assert.Equal(t, etcdkit.Live, e.State())
+	assert.NotContains(t, states.list(), etcdkit.SessionLost)
+	assert.Equal(t, etcdkit.SessionLive, e.State())
 	t.Logf("stopped %s; states %v", owner.Name(), states.list())
 }
 
@@ -493,7 +493,7 @@ func TestEphemeralQuietCluster(t *testing.T) {
 	e := lsEphemeral(t, c, "svc/quiet", "mine", 2*time.Second)
 	time.Sleep(2 * time.Second) // an observation window, not synchronisation
 	assert.Zero(t, m.get(etcdkit.MetricWatchStalls), "stalls")
-	assert.Equal(t, etcdkit.Live, e.State())
+	assert.Equal(t, etcdkit.SessionLive, e.State())
 }
 
 // TestEphemeralNoFalseStall runs an Ephemeral beside other watches of the
@@ -572,8 +572,8 @@ func TestEphemeralNoFalseStall(t *testing.T) {
 			tc.load(ctx, t, c, raw)
 
 			assert.Zero(t, m.get(etcdkit.MetricWatchStalls), "stalls declared on a healthy link")
-			assert.NotContains(t, states.list(), etcdkit.Suspended)
-			assert.Equal(t, etcdkit.Live, e.State())
+			assert.NotContains(t, states.list(), etcdkit.SessionSuspended)
+			assert.Equal(t, etcdkit.SessionLive, e.State())
 		})
 	}
 }

@@ -158,7 +158,7 @@ func (l *Leadership) lostCause() error {
 		return errorf("%w: %w", ErrNotLeader, l.s.Err())
 	default:
 	}
-	if st, _ := l.s.feed.get(); st == Lost {
+	if st, _ := l.s.feed.get(); st == SessionLost {
 		return errorf("%w: %w", ErrNotLeader, ErrLeaseLost)
 	}
 	if rem := l.s.Remaining(); rem <= l.e.o.stepDown {

@@ -35,10 +35,10 @@ func BenchmarkSessionLostMargin(b *testing.B) {
 		o, r := measureLostMargin(b, ttl)
 		ours = append(ours, o)
 		raw = append(raw, r)
-		b.Logf("Ephemeral Lost %v before the deletion; raw Session Done %v before the deletion", o, r)
+		b.Logf("Ephemeral SessionLost %v before the deletion; raw Session Done %v before the deletion", o, r)
 	}
 	b.Logf("TTL %v (positive: the owner knew before its key was deleted)", ttl)
-	b.Logf("  etcdkit Ephemeral, Lost:        %s", durationStats(ours))
+	b.Logf("  etcdkit Ephemeral, SessionLost:        %s", durationStats(ours))
 	b.Logf("  raw concurrency.Session, Done:  %s", durationStats(raw))
 	reportMedian(b, ours, "ms-lost-before-delete")
 	reportMedian(b, raw, "ms-done-before-delete-raw")
@@ -89,14 +89,14 @@ func measureLostMargin(t testing.TB, ttl time.Duration) (ours, raw time.Duration
 
 	delOurs := oursEvents.waitFirst(t, mvccpb.DELETE, cut, 3*ttl).at
 	delRaw := rawEvents.waitFirst(t, mvccpb.DELETE, cut, 3*ttl).at
-	lost := states.waitFor(t, etcdkit.Lost, cut, 3*ttl)
+	lost := states.waitFor(t, etcdkit.SessionLost, cut, 3*ttl)
 	var done time.Time
 	select {
 	case done = <-rawDone:
 	case <-time.After(3 * ttl):
 		t.Fatalf("raw session Done never closed, %v after the cut", time.Since(cut))
 	}
-	t.Logf("after the cut: Lost %v, our key deleted %v; raw Done %v, raw key deleted %v",
+	t.Logf("after the cut: SessionLost %v, our key deleted %v; raw Done %v, raw key deleted %v",
 		lost.Sub(cut), delOurs.Sub(cut), done.Sub(cut), delRaw.Sub(cut))
 	return delOurs.Sub(lost), delRaw.Sub(done)
 }

@@ -63,9 +63,9 @@ func TestSessionKeepsLeaseAlive(t *testing.T) {
 	raw := srv.Client(t)
 	s := lsSession(t, c, 2*time.Second)
 
-	assert.Equal(t, etcdkit.Live, s.State())
+	assert.Equal(t, etcdkit.SessionLive, s.State())
 	assert.Equal(t, 2*time.Second, s.TTL())
-	assert.Equal(t, etcdkit.Live, <-s.States(), "first state")
+	assert.Equal(t, etcdkit.SessionLive, <-s.States(), "first state")
 	rem := s.Remaining()
 	assert.True(t, rem > 0 && rem <= 2*time.Second, "Remaining %v, want in (0, 2s]", rem)
 
@@ -78,7 +78,7 @@ func TestSessionKeepsLeaseAlive(t *testing.T) {
 		time.Sleep(200 * time.Millisecond) // sampling period, not synchronisation
 	}
 	assert.Equal(t, id, s.Lease(), "lease changed while Live")
-	assert.Equal(t, etcdkit.Live, s.State())
+	assert.Equal(t, etcdkit.SessionLive, s.State())
 	select {
 	case <-s.Done():
 		t.Fatalf("session ended: %v", s.Err())
@@ -120,7 +120,7 @@ func TestSessionTTLRaisedByServer(t *testing.T) {
 	assert.Empty(t, leases.Leases, "leases left behind")
 
 	s := lsSession(t, c, 2*time.Second)
-	assert.Equal(t, etcdkit.Live, s.State())
+	assert.Equal(t, etcdkit.SessionLive, s.State())
 }
 
 func TestSessionClose(t *testing.T) {
@@ -154,7 +154,7 @@ func TestSessionClose(t *testing.T) {
 		defer states.mu.Unlock()
 		return states.closed
 	}, lsWait, lsTick, "States not closed")
-	assert.Equal(t, []etcdkit.SessionState{etcdkit.Live}, states.list())
+	assert.Equal(t, []etcdkit.SessionState{etcdkit.SessionLive}, states.list())
 }
 
 func TestSessionContextEnds(t *testing.T) {
@@ -243,12 +243,12 @@ func TestSessionLeaseRevokedElsewhere(t *testing.T) {
 		_, err := raw.Revoke(ctx, old)
 		require.NoError(t, err)
 
-		states.waitFor(t, etcdkit.Recovered, start, lsWait)
-		require.Eventually(t, func() bool { return s.State() == etcdkit.Live }, lsWait, lsTick)
+		states.waitFor(t, etcdkit.SessionRecovered, start, lsWait)
+		require.Eventually(t, func() bool { return s.State() == etcdkit.SessionLive }, lsWait, lsTick)
 		assert.NotEqual(t, old, s.Lease(), "lease after recovery")
 		assert.Greater(t, lsLeaseTTL(t, raw, s.Lease()), int64(0))
 		got := states.list()
-		assert.Equal(t, []etcdkit.SessionState{etcdkit.Live, etcdkit.Lost, etcdkit.Recovered, etcdkit.Live}, got)
+		assert.Equal(t, []etcdkit.SessionState{etcdkit.SessionLive, etcdkit.SessionLost, etcdkit.SessionRecovered, etcdkit.SessionLive}, got)
 		assert.GreaterOrEqual(t, m.get(etcdkit.MetricSessionStateChanges), 2.0)
 		assert.NoError(t, s.Err())
 	})
@@ -265,7 +265,7 @@ func TestSessionLeaseRevokedElsewhere(t *testing.T) {
 			t.Fatal("session WithoutRecovery still running after its lease was revoked")
 		}
 		assert.ErrorIs(t, s.Err(), etcdkit.ErrLeaseLost)
-		assert.Equal(t, etcdkit.Lost, s.State())
+		assert.Equal(t, etcdkit.SessionLost, s.State())
 		assert.NoError(t, s.Close())
 	})
 }
@@ -280,28 +280,28 @@ func TestSessionSlowReader(t *testing.T) {
 	raw := srv.Client(t)
 	s := lsSession(t, c, 2*time.Second, etcdkit.WithKeepAliveInterval(100*time.Millisecond))
 
-	const rounds = 8 // 3 states each, plus the first Live: more than the buffer
+	const rounds = 8 // 3 states each, plus the first SessionLive: more than the buffer
 	for range rounds {
 		old := s.Lease()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err := raw.Revoke(ctx, old)
 		cancel()
 		require.NoError(t, err)
-		require.Eventually(t, func() bool { return s.Lease() != old && s.State() == etcdkit.Live }, lsWait, lsTick)
+		require.Eventually(t, func() bool { return s.Lease() != old && s.State() == etcdkit.SessionLive }, lsWait, lsTick)
 	}
 	var got []etcdkit.SessionState
 	for len(s.States()) > 0 {
 		got = append(got, <-s.States())
 	}
 	require.Len(t, got, 16, "states kept")
-	assert.Equal(t, etcdkit.Live, got[len(got)-1], "last state")
-	assert.Equal(t, []etcdkit.SessionState{etcdkit.Lost, etcdkit.Recovered, etcdkit.Live}, got[len(got)-3:])
+	assert.Equal(t, etcdkit.SessionLive, got[len(got)-1], "last state")
+	assert.Equal(t, []etcdkit.SessionState{etcdkit.SessionLost, etcdkit.SessionRecovered, etcdkit.SessionLive}, got[len(got)-3:])
 }
 
 func TestSessionStateString(t *testing.T) {
 	for st, want := range map[etcdkit.SessionState]string{
-		etcdkit.Live: "live", etcdkit.Suspended: "suspended", etcdkit.Lost: "lost",
-		etcdkit.Recovered: "recovered", etcdkit.Restored: "restored", 0: "SessionState(0)",
+		etcdkit.SessionLive: "live", etcdkit.SessionSuspended: "suspended", etcdkit.SessionLost: "lost",
+		etcdkit.SessionRecovered: "recovered", etcdkit.SessionRestored: "restored", 0: "SessionState(0)",
 	} {
 		assert.Equal(t, want, st.String())
 	}
@@ -325,18 +325,18 @@ func TestSessionSuspendedOnSilentLink(t *testing.T) {
 
 	cut := time.Now()
 	srv.Proxy().Blackhole(proxy.Both)
-	suspended := states.waitFor(t, etcdkit.Suspended, cut, lsWait)
+	suspended := states.waitFor(t, etcdkit.SessionSuspended, cut, lsWait)
 	rem := s.Remaining()
 	t.Logf("Suspended %v after the cut, Remaining %v", suspended.Sub(cut), rem)
 	assert.Less(t, suspended.Sub(cut), time.Second+500*time.Millisecond, "Suspended after the cut")
-	assert.True(t, rem > 0 && rem < ttl, "Remaining while Suspended: %v", rem)
+	assert.True(t, rem > 0 && rem < ttl, "Remaining while SessionSuspended: %v", rem)
 
 	heal := time.Now()
 	srv.Proxy().Unblackhole()
-	live := states.waitFor(t, etcdkit.Live, heal, lsWait)
+	live := states.waitFor(t, etcdkit.SessionLive, heal, lsWait)
 	t.Logf("Live %v after the heal", live.Sub(heal))
 	assert.Equal(t, id, s.Lease(), "lease after the heal")
 	assert.Greater(t, lsLeaseTTL(t, raw, id), int64(0))
-	assert.NotContains(t, states.list(), etcdkit.Lost)
+	assert.NotContains(t, states.list(), etcdkit.SessionLost)
 	assert.Greater(t, m.get(etcdkit.MetricWatchStalls), 0.0, "stalls counted")
 }

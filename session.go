@@ -19,41 +19,53 @@ import (
 type SessionState int
 
 const (
-	// Live means the lease is being kept alive: the last keepalive succeeded.
-	Live SessionState = iota + 1
-	// Suspended means keepalives are failing (the member is silent,
+	// SessionLive means the lease is being kept alive: the last keepalive succeeded.
+	SessionLive SessionState = iota + 1
+	// SessionSuspended means keepalives are failing (the member is silent,
 	// unreachable or without a leader) but the lease may still live on the
 	// server; Remaining says for how long at least. The session retries on the
-	// next member, and returns to Live if a keepalive succeeds in time.
-	Suspended
-	// Lost means no keepalive succeeded for the lease's TTL minus the Lost
+	// next member, and returns to SessionLive if a keepalive succeeds in time.
+	SessionSuspended
+	// SessionLost means no keepalive succeeded for the lease's TTL minus the Lost
 	// margin, so the server may expire the lease at any moment (or the server
 	// said it has). Keys attached to the lease must be presumed gone. A
 	// session WithoutRecovery ends; otherwise it keeps trying to grant a new
 	// lease.
-	Lost
-	// Recovered is sent when a new lease was granted after Lost; it is
-	// followed at once by Live, on the new lease. An Ephemeral sends it once
+	SessionLost
+	// SessionRecovered is sent when a new lease was granted after Lost; it is
+	// followed at once by SessionLive, on the new lease. An Ephemeral sends it once
 	// its key is back under the new lease. State never returns Recovered.
-	Recovered
-	// Restored is sent only by an Ephemeral, when its key was deleted or
+	SessionRecovered
+	// SessionRestored is sent only by an Ephemeral, when its key was deleted or
 	// overwritten by someone else and it put the key back; it is followed by
 	// the current state. State never returns Restored.
-	Restored
+	SessionRestored
+)
+
+// The session states' names before this release. Live itself is gone: it is
+// the name of the Live handle now.
+//
+// Deprecated: use SessionSuspended, SessionLost, SessionRecovered and
+// SessionRestored.
+const (
+	Suspended = SessionSuspended
+	Lost      = SessionLost
+	Recovered = SessionRecovered
+	Restored  = SessionRestored
 )
 
 // String returns the state's name in lower case ("live", "suspended"...).
 func (s SessionState) String() string {
 	switch s {
-	case Live:
+	case SessionLive:
 		return "live"
-	case Suspended:
+	case SessionSuspended:
 		return "suspended"
-	case Lost:
+	case SessionLost:
 		return "lost"
-	case Recovered:
+	case SessionRecovered:
 		return "recovered"
-	case Restored:
+	case SessionRestored:
 		return "restored"
 	}
 	return fmt.Sprintf("SessionState(%d)", int(s))
@@ -194,7 +206,7 @@ func (s *Session) States() <-chan SessionState { return s.feed.ch }
 // once Lost or ended. It is the number to check before acting on the
 // strength of the lease while Suspended.
 func (s *Session) Remaining() time.Duration {
-	if st, _ := s.feed.get(); st == Lost {
+	if st, _ := s.feed.get(); st == SessionLost {
 		return 0
 	}
 	select {
@@ -263,7 +275,7 @@ func (s *Session) run() {
 	retry := backoff.New(50*time.Millisecond, 500*time.Millisecond)
 	for {
 		st, _ := s.feed.get()
-		if st == Lost {
+		if st == SessionLost {
 			if s.o.noRecovery {
 				s.end(ErrLeaseLost)
 				// The lease may outlive our verdict by the margin; revoking it
@@ -282,7 +294,7 @@ func (s *Session) run() {
 		s.mu.Lock()
 		id, lostAt, next := s.lease, s.lostAtLocked(), s.lastSent.Add(s.o.interval)
 		s.mu.Unlock()
-		if st == Suspended {
+		if st == SessionSuspended {
 			next = time.Now().Add(retry.Next())
 		}
 		if next.After(lostAt) {
@@ -308,17 +320,17 @@ func (s *Session) run() {
 			s.lastSent = sent
 			s.mu.Unlock()
 			retry.Reset()
-			s.feed.enter(Live, 0)
+			s.feed.enter(SessionLive, 0)
 		case s.ctx.Err() != nil:
 			s.finish()
 			return
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
 			s.lose("the server no longer knows the lease")
 		default:
-			if st == Live {
+			if st == SessionLive {
 				s.c.log.Info("session suspended", zap.Int64("lease", int64(id)), zap.Error(err))
 			}
-			s.feed.enter(Suspended, 0)
+			s.feed.enter(SessionSuspended, 0)
 		}
 	}
 }
@@ -339,7 +351,7 @@ func (s *Session) sleepUntil(t time.Time) bool {
 
 func (s *Session) lose(why string) {
 	s.c.log.Warn("session lost its lease", zap.Int64("lease", int64(s.Lease())), zap.String("reason", why))
-	s.feed.enter(Lost, 0)
+	s.feed.enter(SessionLost, 0)
 }
 
 // keepAlive sends one keepalive, bounded by deadline, and returns when it
@@ -372,7 +384,7 @@ func (s *Session) recover() bool {
 			s.lease, s.lastSent = id, sent
 			s.mu.Unlock()
 			s.c.log.Info("session recovered with a new lease", zap.Int64("lease", int64(id)), zap.Int64("lost", int64(old)))
-			s.feed.enter(Live, Recovered)
+			s.feed.enter(SessionLive, SessionRecovered)
 			return true
 		}
 		if s.ctx.Err() != nil {

@@ -29,8 +29,8 @@ func (f sessionOptionFunc) applySession(o *sessionOptions) { f(o) }
 type sessionOptions struct {
 	noRecovery bool
 	createOnly bool          // NewEphemeral only
-	interval   time.Duration // between keepalives while Live
-	margin     time.Duration // Lost is declared this long before the earliest expiry
+	interval   time.Duration // between keepalives while SessionLive
+	margin     time.Duration // SessionLost is declared this long before the earliest expiry
 	attempt    time.Duration // deadline of one keepalive attempt
 
 	intervalSet, marginSet bool
@@ -87,13 +87,13 @@ func buildSessionOptions(ttl, stall time.Duration, opts []SessionOption) (sessio
 		o.margin = max(ttl/10, min(maxLostMargin, ttl/4))
 	}
 	if o.margin < 0 || o.margin > ttl/2 {
-		return o, fmt.Errorf("etcdkit: session: Lost margin %v outside [0, TTL/2] for TTL %v", o.margin, ttl)
+		return o, fmt.Errorf("etcdkit: session: SessionLost margin %v outside [0, TTL/2] for TTL %v", o.margin, ttl)
 	}
 	if !o.intervalSet {
 		o.interval = min(ttl/3, maxKeepAliveInterval)
 	}
 	if o.interval <= 0 || o.interval >= ttl-o.margin {
-		return o, fmt.Errorf("etcdkit: session: keepalive interval %v outside (0, %v) for TTL %v and Lost margin %v",
+		return o, fmt.Errorf("etcdkit: session: keepalive interval %v outside (0, %v) for TTL %v and SessionLost margin %v",
 			o.interval, ttl-o.margin, ttl, o.margin)
 	}
 	o.attempt = min(stall, o.interval)

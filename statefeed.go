@@ -29,9 +29,9 @@ type stateFeed struct {
 }
 
 func newStateFeed(m Metrics) *stateFeed {
-	f := &stateFeed{state: Live, ch: make(chan SessionState, stateBuffer), metrics: m}
+	f := &stateFeed{state: SessionLive, ch: make(chan SessionState, stateBuffer), metrics: m}
 	f.epoch, f.endEpoch = context.WithCancel(context.Background())
-	f.ch <- Live
+	f.ch <- SessionLive
 	return f
 }
 
@@ -55,7 +55,7 @@ func (f *stateFeed) enterLocked(st, why SessionState) {
 	}
 	f.state = st
 	f.sendLocked(st)
-	if f.mirror != nil && (st == Suspended || st == Lost) {
+	if f.mirror != nil && (st == SessionSuspended || st == SessionLost) {
 		f.mirror.enter(st, 0)
 	}
 	f.endEpoch()
@@ -109,7 +109,7 @@ func (f *stateFeed) setMirror(g *stateFeed) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.mirror = g
-	if f.state == Suspended || f.state == Lost {
+	if f.state == SessionSuspended || f.state == SessionLost {
 		g.enter(f.state, 0)
 	}
 }

@@ -61,7 +61,7 @@ func leaseChapter(ctx context.Context, tr *tour) error {
 	if ev, err = leaseEvent(ctx, w); err != nil {
 		return err
 	}
-	if _, err := leaseState(ctx, e.States(), etcdkit.Restored); err != nil {
+	if _, err := leaseState(ctx, e.States(), etcdkit.SessionRestored); err != nil {
 		return err
 	}
 	tr.say("The owner puts it straight back (%v %+v) and reports Restored; a raw client's key would stay gone.", ev.Type, ev.Value)
@@ -81,14 +81,14 @@ func leaseChapter(ctx context.Context, tr *tour) error {
 	tr.say("Fault: blackholing every member's proxy. The owner's link goes silent: no error, no close, bytes just vanish.")
 	cut := time.Now()
 	proxies(func(p *proxy.Proxy) { p.Blackhole(proxy.Both) })
-	suspended, err := leaseState(ctx, e.States(), etcdkit.Suspended)
+	suspended, err := leaseState(ctx, e.States(), etcdkit.SessionSuspended)
 	if err != nil {
 		return err
 	}
 	tr.say("%v later the owner is Suspended: a keepalive went unanswered, but the lease may still live. Remaining says",
 		suspended.Sub(cut).Round(10*time.Millisecond))
 	tr.say("the owner may rely on it for %v more; it retries on another member meanwhile.", e.Remaining().Round(10*time.Millisecond))
-	lost, err := leaseState(ctx, e.States(), etcdkit.Lost)
+	lost, err := leaseState(ctx, e.States(), etcdkit.SessionLost)
 	if err != nil {
 		return err
 	}
@@ -110,7 +110,7 @@ func leaseChapter(ctx context.Context, tr *tour) error {
 		return err
 	}
 	back := time.Now()
-	if _, err := leaseState(ctx, e.States(), etcdkit.Recovered); err != nil {
+	if _, err := leaseState(ctx, e.States(), etcdkit.SessionRecovered); err != nil {
 		return err
 	}
 	tr.say("%v later the key is back (%v %+v, new lease %x) and the owner reports Recovered.",
