@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+
+	"github.com/etcdkit/etcdkit/internal/watch"
 )
 
 // Cache is a local copy of every key under a prefix, kept up to date by a
@@ -24,8 +26,9 @@ import (
 // are no longer updated. A Cache is safe for concurrent use.
 type Cache[T any] struct {
 	c      *Client
-	sub    *sub
-	decode func(*rawEvent) Event[T]
+	sub    *watch.Sub
+	target watch.Target
+	decode func(*watch.Event) Event[T]
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	stop   func() bool
@@ -42,8 +45,8 @@ type Cache[T any] struct {
 	// fan hands what the cache applied to its subscriptions: a feed driven
 	// by the cache rather than by an etcd watch, so that a subscription
 	// that falls behind catches up from etcd's history as any Watch does.
-	// Lock order: mu, then fan.mu.
-	fan    *feed
+	// Every call to it is made under mu.
+	fan    *watch.Fan
 	subs   map[*Watch[T]]struct{} // the subscriptions' watches
 	ending bool                   // no more subscriptions
 	// sorted caches List's result until the next change; it is built under
@@ -69,20 +72,20 @@ func (p *Prefix[T]) Cache(ctx context.Context) (*Cache[T], error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	h := p.c.watchHub()
-	ca := &Cache[T]{c: p.c, decode: p.decoder(), synced: make(chan struct{}), done: make(chan struct{}),
+	h := p.c.hub
+	ca := &Cache[T]{c: p.c, target: p.target(), decode: p.decoder(), synced: make(chan struct{}), done: make(chan struct{}),
 		entries: make(map[string]cacheEntry[T]), subs: make(map[*Watch[T]]struct{})}
 	ca.ctx, ca.cancel = context.WithCancelCause(ctx)
 	ca.stop = context.AfterFunc(p.c.life, func() { ca.cancel(ErrClosed) })
-	ca.sub = newSub(h, p.target(), watchConfig{after: -1, initial: true, buffer: DefaultWatchBuffer}, ca.ctx)
-	ca.fan = newDerivedFeed(h, p.target(), ca.sub.State)
-	if !h.join(ca.sub) {
-		ca.sub.cancel()
+	ca.sub = h.NewSub(ca.ctx, ca.target, watch.Options{After: -1, Initial: true, Buffer: DefaultWatchBuffer})
+	ca.fan = h.NewFan(ca.target, ca.sub.State)
+	if !h.Join(ca.sub) {
+		ca.sub.Cancel()
 		ca.finish(ErrClosed)
 		return nil, ErrClosed
 	}
 	if !p.c.spawn(ca.run) {
-		ca.sub.close()
+		ca.sub.Close()
 		ca.finish(ErrClosed)
 		return nil, ErrClosed
 	}
@@ -171,7 +174,7 @@ func (ca *Cache[T]) State() WatchState {
 	case <-ca.done:
 		return WatchClosed
 	default:
-		return ca.sub.State()
+		return WatchState(ca.sub.State())
 	}
 }
 
@@ -194,7 +197,7 @@ func (ca *Cache[T]) finish(err error) {
 func (ca *Cache[T]) run() {
 	var err error
 	defer func() {
-		ca.sub.close()
+		ca.sub.Close()
 		if ca.ctx.Err() != nil {
 			err = context.Cause(ca.ctx)
 		}
@@ -212,12 +215,12 @@ func (ca *Cache[T]) run() {
 		}
 		ca.finish(err)
 	}()
-	if err = ca.sub.start(); err != nil {
+	if err = ca.sub.Start(); err != nil {
 		return
 	}
 	for {
-		var b batch
-		if b, err = ca.sub.pop(ca.ctx); err != nil {
+		var b watch.Batch
+		if b, err = ca.sub.Pop(ca.ctx); err != nil {
 			return
 		}
 		ca.apply(b)
@@ -229,9 +232,9 @@ func (ca *Cache[T]) run() {
 // write lock, so that a subscriber that receives an event finds the cache
 // already reflecting it. The first batch is the initial list: it positions
 // the subscriptions made before it, and is not a change.
-func (ca *Cache[T]) apply(b batch) {
-	evs := make([]Event[T], len(b.events))
-	for i, re := range b.events {
+func (ca *Cache[T]) apply(b watch.Batch) {
+	evs := make([]Event[T], len(b.Events))
+	for i, re := range b.Events {
 		evs[i] = ca.decode(re)
 	}
 	ca.mu.Lock()
@@ -247,43 +250,21 @@ func (ca *Cache[T]) apply(b batch) {
 		}
 		ca.sorted.Store(nil)
 	}
-	ca.rev = b.next - 1
-	f := ca.fan
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if !f.up {
-		f.state, f.next, f.up = ca.stateLocked(), b.next, true
-		for _, s := range f.members {
-			ca.position(s)
-		}
-		return
-	}
-	if b.resync {
-		f.passResync(b.next)
-	}
-	f.advance(b)
+	ca.rev = b.Next - 1
+	ca.fan.Apply(b, ca.stateLocked, ca.initialLocked)
 }
 
-// position starts a subscription at the cache's revision, with the cache's
-// contents as Initial events if it asked for them, in step with the fan.
-// The caller holds ca.mu and ca.fan.mu, and the fan is up.
-func (ca *Cache[T]) position(s *sub) {
-	f := ca.fan
-	s.mu.Lock()
-	if s.cfg.initial {
-		entries := ca.entriesLocked()
-		evs := make([]*rawEvent, len(entries))
-		for i, e := range entries {
-			ev := &Event[T]{Type: Put, Name: e.Name, Value: e.v.Data, Revision: e.v.Revision,
-				CreateRevision: e.v.CreateRevision, Version: e.v.Version, Lease: e.v.Lease, Initial: true, Err: e.err}
-			evs[i] = &rawEvent{typ: Put, name: e.Name, rev: e.v.Revision, initial: true, typed: ev}
-		}
-		s.push(batch{events: evs, next: f.next})
+// initialLocked returns the cache's contents as Initial events, for a
+// subscription that asked for them. The caller holds ca.mu.
+func (ca *Cache[T]) initialLocked() []*watch.Event {
+	entries := ca.entriesLocked()
+	evs := make([]*watch.Event, len(entries))
+	for i, e := range entries {
+		ev := &Event[T]{Type: Put, Name: e.Name, Value: e.v.Data, Revision: e.v.Revision,
+			CreateRevision: e.v.CreateRevision, Version: e.v.Version, Lease: e.v.Lease, Initial: true, Err: e.err}
+		evs[i] = &watch.Event{Type: watch.Put, Name: e.Name, Rev: e.v.Revision, Initial: true, Typed: ev}
 	}
-	s.enq, s.from, s.positioned = f.next, f.next, true
-	s.hook()
-	s.mu.Unlock()
-	s.markReady()
+	return evs
 }
 
 // stateLocked returns the name -> mod revision state of the cache. The
@@ -321,18 +302,17 @@ func (ca *Cache[T]) Subscribe(opts ...WatchOption) *Watch[T] {
 	if !ok {
 		return w
 	}
-	s := newSub(ca.c.watchHub(), ca.fan.target, cfg, w.ctx)
+	s := ca.c.hub.NewSub(w.ctx, ca.target, cfg.options())
 	decode := ca.decode
-	s.sink = &chanSink[T]{ch: w.events, decode: func(re *rawEvent) Event[T] {
-		if e, ok := re.typed.(*Event[T]); ok {
+	s.SetSink(&chanSink[T]{ch: w.events, decode: func(re *watch.Event) Event[T] {
+		if e, ok := re.Typed.(*Event[T]); ok {
 			return *e
 		}
 		return decode(re)
-	}}
-	s.onFail = func(err error) { w.cancel(err) }
-	w.ready, w.state = s.ready, s.State
+	}}, func(err error) { w.cancel(err) })
+	w.ready, w.state = s.Ready(), subState(s)
 	w.producers = func() {
-		s.close()
+		s.Close()
 		ca.mu.Lock()
 		delete(ca.subs, w)
 		ca.mu.Unlock()
@@ -346,14 +326,7 @@ func (ca *Cache[T]) Subscribe(opts ...WatchOption) *Watch[T] {
 		return w
 	}
 	ca.subs[w] = struct{}{}
-	f := ca.fan
-	f.mu.Lock()
-	f.add(s)
-	s.armed = true
-	if f.up {
-		ca.position(s)
-	}
-	f.mu.Unlock()
+	ca.fan.Add(s, ca.initialLocked)
 	ca.mu.Unlock()
 	w.arm()
 	return w

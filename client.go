@@ -15,6 +15,9 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
+
+	"github.com/etcdkit/etcdkit/internal/conn"
+	"github.com/etcdkit/etcdkit/internal/watch"
 )
 
 // Client is a connection to an etcd cluster under one namespace. It is safe
@@ -31,8 +34,8 @@ type Client struct {
 	life   context.Context
 	cancel context.CancelFunc
 
-	streams *streamConns
-	hub     watchHub // shared etcd watches (watch_hub.go)
+	streams *conn.Pool // the stream connection: watches, keepalives
+	hub     *watch.Hub // shared etcd watches
 
 	// spawnMu orders spawn against Close so that no goroutine starts after
 	// Close began waiting for them.
@@ -99,8 +102,50 @@ func newClient(raw *clientv3.Client, owned bool, cfg Config) *Client {
 	// withDefaults validated the namespace.
 	c.ns, _ = keyPrefix(cfg.Namespace)
 	c.life, c.cancel = context.WithCancel(context.Background())
-	c.streams = newStreamConns(c)
+	c.streams = conn.New(conn.Config{
+		Endpoints: cfg.Endpoints,
+		Dial: func(ctx context.Context, ep string) (*clientv3.Client, error) {
+			return dialRaw(ctx, cfg, []string{ep})
+		},
+		Life:      c.life,
+		Log:       c.log,
+		Closed:    ErrClosed,
+		Retryable: IsRetryable,
+		OnStall:   func() { cfg.Metrics.Add(MetricWatchStalls, 1) },
+	})
+	c.hub = watch.NewHub(watch.Config{
+		Life:         c.life,
+		Spawn:        c.spawn,
+		Log:          c.log,
+		StallTimeout: cfg.StallTimeout,
+		Conns:        c.streams,
+		Get:          c.get,
+		PageSize:     func() int64 { return listPageSize },
+		Closed:       ErrClosed,
+		Observe: watch.Observer{
+			Stalled:     func() { cfg.Metrics.Add(MetricWatchStalls, 1) },
+			Reconnected: func() { cfg.Metrics.Add(MetricWatchReconnects, 1) },
+			Resynced:    func() { cfg.Metrics.Add(MetricWatchResyncs, 1) },
+			Lag:         func(n int) { cfg.Metrics.Set(MetricSubscriberLag, float64(n)) },
+		},
+	})
 	return c
+}
+
+// get is one read on the request connection, bounded by opContext.
+func (c *Client) get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	ctx, cancel, err := c.opContext(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer cancel()
+	return c.raw.Get(ctx, key, opts...)
+}
+
+// onStreams runs op on the stream connection, retrying on the next member
+// as conn.Pool.Do says, until it succeeds, fails for good or ctx ends.
+func (c *Client) onStreams(ctx context.Context, attempt time.Duration, op func(context.Context, *clientv3.Client) error) error {
+	return c.streams.Do(ctx, attempt, op)
 }
 
 // requestOverhead is the room a request needs besides its value: the key
@@ -258,7 +303,7 @@ func (c *Client) Close() error {
 		c.cancel()
 		c.spawnMu.Unlock()
 		c.wg.Wait()
-		c.streams.close()
+		c.streams.Close()
 		if c.owned {
 			c.closeErr = c.raw.Close()
 		}

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/etcdkit/etcdkit/internal/backoff"
+	"github.com/etcdkit/etcdkit/internal/watch"
 )
 
 // Ephemeral is a key that exists as long as its owner: it holds the owner's
@@ -462,26 +463,24 @@ func (e *Ephemeral[T]) watch(epoch context.Context, lease clientv3.LeaseID) {
 	// last write was compacted away.
 	from := max(e.rev, e.seen)
 	e.mu.Unlock()
-	h := c.watchHub()
-	cfg := watchConfig{after: from, setAfter: true, buffer: DefaultWatchBuffer}
-	s := newSub(h, watchTarget{key: e.key.path, strip: len(c.ns)}, cfg, ctx)
-	if !h.join(s) {
-		s.cancel()
+	s := c.hub.NewSub(ctx, watch.Target{Key: e.key.path, Strip: len(c.ns)}, watch.Options{After: from, Buffer: DefaultWatchBuffer})
+	if !c.hub.Join(s) {
+		s.Cancel()
 		return
 	}
-	defer s.close()
-	if err := s.start(); err != nil {
+	defer s.Close()
+	if err := s.Start(); err != nil {
 		return
 	}
 	for {
-		b, err := s.pop(ctx)
+		b, err := s.Pop(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
 				c.log.Debug("ephemeral key watch failed", zap.String("key", e.key.name), zap.Error(err))
 			}
 			return
 		}
-		for _, ev := range b.events {
+		for _, ev := range b.Events {
 			if e.foreign(ev, lease) && !e.paceRestore(epoch) {
 				return
 			}
@@ -499,10 +498,10 @@ const restoreQuiet = 5 * time.Second
 
 // foreign reports whether ev is a change by someone else after our last
 // write.
-func (e *Ephemeral[T]) foreign(ev *rawEvent, lease clientv3.LeaseID) bool {
+func (e *Ephemeral[T]) foreign(ev *watch.Event, lease clientv3.LeaseID) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return ev.rev > e.rev && !(ev.typ == Put && e.holdsLocked(ev.value, ev.lease, lease))
+	return ev.Rev > e.rev && !(ev.Type == watch.Put && e.holdsLocked(ev.Value, ev.Lease, lease))
 }
 
 // paceRestore delays a restore that follows another within restoreQuiet,
@@ -519,17 +518,17 @@ func (e *Ephemeral[T]) paceRestore(epoch context.Context) bool {
 
 // restore puts the key back after ev, unless ev is ours or older than our
 // last write.
-func (e *Ephemeral[T]) restore(epoch context.Context, lease clientv3.LeaseID, ev *rawEvent) error {
+func (e *Ephemeral[T]) restore(epoch context.Context, lease clientv3.LeaseID, ev *watch.Event) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if ev.rev <= e.rev {
+	if ev.Rev <= e.rev {
 		return nil
 	}
-	expect := ev.rev
-	if ev.typ == Delete {
+	expect := ev.Rev
+	if ev.Type == watch.Delete {
 		expect = 0
-	} else if e.holdsLocked(ev.value, ev.lease, lease) {
-		e.rev = ev.rev
+	} else if e.holdsLocked(ev.Value, ev.Lease, lease) {
+		e.rev = ev.Rev
 		return nil
 	}
 	ctx, cancel := e.opContext(epoch)
@@ -540,7 +539,7 @@ func (e *Ephemeral[T]) restore(epoch context.Context, lease clientv3.LeaseID, ev
 	}
 	if wrote {
 		e.lastRestore = time.Now()
-		e.key.c.log.Info("ephemeral key put back", zap.String("key", e.key.name), zap.Stringer("after", ev.typ))
+		e.key.c.log.Info("ephemeral key put back", zap.String("key", e.key.name), zap.Stringer("after", EventType(ev.Type)))
 		e.key.c.cfg.Metrics.Add(MetricEphemeralRestores, 1)
 		e.feed.announce(SessionRestored)
 	}

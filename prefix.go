@@ -5,8 +5,9 @@ import (
 	"errors"
 	"fmt"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdkit/etcdkit/internal/watch"
 )
 
 // listPageSize is how many keys List reads per request, so that a large
@@ -82,50 +83,20 @@ func (p *Prefix[T]) List(ctx context.Context) ([]Entry[T], int64, error) {
 	if p.err != nil {
 		return nil, 0, p.err
 	}
-	for {
-		entries, rev, err := p.list(ctx)
-		// A compaction between two pages invalidates the pinned revision:
-		// start over at a fresh one.
-		if errors.Is(err, rpctypes.ErrCompacted) && ctx.Err() == nil {
+	kvs, rev, err := watch.Read(ctx, p.get, p.target(), 0, listPageSize)
+	if err != nil {
+		return nil, 0, err
+	}
+	var entries []Entry[T]
+	var bad []error
+	for _, kv := range kvs {
+		name := string(kv.Key[len(p.path):])
+		v, err := decodeKV(joinName(p.name, name), p.codec, kv)
+		if err != nil {
+			bad = append(bad, err)
 			continue
 		}
-		return entries, rev, err
-	}
-}
-
-func (p *Prefix[T]) list(ctx context.Context) ([]Entry[T], int64, error) {
-	var (
-		entries []Entry[T]
-		bad     []error
-		rev     int64
-	)
-	end := clientv3.GetPrefixRangeEnd(p.path)
-	from := p.path
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPageSize)}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		resp, err := p.get(ctx, from, opts...)
-		if err != nil {
-			return nil, 0, err
-		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-		}
-		for _, kv := range resp.Kvs {
-			name := string(kv.Key[len(p.path):])
-			v, err := decodeKV(joinName(p.name, name), p.codec, kv)
-			if err != nil {
-				bad = append(bad, err)
-				continue
-			}
-			entries = append(entries, Entry[T]{Name: name, Value: v})
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			break
-		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		entries = append(entries, Entry[T]{Name: name, Value: v})
 	}
 	return entries, rev, errors.Join(bad...)
 }

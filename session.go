@@ -359,13 +359,13 @@ func (s *Session) lose(why string) {
 func (s *Session) keepAlive(id clientv3.LeaseID, deadline time.Time) (time.Time, error) {
 	ctx, cancel := context.WithDeadline(s.ctx, deadline)
 	defer cancel()
-	cli, gen, err := s.c.streams.get(ctx)
+	cli, gen, err := s.c.streams.Get(ctx)
 	if err != nil {
 		return time.Time{}, err
 	}
 	sent := time.Now()
 	if _, err := cli.KeepAliveOnce(ctx, id); err != nil {
-		s.c.streamFailed(s.ctx, gen, err)
+		s.c.streams.Failed(s.ctx, gen, err)
 		return sent, err
 	}
 	return sent, nil

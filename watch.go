@@ -2,6 +2,8 @@ package etcdkit
 
 import (
 	"context"
+
+	"github.com/etcdkit/etcdkit/internal/watch"
 )
 
 // EventType says what a change did to a key. The zero value is not a valid
@@ -206,8 +208,8 @@ func (k *Key[T]) Watch(ctx context.Context, opts ...WatchOption) *Watch[T] {
 		return endedWatch[T](k.err)
 	}
 	codec, name := k.codec, k.name
-	t := watchTarget{key: k.path, strip: len(k.c.ns)}
-	return hubWatch(ctx, k.c, t, opts, func(re *rawEvent) Event[T] { return decodeEvent(codec, name, re) })
+	t := watch.Target{Key: k.path, Strip: len(k.c.ns)}
+	return hubWatch(ctx, k.c, t, opts, func(re *watch.Event) Event[T] { return decodeEvent(codec, name, re) })
 }
 
 // Watch subscribes to the changes of every key under the prefix, from now
@@ -222,17 +224,17 @@ func (p *Prefix[T]) Watch(ctx context.Context, opts ...WatchOption) *Watch[T] {
 	return hubWatch(ctx, p.c, p.target(), opts, p.decoder())
 }
 
-func (p *Prefix[T]) target() watchTarget {
-	return watchTarget{key: p.path, prefix: true, strip: len(p.path)}
+func (p *Prefix[T]) target() watch.Target {
+	return watch.Target{Key: p.path, Prefix: true, Strip: len(p.path)}
 }
 
-func (p *Prefix[T]) decoder() func(*rawEvent) Event[T] {
+func (p *Prefix[T]) decoder() func(*watch.Event) Event[T] {
 	codec, name := p.codec, p.name
-	return func(re *rawEvent) Event[T] { return decodeEvent(codec, joinName(name, re.name), re) }
+	return func(re *watch.Event) Event[T] { return decodeEvent(codec, joinName(name, re.Name), re) }
 }
 
 // hubWatch starts a typed Watch over a hub subscriber.
-func hubWatch[T any](ctx context.Context, c *Client, t watchTarget, opts []WatchOption, decode func(*rawEvent) Event[T]) *Watch[T] {
+func hubWatch[T any](ctx context.Context, c *Client, t watch.Target, opts []WatchOption, decode func(*watch.Event) Event[T]) *Watch[T] {
 	cfg := newWatchConfig(opts)
 	if err := cfg.err(); err != nil {
 		return endedWatch[T](err)
@@ -241,49 +243,40 @@ func hubWatch[T any](ctx context.Context, c *Client, t watchTarget, opts []Watch
 	if !ok {
 		return w
 	}
-	h := c.watchHub()
-	s := newSub(h, t, cfg, w.ctx)
-	s.sink = &chanSink[T]{ch: w.events, decode: decode}
-	s.onFail = func(err error) { w.cancel(err) }
-	w.ready, w.state, w.producers = s.ready, s.State, s.close
-	switch {
-	case !h.join(s):
+	s := c.hub.NewSub(w.ctx, t, cfg.options())
+	s.SetSink(&chanSink[T]{ch: w.events, decode: decode}, func(err error) { w.cancel(err) })
+	w.ready, w.state, w.producers = s.Ready(), subState(s), s.Close
+	// The start needs a read (the revision for a watch from now, the state
+	// for WithInitial) or the feed's position (AfterRevision): it is fixed
+	// off the caller's goroutine.
+	if !c.hub.Join(s) || !s.Go() {
 		w.cancel(ErrClosed)
-	default:
-		// The start needs a read (the revision for a watch from now, the
-		// state for WithInitial) or the feed's position (AfterRevision):
-		// fix it off the caller's goroutine.
-		s.wg.Add(1)
-		if !c.spawn(func() {
-			defer s.wg.Done()
-			if err := s.start(); err != nil {
-				s.fail(err)
-			}
-		}) {
-			s.wg.Done()
-			w.cancel(ErrClosed)
-		}
 	}
 	w.arm()
 	return w
 }
 
+// subState reports the state of what feeds s as a WatchState.
+func subState(s *watch.Sub) func() WatchState {
+	return func() WatchState { return WatchState(s.State()) }
+}
+
 // chanSink is the typed end of a hub subscriber: its Watch's channel.
 type chanSink[T any] struct {
 	ch     chan Event[T]
-	decode func(*rawEvent) Event[T]
+	decode func(*watch.Event) Event[T]
 }
 
-func (k *chanSink[T]) room() int    { return cap(k.ch) - len(k.ch) }
-func (k *chanSink[T]) waiting() int { return len(k.ch) }
+func (k *chanSink[T]) Room() int    { return cap(k.ch) - len(k.ch) }
+func (k *chanSink[T]) Waiting() int { return len(k.ch) }
 
-func (k *chanSink[T]) put(evs []*rawEvent) {
+func (k *chanSink[T]) Put(evs []*watch.Event) {
 	for _, e := range evs {
 		k.ch <- k.decode(e)
 	}
 }
 
-func (k *chanSink[T]) send(ctx context.Context, evs []*rawEvent) bool {
+func (k *chanSink[T]) Send(ctx context.Context, evs []*watch.Event) bool {
 	for _, e := range evs {
 		select {
 		case k.ch <- k.decode(e):
@@ -295,13 +288,13 @@ func (k *chanSink[T]) send(ctx context.Context, evs []*rawEvent) bool {
 }
 
 // decodeEvent makes a typed event; name is the key's name for errors.
-func decodeEvent[T any](codec Codec[T], name string, re *rawEvent) Event[T] {
-	e := Event[T]{Type: re.typ, Name: re.name, Revision: re.rev, CreateRevision: re.create,
-		Version: re.version, Lease: re.lease, Initial: re.initial, Resync: re.resync}
-	if re.typ == Put {
-		v, err := codec.Decode(re.value)
+func decodeEvent[T any](codec Codec[T], name string, re *watch.Event) Event[T] {
+	e := Event[T]{Type: EventType(re.Type), Name: re.Name, Revision: re.Rev, CreateRevision: re.Create,
+		Version: re.Version, Lease: re.Lease, Initial: re.Initial, Resync: re.Resync}
+	if re.Type == watch.Put {
+		v, err := codec.Decode(re.Value)
 		if err != nil {
-			e.Err = &DecodeError{Key: name, Revision: re.rev, Err: err}
+			e.Err = &DecodeError{Key: name, Revision: re.Rev, Err: err}
 		} else {
 			e.Value = v
 		}

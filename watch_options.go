@@ -3,6 +3,8 @@ package etcdkit
 import (
 	"errors"
 	"fmt"
+
+	"github.com/etcdkit/etcdkit/internal/watch"
 )
 
 // DefaultWatchBuffer is the number of events a subscriber may have waiting
@@ -38,6 +40,11 @@ func newWatchConfig(opts []WatchOption) watchConfig {
 		cfg.errs = append(cfg.errs, errors.New("etcdkit: watch: AfterRevision and WithInitial cannot be combined"))
 	}
 	return cfg
+}
+
+// options returns what the engine needs of cfg.
+func (cfg watchConfig) options() watch.Options {
+	return watch.Options{After: cfg.after, Initial: cfg.initial, Buffer: cfg.buffer}
 }
 
 // err reports the first invalid option, or nil.

@@ -1,4 +1,4 @@
-package etcdkit
+package watch
 
 import (
 	"context"
@@ -22,7 +22,7 @@ import (
 // is dropped the same way, so that the streams re-watch from their own
 // positions rather than letting clientv3 resume them.
 type link struct {
-	h    *watchHub
+	h    *Hub
 	conn *clientv3.Client
 	gen  uint64
 	refs int // guarded by h.mu
@@ -44,22 +44,22 @@ func (l *link) poke() { l.poked.Store(true) }
 
 // acquireLink returns the link of conn's generation, starting its monitor if
 // it is the first user. Release it with releaseLink.
-func (h *watchHub) acquireLink(conn *clientv3.Client, gen uint64) *link {
+func (h *Hub) acquireLink(conn *clientv3.Client, gen uint64) *link {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	l := h.links[gen]
 	if l == nil {
 		l = &link{h: h, conn: conn, gen: gen}
-		l.ctx, l.cancel = context.WithCancel(h.c.life)
+		l.ctx, l.cancel = context.WithCancel(h.cfg.Life)
 		l.touch()
 		h.links[gen] = l
-		h.c.spawn(l.monitor)
+		h.cfg.Spawn(l.monitor)
 	}
 	l.refs++
 	return l
 }
 
-func (h *watchHub) releaseLink(l *link) {
+func (h *Hub) releaseLink(l *link) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	l.refs--
@@ -81,8 +81,8 @@ func linkTiming(stall time.Duration) (idle, tick time.Duration) {
 }
 
 func (l *link) monitor() {
-	c := l.h.c
-	stall := c.cfg.StallTimeout
+	cfg := l.h.cfg
+	stall := cfg.StallTimeout
 	idle, tick := linkTiming(stall)
 	cc := l.conn.ActiveConnection()
 	st := cc.GetState()
@@ -125,7 +125,7 @@ func (l *link) monitor() {
 		}
 		if sentAt >= 0 {
 			if time.Duration(now-sentAt) >= stall {
-				c.cfg.Metrics.Add(MetricWatchStalls, 1)
+				call(cfg.Observe.Stalled)
 				l.fail("stream connection stalled", zap.Duration("silent", time.Duration(now-last)))
 				return
 			}
@@ -152,7 +152,7 @@ func (l *link) requestProgress(wait time.Duration) {
 	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(l.ctx), wait)
 	defer cancel()
 	if err := l.conn.RequestProgress(ctx); err != nil {
-		l.h.c.log.Debug("watch progress request not sent", zap.Uint64("generation", l.gen), zap.Error(err))
+		l.h.cfg.Log.Debug("watch progress request not sent", zap.Uint64("generation", l.gen), zap.Error(err))
 	}
 }
 
@@ -164,7 +164,7 @@ func (l *link) requestProgress(wait time.Duration) {
 // that a member answers from its own state tells a live link from a silent
 // one all the same; its answer counts as a sign of life.
 func (l *link) ping(wait time.Duration) {
-	l.h.c.spawn(func() {
+	l.h.cfg.Spawn(func() {
 		ctx, cancel := context.WithTimeout(l.ctx, wait)
 		defer cancel()
 		if _, err := l.conn.MemberList(ctx, clientv3.WithSerializable()); err == nil {
@@ -174,6 +174,6 @@ func (l *link) ping(wait time.Duration) {
 }
 
 func (l *link) fail(msg string, fields ...zap.Field) {
-	l.h.c.log.Debug(msg, append(fields, zap.Uint64("generation", l.gen))...)
-	l.h.c.streams.fail(l.gen)
+	l.h.cfg.Log.Debug(msg, append(fields, zap.Uint64("generation", l.gen))...)
+	l.h.cfg.Conns.Fail(l.gen)
 }

@@ -1,4 +1,4 @@
-package etcdkit
+package watch
 
 import (
 	"context"
@@ -33,7 +33,7 @@ const (
 	subEnded
 )
 
-// sub is one subscriber of the hub: a bounded buffer of events between the
+// Sub is one subscriber of the hub: a bounded buffer of events between the
 // stream that feeds it and its reader.
 //
 // Slow subscribers: the buffer (the reader's channel and the queue behind
@@ -52,10 +52,10 @@ const (
 // that is not (ahead of it or behind it) keeps its own baseline, the name ->
 // mod revision state at its position, so that a resync brings it from what
 // it was delivered, not from what the feed had, to the current state.
-type sub struct {
-	h        *watchHub
-	target   watchTarget
-	cfg      watchConfig
+type Sub struct {
+	h        *Hub
+	target   Target
+	cfg      Options
 	capacity int
 	feed     *feed
 	// slot is the subscriber's index in feed.members, guarded by the
@@ -76,7 +76,7 @@ type sub struct {
 	// floor is where a watch from now starts at the earliest: after the
 	// revision of a linearizable read made when Watch was called.
 	floor  int64
-	q      []batch
+	q      []Batch
 	queued int   // events in q
 	enq    int64 // position after the last batch queued
 	from   int64 // the start: no resync put below it is queued
@@ -102,25 +102,27 @@ type sub struct {
 	// sink, when set, is the reader's channel: batches go straight into it
 	// when it has room and nothing is queued, otherwise into q, which a pump
 	// goroutine drains into it. Without a sink the reader pops batches.
-	sink    sink
+	sink    Sink
 	pumping bool
 	// onFail is called when the subscriber fails.
 	onFail func(error)
 }
 
-// sink is the typed end of a subscriber: its reader's channel.
-type sink interface {
-	// room is how many events fit without blocking; waiting how many wait.
-	room() int
-	waiting() int
-	// put hands over events that fit; send blocks until they are handed
+// Sink is the typed end of a subscriber: its reader's channel.
+type Sink interface {
+	// Room is how many events fit without blocking; waiting how many wait.
+	Room() int
+	Waiting() int
+	// Put hands over events that fit; send blocks until they are handed
 	// over, and reports false if ctx ended first.
-	put(evs []*rawEvent)
-	send(ctx context.Context, evs []*rawEvent) bool
+	Put(evs []*Event)
+	Send(ctx context.Context, evs []*Event) bool
 }
 
-func newSub(h *watchHub, t watchTarget, cfg watchConfig, ctx context.Context) *sub {
-	s := &sub{h: h, target: t, cfg: cfg, capacity: cfg.buffer,
+// NewSub returns a subscriber of t bounded by ctx. Give it a sink
+// (SetSink) or pop its batches (Pop); Join the hub, then Start or Go.
+func (h *Hub) NewSub(ctx context.Context, t Target, cfg Options) *Sub {
+	s := &Sub{h: h, target: t, cfg: cfg, capacity: cfg.Buffer,
 		ready: make(chan struct{}), wake: make(chan struct{}, 1), space: make(chan struct{}, 1)}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	return s
@@ -128,11 +130,11 @@ func newSub(h *watchHub, t watchTarget, cfg watchConfig, ctx context.Context) *s
 
 // fromNow reports whether the subscriber starts from now: neither
 // WithInitial nor AfterRevision.
-func (s *sub) fromNow() bool { return !s.cfg.initial && s.cfg.after < 0 }
+func (s *Sub) fromNow() bool { return !s.cfg.Initial && s.cfg.After < 0 }
 
-func (s *sub) markReady() { s.readyOnce.Do(func() { close(s.ready) }) }
+func (s *Sub) markReady() { s.readyOnce.Do(func() { close(s.ready) }) }
 
-// start fixes the start of a subscriber and hands it to the feed. It runs on
+// Start fixes the Start of a subscriber and hands it to the feed. It runs on
 // the subscriber's goroutine.
 //
 // A watch from now starts after the revision of a linearizable read made
@@ -140,7 +142,7 @@ func (s *sub) markReady() { s.readyOnce.Do(func() { close(s.ready) }) }
 // alone is not enough: the feed's member may lag behind the cluster (cut
 // off from its peers, or just applying more slowly), and a caller that read
 // a value before calling Watch must never be handed an older change of it.
-func (s *sub) start() error {
+func (s *Sub) Start() error {
 	switch {
 	case s.fromNow():
 		rev, err := s.h.revision(s.ctx, s.target)
@@ -150,24 +152,24 @@ func (s *sub) start() error {
 		s.mu.Lock()
 		s.floor = rev + 1
 		s.mu.Unlock()
-	case s.cfg.initial:
+	case s.cfg.Initial:
 		kvs, rev, err := s.h.read(s.ctx, s.target, 0, false)
 		if err != nil {
 			return err
 		}
-		evs := make([]*rawEvent, len(kvs))
+		evs := make([]*Event, len(kvs))
 		for i, kv := range kvs {
-			evs[i] = &rawEvent{typ: Put, name: s.target.name(kv.Key), value: kv.Value, rev: kv.ModRevision,
-				create: kv.CreateRevision, version: kv.Version, lease: kv.Lease, initial: true}
+			evs[i] = &Event{Type: Put, Name: s.target.name(kv.Key), Value: kv.Value, Rev: kv.ModRevision,
+				Create: kv.CreateRevision, Version: kv.Version, Lease: kv.Lease, Initial: true}
 		}
 		s.mu.Lock()
 		s.baseline = stateOf(s.target, kvs)
-		s.push(batch{events: evs, next: rev + 1})
+		s.push(Batch{Events: evs, Next: rev + 1})
 		s.from = rev + 1
 		s.mu.Unlock()
 	default:
 		s.mu.Lock()
-		s.enq, s.from, s.needBase = s.cfg.after+1, s.cfg.after+1, true
+		s.enq, s.from, s.needBase = s.cfg.After+1, s.cfg.After+1, true
 		s.mu.Unlock()
 	}
 	f := s.feed
@@ -181,7 +183,7 @@ func (s *sub) start() error {
 		s.markReady()
 	}
 	if f.err != nil {
-		s.fail(f.err)
+		s.Fail(f.err)
 	} else if f.up {
 		s.feedReady(f)
 	}
@@ -191,7 +193,7 @@ func (s *sub) start() error {
 // feedReady positions and hooks an armed subscriber once the feed knows its
 // position, or starts its catch-up if it starts behind. The caller holds
 // f.mu.
-func (s *sub) feedReady(f *feed) {
+func (s *Sub) feedReady(f *feed) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.armed || s.mode != subWaiting {
@@ -224,7 +226,7 @@ func (s *sub) feedReady(f *feed) {
 
 // hook puts the subscriber on the feed, in step with it. The caller holds
 // f.mu and s.mu.
-func (s *sub) hook() {
+func (s *Sub) hook() {
 	s.mode = subHooked
 	s.catch = nil
 	s.baseline = nil
@@ -243,47 +245,47 @@ func (s *sub) hook() {
 // position and the batch's revision, and the feed's state is then the one at
 // the subscriber's position. (A resync that passes it moves it off the feed
 // first; see aheadOf.) The caller holds f.mu.
-func (s *sub) offer(f *feed, b batch) int {
+func (s *Sub) offer(f *feed, b Batch) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	waiting := s.waiting()
 	if s.mode != subHooked {
-		if s.mode != subAhead || b.next < s.enq {
+		if s.mode != subAhead || b.Next < s.enq {
 			return waiting
 		}
 		s.hook()
 	}
-	if b.next <= s.enq {
+	if b.Next <= s.enq {
 		return waiting
 	}
-	evs := s.filter(b.events)
+	evs := s.filter(b.Events)
 	if len(evs) > 0 && waiting > 0 && waiting+len(evs) > s.capacity {
 		s.baseline = f.snapshot()
 		s.need = len(evs)
 		s.startCatchUp()
 		return waiting
 	}
-	s.push(batch{events: evs, next: b.next, resync: b.resync})
+	s.push(Batch{Events: evs, Next: b.Next, Resync: b.Resync})
 	return waiting + len(evs)
 }
 
 // waiting is the number of events in the buffer. The caller holds s.mu.
-func (s *sub) waiting() int {
+func (s *Sub) waiting() int {
 	if s.sink != nil {
-		return s.queued + s.sink.waiting()
+		return s.queued + s.sink.Waiting()
 	}
 	return s.queued
 }
 
 // filter drops resync puts below the subscriber's start: the value they
 // carry was already current before the start. The caller holds s.mu.
-func (s *sub) filter(evs []*rawEvent) []*rawEvent {
-	if len(evs) == 0 || !evs[0].resync && !evs[len(evs)-1].resync {
+func (s *Sub) filter(evs []*Event) []*Event {
+	if len(evs) == 0 || !evs[0].Resync && !evs[len(evs)-1].Resync {
 		return evs
 	}
-	out := make([]*rawEvent, 0, len(evs))
+	out := make([]*Event, 0, len(evs))
 	for _, e := range evs {
-		if e.resync && e.typ == Put && e.rev < s.from {
+		if e.Resync && e.Type == Put && e.Rev < s.from {
 			continue
 		}
 		out = append(out, e)
@@ -295,30 +297,30 @@ func (s *sub) filter(evs []*rawEvent) []*rawEvent {
 // queued and it fits, else to the queue. A batch without events only moves
 // the position (a queue merges it with a trailing one, so that progress
 // never fills it). The caller holds s.mu.
-func (s *sub) push(b batch) {
+func (s *Sub) push(b Batch) {
 	if s.mode == subEnded {
 		return
 	}
-	s.enq = b.next
+	s.enq = b.Next
 	switch {
-	case len(b.events) == 0 && s.sink != nil:
+	case len(b.Events) == 0 && s.sink != nil:
 		return
-	case len(b.events) == 0:
-		if n := len(s.q); n > 0 && len(s.q[n-1].events) == 0 {
-			s.q[n-1].next = b.next
-			s.q[n-1].resync = s.q[n-1].resync || b.resync
+	case len(b.Events) == 0:
+		if n := len(s.q); n > 0 && len(s.q[n-1].Events) == 0 {
+			s.q[n-1].Next = b.Next
+			s.q[n-1].Resync = s.q[n-1].Resync || b.Resync
 		} else {
 			s.q = append(s.q, b)
 		}
 		signal(s.wake)
 		return
-	case s.sink != nil && !s.pumping && len(s.q) == 0 && s.sink.room() >= len(b.events):
+	case s.sink != nil && !s.pumping && len(s.q) == 0 && s.sink.Room() >= len(b.Events):
 		// The only path most events take: no goroutine hand-off.
-		s.sink.put(b.events)
+		s.sink.Put(b.Events)
 		return
 	}
 	s.q = append(s.q, b)
-	s.queued += len(b.events)
+	s.queued += len(b.Events)
 	if s.sink == nil {
 		signal(s.wake)
 		return
@@ -326,17 +328,17 @@ func (s *sub) push(b batch) {
 	if !s.pumping {
 		s.pumping = true
 		s.wg.Add(1)
-		if !s.h.c.spawn(s.pump) {
+		if !s.h.cfg.Spawn(s.pump) {
 			s.wg.Done()
 			s.pumping = false
-			s.failLocked(ErrClosed)
+			s.failLocked(s.h.cfg.Closed)
 		}
 	}
 }
 
 // pump drains the queue into the sink, blocking on the reader, and ends
 // when the queue is empty.
-func (s *sub) pump() {
+func (s *Sub) pump() {
 	defer s.wg.Done()
 	for {
 		s.mu.Lock()
@@ -347,7 +349,7 @@ func (s *sub) pump() {
 		}
 		b := s.popLocked()
 		s.mu.Unlock()
-		if !s.sink.send(s.ctx, b.events) {
+		if !s.sink.Send(s.ctx, b.Events) {
 			s.mu.Lock()
 			s.pumping = false
 			s.mu.Unlock()
@@ -357,11 +359,11 @@ func (s *sub) pump() {
 }
 
 // popLocked takes the first queued batch. The caller holds s.mu.
-func (s *sub) popLocked() batch {
+func (s *Sub) popLocked() Batch {
 	b := s.q[0]
-	s.q[0] = batch{}
+	s.q[0] = Batch{}
 	s.q = s.q[1:]
-	s.queued -= len(b.events)
+	s.queued -= len(b.Events)
 	if s.mode == subCatching && s.resumable() {
 		signal(s.space)
 	}
@@ -372,7 +374,7 @@ func (s *sub) popLocked() batch {
 // drained the buffer to half, and the batch left out last time, if any,
 // now fits (a batch larger than the whole buffer fits an empty one). The
 // caller holds s.mu.
-func (s *sub) resumable() bool {
+func (s *Sub) resumable() bool {
 	w := s.waiting()
 	return w <= s.capacity/2 && (w == 0 || w+s.need <= s.capacity)
 }
@@ -382,7 +384,7 @@ func (s *sub) resumable() bool {
 // diffed against the feed's state, not against what the subscriber was
 // delivered, so it catches up on its own from its position instead. The
 // caller holds f.mu.
-func (s *sub) aheadOf(next int64) {
+func (s *Sub) aheadOf(next int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.mode == subAhead && s.enq < next {
@@ -390,9 +392,9 @@ func (s *sub) aheadOf(next int64) {
 	}
 }
 
-// pop returns the next batch of a subscriber without sink, blocking until
+// Pop returns the next batch of a subscriber without sink, blocking until
 // there is one, the subscriber failed (its error) or ctx ends (its cause).
-func (s *sub) pop(ctx context.Context) (batch, error) {
+func (s *Sub) Pop(ctx context.Context) (Batch, error) {
 	for {
 		s.mu.Lock()
 		if len(s.q) > 0 {
@@ -403,23 +405,23 @@ func (s *sub) pop(ctx context.Context) (batch, error) {
 		err := s.err
 		s.mu.Unlock()
 		if err != nil {
-			return batch{}, err
+			return Batch{}, err
 		}
 		select {
 		case <-s.wake:
 		case <-ctx.Done():
-			return batch{}, context.Cause(ctx)
+			return Batch{}, context.Cause(ctx)
 		}
 	}
 }
 
-func (s *sub) fail(err error) {
+func (s *Sub) Fail(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.failLocked(err)
 }
 
-func (s *sub) failLocked(err error) {
+func (s *Sub) failLocked(err error) {
 	if s.err == nil {
 		s.err = err
 		if s.onFail != nil {
@@ -429,9 +431,9 @@ func (s *sub) failLocked(err error) {
 	signal(s.wake)
 }
 
-// close leaves the feed and waits for the subscriber's goroutines (start,
+// Close leaves the feed and waits for the subscriber's goroutines (start,
 // pump, catch-up), after which nothing is sent to the sink any more.
-func (s *sub) close() {
+func (s *Sub) Close() {
 	s.cancel()
 	if s.feed != nil {
 		s.h.leave(s)
@@ -444,7 +446,7 @@ func (s *sub) close() {
 }
 
 // State reports the state of the stream the subscriber follows.
-func (s *sub) State() WatchState {
+func (s *Sub) State() State {
 	s.mu.Lock()
 	mode, catch := s.mode, s.catch
 	s.mu.Unlock()
@@ -454,9 +456,9 @@ func (s *sub) State() WatchState {
 	case subCatching:
 		return catch.State()
 	case subEnded:
-		return WatchClosed
+		return Closed
 	}
-	return WatchConnecting
+	return Connecting
 }
 
 // signal wakes the goroutine waiting on ch, if any, without blocking.
@@ -465,4 +467,33 @@ func signal(ch chan struct{}) {
 	case ch <- struct{}{}:
 	default:
 	}
+}
+
+// SetSink makes k the subscriber's reader's channel and onFail the function
+// called once if it fails. Call it before Join; without a sink the reader
+// pops batches (Pop).
+func (s *Sub) SetSink(k Sink, onFail func(error)) { s.sink, s.onFail = k, onFail }
+
+// Ready is closed once the subscriber's start is fixed: what it delivers
+// from then on follows the start its options asked for.
+func (s *Sub) Ready() <-chan struct{} { return s.ready }
+
+// Cancel ends the subscriber's context, for a subscriber that never joined.
+func (s *Sub) Cancel() { s.cancel() }
+
+// Go fixes the subscriber's start on a goroutine of its own (Start needs a
+// read, or the feed's position), failing the subscriber if that fails. It
+// reports false if the client is closing.
+func (s *Sub) Go() bool {
+	s.wg.Add(1)
+	if !s.h.cfg.Spawn(func() {
+		defer s.wg.Done()
+		if err := s.Start(); err != nil {
+			s.Fail(err)
+		}
+	}) {
+		s.wg.Done()
+		return false
+	}
+	return true
 }

@@ -1,16 +1,52 @@
-package etcdkit
+package watch
 
 import (
 	"context"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// chanSink hands events to a channel, as the root package's typed sink
+// does, without the decoding.
+type chanSink struct{ ch chan *Event }
+
+func (k chanSink) Room() int    { return cap(k.ch) - len(k.ch) }
+func (k chanSink) Waiting() int { return len(k.ch) }
+
+func (k chanSink) Put(evs []*Event) {
+	for _, e := range evs {
+		k.ch <- e
+	}
+}
+
+func (k chanSink) Send(ctx context.Context, evs []*Event) bool {
+	for _, e := range evs {
+		select {
+		case k.ch <- e:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
+}
+
+func percentile(ds []time.Duration, p float64) time.Duration {
+	slices.Sort(ds)
+	return ds[int(float64(len(ds)-1)*p)]
+}
 
 // fanReaders is n goroutines, each reading its own channel as a user's
 // reader would, and recording when the current round's event reached it.
 type fanReaders struct {
-	chs   []chan Event[string]
+	chs   []chan *Event
 	start atomic.Int64 // UnixNano of the round's start
 	count atomic.Int64
 	all   chan struct{}
@@ -27,7 +63,7 @@ type paddedInt64 struct {
 func newFanReaders(b *testing.B, n int) *fanReaders {
 	r := &fanReaders{all: make(chan struct{}, 1), slots: make([]paddedInt64, n)}
 	for i := range n {
-		ch := make(chan Event[string], eventsBuffer)
+		ch := make(chan *Event, 16)
 		r.chs = append(r.chs, ch)
 		go func() {
 			for range ch {
@@ -62,7 +98,7 @@ func (r *fanReaders) round(send func()) (handoff, last time.Duration) {
 }
 
 // BenchmarkFanOutEngine measures the watch engine's fan-out of one event to
-// 1,000 hooked subscribers in memory, with no etcd in the way, each
+// 1,000 hooked subscribers in memory, with no etcd and no decoding in the way, each
 // subscriber read by its own goroutine as a user's would be. Round by round
 // it alternates with the floor the Go runtime sets: one goroutine sending
 // the event on 1,000 plain channels to 1,000 readers. It reports, for both,
@@ -72,14 +108,13 @@ func BenchmarkFanOutEngine(b *testing.B) {
 	const n = 1000
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c := &Client{cfg: Config{Metrics: nopMetrics{}}}
-	h := &watchHub{c: c, epoch: time.Now()}
-	t := watchTarget{key: "k"}
+	h := NewHub(Config{Spawn: func(f func()) bool { go f(); return true }})
+	t := Target{Key: "k"}
 	f := &feed{h: h, target: t, up: true, next: 1, state: map[string]int64{}}
 	engine := newFanReaders(b, n)
 	for _, ch := range engine.chs {
-		s := newSub(h, t, newWatchConfig(nil), ctx)
-		s.sink = &chanSink[string]{ch: ch, decode: func(re *rawEvent) Event[string] { return decodeEvent(String(), "k", re) }}
+		s := h.NewSub(ctx, t, Options{After: -1, Buffer: 1024})
+		s.SetSink(chanSink{ch}, nil)
 		s.feed, s.mode, s.positioned, s.enq, s.from = f, subHooked, true, 1, 1
 		s.slot = len(f.members)
 		f.members = append(f.members, s)
@@ -90,12 +125,12 @@ func BenchmarkFanOutEngine(b *testing.B) {
 	rev := int64(1)
 	b.ReportAllocs()
 	for b.Loop() {
-		re := &rawEvent{typ: Put, value: []byte("v"), rev: rev}
-		hd, l := engine.round(func() { f.deliver([]batch{{events: []*rawEvent{re}, next: rev + 1}}) })
+		re := &Event{Type: Put, Value: []byte("v"), Rev: rev}
+		hd, l := engine.round(func() { f.deliver([]Batch{{Events: []*Event{re}, Next: rev + 1}}) })
 		hand, last = append(hand, hd), append(last, l)
 		hd, l = plain.round(func() {
 			for _, ch := range plain.chs {
-				ch <- Event[string]{Type: Put, Value: "v", Revision: rev}
+				ch <- &Event{Type: Put, Value: []byte("v"), Rev: rev}
 			}
 		})
 		plainHand, plainLast = append(plainHand, hd), append(plainLast, l)
@@ -105,8 +140,8 @@ func BenchmarkFanOutEngine(b *testing.B) {
 		unit string
 		ds   []time.Duration
 	}{{"handoff", hand}, {"last-reader", last}, {"plain-handoff", plainHand}, {"plain-last-reader", plainLast}} {
-		b.ReportMetric(float64(Percentile(m.ds, 0.5).Microseconds()), m.unit+"-p50-µs")
-		b.ReportMetric(float64(Percentile(m.ds, 0.99).Microseconds()), m.unit+"-p99-µs")
+		b.ReportMetric(float64(percentile(m.ds, 0.5).Microseconds()), m.unit+"-p50-µs")
+		b.ReportMetric(float64(percentile(m.ds, 0.99).Microseconds()), m.unit+"-p99-µs")
 	}
-	b.ReportMetric(float64(Percentile(last, 0.99))/float64(Percentile(plainLast, 0.99)), "last-reader-p99/plain")
+	b.ReportMetric(float64(percentile(last, 0.99))/float64(percentile(plainLast, 0.99)), "last-reader-p99/plain")
 }

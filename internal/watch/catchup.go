@@ -1,4 +1,4 @@
-package etcdkit
+package watch
 
 import (
 	"context"
@@ -23,13 +23,13 @@ type baseRead struct {
 }
 
 // readBase starts reading the baseline at enq-1. The caller holds s.mu.
-func (s *sub) readBase() {
+func (s *Sub) readBase() {
 	s.needBase = false
 	ctx, cancel := context.WithCancel(s.ctx)
 	r := &baseRead{rev: s.enq - 1, cancel: cancel, done: make(chan struct{})}
 	s.baseRead = r
 	s.wg.Add(1)
-	if !s.h.c.spawn(func() {
+	if !s.h.cfg.Spawn(func() {
 		defer s.wg.Done()
 		defer close(r.done)
 		defer cancel()
@@ -51,14 +51,14 @@ func (s *sub) readBase() {
 		cancel()
 		close(r.done)
 		s.baseRead = nil
-		s.failLocked(ErrClosed)
+		s.failLocked(s.h.cfg.Closed)
 	}
 }
 
 // readState reads the name -> mod revision state at rev: nil, without
 // error, when rev has been compacted (the state is then unknowable, and
 // resyncs report changes only).
-func (s *sub) readState(ctx context.Context, rev int64) (map[string]int64, error) {
+func (s *Sub) readState(ctx context.Context, rev int64) (map[string]int64, error) {
 	if rev <= 0 {
 		return map[string]int64{}, nil
 	}
@@ -75,7 +75,7 @@ func (s *sub) readState(ctx context.Context, rev int64) (map[string]int64, error
 // startCatchUp unhooks the subscriber and starts its own stream from enq,
 // once its baseline, if it must be read, is known. The caller holds s.mu
 // (and f.mu when called by the feed).
-func (s *sub) startCatchUp() {
+func (s *Sub) startCatchUp() {
 	s.mode = subCatching
 	st := &stream{h: s.h, target: s.target, next: s.enq}
 	st.handler = catchUp{s, st}
@@ -85,16 +85,16 @@ func (s *sub) startCatchUp() {
 	}
 	base := s.baseRead
 	s.wg.Add(1)
-	if !s.h.c.spawn(func() {
+	if !s.h.cfg.Spawn(func() {
 		defer s.wg.Done()
 		s.runCatchUp(st, base)
 	}) {
 		s.wg.Done()
-		s.failLocked(ErrClosed)
+		s.failLocked(s.h.cfg.Closed)
 	}
 }
 
-func (s *sub) runCatchUp(st *stream, base *baseRead) {
+func (s *Sub) runCatchUp(st *stream, base *baseRead) {
 	if base != nil {
 		select {
 		case <-base.done:
@@ -103,13 +103,13 @@ func (s *sub) runCatchUp(st *stream, base *baseRead) {
 		}
 	}
 	if err := st.run(s.ctx); err != nil && s.ctx.Err() == nil {
-		s.fail(err)
+		s.Fail(err)
 	}
 }
 
 // catchUp is the handler of a subscriber's own stream.
 type catchUp struct {
-	s  *sub
+	s  *Sub
 	st *stream
 }
 
@@ -142,23 +142,23 @@ func (h catchUp) ready(ctx context.Context) error {
 // last batch queued and paused. A subscription of a Cache never runs ahead
 // of the cache: the first change the cache has not applied yet is left to
 // the cache (see tryHook).
-func (h catchUp) deliver(bs []batch) action {
+func (h catchUp) deliver(bs []Batch) action {
 	s := h.s
 	limit := s.feed.limit()
 	s.mu.Lock()
 	full := false
 	var beyond int64 // next of the first batch the cache has not applied
 	for _, b := range bs {
-		if b.next <= s.enq {
+		if b.Next <= s.enq {
 			continue
 		}
-		if len(b.events) > 0 && b.next > limit {
-			beyond = b.next
+		if len(b.Events) > 0 && b.Next > limit {
+			beyond = b.Next
 			break
 		}
-		if waiting := s.waiting(); len(b.events) > 0 && waiting > 0 && waiting+len(b.events) > s.capacity {
+		if waiting := s.waiting(); len(b.Events) > 0 && waiting > 0 && waiting+len(b.Events) > s.capacity {
 			full = true
-			s.need = len(b.events)
+			s.need = len(b.Events)
 			break
 		}
 		if s.baseline != nil {
@@ -185,7 +185,7 @@ func (h catchUp) resync(kvs []*mvccpb.KeyValue, rev int64) action {
 	s := h.s
 	s.mu.Lock()
 	b, st := diffState(s.target, s.baseline, kvs, rev, s.from)
-	b.events = s.filter(b.events)
+	b.Events = s.filter(b.Events)
 	s.baseline = st
 	s.push(b)
 	full := s.waiting() >= s.capacity
@@ -209,7 +209,7 @@ func (h catchUp) resync(kvs []*mvccpb.KeyValue, rev int64) action {
 // position and gap-1, so a feed position in that range counts as reached,
 // and the subscriber moves to it and takes the rest from the cache. If the
 // cache has applied that change meanwhile, the catch-up reads it again.
-func (s *sub) tryHook(gap int64) bool {
+func (s *Sub) tryHook(gap int64) bool {
 	f := s.feed
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -231,7 +231,7 @@ func (s *sub) tryHook(gap int64) bool {
 		return false
 	}
 	if s.enq < f.next {
-		s.push(batch{next: f.next})
+		s.push(Batch{Next: f.next})
 	}
 	s.hook()
 	return true

@@ -1,13 +1,12 @@
-package etcdkit
+package conn
 
 import (
 	"testing"
 	"time"
 )
 
-func TestStreamConnsPick(t *testing.T) {
-	c := &Client{cfg: Config{Endpoints: []string{"a", "b", "c"}}}
-	s := newStreamConns(c)
+func TestPoolPick(t *testing.T) {
+	s := New(Config{Endpoints: []string{"a", "b", "c"}})
 	pick := func() int {
 		i := s.pickLocked()
 		s.curIdx = i
@@ -39,7 +38,7 @@ func TestStreamConnsPick(t *testing.T) {
 		t.Fatalf("after 0 failed again: got %d, want 1", got)
 	}
 
-	one := newStreamConns(&Client{cfg: Config{Endpoints: []string{"only"}}})
+	one := New(Config{Endpoints: []string{"only"}})
 	if got := one.pickLocked(); got != 0 {
 		t.Fatalf("single endpoint: got %d, want 0", got)
 	}

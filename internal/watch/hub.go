@@ -1,4 +1,4 @@
-package etcdkit
+package watch
 
 import (
 	"context"
@@ -12,12 +12,11 @@ import (
 	"go.uber.org/zap"
 )
 
-// watchHub shares etcd watches among the subscribers of one Client: every
+// Hub shares etcd watches among the subscribers of one Client: every
 // Watch on the same key, or on the same prefix, is served by one feed, which
 // runs one etcd watch however many subscribers it has.
-type watchHub struct {
-	once  sync.Once
-	c     *Client
+type Hub struct {
+	cfg   Config
 	epoch time.Time
 
 	mu    sync.Mutex
@@ -33,32 +32,26 @@ type feedKey struct {
 	prefix bool
 }
 
-// watchHub returns the client's watch hub, made on first use.
-func (c *Client) watchHub() *watchHub {
-	c.hub.once.Do(func() {
-		c.hub.c = c
-		c.hub.epoch = time.Now()
-		c.hub.feeds = make(map[feedKey]*feed)
-		c.hub.links = make(map[uint64]*link)
-	})
-	return &c.hub
+// NewHub returns a hub that runs no etcd watch until a subscriber joins.
+func NewHub(cfg Config) *Hub {
+	return &Hub{cfg: cfg, epoch: time.Now(), feeds: make(map[feedKey]*feed), links: make(map[uint64]*link)}
 }
 
 // now is a monotonic clock in nanoseconds.
-func (h *watchHub) now() int64 { return int64(time.Since(h.epoch)) }
+func (h *Hub) now() int64 { return int64(time.Since(h.epoch)) }
 
-// join registers s with the feed of its target, starting the feed if s is
+// Join registers s with the feed of its target, starting the feed if s is
 // its first subscriber. The feed lives until its last subscriber leaves.
-func (h *watchHub) join(s *sub) bool {
+func (h *Hub) Join(s *Sub) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	k := feedKey{s.target.key, s.target.prefix}
+	k := feedKey{s.target.Key, s.target.Prefix}
 	f := h.feeds[k]
 	if f == nil {
 		f = &feed{h: h, target: s.target}
 		f.stream = &stream{h: h, target: s.target, handler: f}
-		f.ctx, f.cancel = context.WithCancel(h.c.life)
-		if !h.c.spawn(f.run) {
+		f.ctx, f.cancel = context.WithCancel(h.cfg.Life)
+		if !h.cfg.Spawn(f.run) {
 			f.cancel()
 			return false
 		}
@@ -68,7 +61,7 @@ func (h *watchHub) join(s *sub) bool {
 	f.mu.Lock()
 	f.add(s)
 	if f.err != nil {
-		s.fail(f.err)
+		s.Fail(f.err)
 	} else if f.up {
 		s.feedReady(f)
 	}
@@ -77,7 +70,7 @@ func (h *watchHub) join(s *sub) bool {
 }
 
 // leave unregisters s; the feed's etcd watch ends with its last subscriber.
-func (h *watchHub) leave(s *sub) {
+func (h *Hub) leave(s *Sub) {
 	f := s.feed
 	if f.derived {
 		f.mu.Lock()
@@ -89,8 +82,8 @@ func (h *watchHub) leave(s *sub) {
 	f.refs--
 	if f.refs == 0 {
 		f.cancel()
-		if h.feeds[feedKey{f.target.key, f.target.prefix}] == f {
-			delete(h.feeds, feedKey{f.target.key, f.target.prefix})
+		if h.feeds[feedKey{f.target.Key, f.target.Prefix}] == f {
+			delete(h.feeds, feedKey{f.target.Key, f.target.Prefix})
 		}
 	}
 	h.mu.Unlock()
@@ -112,8 +105,8 @@ func (h *watchHub) leave(s *sub) {
 // subscribers with the same slow-subscriber handling: one that falls behind
 // catches up on its own from etcd's history, then rejoins the derived feed.
 type feed struct {
-	h      *watchHub
-	target watchTarget
+	h      *Hub
+	target Target
 	stream *stream
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -121,7 +114,7 @@ type feed struct {
 	// derived marks a feed driven by its owner rather than by stream, which
 	// is then nil; upstream reports the state of what drives it.
 	derived  bool
-	upstream func() WatchState
+	upstream func() State
 
 	mu    sync.Mutex
 	up    bool             // the first read is done and next is known
@@ -129,7 +122,7 @@ type feed struct {
 	state map[string]int64 // name -> mod revision at next-1
 	// members are the feed's subscribers, hooked or not; each knows its
 	// index. A slice rather than a set: the fan-out walks it for every batch.
-	members []*sub
+	members []*Sub
 	err     error // terminal failure
 }
 
@@ -156,10 +149,10 @@ func (f *feed) end(err error) {
 	if f.ctx.Err() != nil || err == nil {
 		return
 	}
-	f.h.c.log.Debug("watch feed failed", zap.Stringer("target", f.target), zap.Error(err))
+	f.h.cfg.Log.Debug("watch feed failed", zap.Stringer("target", f.target), zap.Error(err))
 	// Later subscribers get a feed of their own, which tries again.
 	f.h.mu.Lock()
-	if k := (feedKey{f.target.key, f.target.prefix}); f.h.feeds[k] == f {
+	if k := (feedKey{f.target.Key, f.target.Prefix}); f.h.feeds[k] == f {
 		delete(f.h.feeds, k)
 	}
 	f.h.mu.Unlock()
@@ -167,13 +160,13 @@ func (f *feed) end(err error) {
 	defer f.mu.Unlock()
 	f.err = err
 	for _, s := range f.members {
-		s.fail(err)
+		s.Fail(err)
 	}
 }
 
 func (f *feed) ready(context.Context) error { return nil }
 
-func (f *feed) deliver(bs []batch) action {
+func (f *feed) deliver(bs []Batch) action {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, b := range bs {
@@ -184,17 +177,10 @@ func (f *feed) deliver(bs []batch) action {
 
 // advance fans b out and moves the feed's state and position past it. The
 // caller holds f.mu.
-func (f *feed) advance(b batch) {
+func (f *feed) advance(b Batch) {
 	f.fanOut(b)
 	applyState(f.state, b)
-	f.next = b.next
-}
-
-// newDerivedFeed returns a feed of t that its owner drives: the owner sets
-// up, next and state once it knows them, then calls advance (or, for a
-// resync, passResync and advance) with every batch, holding f.mu.
-func newDerivedFeed(h *watchHub, t watchTarget, upstream func() WatchState) *feed {
-	return &feed{h: h, target: t, derived: true, upstream: upstream}
+	f.next = b.Next
 }
 
 // passResync moves the subscribers that a resync to next passes off the
@@ -219,7 +205,7 @@ func (f *feed) limit() int64 {
 }
 
 // State reports the state of what feeds the feed.
-func (f *feed) State() WatchState {
+func (f *feed) State() State {
 	if f.derived {
 		return f.upstream()
 	}
@@ -230,29 +216,31 @@ func (f *feed) resync(kvs []*mvccpb.KeyValue, rev int64) action {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	b, st := diffState(f.target, f.state, kvs, rev, 0)
-	f.passResync(b.next)
+	f.passResync(b.Next)
 	f.fanOut(b)
 	f.state = st
-	f.next = b.next
+	f.next = b.Next
 	return proceed
 }
 
 // fanOut offers b to every hooked subscriber. It never blocks: a subscriber
 // without room is unhooked and catches up on its own. The caller holds f.mu.
-func (f *feed) fanOut(b batch) {
+func (f *feed) fanOut(b Batch) {
 	lag := 0
 	for _, s := range f.members {
 		if n := s.offer(f, b); n > lag {
 			lag = n
 		}
 	}
-	if len(b.events) > 0 {
-		f.h.c.cfg.Metrics.Set(MetricSubscriberLag, float64(lag))
+	if len(b.Events) > 0 {
+		if o := f.h.cfg.Observe.Lag; o != nil {
+			o(lag)
+		}
 	}
 }
 
 // add makes s a member. The caller holds f.mu.
-func (f *feed) add(s *sub) {
+func (f *feed) add(s *Sub) {
 	s.feed = f
 	s.slot = len(f.members)
 	f.members = append(f.members, s)
@@ -260,7 +248,7 @@ func (f *feed) add(s *sub) {
 
 // remove takes s out of the members, moving the last one to its place. The
 // caller holds f.mu.
-func (f *feed) remove(s *sub) {
+func (f *feed) remove(s *Sub) {
 	i := s.slot
 	if i < 0 || i >= len(f.members) || f.members[i] != s {
 		return
@@ -276,3 +264,55 @@ func (f *feed) remove(s *sub) {
 // snapshot copies the feed's state, for a subscriber leaving it at f.next.
 // The caller holds f.mu.
 func (f *feed) snapshot() map[string]int64 { return maps.Clone(f.state) }
+
+// Watches returns the number of etcd watches open right now, shared or not.
+func (h *Hub) Watches() int64 { return h.watches.Load() }
+
+// Feeds returns the number of shared feeds (one per watched key or prefix)
+// running right now.
+func (h *Hub) Feeds() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.feeds)
+}
+
+// MaxQueued returns the largest number of events any subscriber of a shared
+// feed has waiting in its buffer right now.
+func (h *Hub) MaxQueued() int {
+	n := 0
+	h.eachSub(func(s *Sub) { n = max(n, s.queued) })
+	return n
+}
+
+// Baselines returns the number of subscribers of shared feeds that hold a
+// baseline of their own: those out of step with their feed whose state at
+// their position is known.
+func (h *Hub) Baselines() int {
+	n := 0
+	h.eachSub(func(s *Sub) {
+		if s.baseline != nil {
+			n++
+		}
+	})
+	return n
+}
+
+// eachSub calls f with every subscriber of the shared feeds, each under its
+// own lock.
+func (h *Hub) eachSub(f func(s *Sub)) {
+	h.mu.Lock()
+	feeds := make([]*feed, 0, len(h.feeds))
+	for _, fd := range h.feeds {
+		feeds = append(feeds, fd)
+	}
+	h.mu.Unlock()
+	for _, fd := range feeds {
+		fd.mu.Lock()
+		for _, s := range fd.members {
+			s.mu.Lock()
+			f(s)
+			s.mu.Unlock()
+		}
+		fd.mu.Unlock()
+	}
+}

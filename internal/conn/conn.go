@@ -1,4 +1,8 @@
-package etcdkit
+// Package conn holds the connection that carries a client's long-lived
+// streams (watches, lease keepalives, the requests that must follow them)
+// to one member at a time, and moves it to the next member when the engines
+// find the current one silent, leaderless or gone.
+package conn
 
 import (
 	"context"
@@ -13,14 +17,14 @@ import (
 	"github.com/etcdkit/etcdkit/internal/backoff"
 )
 
-// streamConns owns the connection that carries the client's long-lived
+// Pool owns the connection that carries the client's long-lived
 // streams: watches and lease keepalives. Unlike the request connection, which
 // balances over all endpoints, it talks to one member at a time, so that when
 // the engines find that member silent (a stall) or leaderless they can drop
 // it and move every stream to the next member together. With a single
 // endpoint, moving on means re-dialling it.
-type streamConns struct {
-	c *Client
+type Pool struct {
+	cfg Config
 
 	mu     sync.Mutex
 	cur    *clientv3.Client
@@ -37,16 +41,35 @@ type streamConns struct {
 	failedAt []time.Time
 }
 
-func newStreamConns(c *Client) *streamConns {
-	n := len(c.cfg.Endpoints)
+// Config is what a Pool needs of its client.
+type Config struct {
+	// Endpoints are the members, dialled one at a time.
+	Endpoints []string
+	// Dial connects to one endpoint; Life bounds the dial.
+	Dial func(ctx context.Context, endpoint string) (*clientv3.Client, error)
+	// Life ends when the client closes.
+	Life context.Context
+	Log  *zap.Logger
+	// Closed is the error for a closed client.
+	Closed error
+	// Retryable says whether a request may succeed if tried again.
+	Retryable func(error) bool
+	// OnStall is called when a request on the connection timed out, which
+	// moves the connection to the next member.
+	OnStall func()
+}
+
+// New returns a Pool that dials its first connection on first use.
+func New(cfg Config) *Pool {
+	n := len(cfg.Endpoints)
 	// The first dial goes to the first endpoint.
-	return &streamConns{c: c, curIdx: n - 1, failedAt: make([]time.Time, n)}
+	return &Pool{cfg: cfg, curIdx: n - 1, failedAt: make([]time.Time, n)}
 }
 
 // pickLocked returns the index of the endpoint to dial: the one whose
 // connection failed longest ago, never-failed ones first, in endpoint order
 // starting after the current one so that equals take turns.
-func (s *streamConns) pickLocked() int {
+func (s *Pool) pickLocked() int {
 	n := len(s.failedAt)
 	best := (s.curIdx + 1) % n
 	for i := 1; i < n; i++ {
@@ -58,16 +81,16 @@ func (s *streamConns) pickLocked() int {
 	return best
 }
 
-// get returns the current stream connection and its generation, dialling one
+// Get returns the current stream connection and its generation, dialling one
 // if there is none. It blocks while a dial is in progress, until ctx ends. A
 // failed dial is returned; the next call tries the next endpoint, and the
 // caller decides how long to back off.
-func (s *streamConns) get(ctx context.Context) (*clientv3.Client, uint64, error) {
+func (s *Pool) Get(ctx context.Context) (*clientv3.Client, uint64, error) {
 	for {
 		s.mu.Lock()
 		if s.done {
 			s.mu.Unlock()
-			return nil, 0, ErrClosed
+			return nil, 0, s.cfg.Closed
 		}
 		if s.cur != nil {
 			cur, gen := s.cur, s.gen
@@ -85,11 +108,11 @@ func (s *streamConns) get(ctx context.Context) (*clientv3.Client, uint64, error)
 			}
 		}
 		idx := s.pickLocked()
-		ep := s.c.cfg.Endpoints[idx]
+		ep := s.cfg.Endpoints[idx]
 		s.dialing = make(chan struct{})
 		s.mu.Unlock()
 
-		raw, err := dialRaw(s.c.life, s.c.cfg, []string{ep})
+		raw, err := s.cfg.Dial(s.cfg.Life, ep)
 
 		s.mu.Lock()
 		close(s.dialing)
@@ -97,32 +120,32 @@ func (s *streamConns) get(ctx context.Context) (*clientv3.Client, uint64, error)
 		if err != nil {
 			s.failedAt[idx] = time.Now()
 			s.mu.Unlock()
-			s.c.log.Debug("stream connection dial failed", zap.String("endpoint", ep), zap.Error(err))
-			if s.c.closed() {
-				return nil, 0, ErrClosed
+			s.cfg.Log.Debug("stream connection dial failed", zap.String("endpoint", ep), zap.Error(err))
+			if s.cfg.Life.Err() != nil {
+				return nil, 0, s.cfg.Closed
 			}
 			return nil, 0, err
 		}
 		if s.done {
 			s.mu.Unlock()
 			_ = raw.Close()
-			return nil, 0, ErrClosed
+			return nil, 0, s.cfg.Closed
 		}
 		s.cur = raw
 		s.curLife, s.endCur = context.WithCancel(context.Background())
 		s.curIdx = idx
 		s.gen++
-		s.c.log.Debug("stream connection up", zap.String("endpoint", ep), zap.Uint64("generation", s.gen))
+		s.cfg.Log.Debug("stream connection up", zap.String("endpoint", ep), zap.Uint64("generation", s.gen))
 		s.mu.Unlock()
 	}
 }
 
-// life returns a context that ends when the connection of generation gen
+// Life returns a context that ends when the connection of generation gen
 // is dropped or closed; it has already ended if gen is not the current
 // generation. Requests bound by it stop at once when their connection is
 // replaced, rather than wait, or retry inside clientv3, on a connection
 // that is closing.
-func (s *streamConns) life(gen uint64) context.Context {
+func (s *Pool) Life(gen uint64) context.Context {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cur == nil || s.gen != gen {
@@ -138,11 +161,11 @@ var endedContext = func() context.Context {
 	return ctx
 }()
 
-// fail reports that the connection of generation gen stalled, lost its
+// Fail reports that the connection of generation gen stalled, lost its
 // leader or broke. If it is still the current one it is closed, which ends
-// every stream on it, and the next get dials the next endpoint. Reports about
+// every stream on it, and the next Get dials the next endpoint. Reports about
 // an older generation are ignored: those streams have already moved.
-func (s *streamConns) fail(gen uint64) {
+func (s *Pool) Fail(gen uint64) {
 	s.mu.Lock()
 	if s.cur == nil || s.gen != gen {
 		s.mu.Unlock()
@@ -153,12 +176,12 @@ func (s *streamConns) fail(gen uint64) {
 	s.endCur()
 	s.failedAt[s.curIdx] = time.Now()
 	s.mu.Unlock()
-	s.c.log.Debug("stream connection dropped", zap.Strings("endpoints", old.Endpoints()), zap.Uint64("generation", gen))
+	s.cfg.Log.Debug("stream connection dropped", zap.Strings("endpoints", old.Endpoints()), zap.Uint64("generation", gen))
 	_ = old.Close()
 }
 
-// close closes the connection and refuses new ones.
-func (s *streamConns) close() {
+// Close closes the connection and refuses new ones.
+func (s *Pool) Close() {
 	s.mu.Lock()
 	s.done = true
 	old := s.cur
@@ -172,7 +195,18 @@ func (s *streamConns) close() {
 	}
 }
 
-// onStreams runs op on the stream connection, one attempt at a time, each
+// Endpoint returns the endpoint the connection is attached to, or "" if
+// there is none.
+func (s *Pool) Endpoint() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur == nil {
+		return ""
+	}
+	return s.cur.Endpoints()[0]
+}
+
+// Do runs op on the stream connection, one attempt at a time, each
 // bounded by attempt, until it succeeds, fails in a way retrying cannot fix,
 // or ctx ends. An attempt that stalls or finds its member unavailable moves
 // the stream connection to the next member before the next attempt; one
@@ -180,11 +214,11 @@ func (s *streamConns) close() {
 // engine) stops at once. Either way the next attempt goes to the live
 // connection, after a backoff. It logs nothing: the caller reports the
 // outcome.
-func (c *Client) onStreams(ctx context.Context, attempt time.Duration, op func(context.Context, *clientv3.Client) error) error {
+func (s *Pool) Do(ctx context.Context, attempt time.Duration, op func(context.Context, *clientv3.Client) error) error {
 	retry := backoff.New(50*time.Millisecond, 500*time.Millisecond)
 	for {
-		err := c.streamAttempt(ctx, attempt, op)
-		if err == nil || !IsRetryable(err) && !errors.Is(err, errStreamReplaced) {
+		err := s.attempt(ctx, attempt, op)
+		if err == nil || !s.cfg.Retryable(err) && !errors.Is(err, ErrReplaced) {
 			return err
 		}
 		if ctx.Err() != nil || !retry.Wait(ctx) {
@@ -193,14 +227,14 @@ func (c *Client) onStreams(ctx context.Context, attempt time.Duration, op func(c
 	}
 }
 
-// errStreamReplaced is the cause of an attempt stopped because its stream
+// ErrReplaced is the cause of an attempt stopped because its stream
 // connection was dropped while it ran.
-var errStreamReplaced = errors.New("etcdkit: the stream connection was replaced during the request")
+var ErrReplaced = errors.New("etcdkit: the stream connection was replaced during the request")
 
-func (c *Client) streamAttempt(ctx context.Context, attempt time.Duration, op func(context.Context, *clientv3.Client) error) error {
+func (s *Pool) attempt(ctx context.Context, attempt time.Duration, op func(context.Context, *clientv3.Client) error) error {
 	tctx, cancel := context.WithTimeout(ctx, attempt)
 	defer cancel()
-	cli, gen, err := c.streams.get(tctx)
+	cli, gen, err := s.Get(tctx)
 	if err != nil {
 		return err
 	}
@@ -209,28 +243,28 @@ func (c *Client) streamAttempt(ctx context.Context, attempt time.Duration, op fu
 	// soon as its connection is dropped.
 	actx, abandon := context.WithCancelCause(tctx)
 	defer abandon(nil)
-	stop := context.AfterFunc(c.streams.life(gen), func() { abandon(errStreamReplaced) })
+	stop := context.AfterFunc(s.Life(gen), func() { abandon(ErrReplaced) })
 	defer stop()
 	if err := op(actx, cli); err != nil {
-		if ctx.Err() == nil && errors.Is(context.Cause(actx), errStreamReplaced) {
-			return fmt.Errorf("%w: %w", errStreamReplaced, err)
+		if ctx.Err() == nil && errors.Is(context.Cause(actx), ErrReplaced) {
+			return fmt.Errorf("%w: %w", ErrReplaced, err)
 		}
-		c.streamFailed(ctx, gen, err)
+		s.Failed(ctx, gen, err)
 		return err
 	}
 	return nil
 }
 
-// streamFailed moves the stream connection of generation gen to the next
+// Failed moves the stream connection of generation gen to the next
 // member if err, from a request on it, says the member is silent,
 // unreachable or without a leader, unless ctx (the caller's, not the
 // attempt's) ended.
-func (c *Client) streamFailed(ctx context.Context, gen uint64, err error) {
-	if ctx.Err() != nil || !IsRetryable(err) {
+func (s *Pool) Failed(ctx context.Context, gen uint64, err error) {
+	if ctx.Err() != nil || !s.cfg.Retryable(err) {
 		return
 	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		c.cfg.Metrics.Add(MetricWatchStalls, 1)
+	if errors.Is(err, context.DeadlineExceeded) && s.cfg.OnStall != nil {
+		s.cfg.OnStall()
 	}
-	c.streams.fail(gen)
+	s.Fail(gen)
 }
