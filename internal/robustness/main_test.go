@@ -14,6 +14,7 @@ import (
 var (
 	seedFlag      = flag.Int64("seed", 0, "replay only the schedule of this seed")
 	schedulesFlag = flag.Int("schedules", 200, "number of short schedules TestRobustness runs")
+	baseFlag      = flag.Int64("base", 0, "base seed of the run (default: random), to replay a whole run from its summary line")
 	soakFlag      = flag.Duration("soak", 0, "run schedules for this long instead (also ETCDKIT_SOAK=30m)")
 	lanesFlag     = flag.Int("lanes", 2, "clusters running schedules side by side")
 	longFlag      = flag.Bool("long", false, "with -seed: replay the seed under the long profile")

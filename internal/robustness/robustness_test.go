@@ -19,8 +19,9 @@ import (
 // TestRobustness runs random fault schedules against proxied three-member
 // clusters while the default workloads run, and checks each schedule's
 // history. By default it runs -schedules short schedules from a random base
-// seed, spread over -lanes clusters running side by side, and in -short mode
-// at most shortSchedules of them; -seed N replays one schedule (-long for
+// seed (or -base N, to replay a whole run), spread over -lanes clusters
+// running side by side, and in -short mode at most shortSchedules of them;
+// -seed N replays one schedule (-long for
 // the long profile), and -soak (or ETCDKIT_SOAK) runs schedules, one in four
 // under the long profile, for a duration:
 //
@@ -38,6 +39,9 @@ func TestRobustness(t *testing.T) {
 		lanes = 1
 	}
 	base := time.Now().UnixNano() & (1<<40 - 1)
+	if *baseFlag != 0 {
+		base = *baseFlag
+	}
 	began := time.Now()
 	var (
 		st       stats
