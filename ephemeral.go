@@ -316,27 +316,16 @@ func (e *Ephemeral[T]) reconcile(epoch context.Context, lease clientv3.LeaseID) 
 	defer cancel()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	var resp *clientv3.TxnResponse
-	err := e.key.c.onStreams(ctx, e.key.c.cfg.StallTimeout, func(ctx context.Context, cli *clientv3.Client) error {
-		var err error
-		resp, err = cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(e.key.path), "=", e.rev),
-				clientv3.Compare(clientv3.LeaseValue(e.key.path), "=", lease)).
-			Else(clientv3.OpGet(e.key.path)).
-			Commit()
-		return err
-	})
+	res, err := e.key.c.casStreams(ctx, casOp{key: e.key.path, expect: e.rev, lease: lease, check: true,
+		also: []clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(e.key.path), "=", lease)}})
 	if err != nil {
 		return false, err
 	}
-	e.seen = resp.Header.Revision
-	if resp.Succeeded {
+	e.seen = res.rev
+	if res.ok {
 		return false, nil
 	}
-	var kv *mvccpb.KeyValue
-	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-		kv = kvs[0]
-	}
+	kv := res.cur
 	if e.oursLocked(kv, lease) {
 		e.rev, e.lease = kv.ModRevision, lease
 		return false, nil
@@ -344,15 +333,9 @@ func (e *Ephemeral[T]) reconcile(epoch context.Context, lease clientv3.LeaseID) 
 	if e.s.o.createOnly && kv != nil && kv.Lease != 0 && kv.Lease != int64(lease) && kv.Lease != int64(e.lease) {
 		// Another owner created the key under a lease of its own while ours
 		// was lost: a create-only key is theirs now, never taken back.
-		ce := &ConflictError[T]{Key: e.key.name, Exists: true, Revision: resp.Header.Revision, kind: ErrExists}
-		ce.Current, ce.DecodeErr = decodeKV(e.key.name, e.key.codec, kv)
-		return false, ce
+		return false, e.key.conflict(ErrExists, 0, res)
 	}
-	expect := int64(0)
-	if kv != nil {
-		expect = kv.ModRevision
-	}
-	return e.writeLocked(ctx, lease, expect)
+	return e.writeLocked(ctx, lease, modRevision(kv))
 }
 
 // oursLocked reports whether kv is our value under lease.
@@ -373,38 +356,14 @@ func (e *Ephemeral[T]) holdsLocked(value []byte, kvLease int64, lease clientv3.L
 // write whose answer was lost). It reports whether it wrote.
 func (e *Ephemeral[T]) writeLocked(ctx context.Context, lease clientv3.LeaseID, expect int64) (bool, error) {
 	for attempt := 1; ; attempt++ {
-		var resp *clientv3.TxnResponse
-		err := e.key.c.onStreams(ctx, e.key.c.cfg.StallTimeout, func(ctx context.Context, cli *clientv3.Client) error {
-			var err error
-			resp, err = cli.Txn(ctx).
-				If(clientv3.Compare(clientv3.ModRevision(e.key.path), "=", expect)).
-				Then(clientv3.OpPut(e.key.path, string(e.value), clientv3.WithLease(lease))).
-				Else(clientv3.OpGet(e.key.path)).
-				Commit()
-			return err
-		})
-		if err != nil {
-			return false, err
-		}
-		if resp.Succeeded {
-			e.rev, e.lease = resp.Header.Revision, lease
-			return true, nil
-		}
-		var kv *mvccpb.KeyValue
-		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-			kv = kvs[0]
-		}
-		if e.oursLocked(kv, lease) {
-			e.rev, e.lease = kv.ModRevision, lease
-			return false, nil
+		res, ours, err := e.putLocked(ctx, lease, expect)
+		if err != nil || ours {
+			return res.ok, err
 		}
 		if attempt == maxUpdateAttempts {
 			return false, fmt.Errorf("gave up after %d attempts: the key keeps changing", attempt)
 		}
-		expect = 0
-		if kv != nil {
-			expect = kv.ModRevision
-		}
+		expect = modRevision(res.cur)
 	}
 }
 
@@ -413,33 +372,37 @@ func (e *Ephemeral[T]) writeLocked(ctx context.Context, lease clientv3.LeaseID, 
 // answer was lost would have left), it fails with a *ConflictError[T]
 // matching ErrExists.
 func (e *Ephemeral[T]) createLocked(ctx context.Context, lease clientv3.LeaseID) error {
-	var resp *clientv3.TxnResponse
-	err := e.key.c.onStreams(ctx, e.key.c.cfg.StallTimeout, func(ctx context.Context, cli *clientv3.Client) error {
-		var err error
-		resp, err = cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(e.key.path), "=", 0)).
-			Then(clientv3.OpPut(e.key.path, string(e.value), clientv3.WithLease(lease))).
-			Else(clientv3.OpGet(e.key.path)).
-			Commit()
-		return err
-	})
-	if err != nil {
+	res, ours, err := e.putLocked(ctx, lease, 0)
+	if err != nil || ours {
 		return err
 	}
-	if resp.Succeeded {
-		e.rev, e.lease = resp.Header.Revision, lease
-		return nil
+	return e.key.conflict(ErrExists, 0, res)
+}
+
+// putLocked puts our value under lease if the key's mod revision is expect,
+// and reports whether the key now holds our value: written now, or by an
+// earlier attempt whose answer was lost. Either way it records the write.
+func (e *Ephemeral[T]) putLocked(ctx context.Context, lease clientv3.LeaseID, expect int64) (casResult, bool, error) {
+	res, err := e.key.c.casStreams(ctx, casOp{key: e.key.path, expect: expect, value: e.value, lease: lease})
+	switch {
+	case err != nil:
+		return res, false, err
+	case res.ok:
+		e.rev, e.lease = res.rev, lease
+	case e.oursLocked(res.cur, lease):
+		e.rev, e.lease = res.cur.ModRevision, lease
+	default:
+		return res, false, nil
 	}
-	ce := &ConflictError[T]{Key: e.key.name, Revision: resp.Header.Revision, kind: ErrExists}
-	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-		if e.oursLocked(kvs[0], lease) {
-			e.rev, e.lease = kvs[0].ModRevision, lease
-			return nil
-		}
-		ce.Exists = true
-		ce.Current, ce.DecodeErr = decodeKV(e.key.name, e.key.codec, kvs[0])
+	return res, true, nil
+}
+
+// modRevision returns kv's mod revision, 0 for an absent key.
+func modRevision(kv *mvccpb.KeyValue) int64 {
+	if kv == nil {
+		return 0
 	}
-	return ce
+	return kv.ModRevision
 }
 
 // watch follows the key through the client's watch engine, as a Key.Watch
