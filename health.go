@@ -235,7 +235,7 @@ type HealthMonitor struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	exited  chan struct{} // closed when the background loop has returned
-	updates chan ClusterHealth
+	updates lossy[ClusterHealth]
 
 	mu        sync.Mutex
 	ended     bool
@@ -263,7 +263,7 @@ func NewHealthMonitor(c *Client, opts ...HealthOption) *HealthMonitor {
 		probeKey: []byte(c.path(healthProbeKey)),
 		done:     make(chan struct{}),
 		exited:   make(chan struct{}),
-		updates:  make(chan ClusterHealth, 1),
+		updates:  make(lossy[ClusterHealth], 1),
 		conns:    make(map[string]*clientv3.Client),
 		epMember: make(map[string]MemberID),
 	}
@@ -421,17 +421,8 @@ func (hm *HealthMonitor) record(seq uint64, h ClusterHealth, seen map[string]Mem
 		return
 	}
 	hm.published = &h
-	// Only this function sends, under mu, so after draining the channel the
-	// send cannot block.
-	select {
-	case hm.updates <- h:
-	default:
-		select {
-		case <-hm.updates:
-		default:
-		}
-		hm.updates <- h
-	}
+	// Only this function sends, under mu.
+	hm.updates.send(h)
 }
 
 // endErr returns Err once the monitor has ended, nil before.

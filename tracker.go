@@ -31,7 +31,7 @@ type Tracker[M any] struct {
 	ca      *Cache[record[M]]
 	w       *Watch[record[M]]
 	cancel  context.CancelCauseFunc
-	updates chan []Instance[M]
+	updates lossy[[]Instance[M]]
 	synced  chan struct{}
 	done    chan struct{}
 	err     error // set before done is closed
@@ -50,7 +50,7 @@ func (s *Service[M]) Track(ctx context.Context) (*Tracker[M], error) {
 	if s.err != nil {
 		return nil, s.err
 	}
-	t := &Tracker[M]{s: s, updates: make(chan []Instance[M], 1), synced: make(chan struct{}),
+	t := &Tracker[M]{s: s, updates: make(lossy[[]Instance[M]], 1), synced: make(chan struct{}),
 		done: make(chan struct{}), bad: make(map[string]*DecodeError)}
 	tctx, cancel := context.WithCancelCause(ctx)
 	t.cancel = cancel
@@ -243,13 +243,8 @@ func (t *Tracker[M]) publish() {
 	}
 	t.cur, t.raw = list, raw
 	t.mu.Unlock()
-	// Only this goroutine sends, so once the unread view is taken out the
-	// send cannot block.
-	select {
-	case <-t.updates:
-	default:
-	}
-	t.updates <- slices.Clone(list)
+	// Only this goroutine sends.
+	t.updates.send(slices.Clone(list))
 }
 
 // finish records why the tracker ended, then closes Updates, Done and, if
