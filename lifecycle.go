@@ -1,6 +1,9 @@
 package etcdkit
 
-import "context"
+import (
+	"context"
+	"sync"
+)
 
 // The Close/Done/Err core of every long-running handle (STYLE rule 5) is
 // lifetime, or lifecycle[E] for a handle that also delivers values of type
@@ -10,8 +13,8 @@ import "context"
 //	type Lock struct{ lifetime; ... }
 //	l := &Lock{}
 //	if !l.begin(ctx, c, ErrClosed) { l.ended(ErrClosed); return l }
-//	l.producers = func() { <-stopped } // stop the handle's goroutines, wait
-//	spawn them; they call l.cancel(err) when they fail; then l.arm()
+//	l.spawn(c, l.run) // run returns once l.ctx ends; l.cancel(err) on failure
+//	l.arm()
 //	func (l *Lock) Done() <-chan struct{} { return l.done }
 //	func (l *Lock) Err() error            { return l.cause() }
 //	func (l *Lock) Close() error          { return l.close() }
@@ -36,6 +39,10 @@ type lifetime struct {
 	producers func()
 	// explain, if set, turns the context's cause into Err's.
 	explain func(error) error
+	// ending, if set before begin, runs once, when the handle's context is
+	// cancelled through cancel, just before: whoever sees it cancelled
+	// finds what ending did done.
+	ending func()
 	// closing, if set, runs once Err is set, before Done is closed; final
 	// runs after Done is closed, before close returns.
 	closing, final func()
@@ -53,6 +60,11 @@ func (l *lifetime) begin(ctx context.Context, c *Client, closedCause error) bool
 	}
 	l.done, l.over, l.release = make(chan struct{}), make(chan struct{}), c.wg.Done
 	l.ctx, l.cancel = context.WithCancelCause(ctx)
+	if l.ending != nil {
+		var once sync.Once
+		cancel := l.cancel
+		l.cancel = func(cause error) { once.Do(func() { l.ending(); cancel(cause) }) }
+	}
 	l.stopLife = context.AfterFunc(c.life, func() { l.cancel(closedCause) })
 	return true
 }
@@ -66,7 +78,31 @@ func (l *lifetime) ended(err error) {
 		l.closing()
 	}
 	close(l.done)
+	if l.final != nil {
+		l.final()
+	}
 	close(l.over)
+}
+
+// spawn runs f on a goroutine of c as the handle's producer: the handle's
+// end waits for f to return, then runs the producers set before. f must
+// return soon after l.ctx ends. If c is closed the handle ends with
+// ErrClosed and spawn reports false.
+func (l *lifetime) spawn(c *Client, f func()) bool {
+	stopped := make(chan struct{})
+	then := l.producers
+	l.producers = func() {
+		<-stopped
+		if then != nil {
+			then()
+		}
+	}
+	if !c.spawn(func() { defer close(stopped); f() }) {
+		close(stopped)
+		l.cancel(ErrClosed)
+		return false
+	}
+	return true
 }
 
 // arm makes the handle end when its context does.

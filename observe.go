@@ -48,17 +48,10 @@ func (e *Election) Observe(ctx context.Context) *Observation {
 		o.ended(ErrClosed)
 		return o
 	}
-	stopped := make(chan struct{})
 	// Events reads as closed as soon as the Observation ends: the changes
 	// still waiting for a reader go.
-	o.producers = func() { <-stopped; lossy[LeaderInfo](o.events).drain() }
-	if !e.c.spawn(func() {
-		defer close(stopped)
-		o.cancel(e.observe(o.ctx, o.events))
-	}) {
-		close(stopped)
-		o.cancel(ErrClosed)
-	}
+	o.producers = func() { lossy[LeaderInfo](o.events).drain() }
+	o.spawn(e.c, func() { o.cancel(e.observe(o.ctx, o.events)) })
 	o.arm()
 	return o
 }

@@ -27,14 +27,12 @@ import (
 // the Meta values it returns are shared between readers and must not be
 // modified.
 type Tracker[M any] struct {
+	lifetime
 	s       *Service[M]
 	ca      *Cache[record[M]]
 	w       *Watch[record[M]]
-	cancel  context.CancelCauseFunc
 	updates lossy[[]Instance[M]]
 	synced  chan struct{}
-	done    chan struct{}
-	err     error // set before done is closed
 
 	mu  sync.Mutex
 	cur []Instance[M]
@@ -51,20 +49,28 @@ func (s *Service[M]) Track(ctx context.Context) (*Tracker[M], error) {
 		return nil, s.err
 	}
 	t := &Tracker[M]{s: s, updates: make(lossy[[]Instance[M]], 1), synced: make(chan struct{}),
-		done: make(chan struct{}), bad: make(map[string]*DecodeError)}
-	tctx, cancel := context.WithCancelCause(ctx)
-	t.cancel = cancel
-	ca, err := s.p.Cache(tctx)
+		bad: make(map[string]*DecodeError)}
+	if !t.begin(ctx, s.c, ErrClosed) {
+		return nil, errorf("track service %q: %w", s.name, ErrClosed)
+	}
+	// Updates closes once the goroutine that sends on it has returned, and
+	// Synced, if the tracker never synced, after Done.
+	t.closing = func() { close(t.updates) }
+	t.final = t.unblockSynced
+	ca, err := s.p.Cache(t.ctx)
 	if err != nil {
-		cancel(err)
+		t.arm()
+		_ = t.closeWith(err)
 		return nil, errorf("track service %q: %w", s.name, err)
 	}
 	t.ca = ca
 	t.w = ca.Subscribe(WithInitial())
-	if !s.c.spawn(t.run) {
-		cancel(ErrClosed)
+	ok := t.spawn(s.c, t.run)
+	t.arm()
+	if !ok {
 		_ = t.w.Close()
 		_ = ca.Close()
+		_ = t.close()
 		return nil, errorf("track service %q: %w", s.name, ErrClosed)
 	}
 	return t, nil
@@ -141,25 +147,25 @@ func (t *Tracker[M]) Done() <-chan struct{} { return t.done }
 // Err returns why the tracker ended once Done is closed, nil before: the
 // ctx's cause, ErrClosed after Close or Client.Close, or the failure that
 // ended it.
-func (t *Tracker[M]) Err() error {
-	select {
-	case <-t.done:
-		return t.err
-	default:
-		return nil
-	}
-}
+func (t *Tracker[M]) Err() error { return t.cause() }
 
 // Close stops the tracker and returns once its goroutines have finished.
 // It is idempotent and returns nil.
-func (t *Tracker[M]) Close() error {
-	t.cancel(ErrClosed)
-	<-t.done
-	return nil
-}
+func (t *Tracker[M]) Close() error { return t.close() }
 
+// run keeps the view until the cache ends, then ends the tracker with the
+// cache's cause.
 func (t *Tracker[M]) run() {
-	defer t.finish()
+	defer func() {
+		// Closing the cache waits for its end, so that Err is its cause.
+		_ = t.w.Close()
+		_ = t.ca.Close()
+		err := t.ca.Err()
+		if err == nil {
+			err = ErrClosed
+		}
+		t.cancel(err)
+	}()
 	synced := t.ca.Synced()
 	for {
 		select {
@@ -247,21 +253,10 @@ func (t *Tracker[M]) publish() {
 	t.updates.send(slices.Clone(list))
 }
 
-// finish records why the tracker ended, then closes Updates, Done and, if
-// the tracker never synced, Synced, so that whoever it releases finds Err
-// set.
-func (t *Tracker[M]) finish() {
-	_ = t.w.Close()
-	_ = t.ca.Close()
-	err := t.ca.Err()
-	if err == nil {
-		err = ErrClosed
-	}
-	t.cancel(err)
-	t.err = err
-	close(t.updates)
-	close(t.done)
-	// Only run, whose end this is, closes synced.
+// unblockSynced closes Synced if the tracker never synced, so that a caller
+// waiting on it is not left hanging. Only run, which has returned by then,
+// closes it otherwise.
+func (t *Tracker[M]) unblockSynced() {
 	select {
 	case <-t.synced:
 	default:
