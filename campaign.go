@@ -77,7 +77,7 @@ func (e *Election) Campaign(ctx context.Context, id string) (*Leadership, error)
 		}
 		return nil, e.fail("campaign", err)
 	}
-	if !e.c.spawn(l.run) {
+	if !l.start() {
 		_ = cd.abandon()
 		return nil, e.fail("campaign", ErrClosed)
 	}

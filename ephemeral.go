@@ -28,12 +28,12 @@ import (
 //
 // An Ephemeral is safe for concurrent use.
 type Ephemeral[T any] struct {
+	// lifetime ends with the session's: Err is the session's.
+	lifetime
 	key *Key[T]
 	s   *Session
 
-	feed   *stateFeed
-	done   chan struct{}
-	exited chan struct{}
+	feed *stateFeed
 
 	// mu serialises writes, so that a write under an older lease never
 	// lands after one under a newer lease, and guards the fields below.
@@ -42,14 +42,10 @@ type Ephemeral[T any] struct {
 	rev   int64            // mod revision of our last write, 0 if none is known
 	lease clientv3.LeaseID // lease of our last write
 	seen  int64            // revision at which the key was last found ours
-	err   error
 
 	// Owned by the run goroutine.
 	restorePace *backoff.Backoff
 	lastRestore time.Time
-
-	closeOnce sync.Once
-	closeErr  error
 }
 
 // NewEphemeral puts value at key under a new lease of the given TTL (see
@@ -76,10 +72,8 @@ func NewEphemeral[T any](ctx context.Context, key *Key[T], value T, ttl time.Dur
 		key: key,
 		s:   s,
 		// MetricSessionStateChanges counts the session's transitions only.
-		feed:   newStateFeed(nopMetrics{}),
-		done:   make(chan struct{}),
-		exited: make(chan struct{}),
-		value:  data,
+		feed:  newStateFeed(nopMetrics{}),
+		value: data,
 
 		restorePace: backoff.New(100*time.Millisecond, restoreQuiet),
 	}
@@ -101,10 +95,14 @@ func NewEphemeral[T any](ctx context.Context, key *Key[T], value T, ttl time.Dur
 		_ = s.Close()
 		return nil, e.fail(op, err)
 	}
-	if !key.c.spawn(e.run) {
+	e.explain = func(error) error { return s.Err() }
+	e.final = e.feed.close
+	if !e.begin(s.ctx, key.c, ErrClosed) {
 		_ = s.Close()
 		return nil, errorf("ephemeral %q: %w", key.name, ErrClosed)
 	}
+	e.spawn(e.run)
+	e.arm()
 	return e, nil
 }
 
@@ -142,11 +140,7 @@ func (e *Ephemeral[T]) Done() <-chan struct{} { return e.done }
 
 // Err returns nil while the Ephemeral runs and, once Done is closed, why it
 // ended, as Session.Err.
-func (e *Ephemeral[T]) Err() error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.err
-}
+func (e *Ephemeral[T]) Err() error { return e.cause() }
 
 // Update replaces the key's value, keeping the lease. The write applies only
 // if the key is still as the Ephemeral last wrote it; if someone else changed
@@ -170,8 +164,8 @@ func (e *Ephemeral[T]) Update(ctx context.Context, v T) error {
 
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.err != nil {
-		return e.fail("update", e.err)
+	if err := e.cause(); err != nil {
+		return e.fail("update", err)
 	}
 	e.value = data
 	st, lease, _ := e.s.snapshot()
@@ -192,14 +186,13 @@ func (e *Ephemeral[T]) Update(ctx context.Context, v T) error {
 // goroutines. It returns the revoke's error, if any; the key then expires
 // with its lease. Close is idempotent.
 func (e *Ephemeral[T]) Close() error {
-	e.closeOnce.Do(func() {
-		e.closeErr = e.s.Close()
-		<-e.exited
-		if e.closeErr != nil {
-			e.closeErr = e.fail("close", e.closeErr)
-		}
-	})
-	return e.closeErr
+	// The session's Close is idempotent and returns the same error.
+	err := e.s.Close()
+	<-e.over
+	if err != nil {
+		return e.fail("close", err)
+	}
+	return nil
 }
 
 func (e *Ephemeral[T]) fail(op string, err error) error {
@@ -208,8 +201,8 @@ func (e *Ephemeral[T]) fail(op string, err error) error {
 
 // run keeps the key in place until the session ends.
 func (e *Ephemeral[T]) run() {
-	defer close(e.exited)
-	defer e.finish()
+	// The Ephemeral ends once its session has.
+	defer func() { <-e.s.done }()
 	retry := backoff.New(50*time.Millisecond, time.Second)
 	rewatch := backoff.New(50*time.Millisecond, time.Second)
 	liveOn := e.s.Lease() // the lease the key was last written under
@@ -508,16 +501,4 @@ func (e *Ephemeral[T]) restore(epoch context.Context, lease clientv3.LeaseID, ev
 		e.feed.announce(SessionRestored)
 	}
 	return nil
-}
-
-// finish waits for the session to end, which revokes the lease, and reports
-// its reason.
-func (e *Ephemeral[T]) finish() {
-	<-e.s.done
-	err := e.s.Err()
-	e.mu.Lock()
-	e.err = err
-	e.mu.Unlock()
-	close(e.done)
-	e.feed.close()
 }

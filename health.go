@@ -267,7 +267,7 @@ func NewHealthMonitor(c *Client, opts ...HealthOption) *HealthMonitor {
 		hm.ended(ErrClosed)
 		return hm
 	}
-	hm.spawn(c, hm.run)
+	hm.spawn(hm.run)
 	hm.arm()
 	return hm
 }

@@ -39,7 +39,7 @@ type Value[T any] struct {
 // concurrent use.
 //
 // An invalid name or a nil codec does not panic: every method returns the
-// error (ErrInvalidName and the like), as does Err.
+// error (ErrInvalidName and the like), as Validate does.
 type Key[T any] struct {
 	c     *Client
 	name  string
@@ -71,8 +71,14 @@ func NewKey[T any](c *Client, name string, codec Codec[T]) *Key[T] {
 // Name returns the key's name, relative to the namespace.
 func (k *Key[T]) Name() string { return k.name }
 
-// Err returns the error that makes the handle unusable (an invalid name, a
-// nil codec), or nil.
+// Validate returns the error that makes the handle unusable (an invalid
+// name, a nil codec), or nil. Every method returns it too.
+func (k *Key[T]) Validate() error { return k.err }
+
+// Err returns what Validate returns.
+//
+// Deprecated: use Validate. Err names why a long-running handle ended
+// (Watch.Err, Session.Err...); a Key never ends.
 func (k *Key[T]) Err() error { return k.err }
 
 // Get reads the key's current value (a linearizable read). It fails with

@@ -13,7 +13,7 @@ import (
 //	type Lock struct{ lifetime; ... }
 //	l := &Lock{}
 //	if !l.begin(ctx, c, ErrClosed) { l.ended(ErrClosed); return l }
-//	l.spawn(c, l.run) // run returns once l.ctx ends; l.cancel(err) on failure
+//	l.spawn(l.run) // run returns once l.ctx ends; l.cancel(err) on failure
 //	l.arm()
 //	func (l *Lock) Done() <-chan struct{} { return l.done }
 //	func (l *Lock) Err() error            { return l.cause() }
@@ -84,11 +84,11 @@ func (l *lifetime) ended(err error) {
 	close(l.over)
 }
 
-// spawn runs f on a goroutine of c as the handle's producer: the handle's
-// end waits for f to return, then runs the producers set before. f must
-// return soon after l.ctx ends. If c is closed the handle ends with
-// ErrClosed and spawn reports false.
-func (l *lifetime) spawn(c *Client, f func()) bool {
+// spawn runs f on a goroutine as the handle's producer: the handle's end
+// waits for f to return, then runs the producers set before. f must return
+// soon after l.ctx ends. begin's hold covers the goroutine (Client.Close
+// waits for the handle's end, which waits for f), so spawn cannot fail.
+func (l *lifetime) spawn(f func()) {
 	stopped := make(chan struct{})
 	then := l.producers
 	l.producers = func() {
@@ -97,12 +97,10 @@ func (l *lifetime) spawn(c *Client, f func()) bool {
 			then()
 		}
 	}
-	if !c.spawn(func() { defer close(stopped); f() }) {
-		close(stopped)
-		l.cancel(ErrClosed)
-		return false
-	}
-	return true
+	go func() {
+		defer close(stopped)
+		f()
+	}()
 }
 
 // arm makes the handle end when its context does.

@@ -51,7 +51,7 @@ func (e *Election) Observe(ctx context.Context) *Observation {
 	// Events reads as closed as soon as the Observation ends: the changes
 	// still waiting for a reader go.
 	o.producers = func() { lossy[LeaderInfo](o.events).drain() }
-	o.spawn(e.c, func() { o.cancel(e.observe(o.ctx, o.events)) })
+	o.spawn(func() { o.cancel(e.observe(o.ctx, o.events)) })
 	o.arm()
 	return o
 }

@@ -65,14 +65,8 @@ func (s *Service[M]) Track(ctx context.Context) (*Tracker[M], error) {
 	}
 	t.ca = ca
 	t.w = ca.Subscribe(WithInitial())
-	ok := t.spawn(s.c, t.run)
+	t.spawn(t.run)
 	t.arm()
-	if !ok {
-		_ = t.w.Close()
-		_ = ca.Close()
-		_ = t.close()
-		return nil, errorf("track service %q: %w", s.name, ErrClosed)
-	}
 	return t, nil
 }
 
