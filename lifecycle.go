@@ -71,17 +71,10 @@ func (l *lifetime) begin(ctx context.Context, c *Client, closedCause error) bool
 
 // ended makes a handle that has already ended with err.
 func (l *lifetime) ended(err error) {
-	l.done, l.over, l.err = make(chan struct{}), make(chan struct{}), err
+	l.done, l.over = make(chan struct{}), make(chan struct{})
 	l.ctx, l.cancel = context.WithCancelCause(context.Background())
 	l.cancel(err)
-	if l.closing != nil {
-		l.closing()
-	}
-	close(l.done)
-	if l.final != nil {
-		l.final()
-	}
-	close(l.over)
+	l.conclude(err)
 }
 
 // spawn runs f on a goroutine as the handle's producer: the handle's end
@@ -113,10 +106,18 @@ func (l *lifetime) finish() {
 	if l.producers != nil {
 		l.producers()
 	}
-	l.err = context.Cause(l.ctx)
+	err := context.Cause(l.ctx)
 	if l.explain != nil {
-		l.err = l.explain(l.err)
+		err = l.explain(err)
 	}
+	l.conclude(err)
+	l.release()
+}
+
+// conclude records err as the cause, then runs the closing step, closes
+// Done, runs the final step and closes over, in that order.
+func (l *lifetime) conclude(err error) {
+	l.err = err
 	if l.closing != nil {
 		l.closing()
 	}
@@ -125,7 +126,6 @@ func (l *lifetime) finish() {
 		l.final()
 	}
 	close(l.over)
-	l.release()
 }
 
 // cause returns why the handle ended once Done is closed, nil before.

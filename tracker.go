@@ -173,25 +173,29 @@ func (t *Tracker[M]) run() {
 			t.publish()
 			close(t.synced)
 		case ev, ok := <-t.w.Events():
-			if !ok {
+			if !ok || !t.noteWaiting(ev) {
 				return
-			}
-			t.note(ev)
-			// Fold whatever else is waiting into one view.
-			for more := true; more; {
-				select {
-				case ev, ok = <-t.w.Events():
-					if !ok {
-						return
-					}
-					t.note(ev)
-				default:
-					more = false
-				}
 			}
 			if synced == nil {
 				t.publish()
 			}
+		}
+	}
+}
+
+// noteWaiting notes ev and whatever other changes are waiting, so that they
+// make one view. It reports false once the watch has ended.
+func (t *Tracker[M]) noteWaiting(ev Event[record[M]]) bool {
+	t.note(ev)
+	for {
+		select {
+		case ev, ok := <-t.w.Events():
+			if !ok {
+				return false
+			}
+			t.note(ev)
+		default:
+			return true
 		}
 	}
 }
