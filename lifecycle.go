@@ -39,9 +39,9 @@ type lifetime struct {
 	producers func()
 	// explain, if set, turns the context's cause into Err's.
 	explain func(error) error
-	// ending, if set before begin, runs once, when the handle's context is
-	// cancelled through cancel, just before: whoever sees it cancelled
-	// finds what ending did done.
+	// ending, if set before begin, runs once, just before cancel (or the
+	// client's close) cancels the handle's context, so that whoever sees it
+	// cancelled finds its effect (Leadership counts a change).
 	ending func()
 	// closing, if set, runs once Err is set, before Done is closed; final
 	// runs after Done is closed, before close returns.
