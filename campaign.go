@@ -77,7 +77,7 @@ func (e *Election) Campaign(ctx context.Context, id string) (*Leadership, error)
 		}
 		return nil, e.fail("campaign", err)
 	}
-	if !e.c.spawn(l.run) {
+	if !l.start() {
 		_ = cd.abandon()
 		return nil, e.fail("campaign", ErrClosed)
 	}
@@ -182,26 +182,19 @@ func (cd *candidate) put(ctx context.Context) error {
 		<-exited
 		endPut(nil)
 	}()
-	return c.onStreams(ctx, c.cfg.StallTimeout, func(ctx context.Context, cli *clientv3.Client) error {
-		resp, err := cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(cd.key), "=", 0)).
-			Then(clientv3.OpPut(cd.key, cd.id, clientv3.WithLease(cd.lease))).
-			Else(clientv3.OpGet(cd.key)).
-			Commit()
-		if err != nil {
-			return mapServerError(err)
-		}
-		if resp.Succeeded {
-			cd.token = resp.Header.Revision
-			return nil
-		}
-		kvs := resp.Responses[0].GetResponseRange().GetKvs()
-		if len(kvs) == 0 || kvs[0].Lease != int64(cd.lease) {
-			return fmt.Errorf("candidate key %q taken by someone else", cd.key)
-		}
-		cd.token = kvs[0].CreateRevision
-		return nil
-	})
+	res, err := c.casStreams(ctx, casOp{key: cd.key, value: []byte(cd.id), lease: cd.lease})
+	switch {
+	case err != nil:
+		return err
+	case res.ok:
+		cd.token = res.rev
+	case res.cur == nil || res.cur.Lease != int64(cd.lease):
+		return fmt.Errorf("candidate key %q taken by someone else", cd.key)
+	default:
+		// An earlier attempt applied, and its answer was lost.
+		cd.token = res.cur.CreateRevision
+	}
+	return nil
 }
 
 // standing judges the cache's state: whether the candidate leads, or an

@@ -264,15 +264,15 @@ func TestServiceInvalidInput(t *testing.T) {
 		etcdkit.NewService[nodeMeta](c, "svc", nil),
 		etcdkit.NewService(nil, "svc", etcdkit.JSON[nodeMeta]()),
 	} {
-		require.Error(t, bad.Err(), "service %q", bad.Name())
+		require.Error(t, bad.Validate(), "service %q", bad.Name())
 		_, err := bad.Register(ctx, dsInstance("a", 1), dsTTL)
-		assert.Equal(t, bad.Err(), err)
+		assert.Equal(t, bad.Validate(), err)
 		_, err = bad.Track(ctx)
-		assert.Equal(t, bad.Err(), err)
+		assert.Equal(t, bad.Validate(), err)
 		_, _, err = bad.List(ctx)
-		assert.Equal(t, bad.Err(), err)
+		assert.Equal(t, bad.Validate(), err)
 	}
-	assert.ErrorIs(t, etcdkit.NewService(c, "a//b", etcdkit.JSON[nodeMeta]()).Err(), etcdkit.ErrInvalidName)
+	assert.ErrorIs(t, etcdkit.NewService(c, "a//b", etcdkit.JSON[nodeMeta]()).Validate(), etcdkit.ErrInvalidName)
 
 	list, _, err := svc.List(ctx)
 	require.NoError(t, err)

@@ -25,7 +25,7 @@ const electionRoot = "_etcdkit/election"
 // documentation gives the candidates' keys under Key layout.
 //
 // An invalid name, TTL or option does not panic: every method returns the
-// error, as Err does.
+// error, as Validate does.
 type Election struct {
 	c     *Client
 	name  string
@@ -64,7 +64,7 @@ func NewElection(c *Client, name string, ttl time.Duration, opts ...ElectionOpti
 	}
 	e.o = o
 	e.cands = NewPrefix(c, electionRoot+"/"+url.PathEscape(name), Bytes())
-	e.err = e.cands.Err()
+	e.err = e.cands.err
 	return e
 }
 
@@ -74,8 +74,15 @@ func (e *Election) Name() string { return e.name }
 // TTL returns the TTL of the candidates' leases.
 func (e *Election) TTL() time.Duration { return e.ttl }
 
-// Err returns the error that makes the election unusable (a nil client, an
-// invalid name, TTL or option), or nil.
+// Validate returns the error that makes the election unusable (a nil
+// client, an invalid name, TTL or option), or nil. Every method returns it
+// too.
+func (e *Election) Validate() error { return e.err }
+
+// Err returns what Validate returns.
+//
+// Deprecated: use Validate. Err names why a long-running handle ended
+// (Session.Err, Leadership.Err...); an Election never ends.
 func (e *Election) Err() error { return e.err }
 
 // LeaderInfo describes who holds an election at a revision. Present tells
@@ -122,7 +129,7 @@ func leaderOf(entries []Entry[[]byte], rev int64) LeaderInfo {
 
 // Leader reads who leads the election now (a linearizable read). With no
 // candidate it returns a LeaderInfo that is not Present, with the read's
-// revision, and an error matching ErrNoLeader. ctx bounds the call, with
+// revision, and an error matching ErrNoCandidate. ctx bounds the call, with
 // Config.RequestTimeout when it has no deadline.
 func (e *Election) Leader(ctx context.Context) (LeaderInfo, error) {
 	if e.err != nil {
@@ -138,7 +145,7 @@ func (e *Election) Leader(ctx context.Context) (LeaderInfo, error) {
 		return LeaderInfo{}, e.fail("leader", e.c.cause(err))
 	}
 	if len(resp.Kvs) == 0 {
-		return LeaderInfo{Revision: resp.Header.Revision}, e.fail("leader", ErrNoLeader)
+		return LeaderInfo{Revision: resp.Header.Revision}, e.fail("leader", ErrNoCandidate)
 	}
 	kv := resp.Kvs[0]
 	return LeaderInfo{Present: true, ID: string(kv.Value), Token: kv.CreateRevision, Lease: kv.Lease,

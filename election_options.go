@@ -12,7 +12,7 @@ const minStepDownMargin = 250 * time.Millisecond
 // ElectionOption configures NewElection. Options are made by the With...
 // functions of this package; the interface is sealed. A nil option (or a nil
 // SessionOption given to WithSessionOptions) is an error, as is an invalid
-// one: the Election is unusable and Err returns it.
+// one: the Election is unusable and Validate returns it.
 type ElectionOption interface {
 	applyElection(*electionOptions)
 }

@@ -222,23 +222,23 @@ func TestElectionInvalidArguments(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			e := tc.e
-			require.Error(t, e.Err())
+			require.Error(t, e.Validate())
 			if tc.want != nil {
-				assert.ErrorIs(t, e.Err(), tc.want)
+				assert.ErrorIs(t, e.Validate(), tc.want)
 			}
 			_, err := e.Campaign(ctx, "a")
-			assert.Equal(t, e.Err(), err, "Campaign")
+			assert.Equal(t, e.Validate(), err, "Campaign")
 			_, err = e.Leader(ctx)
-			assert.Equal(t, e.Err(), err, "Leader")
+			assert.Equal(t, e.Validate(), err, "Leader")
 			err = e.Run(ctx, "a", func(context.Context) error { return nil })
-			assert.Equal(t, e.Err(), err, "Run")
+			assert.Equal(t, e.Validate(), err, "Run")
 			o := e.Observe(ctx)
 			select {
 			case <-o.Done():
 			default:
 				t.Fatal("the Observation of an invalid election has not ended")
 			}
-			assert.Equal(t, e.Err(), o.Err(), "Observe")
+			assert.Equal(t, e.Validate(), o.Err(), "Observe")
 			_, ok := <-o.Events()
 			assert.False(t, ok, "Events of an invalid election's Observation is closed")
 			assert.NoError(t, o.Close())
@@ -246,7 +246,7 @@ func TestElectionInvalidArguments(t *testing.T) {
 	}
 
 	e := etcdkit.NewElection(c, "x", 2*time.Second)
-	require.NoError(t, e.Err())
+	require.NoError(t, e.Validate())
 	assert.Equal(t, "x", e.Name())
 	assert.Equal(t, 2*time.Second, e.TTL())
 	tooBig := string(make([]byte, etcdkit.DefaultMaxValueSize+1))
@@ -323,7 +323,7 @@ func TestLeaderNoLeaderAndCurrent(t *testing.T) {
 	ctx := testContext(t, elWait)
 
 	li, err := e.Leader(ctx)
-	assert.ErrorIs(t, err, etcdkit.ErrNoLeader)
+	assert.ErrorIs(t, err, etcdkit.ErrNoCandidate)
 	assert.False(t, li.Present)
 	assert.Positive(t, li.Revision)
 
@@ -333,13 +333,13 @@ func TestLeaderNoLeaderAndCurrent(t *testing.T) {
 	assert.True(t, li.Present)
 	assert.Equal(t, "a", li.ID)
 	assert.Equal(t, l.Token(), li.Token)
-	assert.Equal(t, l.Lease(), li.Lease)
+	assert.Equal(t, int64(l.Lease()), li.Lease)
 	assert.Equal(t, "a", l.ID())
-	assert.Equal(t, fmt.Sprintf("%s%x", elPrefix("el", "svc"), l.Lease()), l.Key())
+	assert.Equal(t, fmt.Sprintf("%s%x", elPrefix("el", "svc"), l.Lease()), l.LeaderKey())
 
 	require.NoError(t, l.Resign(ctx))
 	_, err = e.Leader(ctx)
-	assert.ErrorIs(t, err, etcdkit.ErrNoLeader)
+	assert.ErrorIs(t, err, etcdkit.ErrNoCandidate)
 }
 
 func TestElectionResignHandsOver(t *testing.T) {
@@ -430,7 +430,7 @@ func TestElectionGuardedWrites(t *testing.T) {
 
 	// Someone deletes the leader key: the next guarded write is refused by
 	// the cluster, and the leadership ends.
-	_, err = raw.Delete(ctx, l.Key())
+	_, err = raw.Delete(ctx, l.LeaderKey())
 	require.NoError(t, err)
 	_, err = etcdkit.GuardedPut(ctx, l, k, "late")
 	assert.ErrorIs(t, err, etcdkit.ErrNotLeader)
@@ -462,7 +462,7 @@ func TestGuardedWriteInterruptedByLossOfLeadership(t *testing.T) {
 			return err
 		}},
 		{"Txn with Context", true, func(ctx context.Context, l *etcdkit.Leadership, k *etcdkit.Key[string]) error {
-			_, err := l.Txn(ctx, clientv3.OpPut(l.Key()+"-note", "v"))
+			_, err := l.Txn(ctx, clientv3.OpPut(l.LeaderKey()+"-note", "v"))
 			return err
 		}},
 		{"GuardedPut with Background", false, func(ctx context.Context, l *etcdkit.Leadership, k *etcdkit.Key[string]) error {
@@ -593,7 +593,7 @@ func TestElectionLeaderKeyDeletedEndsLeadership(t *testing.T) {
 
 	// An operator deletes the leader key: without the library, the leader
 	// would keep acting while b leads.
-	_, err := raw.Delete(testContext(t, elWait), a.Key())
+	_, err := raw.Delete(testContext(t, elWait), a.LeaderKey())
 	require.NoError(t, err)
 	b := elResult(t, bCh)
 	require.NoError(t, b.err)
@@ -786,7 +786,7 @@ func TestCampaignSessionRevokedWhileWaiting(t *testing.T) {
 	require.Error(t, r.err)
 	assert.Nil(t, r.l)
 	assert.True(t, errors.Is(r.err, etcdkit.ErrNotLeader) || errors.Is(r.err, etcdkit.ErrLeaseLost), "got %v", r.err)
-	assert.Equal(t, []string{a.Key()}, elCandidates(t, raw, prefix), "only the leader's key is left")
+	assert.Equal(t, []string{a.LeaderKey()}, elCandidates(t, raw, prefix), "only the leader's key is left")
 	assert.NoError(t, a.Context().Err(), "the leader is unaffected")
 }
 
@@ -811,7 +811,7 @@ func TestCampaignSessionLostWhileWaiting(t *testing.T) {
 	// Its key goes with its lease, which nothing keeps alive any more.
 	elWaitCandidates(t, raw, prefix, 1)
 	srv.Proxy().Unblackhole()
-	assert.Equal(t, []string{a.Key()}, elCandidates(t, raw, prefix))
+	assert.Equal(t, []string{a.LeaderKey()}, elCandidates(t, raw, prefix))
 	assert.NoError(t, a.Context().Err(), "the leader is unaffected")
 }
 
@@ -853,7 +853,7 @@ func TestElectionRun(t *testing.T) {
 
 	// A lost lease ends the term; Run campaigns again.
 	first := term()
-	_, err := raw.Revoke(testContext(t, elWait), clientv3.LeaseID(first.Lease()))
+	_, err := raw.Revoke(testContext(t, elWait), first.Lease())
 	require.NoError(t, err)
 	second := term()
 	assert.Greater(t, second.Token(), first.Token())

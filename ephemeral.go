@@ -29,12 +29,12 @@ import (
 //
 // An Ephemeral is safe for concurrent use.
 type Ephemeral[T any] struct {
+	// lifetime ends with the session's: Err is the session's.
+	lifetime
 	key *Key[T]
 	s   *Session
 
-	feed   *stateFeed
-	done   chan struct{}
-	exited chan struct{}
+	feed *stateFeed
 
 	// mu serialises writes, so that a write under an older lease never
 	// lands after one under a newer lease, and guards the fields below.
@@ -43,14 +43,10 @@ type Ephemeral[T any] struct {
 	rev   int64            // mod revision of our last write, 0 if none is known
 	lease clientv3.LeaseID // lease of our last write
 	seen  int64            // revision at which the key was last found ours
-	err   error
 
 	// Owned by the run goroutine.
 	restorePace *backoff.Backoff
 	lastRestore time.Time
-
-	closeOnce sync.Once
-	closeErr  error
 }
 
 // NewEphemeral puts value at key under a new lease of the given TTL (see
@@ -77,10 +73,8 @@ func NewEphemeral[T any](ctx context.Context, key *Key[T], value T, ttl time.Dur
 		key: key,
 		s:   s,
 		// MetricSessionStateChanges counts the session's transitions only.
-		feed:   newStateFeed(nopMetrics{}),
-		done:   make(chan struct{}),
-		exited: make(chan struct{}),
-		value:  data,
+		feed:  newStateFeed(nopMetrics{}),
+		value: data,
 
 		restorePace: backoff.New(100*time.Millisecond, restoreQuiet),
 	}
@@ -102,10 +96,14 @@ func NewEphemeral[T any](ctx context.Context, key *Key[T], value T, ttl time.Dur
 		_ = s.Close()
 		return nil, e.fail(op, err)
 	}
-	if !key.c.spawn(e.run) {
+	e.explain = func(error) error { return s.Err() }
+	e.final = e.feed.close
+	if !e.begin(s.ctx, key.c, ErrClosed) {
 		_ = s.Close()
 		return nil, errorf("ephemeral %q: %w", key.name, ErrClosed)
 	}
+	e.spawn(e.run)
+	e.arm()
 	return e, nil
 }
 
@@ -143,11 +141,7 @@ func (e *Ephemeral[T]) Done() <-chan struct{} { return e.done }
 
 // Err returns nil while the Ephemeral runs and, once Done is closed, why it
 // ended, as Session.Err.
-func (e *Ephemeral[T]) Err() error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.err
-}
+func (e *Ephemeral[T]) Err() error { return e.cause() }
 
 // Update replaces the key's value, keeping the lease. The write applies only
 // if the key is still as the Ephemeral last wrote it; if someone else changed
@@ -171,8 +165,8 @@ func (e *Ephemeral[T]) Update(ctx context.Context, v T) error {
 
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.err != nil {
-		return e.fail("update", e.err)
+	if err := e.cause(); err != nil {
+		return e.fail("update", err)
 	}
 	e.value = data
 	st, lease, _ := e.s.snapshot()
@@ -193,14 +187,13 @@ func (e *Ephemeral[T]) Update(ctx context.Context, v T) error {
 // goroutines. It returns the revoke's error, if any; the key then expires
 // with its lease. Close is idempotent.
 func (e *Ephemeral[T]) Close() error {
-	e.closeOnce.Do(func() {
-		e.closeErr = e.s.Close()
-		<-e.exited
-		if e.closeErr != nil {
-			e.closeErr = e.fail("close", e.closeErr)
-		}
-	})
-	return e.closeErr
+	// The session's Close is idempotent and returns the same error.
+	err := e.s.Close()
+	<-e.over
+	if err != nil {
+		return e.fail("close", err)
+	}
+	return nil
 }
 
 func (e *Ephemeral[T]) fail(op string, err error) error {
@@ -209,8 +202,8 @@ func (e *Ephemeral[T]) fail(op string, err error) error {
 
 // run keeps the key in place until the session ends.
 func (e *Ephemeral[T]) run() {
-	defer close(e.exited)
-	defer e.finish()
+	// The Ephemeral ends once its session has.
+	defer func() { <-e.s.done }()
 	retry := backoff.New(50*time.Millisecond, time.Second)
 	rewatch := backoff.New(50*time.Millisecond, time.Second)
 	liveOn := e.s.Lease() // the lease the key was last written under
@@ -317,27 +310,16 @@ func (e *Ephemeral[T]) reconcile(epoch context.Context, lease clientv3.LeaseID) 
 	defer cancel()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	var resp *clientv3.TxnResponse
-	err := e.key.c.onStreams(ctx, e.key.c.cfg.StallTimeout, func(ctx context.Context, cli *clientv3.Client) error {
-		var err error
-		resp, err = cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(e.key.path), "=", e.rev),
-				clientv3.Compare(clientv3.LeaseValue(e.key.path), "=", lease)).
-			Else(clientv3.OpGet(e.key.path)).
-			Commit()
-		return err
-	})
+	res, err := e.key.c.casStreams(ctx, casOp{key: e.key.path, expect: e.rev, lease: lease, check: true,
+		also: []clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(e.key.path), "=", lease)}})
 	if err != nil {
 		return false, err
 	}
-	e.seen = resp.Header.Revision
-	if resp.Succeeded {
+	e.seen = res.rev
+	if res.ok {
 		return false, nil
 	}
-	var kv *mvccpb.KeyValue
-	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-		kv = kvs[0]
-	}
+	kv := res.cur
 	if e.oursLocked(kv, lease) {
 		e.rev, e.lease = kv.ModRevision, lease
 		return false, nil
@@ -345,15 +327,9 @@ func (e *Ephemeral[T]) reconcile(epoch context.Context, lease clientv3.LeaseID) 
 	if e.s.o.createOnly && kv != nil && kv.Lease != 0 && kv.Lease != int64(lease) && kv.Lease != int64(e.lease) {
 		// Another owner created the key under a lease of its own while ours
 		// was lost: a create-only key is theirs now, never taken back.
-		ce := &ConflictError[T]{Key: e.key.name, Exists: true, Revision: resp.Header.Revision, kind: ErrExists}
-		ce.Current, ce.DecodeErr = decodeKV(e.key.name, e.key.codec, kv)
-		return false, ce
+		return false, e.key.conflict(ErrExists, 0, res)
 	}
-	expect := int64(0)
-	if kv != nil {
-		expect = kv.ModRevision
-	}
-	return e.writeLocked(ctx, lease, expect)
+	return e.writeLocked(ctx, lease, modRevision(kv))
 }
 
 // oursLocked reports whether kv is our value under lease.
@@ -374,38 +350,14 @@ func (e *Ephemeral[T]) holdsLocked(value []byte, kvLease int64, lease clientv3.L
 // write whose answer was lost). It reports whether it wrote.
 func (e *Ephemeral[T]) writeLocked(ctx context.Context, lease clientv3.LeaseID, expect int64) (bool, error) {
 	for attempt := 1; ; attempt++ {
-		var resp *clientv3.TxnResponse
-		err := e.key.c.onStreams(ctx, e.key.c.cfg.StallTimeout, func(ctx context.Context, cli *clientv3.Client) error {
-			var err error
-			resp, err = cli.Txn(ctx).
-				If(clientv3.Compare(clientv3.ModRevision(e.key.path), "=", expect)).
-				Then(clientv3.OpPut(e.key.path, string(e.value), clientv3.WithLease(lease))).
-				Else(clientv3.OpGet(e.key.path)).
-				Commit()
-			return err
-		})
-		if err != nil {
-			return false, err
-		}
-		if resp.Succeeded {
-			e.rev, e.lease = resp.Header.Revision, lease
-			return true, nil
-		}
-		var kv *mvccpb.KeyValue
-		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-			kv = kvs[0]
-		}
-		if e.oursLocked(kv, lease) {
-			e.rev, e.lease = kv.ModRevision, lease
-			return false, nil
+		res, ours, err := e.putLocked(ctx, lease, expect)
+		if err != nil || ours {
+			return res.ok, err
 		}
 		if attempt == maxUpdateAttempts {
 			return false, fmt.Errorf("gave up after %d attempts: the key keeps changing", attempt)
 		}
-		expect = 0
-		if kv != nil {
-			expect = kv.ModRevision
-		}
+		expect = modRevision(res.cur)
 	}
 }
 
@@ -414,33 +366,37 @@ func (e *Ephemeral[T]) writeLocked(ctx context.Context, lease clientv3.LeaseID, 
 // answer was lost would have left), it fails with a *ConflictError[T]
 // matching ErrExists.
 func (e *Ephemeral[T]) createLocked(ctx context.Context, lease clientv3.LeaseID) error {
-	var resp *clientv3.TxnResponse
-	err := e.key.c.onStreams(ctx, e.key.c.cfg.StallTimeout, func(ctx context.Context, cli *clientv3.Client) error {
-		var err error
-		resp, err = cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(e.key.path), "=", 0)).
-			Then(clientv3.OpPut(e.key.path, string(e.value), clientv3.WithLease(lease))).
-			Else(clientv3.OpGet(e.key.path)).
-			Commit()
-		return err
-	})
-	if err != nil {
+	res, ours, err := e.putLocked(ctx, lease, 0)
+	if err != nil || ours {
 		return err
 	}
-	if resp.Succeeded {
-		e.rev, e.lease = resp.Header.Revision, lease
-		return nil
+	return e.key.conflict(ErrExists, 0, res)
+}
+
+// putLocked puts our value under lease if the key's mod revision is expect,
+// and reports whether the key now holds our value: written now, or by an
+// earlier attempt whose answer was lost. Either way it records the write.
+func (e *Ephemeral[T]) putLocked(ctx context.Context, lease clientv3.LeaseID, expect int64) (casResult, bool, error) {
+	res, err := e.key.c.casStreams(ctx, casOp{key: e.key.path, expect: expect, value: e.value, lease: lease})
+	switch {
+	case err != nil:
+		return res, false, err
+	case res.ok:
+		e.rev, e.lease = res.rev, lease
+	case e.oursLocked(res.cur, lease):
+		e.rev, e.lease = res.cur.ModRevision, lease
+	default:
+		return res, false, nil
 	}
-	ce := &ConflictError[T]{Key: e.key.name, Revision: resp.Header.Revision, kind: ErrExists}
-	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-		if e.oursLocked(kvs[0], lease) {
-			e.rev, e.lease = kvs[0].ModRevision, lease
-			return nil
-		}
-		ce.Exists = true
-		ce.Current, ce.DecodeErr = decodeKV(e.key.name, e.key.codec, kvs[0])
+	return res, true, nil
+}
+
+// modRevision returns kv's mod revision, 0 for an absent key.
+func modRevision(kv *mvccpb.KeyValue) int64 {
+	if kv == nil {
+		return 0
 	}
-	return ce
+	return kv.ModRevision
 }
 
 // watch follows the key through the client's watch engine, as a Key.Watch
@@ -544,16 +500,4 @@ func (e *Ephemeral[T]) restore(epoch context.Context, lease clientv3.LeaseID, ev
 		e.feed.announce(SessionRestored)
 	}
 	return nil
-}
-
-// finish waits for the session to end, which revokes the lease, and reports
-// its reason.
-func (e *Ephemeral[T]) finish() {
-	<-e.s.done
-	err := e.s.Err()
-	e.mu.Lock()
-	e.err = err
-	e.mu.Unlock()
-	close(e.done)
-	e.feed.close()
 }

@@ -49,13 +49,21 @@ var (
 	// write that fails with it was not applied, unless the error says that
 	// leadership ended while the write was in flight.
 	ErrNotLeader = errors.New("etcdkit: not leader")
-	// ErrNoLeader means no candidate holds the election.
-	ErrNoLeader = errors.New("etcdkit: no leader")
+	// ErrNoCandidate means no candidate holds the election, so nobody leads
+	// it (Election.Leader).
+	ErrNoCandidate = errors.New("etcdkit: no candidate holds the election")
 	// ErrInvalidInstance means an instance cannot be registered as given: its ID
 	// is not a single valid name segment (the error then matches ErrInvalidName
 	// too) or its address is not "host:port".
 	ErrInvalidInstance = errors.New("etcdkit: invalid instance")
 )
+
+// ErrNoLeader is the name ErrNoCandidate had before this release; it is the
+// same error.
+//
+// Deprecated: use ErrNoCandidate; ErrNoLeader was one letter away from
+// ErrNotLeader, which means something else.
+var ErrNoLeader = ErrNoCandidate
 
 // ConflictError reports that a conditional write did not apply because the key
 // was not in the expected state. It carries what the key held at the revision

@@ -259,7 +259,7 @@ func ExampleElection() {
 	_, err = etcdkit.GuardedPut(ctx, lead, job, "late write")
 	fmt.Println(errors.Is(err, etcdkit.ErrNotLeader))
 	_, err = e.Leader(ctx)
-	fmt.Println(errors.Is(err, etcdkit.ErrNoLeader))
+	fmt.Println(errors.Is(err, etcdkit.ErrNoCandidate))
 	// Output:
 	// worker-1 true
 	// true

@@ -225,21 +225,16 @@ const healthProbeKey = "etcdkit-health-probe"
 // A HealthMonitor ends when Close is called or its Client is closed. Its
 // methods are safe for concurrent use.
 type HealthMonitor struct {
+	// lifetime's ctx ends on Close and when the client is closed; it bounds
+	// every check.
+	lifetime
 	c        *Client
 	opts     healthOptions
 	probeKey []byte
-
-	// life ends on Close and when the client is closed; it bounds every
-	// check.
-	life    context.Context
-	cancel  context.CancelFunc
-	done    chan struct{}
-	exited  chan struct{} // closed when the background loop has returned
-	updates chan ClusterHealth
+	updates  lossy[ClusterHealth]
 
 	mu        sync.Mutex
-	ended     bool
-	err       error
+	stopped   bool                        // no more results are recorded or published
 	conns     map[string]*clientv3.Client // pinned to one endpoint each
 	epMember  map[string]MemberID         // last member seen behind each endpoint
 	lastList  []*pb.Member                // last member list read
@@ -247,8 +242,6 @@ type HealthMonitor struct {
 	curSeq    uint64                      // the check current comes from
 	current   ClusterHealth
 	published *ClusterHealth // last sent on updates
-
-	closeOnce sync.Once
 }
 
 // NewHealthMonitor starts monitoring the cluster of c. The first check starts
@@ -261,59 +254,55 @@ func NewHealthMonitor(c *Client, opts ...HealthOption) *HealthMonitor {
 		c:        c,
 		opts:     buildHealthOptions(opts),
 		probeKey: []byte(c.path(healthProbeKey)),
-		done:     make(chan struct{}),
-		exited:   make(chan struct{}),
-		updates:  make(chan ClusterHealth, 1),
+		updates:  make(lossy[ClusterHealth], 1),
 		conns:    make(map[string]*clientv3.Client),
 		epMember: make(map[string]MemberID),
 	}
-	hm.life, hm.cancel = c.handleContext(context.Background())
+	hm.closing, hm.final = hm.stopRecording, hm.closeConns
 	if hm.opts.err != nil {
-		hm.cancel()
-		hm.finish(hm.opts.err)
-		close(hm.exited)
+		hm.ended(hm.opts.err)
 		return hm
 	}
-	if !c.spawn(hm.run) {
-		hm.cancel()
-		hm.finish(ErrClosed)
-		close(hm.exited)
+	if !hm.begin(context.Background(), c, ErrClosed) {
+		hm.ended(ErrClosed)
+		return hm
 	}
+	hm.spawn(hm.run)
+	hm.arm()
 	return hm
 }
 
 // run checks the cluster every interval until the monitor's life ends.
 func (hm *HealthMonitor) run() {
-	defer close(hm.exited)
-	defer hm.finish(ErrClosed)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
 		select {
-		case <-hm.life.Done():
+		case <-hm.ctx.Done():
 			return
 		case <-timer.C:
 		}
-		if _, err := hm.check(hm.life); err != nil && hm.life.Err() == nil {
+		if _, err := hm.check(hm.ctx); err != nil && hm.ctx.Err() == nil {
 			hm.c.log.Debug("health check failed", zap.Error(err))
 		}
 		timer.Reset(hm.opts.interval)
 	}
 }
 
-// finish ends the monitor with err: it closes the pinned connections, Done
-// and Updates, in that order, after Err has its value.
-func (hm *HealthMonitor) finish(err error) {
+// stopRecording makes Check stop recording and publishing results, before
+// Done is closed.
+func (hm *HealthMonitor) stopRecording() {
 	hm.mu.Lock()
-	if hm.ended {
-		hm.mu.Unlock()
-		return
-	}
-	hm.ended = true
-	hm.err = err
+	defer hm.mu.Unlock()
+	hm.stopped = true
+}
+
+// closeConns closes Updates, on which nothing is sent once ended is set,
+// then the pinned connections.
+func (hm *HealthMonitor) closeConns() {
+	hm.mu.Lock()
 	conns := hm.conns
 	hm.conns = nil
-	close(hm.done)
 	close(hm.updates)
 	hm.mu.Unlock()
 	for _, cli := range conns {
@@ -328,12 +317,12 @@ func (hm *HealthMonitor) finish(err error) {
 // ctx bounds the call; without a deadline a check lasts at most about twice
 // the probe timeout (WithProbeTimeout).
 func (hm *HealthMonitor) Check(ctx context.Context) (ClusterHealth, error) {
-	if err := hm.endErr(); err != nil {
+	if err := hm.cause(); err != nil {
 		return ClusterHealth{}, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(hm.life, cancel)
+	stop := context.AfterFunc(hm.ctx, cancel)
 	defer stop()
 	return hm.check(ctx)
 }
@@ -360,20 +349,12 @@ func (hm *HealthMonitor) Done() <-chan struct{} { return hm.done }
 // Err returns nil while the monitor runs and, once Done is closed, why it
 // ended: ErrClosed (Close or the Client was closed) or the error of an
 // invalid option.
-func (hm *HealthMonitor) Err() error {
-	hm.mu.Lock()
-	defer hm.mu.Unlock()
-	return hm.err
-}
+func (hm *HealthMonitor) Err() error { return hm.cause() }
 
 // Close stops the background checks, ends any Check in progress with
 // ErrClosed, closes the monitor's connections and returns once its goroutine
 // has exited. The Client stays open. Close is idempotent and returns nil.
-func (hm *HealthMonitor) Close() error {
-	hm.closeOnce.Do(hm.cancel)
-	<-hm.exited
-	return nil
-}
+func (hm *HealthMonitor) Close() error { return hm.close() }
 
 // ServeHTTP serves Current as JSON for readiness probes: status 200 when the
 // cluster is Healthy or Degraded (it serves reads and writes), 503 when it
@@ -411,7 +392,7 @@ func (hm *HealthMonitor) record(seq uint64, h ClusterHealth, seen map[string]Mem
 	for ep, id := range seen {
 		hm.epMember[ep] = id
 	}
-	if hm.ended || seq < hm.curSeq {
+	if hm.stopped || seq < hm.curSeq {
 		return
 	}
 	hm.curSeq = seq
@@ -421,25 +402,6 @@ func (hm *HealthMonitor) record(seq uint64, h ClusterHealth, seen map[string]Mem
 		return
 	}
 	hm.published = &h
-	// Only this function sends, under mu, so after draining the channel the
-	// send cannot block.
-	select {
-	case hm.updates <- h:
-	default:
-		select {
-		case <-hm.updates:
-		default:
-		}
-		hm.updates <- h
-	}
-}
-
-// endErr returns Err once the monitor has ended, nil before.
-func (hm *HealthMonitor) endErr() error {
-	hm.mu.Lock()
-	defer hm.mu.Unlock()
-	if hm.ended {
-		return hm.err
-	}
-	return nil
+	// Only this function sends, under mu.
+	hm.updates.send(h)
 }

@@ -72,7 +72,7 @@ func (hm *HealthMonitor) check(ctx context.Context) (ClusterHealth, error) {
 	})
 	wg.Wait()
 	if ctx.Err() != nil {
-		if hm.life.Err() != nil {
+		if hm.ctx.Err() != nil {
 			return ClusterHealth{}, ErrClosed
 		}
 		return ClusterHealth{}, ctx.Err()
@@ -99,7 +99,7 @@ func (hm *HealthMonitor) check(ctx context.Context) (ClusterHealth, error) {
 // monitor ends.
 func (hm *HealthMonitor) conn(ep string) (*clientv3.Client, error) {
 	hm.mu.Lock()
-	if hm.ended {
+	if hm.stopped {
 		hm.mu.Unlock()
 		return nil, ErrClosed
 	}
@@ -109,12 +109,12 @@ func (hm *HealthMonitor) conn(ep string) (*clientv3.Client, error) {
 	}
 	hm.mu.Unlock()
 
-	cli, err := dialRaw(hm.life, hm.c.cfg, []string{ep})
+	cli, err := dialRaw(hm.ctx, hm.c.cfg, []string{ep})
 	if err != nil {
 		return nil, err
 	}
 	hm.mu.Lock()
-	if hm.ended {
+	if hm.stopped {
 		hm.mu.Unlock()
 		_ = cli.Close()
 		return nil, ErrClosed

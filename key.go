@@ -10,7 +10,6 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -40,7 +39,7 @@ type Value[T any] struct {
 // concurrent use.
 //
 // An invalid name or a nil codec does not panic: every method returns the
-// error (ErrInvalidName and the like), as does Err.
+// error (ErrInvalidName and the like), as Validate does.
 type Key[T any] struct {
 	c     *Client
 	name  string
@@ -72,8 +71,14 @@ func NewKey[T any](c *Client, name string, codec Codec[T]) *Key[T] {
 // Name returns the key's name, relative to the namespace.
 func (k *Key[T]) Name() string { return k.name }
 
-// Err returns the error that makes the handle unusable (an invalid name, a
-// nil codec), or nil.
+// Validate returns the error that makes the handle unusable (an invalid
+// name, a nil codec), or nil. Every method returns it too.
+func (k *Key[T]) Validate() error { return k.err }
+
+// Err returns what Validate returns.
+//
+// Deprecated: use Validate. Err names why a long-running handle ended
+// (Watch.Err, Session.Err...); a Key never ends.
 func (k *Key[T]) Err() error { return k.err }
 
 // Get reads the key's current value (a linearizable read). It fails with
@@ -152,23 +157,25 @@ func (k *Key[T]) swap(ctx context.Context, v T, expectedRev int64) (int64, error
 		return 0, k.fail("compare-and-swap", err)
 	}
 	defer cancel()
-	resp, err := k.c.raw.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(k.path), "=", expectedRev)).
-		Then(clientv3.OpPut(k.path, string(data))).
-		Else(clientv3.OpGet(k.path)).
-		Commit()
+	res, err := k.c.casRaw(ctx, casOp{key: k.path, expect: expectedRev, value: data})
 	if err != nil {
 		return 0, k.fail("compare-and-swap", err)
 	}
-	if resp.Succeeded {
-		return resp.Header.Revision, nil
+	if res.ok {
+		return res.rev, nil
 	}
-	ce := &ConflictError[T]{Key: k.name, Expected: expectedRev, Revision: resp.Header.Revision, kind: ErrConflict}
-	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+	return 0, k.conflict(ErrConflict, expectedRev, res)
+}
+
+// conflict is the *ConflictError of a compare-and-put that found the key
+// otherwise than expected.
+func (k *Key[T]) conflict(kind error, expected int64, res casResult) *ConflictError[T] {
+	ce := &ConflictError[T]{Key: k.name, Expected: expected, Revision: res.rev, kind: kind}
+	if res.cur != nil {
 		ce.Exists = true
-		ce.Current, ce.DecodeErr = decodeKV(k.name, k.codec, kvs[0])
+		ce.Current, ce.DecodeErr = decodeKV(k.name, k.codec, res.cur)
 	}
-	return 0, ce
+	return ce
 }
 
 // Update applies fn to the key's current value and stores the result if the
@@ -280,8 +287,12 @@ func decodeKV[T any](name string, codec Codec[T], kv *mvccpb.KeyValue) (Value[T]
 }
 
 // mapServerError turns the size limits of the server ("request is too
-// large") and of gRPC ("message larger than max") into ErrTooLarge.
+// large") and of gRPC ("message larger than max") into ErrTooLarge. An
+// error that already matches ErrTooLarge is returned as it is.
 func mapServerError(err error) error {
+	if err == nil || errors.Is(err, ErrTooLarge) {
+		return err
+	}
 	if errors.Is(err, rpctypes.ErrRequestTooLarge) {
 		return errorf("%w: %w", ErrTooLarge, err)
 	}

@@ -337,7 +337,7 @@ func TestKeyInvalidNames(t *testing.T) {
 	for _, name := range []string{"", "..", ".", "../escape", "a/../b", "a/./b", "/abs", "trail/", "a//b", "ctl\x00x", "nl\nx", "del\x7f", "bad\xffutf8", strings.Repeat("x", 5000)} {
 		t.Run(fmt.Sprintf("%q", name), func(t *testing.T) {
 			k := etcdkit.NewKey(c, name, etcdkit.String())
-			require.ErrorIs(t, k.Err(), etcdkit.ErrInvalidName)
+			require.ErrorIs(t, k.Validate(), etcdkit.ErrInvalidName)
 			_, err := k.Get(ctx)
 			require.ErrorIs(t, err, etcdkit.ErrInvalidName)
 			_, err = k.Put(ctx, "v")
@@ -358,7 +358,7 @@ func TestKeyInvalidNames(t *testing.T) {
 		})
 	}
 	for _, name := range []string{"a", "a/b/c", "with space", "dots.in.name", "..x", "x..", "ünïcode"} {
-		require.NoError(t, etcdkit.NewKey(c, name, etcdkit.String()).Err(), name)
+		require.NoError(t, etcdkit.NewKey(c, name, etcdkit.String()).Validate(), name)
 	}
 
 	t.Run("nil codec and client", func(t *testing.T) {

@@ -32,6 +32,9 @@ var errResigned = fmt.Errorf("%w: leadership resigned", ErrClosed)
 //
 // A Leadership is safe for concurrent use.
 type Leadership struct {
+	// lifetime's ctx is Context: it carries the Leadership, for
+	// LeadershipFrom.
+	lifetime
 	e     *Election
 	id    string
 	name  string
@@ -44,21 +47,29 @@ type Leadership struct {
 	w       *Watch[[]byte]
 	endLife context.CancelCauseFunc
 
-	ctx     context.Context
-	cancel  context.CancelCauseFunc
-	endOnce sync.Once
-	done    chan struct{}
-
 	mu        sync.Mutex
-	err       error
 	revokeErr error
 }
 
 func newLeadership(cd *candidate) *Leadership {
-	l := &Leadership{e: cd.e, id: cd.id, name: cd.name, key: cd.key, token: cd.token, lease: cd.lease,
-		s: cd.s, ca: cd.ca, w: cd.w, endLife: cd.endLife, done: make(chan struct{})}
-	l.ctx, l.cancel = context.WithCancelCause(context.WithValue(context.Background(), leadershipKey{}, l))
-	return l
+	return &Leadership{e: cd.e, id: cd.id, name: cd.name, key: cd.key, token: cd.token, lease: cd.lease,
+		s: cd.s, ca: cd.ca, w: cd.w, endLife: cd.endLife}
+}
+
+// start begins the Leadership's life and its watchdog. It reports false,
+// starting nothing, if the client is closed.
+func (l *Leadership) start() bool {
+	// The change is counted before Context is cancelled, so that whoever
+	// sees it cancelled finds it counted: the revoke that follows can take
+	// as long as the TTL when the cluster is out of reach.
+	l.ending = func() { l.e.c.cfg.Metrics.Add(MetricLeadershipChanges, 1) }
+	ctx := context.WithValue(context.Background(), leadershipKey{}, l)
+	if !l.begin(ctx, l.e.c, fmt.Errorf("%w: client closed", ErrClosed)) {
+		return false
+	}
+	l.spawn(l.run)
+	l.arm()
+	return true
 }
 
 type leadershipKey struct{}
@@ -79,11 +90,16 @@ func (l *Leadership) ID() string { return l.id }
 // that remembers the highest token it has seen can refuse a deposed leader.
 func (l *Leadership) Token() int64 { return l.token }
 
-// Lease returns the ID of the leader's lease.
-func (l *Leadership) Lease() int64 { return int64(l.lease) }
+// Lease returns the ID of the leader's lease, as Session.Lease does.
+func (l *Leadership) Lease() clientv3.LeaseID { return l.lease }
 
-// Key returns the leader key as a full etcd key, namespace included, for
-// conditions of one's own in raw transactions.
+// LeaderKey returns the leader key as a full etcd key, namespace included,
+// for conditions of one's own in raw transactions.
+func (l *Leadership) LeaderKey() string { return l.key }
+
+// Key returns what LeaderKey returns.
+//
+// Deprecated: use LeaderKey. Key names a *Key[T] elsewhere (Ephemeral.Key).
 func (l *Leadership) Key() string { return l.key }
 
 // Context returns a context that is cancelled the moment leadership ends or
@@ -101,11 +117,7 @@ func (l *Leadership) Done() <-chan struct{} { return l.done }
 // context.Cause of Context. It matches ErrNotLeader when leadership was lost
 // (with ErrLeaseLost when the lease was), ErrClosed after Resign, Close or
 // Client.Close.
-func (l *Leadership) Err() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.err
-}
+func (l *Leadership) Err() error { return l.cause() }
 
 // Resign gives up leadership at once: it cancels Context, then revokes the
 // lease, which deletes the leader key in the same step, so the next
@@ -136,16 +148,9 @@ func (l *Leadership) Close() error {
 	return l.Resign(context.Background())
 }
 
-// end cancels Context with cause, unless it was already cancelled. It counts
-// the change first, so that whoever sees Context cancelled finds it counted:
-// the revoke that follows can take as long as the TTL when the cluster is
-// out of reach.
-func (l *Leadership) end(cause error) {
-	l.endOnce.Do(func() {
-		l.e.c.cfg.Metrics.Add(MetricLeadershipChanges, 1)
-		l.cancel(cause)
-	})
-}
+// end cancels Context with cause, unless it was already cancelled, and
+// counts the change (see start).
+func (l *Leadership) end(cause error) { l.cancel(cause) }
 
 // lostCause returns why leadership must end now, from what the session says,
 // or nil.
@@ -187,7 +192,7 @@ func (l *Leadership) keyCause() error {
 
 // run watches over the leadership until it ends, then cleans up.
 func (l *Leadership) run() {
-	defer l.finish()
+	defer l.giveUp()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -206,9 +211,6 @@ func (l *Leadership) run() {
 		select {
 		case <-l.ctx.Done():
 			return
-		case <-l.e.c.life.Done():
-			l.end(fmt.Errorf("%w: client closed", ErrClosed))
-			return
 		case <-epoch.Done():
 		case <-l.s.Done():
 		case <-timer.C:
@@ -221,8 +223,8 @@ func (l *Leadership) run() {
 	}
 }
 
-// finish gives up the key and records why the leadership ended.
-func (l *Leadership) finish() {
+// giveUp gives up the key once the leadership has ended, before Done.
+func (l *Leadership) giveUp() {
 	// The revoke hands over: first.
 	revokeErr := l.s.Close()
 	_ = l.w.Close()
@@ -230,7 +232,7 @@ func (l *Leadership) finish() {
 	l.endLife(nil)
 	cause := context.Cause(l.ctx)
 	l.mu.Lock()
-	l.err, l.revokeErr = cause, revokeErr
+	l.revokeErr = revokeErr
 	l.mu.Unlock()
 	log := l.e.c.log.Warn
 	if errors.Is(cause, ErrClosed) {
@@ -238,7 +240,6 @@ func (l *Leadership) finish() {
 	}
 	log("leadership ended", zap.String("election", l.e.name), zap.String("id", l.id),
 		zap.Int64("token", l.token), zap.NamedError("cause", cause), zap.NamedError("revoke", revokeErr))
-	close(l.done)
 }
 
 // notLeader is the error of a guarded write refused because leadership has

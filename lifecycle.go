@@ -1,68 +1,135 @@
 package etcdkit
 
-import "context"
+import (
+	"context"
+	"sync"
+)
 
-// lifecycle is the Close/Done/Err core of a handle that delivers values of
-// type E on a channel (Watch, Observation). The handle ends when its
+// The Close/Done/Err core of every long-running handle (STYLE rule 5) is
+// lifetime, or lifecycle[E] for a handle that also delivers values of type
+// E on a channel. A new handle (a Mutex's Lock, a Semaphore's Permit, a Live
+// value) adopts it in a few lines:
+//
+//	type Lock struct{ lifetime; ... }
+//	l := &Lock{}
+//	if !l.begin(ctx, c, ErrClosed) { l.ended(ErrClosed); return l }
+//	l.spawn(l.run) // run returns once l.ctx ends; l.cancel(err) on failure
+//	l.arm()
+//	func (l *Lock) Done() <-chan struct{} { return l.done }
+//	func (l *Lock) Err() error            { return l.cause() }
+//	func (l *Lock) Close() error          { return l.close() }
+
+// lifetime is the Close/Done/Err core of a handle. The handle ends when its
 // context does: the ctx it was made with ends, Close or Client.Close is
 // called, or its producers cancel it with the failure that stopped them.
-// Ending stops the producers, records the cause, then closes the channel and
-// Done, in that order, so that a reader released by either finds Err set.
+// Ending stops the producers, records the cause, runs the handle's closing
+// step (closing its channels), then closes Done, then runs its final step,
+// in that order, so that a reader released by any of them finds Err set.
 //
-// Embed it, start it with init (or ended), set producers, then call arm.
-// The zero value is not usable.
-type lifecycle[E any] struct {
-	events chan E
-	done   chan struct{}
-	ctx    context.Context
+// Embed it, start it with begin (or ended), set producers and the optional
+// steps, then call arm. The zero value is not usable.
+type lifetime struct {
+	done chan struct{}
+	over chan struct{} // closed once the handle has ended and cleaned up
+	ctx  context.Context
+	// cancel ends the handle with a cause, unless it has already ended.
 	cancel context.CancelCauseFunc
 	err    error // set before done is closed
-	// producers stops whatever sends on events and waits for it.
+	// producers stops whatever works for the handle and waits for it.
 	producers func()
-	release   func()
-	stopLife  func() bool
+	// explain, if set, turns the context's cause into Err's.
+	explain func(error) error
+	// ending, if set before begin, runs once, just before cancel (or the
+	// client's close) cancels the handle's context, so that whoever sees it
+	// cancelled finds its effect (Leadership counts a change).
+	ending func()
+	// closing, if set, runs once Err is set, before Done is closed; final
+	// runs after Done is closed, before close returns.
+	closing, final func()
+	release        func()
+	stopLife       func() bool
 }
 
-// init makes the handle bounded by ctx and by c's life, and registers it
-// with c so that Client.Close waits for its end. If c is closed it reports
-// false and the caller ends the handle with ErrClosed (see ended).
-func (l *lifecycle[E]) init(ctx context.Context, c *Client, buffer int) bool {
+// begin makes the handle bounded by ctx and by c's life (which ends it with
+// closedCause), and registers it with c so that Client.Close waits for its
+// end. If c is closed it reports false and the caller ends the handle with
+// ErrClosed (see ended).
+func (l *lifetime) begin(ctx context.Context, c *Client, closedCause error) bool {
 	if !c.hold() {
 		return false
 	}
-	l.events, l.done, l.release = make(chan E, buffer), make(chan struct{}), c.wg.Done
+	l.done, l.over, l.release = make(chan struct{}), make(chan struct{}), c.wg.Done
 	l.ctx, l.cancel = context.WithCancelCause(ctx)
-	l.stopLife = context.AfterFunc(c.life, func() { l.cancel(ErrClosed) })
+	if l.ending != nil {
+		var once sync.Once
+		cancel := l.cancel
+		l.cancel = func(cause error) { once.Do(func() { l.ending(); cancel(cause) }) }
+	}
+	l.stopLife = context.AfterFunc(c.life, func() { l.cancel(closedCause) })
 	return true
 }
 
 // ended makes a handle that has already ended with err.
-func (l *lifecycle[E]) ended(err error) {
-	l.events, l.done, l.err = make(chan E), make(chan struct{}), err
+func (l *lifetime) ended(err error) {
+	l.done, l.over = make(chan struct{}), make(chan struct{})
 	l.ctx, l.cancel = context.WithCancelCause(context.Background())
 	l.cancel(err)
-	close(l.events)
-	close(l.done)
+	l.conclude(err)
+}
+
+// spawn runs f on a goroutine as the handle's producer: the handle's end
+// waits for f to return, then runs the producers set before. f must return
+// soon after l.ctx ends. begin's hold covers the goroutine (Client.Close
+// waits for the handle's end, which waits for f), so spawn cannot fail.
+func (l *lifetime) spawn(f func()) {
+	stopped := make(chan struct{})
+	then := l.producers
+	l.producers = func() {
+		<-stopped
+		if then != nil {
+			then()
+		}
+	}
+	go func() {
+		defer close(stopped)
+		f()
+	}()
 }
 
 // arm makes the handle end when its context does.
-func (l *lifecycle[E]) arm() { context.AfterFunc(l.ctx, l.finish) }
+func (l *lifetime) arm() { context.AfterFunc(l.ctx, l.finish) }
 
 // finish runs once the handle's context has ended: it stops the producers,
-// records the cause, closes the channel, then Done.
-func (l *lifecycle[E]) finish() {
+// records the cause, closes the channels, Done, then cleans up.
+func (l *lifetime) finish() {
 	l.stopLife()
 	if l.producers != nil {
 		l.producers()
 	}
-	l.err = context.Cause(l.ctx)
-	close(l.events)
-	close(l.done)
+	err := context.Cause(l.ctx)
+	if l.explain != nil {
+		err = l.explain(err)
+	}
+	l.conclude(err)
 	l.release()
 }
 
+// conclude records err as the cause, then runs the closing step, closes
+// Done, runs the final step and closes over, in that order.
+func (l *lifetime) conclude(err error) {
+	l.err = err
+	if l.closing != nil {
+		l.closing()
+	}
+	close(l.done)
+	if l.final != nil {
+		l.final()
+	}
+	close(l.over)
+}
+
 // cause returns why the handle ended once Done is closed, nil before.
-func (l *lifecycle[E]) cause() error {
+func (l *lifetime) cause() error {
 	select {
 	case <-l.done:
 		return l.err
@@ -72,9 +139,37 @@ func (l *lifecycle[E]) cause() error {
 }
 
 // close ends the handle with ErrClosed, unless it had already ended, and
-// waits for its end.
-func (l *lifecycle[E]) close() error {
-	l.cancel(ErrClosed)
-	<-l.done
+// waits until it has ended and cleaned up.
+func (l *lifetime) close() error { return l.closeWith(ErrClosed) }
+
+// closeWith ends the handle with cause, unless it had already ended, and
+// waits until it has ended and cleaned up.
+func (l *lifetime) closeWith(cause error) error {
+	l.cancel(cause)
+	<-l.over
 	return nil
+}
+
+// lifecycle is a lifetime whose handle delivers values of type E on events
+// (Watch, Observation), closed after Err is set and before Done.
+type lifecycle[E any] struct {
+	lifetime
+	events chan E
+}
+
+// init begins the handle, with an events channel of the given buffer.
+func (l *lifecycle[E]) init(ctx context.Context, c *Client, buffer int) bool {
+	if !l.begin(ctx, c, ErrClosed) {
+		return false
+	}
+	l.events = make(chan E, buffer)
+	l.closing = func() { close(l.events) }
+	return true
+}
+
+// ended makes a handle that has already ended with err.
+func (l *lifecycle[E]) ended(err error) {
+	l.events = make(chan E)
+	l.closing = func() { close(l.events) }
+	l.lifetime.ended(err)
 }

@@ -44,19 +44,14 @@ func (e *Election) Observe(ctx context.Context) *Observation {
 		o.ended(e.err)
 		return o
 	}
-	if !o.init(ctx, e.c, 0) {
+	if !o.init(ctx, e.c, observeBacklog) {
 		o.ended(ErrClosed)
 		return o
 	}
-	stopped := make(chan struct{})
-	o.producers = func() { <-stopped }
-	if !e.c.spawn(func() {
-		defer close(stopped)
-		o.cancel(e.observe(o.ctx, o.events))
-	}) {
-		close(stopped)
-		o.cancel(ErrClosed)
-	}
+	// Events reads as closed as soon as the Observation ends: the changes
+	// still waiting for a reader go.
+	o.producers = func() { lossy[LeaderInfo](o.events).drain() }
+	o.spawn(func() { o.cancel(e.observe(o.ctx, o.events)) })
 	o.arm()
 	return o
 }
@@ -84,9 +79,8 @@ func (o *Observation) Close() error { return o.close() }
 // observe feeds ch until ctx ends, following a Cache of the candidates and
 // starting a new one if a cache fails. It returns the error that stopped it
 // when that is not the end of ctx.
-func (e *Election) observe(ctx context.Context, ch chan<- LeaderInfo) error {
+func (e *Election) observe(ctx context.Context, ch lossy[LeaderInfo]) error {
 	var (
-		queue  []LeaderInfo
 		last   LeaderInfo
 		known  bool
 		ca     *Cache[[]byte]
@@ -111,25 +105,15 @@ func (e *Election) observe(ctx context.Context, ch chan<- LeaderInfo) error {
 		if ca != nil && synced == nil && ca.Revision() > 0 {
 			li := leaderOf(ca.List(), ca.Revision())
 			if !known || !li.same(last) {
-				if len(queue) == observeBacklog {
-					queue = queue[1:]
-				}
-				queue = append(queue, li)
+				ch.send(li)
 				last, known = li, true
 			}
-		}
-		var out chan<- LeaderInfo
-		var head LeaderInfo
-		if len(queue) > 0 {
-			out, head = ch, queue[0]
 		}
 		var restartC <-chan time.Time
 		if ca == nil {
 			restartC = restart.C
 		}
 		select {
-		case out <- head:
-			queue = queue[1:]
 		case <-restartC:
 			var err error
 			if ca, err = e.cands.Cache(ctx); err != nil {

@@ -79,8 +79,8 @@ func TestNilOptions(t *testing.T) {
 			"nil SessionOption in WithSessionOptions": etcdkit.NewElection(c, "e", ttl, etcdkit.WithSessionOptions(nil)),
 		} {
 			t.Run(name, func(t *testing.T) {
-				require.Error(t, e.Err())
-				assert.Contains(t, e.Err().Error(), "nil option")
+				require.Error(t, e.Validate())
+				assert.Contains(t, e.Validate().Error(), "nil option")
 			})
 		}
 	})

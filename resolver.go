@@ -104,7 +104,7 @@ func (b resolverBuilder) Build(target resolver.Target, cc resolver.ClientConn, _
 		return nil, fmt.Errorf("etcdkit: resolver: target %q names an authority; want %s:///<service>", target.URL.String(), ResolverScheme)
 	}
 	svc := NewService(b.c, target.Endpoint(), Bytes())
-	if err := svc.Err(); err != nil {
+	if err := svc.Validate(); err != nil {
 		return nil, errorf("resolver: target %q: %w", target.URL.String(), err)
 	}
 	tr, err := svc.Track(context.Background())

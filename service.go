@@ -43,7 +43,7 @@ type Instance[M any] struct {
 //
 // A Service holds no state besides its configuration: it is cheap to make
 // and safe for concurrent use. An invalid name or a nil codec does not
-// panic: every method returns the error, as Err does.
+// panic: every method returns the error, as Validate does.
 type Service[M any] struct {
 	c     *Client
 	name  string
@@ -68,7 +68,7 @@ func NewService[M any](c *Client, name string, codec Codec[M]) *Service[M] {
 			break
 		}
 		s.p = NewPrefix[record[M]](c, serviceRoot+"/"+url.PathEscape(name), recordCodec[M]{meta: codec})
-		s.err = s.p.Err()
+		s.err = s.p.err
 	}
 	return s
 }
@@ -76,7 +76,14 @@ func NewService[M any](c *Client, name string, codec Codec[M]) *Service[M] {
 // Name returns the service's name.
 func (s *Service[M]) Name() string { return s.name }
 
-// Err returns the error that makes the handle unusable, or nil.
+// Validate returns the error that makes the handle unusable (a nil client
+// or codec, an invalid name), or nil. Every method returns it too.
+func (s *Service[M]) Validate() error { return s.err }
+
+// Err returns what Validate returns.
+//
+// Deprecated: use Validate. Err names why a long-running handle ended
+// (Tracker.Err, Registration.Err...); a Service never ends.
 func (s *Service[M]) Err() error { return s.err }
 
 // List reads the service's instances at one revision and returns them

@@ -83,28 +83,23 @@ func (s SessionState) String() string {
 //
 // A Session is safe for concurrent use.
 type Session struct {
+	// lifetime's ctx is the session's life: the caller's ctx, the client's
+	// life and Close. Its cause says why it ended.
+	lifetime
 	c   *Client
 	ttl time.Duration
 	o   sessionOptions
 
-	// ctx is the session's life: the caller's ctx, the client's life and
-	// Close. Its cause says why it ended.
-	ctx      context.Context
-	cancel   context.CancelCauseFunc
-	stopLife func() bool
-
-	feed   *stateFeed
-	poked  chan struct{}
-	done   chan struct{}
-	exited chan struct{}
+	feed  *stateFeed
+	poked chan struct{}
+	// revokeLate is set by run when it leaves the revoke to the end, after
+	// Done (a lease Lost for good).
+	revokeLate bool
 
 	mu        sync.Mutex
 	lease     clientv3.LeaseID
 	lastSent  time.Time // send time of the last successful keepalive or grant
-	err       error
 	revokeErr error
-
-	closeOnce sync.Once
 }
 
 // errSessionClosed is the cause of a session ended by its Close.
@@ -143,19 +138,16 @@ func (c *Client) NewSession(ctx context.Context, ttl time.Duration, opts ...Sess
 		return nil, fmt.Errorf("%w: TTL %v is below the cluster's minimum of %ds", ErrInvalidTTL, ttl, granted)
 	}
 
-	s.ctx, s.cancel = context.WithCancelCause(ctx)
-	s.stopLife = context.AfterFunc(c.life, func() { s.cancel(fmt.Errorf("%w: client closed", ErrClosed)) })
 	s.feed = newStateFeed(c.cfg.Metrics)
 	s.poked = make(chan struct{}, 1)
-	s.done = make(chan struct{})
-	s.exited = make(chan struct{})
 	s.lease, s.lastSent = id, sent
-	if !c.spawn(s.run) {
-		s.stopLife()
-		s.cancel(nil)
+	s.explain, s.final = sessionCause, s.afterDone
+	if !s.begin(ctx, c, fmt.Errorf("%w: client closed", ErrClosed)) {
 		_ = s.revoke()
 		return nil, errorf("session: %w", ErrClosed)
 	}
+	s.spawn(s.run)
+	s.arm()
 	c.log.Debug("session started", zap.Int64("lease", int64(id)), zap.Duration("ttl", ttl))
 	return s, nil
 }
@@ -228,10 +220,14 @@ func (s *Session) Done() <-chan struct{} { return s.done }
 // Err returns nil while the session runs, and once Done is closed the reason
 // it ended: ErrClosed (Close, or the client was closed), ErrLeaseLost, or an
 // error wrapping the error of the ctx given to NewSession.
-func (s *Session) Err() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.err
+func (s *Session) Err() error { return s.cause() }
+
+// sessionCause is the Err of a session whose life ended with cause.
+func sessionCause(cause error) error {
+	if cause == ErrLeaseLost || errors.Is(cause, ErrClosed) {
+		return cause
+	}
+	return errorf("session: %w", cause)
 }
 
 // Close ends the session and revokes its lease, which deletes the keys
@@ -240,10 +236,7 @@ func (s *Session) Err() error {
 // revoke's error, if any (the lease then expires after its TTL). Close is
 // idempotent; later calls return the same error.
 func (s *Session) Close() error {
-	s.closeOnce.Do(func() {
-		s.cancel(errSessionClosed)
-		<-s.exited
-	})
+	_ = s.closeWith(errSessionClosed)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.revokeErr
@@ -268,23 +261,23 @@ func (s *Session) lostAtLocked() time.Time {
 	return s.lastSent.Add(s.ttl - s.o.margin)
 }
 
-// run is the keepalive engine.
+// run is the keepalive engine. It revokes the lease before it returns
+// when the session's life ends, so that Done means the keys are gone.
 func (s *Session) run() {
-	defer close(s.exited)
-	defer s.stopLife()
 	retry := backoff.New(50*time.Millisecond, 500*time.Millisecond)
 	for {
 		st, _ := s.feed.get()
 		if st == SessionLost {
 			if s.o.noRecovery {
-				s.end(ErrLeaseLost)
-				// The lease may outlive our verdict by the margin; revoking it
-				// makes the keys go when the owner was told they are gone.
-				_ = s.revoke()
+				// The lease may outlive our verdict by the margin: it is
+				// revoked after Done, so that the keys go when the owner was
+				// told they are gone, not later.
+				s.revokeLate = true
+				s.cancel(ErrLeaseLost)
 				return
 			}
 			if !s.recover() {
-				s.finish()
+				s.revokeAtEnd()
 				return
 			}
 			retry.Reset()
@@ -301,7 +294,7 @@ func (s *Session) run() {
 			next = lostAt
 		}
 		if !s.sleepUntil(next) {
-			s.finish()
+			s.revokeAtEnd()
 			return
 		}
 		if !time.Now().Before(lostAt) {
@@ -322,7 +315,7 @@ func (s *Session) run() {
 			retry.Reset()
 			s.feed.enter(SessionLive, 0)
 		case s.ctx.Err() != nil:
-			s.finish()
+			s.revokeAtEnd()
 			return
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
 			s.lose("the server no longer knows the lease")
@@ -444,26 +437,20 @@ func (s *Session) revoke() error {
 	return nil
 }
 
-// finish ends a session whose life ended: it revokes the lease, then reports
-// why.
-func (s *Session) finish() {
+// revokeAtEnd revokes the lease of a session whose life ended.
+func (s *Session) revokeAtEnd() {
 	err := s.revoke()
 	s.mu.Lock()
 	s.revokeErr = err
 	s.mu.Unlock()
-	cause := context.Cause(s.ctx)
-	if !errors.Is(cause, ErrClosed) {
-		cause = errorf("session: %w", cause)
-	}
-	s.end(cause)
 }
 
-// end records err, closes Done and then States.
-func (s *Session) end(err error) {
-	s.mu.Lock()
-	s.err = err
-	s.mu.Unlock()
-	close(s.done)
+// afterDone runs after Done is closed: it closes States, then revokes a
+// lease Lost for good.
+func (s *Session) afterDone() {
 	s.feed.close()
-	s.c.log.Debug("session ended", zap.Error(err))
+	if s.revokeLate {
+		_ = s.revoke()
+	}
+	s.c.log.Debug("session ended", zap.Error(s.err))
 }

@@ -10,14 +10,15 @@ import (
 const stateBuffer = 16
 
 // stateFeed holds a handle's current state and sends its transitions to the
-// States channel without ever blocking: when the reader is stateBuffer states
-// behind, the oldest waiting state is dropped. Each state lasts one epoch, a
+// States channel, a lossy channel of stateBuffer states: it never blocks, and
+// when the reader is stateBuffer states behind, the oldest waiting state is
+// dropped. Each state lasts one epoch, a
 // context cancelled at the next transition, which the engines that follow a
 // session wait on or bound their requests with.
 type stateFeed struct {
 	mu       sync.Mutex
 	state    SessionState
-	ch       chan SessionState
+	ch       lossy[SessionState]
 	epoch    context.Context
 	endEpoch context.CancelFunc
 	closed   bool
@@ -29,7 +30,7 @@ type stateFeed struct {
 }
 
 func newStateFeed(m Metrics) *stateFeed {
-	f := &stateFeed{state: SessionLive, ch: make(chan SessionState, stateBuffer), metrics: m}
+	f := &stateFeed{state: SessionLive, ch: make(lossy[SessionState], stateBuffer), metrics: m}
 	f.epoch, f.endEpoch = context.WithCancel(context.Background())
 	f.ch <- SessionLive
 	return f
@@ -85,19 +86,8 @@ func (f *stateFeed) relay(epoch context.Context, g *stateFeed, st, why SessionSt
 	return true
 }
 
-func (f *stateFeed) sendLocked(st SessionState) {
-	select {
-	case f.ch <- st:
-	default:
-		// Only this goroutine sends, under f.mu, so once one state is taken
-		// out the send cannot block.
-		select {
-		case <-f.ch:
-		default:
-		}
-		f.ch <- st
-	}
-}
+// sendLocked sends st; holding f.mu makes this the channel's one sender.
+func (f *stateFeed) sendLocked(st SessionState) { f.ch.send(st) }
 
 func (f *stateFeed) get() (SessionState, context.Context) {
 	f.mu.Lock()

@@ -27,14 +27,12 @@ import (
 // the Meta values it returns are shared between readers and must not be
 // modified.
 type Tracker[M any] struct {
+	lifetime
 	s       *Service[M]
 	ca      *Cache[record[M]]
 	w       *Watch[record[M]]
-	cancel  context.CancelCauseFunc
-	updates chan []Instance[M]
+	updates lossy[[]Instance[M]]
 	synced  chan struct{}
-	done    chan struct{}
-	err     error // set before done is closed
 
 	mu  sync.Mutex
 	cur []Instance[M]
@@ -50,23 +48,25 @@ func (s *Service[M]) Track(ctx context.Context) (*Tracker[M], error) {
 	if s.err != nil {
 		return nil, s.err
 	}
-	t := &Tracker[M]{s: s, updates: make(chan []Instance[M], 1), synced: make(chan struct{}),
-		done: make(chan struct{}), bad: make(map[string]*DecodeError)}
-	tctx, cancel := context.WithCancelCause(ctx)
-	t.cancel = cancel
-	ca, err := s.p.Cache(tctx)
+	t := &Tracker[M]{s: s, updates: make(lossy[[]Instance[M]], 1), synced: make(chan struct{}),
+		bad: make(map[string]*DecodeError)}
+	if !t.begin(ctx, s.c, ErrClosed) {
+		return nil, errorf("track service %q: %w", s.name, ErrClosed)
+	}
+	// Updates closes once the goroutine that sends on it has returned, and
+	// Synced, if the tracker never synced, after Done.
+	t.closing = func() { close(t.updates) }
+	t.final = t.unblockSynced
+	ca, err := s.p.Cache(t.ctx)
 	if err != nil {
-		cancel(err)
+		t.arm()
+		_ = t.closeWith(err)
 		return nil, errorf("track service %q: %w", s.name, err)
 	}
 	t.ca = ca
 	t.w = ca.Subscribe(WithInitial())
-	if !s.c.spawn(t.run) {
-		cancel(ErrClosed)
-		_ = t.w.Close()
-		_ = ca.Close()
-		return nil, errorf("track service %q: %w", s.name, ErrClosed)
-	}
+	t.spawn(t.run)
+	t.arm()
 	return t, nil
 }
 
@@ -141,25 +141,25 @@ func (t *Tracker[M]) Done() <-chan struct{} { return t.done }
 // Err returns why the tracker ended once Done is closed, nil before: the
 // ctx's cause, ErrClosed after Close or Client.Close, or the failure that
 // ended it.
-func (t *Tracker[M]) Err() error {
-	select {
-	case <-t.done:
-		return t.err
-	default:
-		return nil
-	}
-}
+func (t *Tracker[M]) Err() error { return t.cause() }
 
 // Close stops the tracker and returns once its goroutines have finished.
 // It is idempotent and returns nil.
-func (t *Tracker[M]) Close() error {
-	t.cancel(ErrClosed)
-	<-t.done
-	return nil
-}
+func (t *Tracker[M]) Close() error { return t.close() }
 
+// run keeps the view until the cache ends, then ends the tracker with the
+// cache's cause.
 func (t *Tracker[M]) run() {
-	defer t.finish()
+	defer func() {
+		// Closing the cache waits for its end, so that Err is its cause.
+		_ = t.w.Close()
+		_ = t.ca.Close()
+		err := t.ca.Err()
+		if err == nil {
+			err = ErrClosed
+		}
+		t.cancel(err)
+	}()
 	synced := t.ca.Synced()
 	for {
 		select {
@@ -173,25 +173,29 @@ func (t *Tracker[M]) run() {
 			t.publish()
 			close(t.synced)
 		case ev, ok := <-t.w.Events():
-			if !ok {
+			if !ok || !t.noteWaiting(ev) {
 				return
-			}
-			t.note(ev)
-			// Fold whatever else is waiting into one view.
-			for more := true; more; {
-				select {
-				case ev, ok = <-t.w.Events():
-					if !ok {
-						return
-					}
-					t.note(ev)
-				default:
-					more = false
-				}
 			}
 			if synced == nil {
 				t.publish()
 			}
+		}
+	}
+}
+
+// noteWaiting notes ev and whatever other changes are waiting, so that they
+// make one view. It reports false once the watch has ended.
+func (t *Tracker[M]) noteWaiting(ev Event[record[M]]) bool {
+	t.note(ev)
+	for {
+		select {
+		case ev, ok := <-t.w.Events():
+			if !ok {
+				return false
+			}
+			t.note(ev)
+		default:
+			return true
 		}
 	}
 }
@@ -243,30 +247,14 @@ func (t *Tracker[M]) publish() {
 	}
 	t.cur, t.raw = list, raw
 	t.mu.Unlock()
-	// Only this goroutine sends, so once the unread view is taken out the
-	// send cannot block.
-	select {
-	case <-t.updates:
-	default:
-	}
-	t.updates <- slices.Clone(list)
+	// Only this goroutine sends.
+	t.updates.send(slices.Clone(list))
 }
 
-// finish records why the tracker ended, then closes Updates, Done and, if
-// the tracker never synced, Synced, so that whoever it releases finds Err
-// set.
-func (t *Tracker[M]) finish() {
-	_ = t.w.Close()
-	_ = t.ca.Close()
-	err := t.ca.Err()
-	if err == nil {
-		err = ErrClosed
-	}
-	t.cancel(err)
-	t.err = err
-	close(t.updates)
-	close(t.done)
-	// Only run, whose end this is, closes synced.
+// unblockSynced closes Synced if the tracker never synced, so that a caller
+// waiting on it is not left hanging. Only run, which has returned by then,
+// closes it otherwise.
+func (t *Tracker[M]) unblockSynced() {
 	select {
 	case <-t.synced:
 	default:

@@ -1,0 +1,88 @@
+package etcdkit
+
+import (
+	"context"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// casOp is the library's one compare-and-put: in a single transaction, put
+// value at key (under lease, if not 0) when the key's mod revision is expect
+// (0: only if the key is absent) and every comparison in also holds;
+// otherwise read the key, so that the caller learns what it holds without a
+// second request, at the same revision. Everything that writes a key only
+// if it is as the writer last saw it goes through it: Key.CompareAndSwap,
+// Create and Update, an Ephemeral's writes and checks, a candidate's key,
+// and the keys later code acquires (a Mutex's or a Semaphore's) or commits
+// in typed transactions (whose fences go in also).
+//
+// Run it over the client's request connection with Client.casRaw (the
+// caller bounds ctx, with opContext), or on the pinned stream connection
+// with Client.casStreams, which moves off a member that stalls, for the
+// engines that must keep a key in place through faults.
+type casOp struct {
+	key    string // full etcd key
+	expect int64  // mod revision the key must have; 0: absent
+	value  []byte
+	lease  clientv3.LeaseID
+	also   []clientv3.Cmp
+	// check makes the transaction compare only: when the comparisons hold
+	// nothing is written, which confirms the key is still as expected.
+	check bool
+}
+
+// casResult is what a compare-and-put found.
+type casResult struct {
+	// ok reports that the comparisons held (and the put, if any, applied).
+	ok bool
+	// rev is the transaction's revision: the write's when ok and not a check.
+	rev int64
+	// cur is the key as it stood when the comparisons failed; nil when it
+	// was absent, or when ok.
+	cur *mvccpb.KeyValue
+}
+
+// commit runs op on kv, a whole client or one pinned to a member.
+func (op casOp) commit(ctx context.Context, kv clientv3.KV) (casResult, error) {
+	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(op.key), "=", op.expect)}, op.also...)
+	txn := kv.Txn(ctx).If(cmps...)
+	if !op.check {
+		var opts []clientv3.OpOption
+		if op.lease != 0 {
+			opts = append(opts, clientv3.WithLease(op.lease))
+		}
+		txn = txn.Then(clientv3.OpPut(op.key, string(op.value), opts...))
+	}
+	resp, err := txn.Else(clientv3.OpGet(op.key)).Commit()
+	if err != nil {
+		return casResult{}, err
+	}
+	res := casResult{ok: resp.Succeeded, rev: resp.Header.Revision}
+	if !res.ok {
+		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+			res.cur = kvs[0]
+		}
+	}
+	return res, nil
+}
+
+// casRaw runs op once over the client's request connection, bounded by ctx.
+func (c *Client) casRaw(ctx context.Context, op casOp) (casResult, error) {
+	return op.commit(ctx, c.raw)
+}
+
+// casStreams runs op on the pinned stream connection, retrying an attempt
+// that stalls or fails transiently on the next member (see onStreams) until
+// ctx ends; a value the server refuses as too large is not retried
+// (ErrTooLarge). A retried put may have applied the first time: callers
+// recognise their own value in cur.
+func (c *Client) casStreams(ctx context.Context, op casOp) (casResult, error) {
+	var res casResult
+	err := c.onStreams(ctx, c.cfg.StallTimeout, func(ctx context.Context, cli *clientv3.Client) error {
+		var err error
+		res, err = op.commit(ctx, cli)
+		return mapServerError(err)
+	})
+	return res, err
+}
