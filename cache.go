@@ -25,19 +25,15 @@ import (
 // is set and Done is closed. Its contents stay readable after it ended but
 // are no longer updated. A Cache is safe for concurrent use.
 type Cache[T any] struct {
+	lifetime
 	c      *Client
 	sub    *watch.Sub
 	target watch.Target
 	decode func(*watch.Event) Event[T]
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	stop   func() bool
 	synced chan struct{}
 	// syncOnce guards closing synced: on the first sync, or when the cache
 	// ends before it.
 	syncOnce sync.Once
-	done     chan struct{}
-	err      error // set before done is closed
 
 	mu      sync.RWMutex
 	entries map[string]cacheEntry[T]
@@ -66,29 +62,26 @@ func (p *Prefix[T]) Cache(ctx context.Context) (*Cache[T], error) {
 	if p.err != nil {
 		return nil, p.err
 	}
-	if p.c.closed() {
-		return nil, ErrClosed
-	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	h := p.c.hub
-	ca := &Cache[T]{c: p.c, target: p.target(), decode: p.decoder(), synced: make(chan struct{}), done: make(chan struct{}),
+	ca := &Cache[T]{c: p.c, target: p.target(), decode: p.decoder(), synced: make(chan struct{}),
 		entries: make(map[string]cacheEntry[T]), subs: make(map[*Watch[T]]struct{})}
-	ca.ctx, ca.cancel = context.WithCancelCause(ctx)
-	ca.stop = context.AfterFunc(p.c.life, func() { ca.cancel(ErrClosed) })
+	if !ca.begin(ctx, p.c, ErrClosed) {
+		return nil, ErrClosed
+	}
+	ca.final = ca.markSynced
 	ca.sub = h.NewSub(ca.ctx, ca.target, watch.Options{After: -1, Initial: true, Buffer: DefaultWatchBuffer})
 	ca.fan = h.NewFan(ca.target, ca.sub.State)
 	if !h.Join(ca.sub) {
 		ca.sub.Cancel()
-		ca.finish(ErrClosed)
+		ca.cancel(ErrClosed)
+		ca.arm()
 		return nil, ErrClosed
 	}
-	if !p.c.spawn(ca.run) {
-		ca.sub.Close()
-		ca.finish(ErrClosed)
-		return nil, ErrClosed
-	}
+	ca.spawn(ca.run)
+	ca.arm()
 	return ca, nil
 }
 
@@ -159,14 +152,7 @@ func (ca *Cache[T]) Done() <-chan struct{} { return ca.done }
 // Err returns why the cache ended once Done is closed, nil before: the ctx's
 // cause, ErrClosed after Close or Client.Close, or the failure that ended
 // it.
-func (ca *Cache[T]) Err() error {
-	select {
-	case <-ca.done:
-		return ca.err
-	default:
-		return nil
-	}
-}
+func (ca *Cache[T]) Err() error { return ca.cause() }
 
 // State reports the state of the watch behind the cache.
 func (ca *Cache[T]) State() WatchState {
@@ -180,48 +166,37 @@ func (ca *Cache[T]) State() WatchState {
 
 // Close stops the cache and its subscriptions and returns once their
 // goroutines have finished. It is idempotent and returns nil.
-func (ca *Cache[T]) Close() error {
-	ca.cancel(ErrClosed)
-	<-ca.done
-	return nil
-}
+func (ca *Cache[T]) Close() error { return ca.close() }
 
-func (ca *Cache[T]) finish(err error) {
-	ca.stop()
-	ca.cancel(err)
-	ca.err = err
-	close(ca.done)
-	ca.markSynced()
-}
-
+// run follows the prefix until the cache ends, then ends it with the
+// failure that stopped it and waits for its subscriptions to end: they end
+// with the same cause, through their contexts.
 func (ca *Cache[T]) run() {
-	var err error
-	defer func() {
-		ca.sub.Close()
-		if ca.ctx.Err() != nil {
-			err = context.Cause(ca.ctx)
-		}
-		// Subscriptions end with the same cause, through their contexts.
-		ca.cancel(err)
-		ca.mu.Lock()
-		ca.ending = true
-		subs := make([]*Watch[T], 0, len(ca.subs))
-		for w := range ca.subs {
-			subs = append(subs, w)
-		}
-		ca.mu.Unlock()
-		for _, w := range subs {
-			<-w.done
-		}
-		ca.finish(err)
-	}()
-	if err = ca.sub.Start(); err != nil {
-		return
+	err := ca.follow()
+	ca.sub.Close()
+	ca.cancel(err)
+	ca.mu.Lock()
+	ca.ending = true
+	subs := make([]*Watch[T], 0, len(ca.subs))
+	for w := range ca.subs {
+		subs = append(subs, w)
+	}
+	ca.mu.Unlock()
+	for _, w := range subs {
+		<-w.done
+	}
+}
+
+// follow applies the subscriber's batches until it fails or the cache's
+// context ends, and returns why.
+func (ca *Cache[T]) follow() error {
+	if err := ca.sub.Start(); err != nil {
+		return err
 	}
 	for {
-		var b watch.Batch
-		if b, err = ca.sub.Pop(ca.ctx); err != nil {
-			return
+		b, err := ca.sub.Pop(ca.ctx)
+		if err != nil {
+			return err
 		}
 		ca.apply(b)
 		ca.markSynced()

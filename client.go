@@ -364,14 +364,6 @@ func (c *Client) opContext(ctx context.Context) (context.Context, context.Cancel
 	return ctx, cancel, nil
 }
 
-// handleContext derives the context that bounds a long-lived handle: it ends
-// when ctx ends or the client is closed.
-func (c *Client) handleContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(c.life, cancel)
-	return ctx, func() { stop(); cancel() }
-}
-
 // cause returns the error to report for a failed request: ErrClosed when the
 // client was closed meanwhile, err otherwise.
 func (c *Client) cause(err error) error {

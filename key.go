@@ -12,6 +12,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/etcdkit/etcdkit/internal/backoff"
 )
 
 // maxUpdateAttempts bounds Update's read-modify-write loop under contention.
@@ -227,7 +229,7 @@ func (k *Key[T]) Update(ctx context.Context, fn func(cur T, exists bool) (T, err
 		}
 		// A random pause, growing to at most 20ms, spreads the retries of
 		// the writers that lost so that each round has a fair winner.
-		if !sleepCtx(ctx, time.Duration(rand.Int64N(int64(min(attempt, 20))*int64(time.Millisecond)))) {
+		if !backoff.Sleep(ctx, time.Duration(rand.Int64N(int64(min(attempt, 20))*int64(time.Millisecond)))) {
 			return zero, ctx.Err()
 		}
 	}
@@ -300,19 +302,4 @@ func mapServerError(err error) error {
 		return errorf("%w: %w", ErrTooLarge, err)
 	}
 	return err
-}
-
-// sleepCtx waits for d or until ctx ends, and reports whether d elapsed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -25,7 +25,7 @@ type Entry[T any] struct {
 // Prefix is a typed handle on the keys under one name: Prefix "svc" holds
 // "svc/a" and "svc/b/c", never "svc2/x" (prefixes end at a "/" boundary).
 // It is cheap to make and safe for concurrent use. An invalid name or a nil
-// codec makes every method return the error, as Err does.
+// codec makes every method return the error, as Validate does.
 type Prefix[T any] struct {
 	c     *Client
 	name  string
@@ -56,7 +56,14 @@ func NewPrefix[T any](c *Client, name string, codec Codec[T]) *Prefix[T] {
 // Name returns the prefix's name, relative to the namespace.
 func (p *Prefix[T]) Name() string { return p.name }
 
-// Err returns the error that makes the handle unusable, or nil.
+// Validate returns the error that makes the handle unusable (an invalid
+// name, a nil codec), or nil. Every method returns it too.
+func (p *Prefix[T]) Validate() error { return p.err }
+
+// Err returns what Validate returns.
+//
+// Deprecated: use Validate. Err names why a long-running handle ended
+// (Watch.Err, Session.Err...); a Prefix never ends.
 func (p *Prefix[T]) Err() error { return p.err }
 
 // Key returns the handle of the key name under the prefix. Its name is

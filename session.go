@@ -387,7 +387,7 @@ func (s *Session) recover() bool {
 		// quota) is retried more slowly, as the session has nothing better
 		// to do.
 		s.c.log.Warn("session cannot grant a new lease", zap.Error(err))
-		if !sleepCtx(s.ctx, time.Second) {
+		if !backoff.Sleep(s.ctx, time.Second) {
 			return false
 		}
 	}

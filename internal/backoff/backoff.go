@@ -46,8 +46,15 @@ func (b *Backoff) Reset() { b.next = b.min }
 
 // Wait sleeps for Next() or until ctx ends, and reports whether the full delay
 // elapsed.
-func (b *Backoff) Wait(ctx context.Context) bool {
-	t := time.NewTimer(b.Next())
+func (b *Backoff) Wait(ctx context.Context) bool { return Sleep(ctx, b.Next()) }
+
+// Sleep waits for d or until ctx ends, and reports whether d elapsed (with
+// d <= 0: whether ctx is still live).
+func Sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
