@@ -55,17 +55,8 @@ type Key[T any] struct {
 // for the rules.
 func NewKey[T any](c *Client, name string, codec Codec[T]) *Key[T] {
 	k := &Key[T]{c: c, name: name, codec: codec}
-	switch {
-	case c == nil:
-		k.err = errors.New("etcdkit: NewKey: nil client")
-	case codec == nil:
-		k.err = fmt.Errorf("etcdkit: NewKey %q: nil codec", name)
-	default:
-		if err := validateName(name); err != nil {
-			k.err = err
-		} else {
-			k.path = c.path(name)
-		}
+	if k.err = checkHandle(c, "NewKey", name, codec == nil); k.err == nil {
+		k.path = c.path(name)
 	}
 	return k
 }

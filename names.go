@@ -15,6 +15,18 @@ const maxNameLen = 4096
 // segments separated by "/"; every segment must be non-empty, must not be "."
 // or "..", and must not hold control characters, so that no name can escape
 // its namespace or alias another name.
+// checkHandle validates what the constructor ctor of a named handle was
+// given: a client, a codec (codecNil says it is missing) and a valid name.
+func checkHandle(c *Client, ctor, name string, codecNil bool) error {
+	switch {
+	case c == nil:
+		return fmt.Errorf("etcdkit: %s: nil client", ctor)
+	case codecNil:
+		return fmt.Errorf("etcdkit: %s %q: nil codec", ctor, name)
+	}
+	return validateName(name)
+}
+
 func validateName(name string) error {
 	if name == "" {
 		return fmt.Errorf("%w: empty name", ErrInvalidName)

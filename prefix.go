@@ -3,7 +3,6 @@ package etcdkit
 import (
 	"context"
 	"errors"
-	"fmt"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -38,17 +37,8 @@ type Prefix[T any] struct {
 // values are encoded with codec.
 func NewPrefix[T any](c *Client, name string, codec Codec[T]) *Prefix[T] {
 	p := &Prefix[T]{c: c, name: name, codec: codec}
-	switch {
-	case c == nil:
-		p.err = errors.New("etcdkit: NewPrefix: nil client")
-	case codec == nil:
-		p.err = fmt.Errorf("etcdkit: NewPrefix %q: nil codec", name)
-	default:
-		if err := validateName(name); err != nil {
-			p.err = err
-		} else {
-			p.path = c.path(name) + "/"
-		}
+	if p.err = checkHandle(c, "NewPrefix", name, codec == nil); p.err == nil {
+		p.path = c.path(name) + "/"
 	}
 	return p
 }
