@@ -151,7 +151,7 @@
 // waits for its goroutines), Done and Err (the cause once Done is closed).
 // A channel never closes without Err saying why. Closing the Client ends
 // them all with [ErrClosed]. Err always means why a handle ended: the
-// descriptions that never end ([Key], [Service], [Election]) report an
+// descriptions that never end ([Key], [Prefix], [Service], [Election]) report an
 // invalid name, codec or option from every method and from Validate.
 //
 // The ctx given to the call that makes a long-lived handle bounds the
