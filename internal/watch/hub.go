@@ -48,7 +48,10 @@ func (h *Hub) Join(s *Sub) bool {
 	k := feedKey{s.target.Key, s.target.Prefix}
 	f := h.feeds[k]
 	if f == nil {
-		f = &feed{h: h, target: s.target}
+		f = &feed{h: h, target: s.target, opened: make(chan struct{})}
+		if s.cfg.Initial {
+			f.opener = s
+		}
 		f.stream = &stream{h: h, target: s.target, handler: f}
 		f.ctx, f.cancel = context.WithCancel(h.cfg.Life)
 		if !h.cfg.Spawn(f.run) {
@@ -124,10 +127,21 @@ type feed struct {
 	// index. A slice rather than a set: the fan-out walks it for every batch.
 	members []*Sub
 	err     error // terminal failure
+
+	// opener is the subscriber that made the feed, if it asked for the
+	// initial state: the feed's first read, which began within that
+	// subscriber's own call, then reads values too and is handed to it
+	// (first, at firstRev), so that it does not read the state again. Set
+	// when the feed is made, never changed.
+	opener   *Sub
+	first    []*mvccpb.KeyValue
+	firstRev int64
+	taken    bool          // the opener took first, or will not
+	opened   chan struct{} // closed once up is set or the feed failed
 }
 
 func (f *feed) run() {
-	kvs, rev, err := f.h.read(f.ctx, f.target, 0, true)
+	kvs, rev, err := f.h.read(f.ctx, f.target, 0, f.opener == nil)
 	if err != nil {
 		f.end(err)
 		return
@@ -137,11 +151,35 @@ func (f *feed) run() {
 	f.next = rev + 1
 	f.stream.next = rev + 1
 	f.up = true
+	if f.opener != nil && !f.taken {
+		f.first, f.firstRev = kvs, rev
+	}
+	close(f.opened)
 	for _, s := range f.members {
 		s.feedReady(f)
 	}
 	f.mu.Unlock()
 	f.end(f.stream.run(f.ctx))
+}
+
+// takeFirst hands the feed's first read to its opener s, waiting for it;
+// it reports false for any other subscriber, or if the read failed or
+// either ended first: s then reads the state itself.
+func (f *feed) takeFirst(s *Sub) ([]*mvccpb.KeyValue, int64, bool) {
+	if f.opener != s {
+		return nil, 0, false
+	}
+	select {
+	case <-f.opened:
+	case <-s.ctx.Done():
+	case <-f.ctx.Done():
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ok := f.up && !f.taken
+	kvs, rev := f.first, f.firstRev
+	f.first, f.taken = nil, true
+	return kvs, rev, ok
 }
 
 // end fails every subscriber with err, unless the feed was just stopped.
@@ -159,6 +197,9 @@ func (f *feed) end(err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.err = err
+	if !f.up {
+		close(f.opened)
+	}
 	for _, s := range f.members {
 		s.Fail(err)
 	}

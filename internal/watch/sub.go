@@ -153,9 +153,12 @@ func (s *Sub) Start() error {
 		s.floor = rev + 1
 		s.mu.Unlock()
 	case s.cfg.Initial:
-		kvs, rev, err := s.h.read(s.ctx, s.target, 0, false)
-		if err != nil {
-			return err
+		kvs, rev, ok := s.feed.takeFirst(s)
+		if !ok {
+			var err error
+			if kvs, rev, err = s.h.read(s.ctx, s.target, 0, false); err != nil {
+				return err
+			}
 		}
 		evs := make([]*Event, len(kvs))
 		for i, kv := range kvs {
