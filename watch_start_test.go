@@ -18,16 +18,53 @@ import (
 // this test binary have sent to watchers so far
 // (etcd_debugging_mvcc_events_total).
 func serverEventsSent(t testing.TB) float64 {
+	return serverCounter(t, "etcd_debugging_mvcc_events_total")
+}
+
+// serverCounter returns the value of the in-process etcd members' counter
+// called name.
+func serverCounter(t testing.TB, name string) float64 {
 	t.Helper()
 	mfs, err := prometheus.DefaultGatherer.Gather()
 	require.NoError(t, err)
 	for _, mf := range mfs {
-		if mf.GetName() == "etcd_debugging_mvcc_events_total" {
+		if mf.GetName() == name {
 			return mf.GetMetric()[0].GetCounter().GetValue()
 		}
 	}
-	t.Fatal("etcd_debugging_mvcc_events_total not found")
+	t.Fatalf("%s not found", name)
 	return 0
+}
+
+// A Cache reads its prefix once to sync: the shared stream it opens reads
+// the values as well, and hands that read to the cache, rather than read
+// the keys for itself while the cache reads the values again (which made a
+// 50,000-entry sync take twice a raw read's time).
+func TestCacheReadsItsPrefixOnce(t *testing.T) {
+	srv := etcdtest.Start(t)
+	c := testClient(t, []string{srv.Endpoint()}, "app")
+	p := etcdkit.NewPrefix(c, "cfg", etcdkit.String())
+	for _, n := range []string{"a", "b", "c"} {
+		_, err := p.Key(n).Put(t.Context(), "v-"+n)
+		require.NoError(t, err)
+	}
+	before := serverCounter(t, "etcd_mvcc_range_total")
+	ca, err := p.Cache(t.Context())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ca.Close() })
+	select {
+	case <-ca.Synced():
+	case <-time.After(30 * time.Second):
+		t.Fatal("cache not synced within 30s")
+	}
+	require.NoError(t, ca.Err())
+	ranges := serverCounter(t, "etcd_mvcc_range_total") - before
+	assert.Equal(t, 1.0, ranges, "range requests made to sync a cache of 3 keys")
+	got := map[string]string{}
+	for _, e := range ca.List() {
+		got[e.Name] = e.Value.Data
+	}
+	assert.Equal(t, map[string]string{"a": "v-a", "b": "v-b", "c": "v-c"}, got)
 }
 
 // A subscriber whose buffer holds less than one revision's events on top of
