@@ -28,6 +28,12 @@ import (
 // with the lease, which nothing keeps alive any more. An id larger than
 // Config.MaxValueSize fails with ErrTooLarge.
 func (e *Election) Campaign(ctx context.Context, id string) (*Leadership, error) {
+	return e.campaign(ctx, id, false)
+}
+
+// campaign is Campaign; with try, it gives up as soon as it sees that it
+// does not hold at once, with a *HeldError naming those who do.
+func (e *Election) campaign(ctx context.Context, id string, try bool) (*Leadership, error) {
 	if e.err != nil {
 		return nil, e.err
 	}
@@ -55,7 +61,7 @@ func (e *Election) Campaign(ctx context.Context, id string) (*Leadership, error)
 		}
 		return nil, e.fail("campaign", err)
 	}
-	cd := &candidate{e: e, id: id, s: s, lease: s.Lease(), life: life, endLife: endLife}
+	cd := &candidate{e: e, id: id, s: s, lease: s.Lease(), life: life, endLife: endLife, try: try}
 	cd.name = fmt.Sprintf("%x", int64(cd.lease))
 	cd.key = e.cands.path + cd.name
 
@@ -82,7 +88,7 @@ func (e *Election) Campaign(ctx context.Context, id string) (*Leadership, error)
 		return nil, e.fail("campaign", ErrClosed)
 	}
 	e.c.cfg.Metrics.Add(MetricLeadershipChanges, 1)
-	e.c.log.Info("leadership won", zap.String("election", e.name), zap.String("id", id), zap.Int64("token", l.token))
+	e.c.log.Info("leadership won", zap.String(e.kind, e.name), zap.String("id", id), zap.Int64("token", l.token))
 	return l, nil
 }
 
@@ -99,6 +105,7 @@ type candidate struct {
 	endLife context.CancelCauseFunc
 	ca      *Cache[[]byte]
 	w       *Watch[[]byte]
+	try     bool
 }
 
 // campaign puts the candidate key and waits until it leads.
@@ -128,6 +135,9 @@ func (cd *candidate) campaign(ctx context.Context) (*Leadership, error) {
 			leads, err := cd.standing()
 			if err != nil {
 				return nil, err
+			}
+			if !leads && cd.try && cd.ca.Revision() >= cd.token {
+				return nil, cd.held()
 			}
 			if leads {
 				// Winning with a lease about to be given up would hand the
@@ -216,16 +226,21 @@ func (cd *candidate) standing() (bool, error) {
 	for _, en := range entries {
 		if en.Name == cd.name {
 			if en.CreateRevision != cd.token || en.Lease != int64(cd.lease) {
-				return false, fmt.Errorf("%w: candidate key %q was replaced by someone else by revision %d", ErrNotLeader, cd.key, rev)
+				return false, fmt.Errorf("%w: candidate key %q was replaced by someone else by revision %d", cd.e.lost, cd.key, rev)
 			}
 			mine = true
 		}
 	}
 	if !mine {
-		return false, fmt.Errorf("%w: candidate key %q was deleted by revision %d", ErrNotLeader, cd.key, rev)
+		return false, fmt.Errorf("%w: candidate key %q was deleted by revision %d", cd.e.lost, cd.key, rev)
 	}
-	li := leaderOf(entries, rev)
-	return li.Token == cd.token, nil
+	older := 0
+	for _, en := range entries {
+		if en.CreateRevision < cd.token {
+			older++
+		}
+	}
+	return older < cd.e.slots, nil
 }
 
 // abandon stops following the election and ends the session, which revokes
