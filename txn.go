@@ -16,8 +16,8 @@ import (
 // operations of each branch, of one transaction (its --max-txn-ops).
 const maxTxnOps = 128
 
-// Cond is a comparison on one key, made by Key.IfRevision, Key.IfAbsent or
-// Key.IfExists, for Txn.If. The zero Cond is invalid: Commit refuses it.
+// Cond is a comparison on one key, made by Key.IfRevision or Key.IfAbsent,
+// for Txn.If. The zero Cond is invalid: Commit refuses it.
 type Cond struct {
 	c    *Client
 	name string
@@ -73,21 +73,6 @@ func (k *Key[T]) IfAbsent() Cond {
 	cd.cmp = clientv3.Compare(clientv3.CreateRevision(k.path), "=", 0)
 	return cd
 }
-
-// IfExists is the comparison "the key exists". When it fails, Commit's
-// error is a *ConflictError[T] matching ErrNotFound and ErrConflict.
-func (k *Key[T]) IfExists() Cond {
-	cd := Cond{c: k.c, name: k.name, path: k.path, err: k.err,
-		desc:     fmt.Sprintf("%q exists", k.name),
-		holds:    func(kv *mvccpb.KeyValue) bool { return kv != nil },
-		conflict: func(kv *mvccpb.KeyValue, at int64) error { return k.conflict(kv, -1, at, errNotFoundConflict) },
-	}
-	cd.cmp = clientv3.Compare(clientv3.CreateRevision(k.path), ">", 0)
-	return cd
-}
-
-// errNotFoundConflict is the kind of the conflict of a failed IfExists.
-var errNotFoundConflict = fmt.Errorf("%w: %w", ErrConflict, ErrNotFound)
 
 func (k *Key[T]) conflict(kv *mvccpb.KeyValue, expected, at int64, kind error) error {
 	ce := &ConflictError[T]{Key: k.name, Expected: expected, Revision: at, kind: kind}
@@ -200,14 +185,15 @@ func (t *Txn) Commit(ctx context.Context) (TxnResult, error) {
 	for i, cd := range t.conds {
 		cmps[i] = cd.cmp
 	}
-	// The Else branch reads every compared key, so that a failure can say
-	// which comparison failed with the key as it stood.
+	// The Else branch first reads every compared key, before its own writes
+	// change them, so that a failure can say which comparison failed with
+	// the key as it stood.
 	els := make([]clientv3.Op, 0, len(t.els)+len(t.conds))
-	for _, o := range t.els {
-		els = append(els, o.raw())
-	}
 	for _, cd := range t.conds {
 		els = append(els, clientv3.OpGet(cd.path))
+	}
+	for _, o := range t.els {
+		els = append(els, o.raw())
 	}
 	then := make([]clientv3.Op, len(t.then))
 	for i, o := range t.then {
@@ -242,14 +228,22 @@ func (t *Txn) Commit(ctx context.Context) (TxnResult, error) {
 	if ok {
 		return res, nil
 	}
-	reads := resps[len(t.els):]
+	// The comparisons saw the state before the transaction: one revision
+	// before it when the Else branch wrote.
+	at := rev
+	for _, r := range resps[len(t.conds):] {
+		if r.GetResponsePut() != nil || r.GetResponseDeleteRange().GetDeleted() > 0 {
+			at = rev - 1
+		}
+	}
+	reads := resps[:len(t.conds)]
 	for i, cd := range t.conds {
 		var kv *mvccpb.KeyValue
 		if kvs := reads[i].GetResponseRange().GetKvs(); len(kvs) > 0 {
 			kv = kvs[0]
 		}
 		if !cd.holds(kv) {
-			return res, errorf("txn: condition %d of %d (%s) failed at revision %d: %w", i+1, len(t.conds), cd.desc, rev, cd.conflict(kv, rev))
+			return res, errorf("txn: condition %d of %d (%s) failed at revision %d: %w", i+1, len(t.conds), cd.desc, at, cd.conflict(kv, at))
 		}
 	}
 	// Unreachable unless the server and this code disagree on a comparison.
@@ -401,7 +395,7 @@ func updateKeys(ctx context.Context, c *Client, f *Leadership, fn func(ctx conte
 			if kv := tx.reads[path]; kv != nil {
 				rev = kv.ModRevision
 			}
-			t.conds = append(t.conds, revCond(c, tx.names[path], path, rev))
+			t.conds = append(t.conds, revCond(c, tx.names[path], rev))
 		}
 		res, err := t.Commit(ctx)
 		if err == nil {
@@ -422,6 +416,6 @@ func updateKeys(ctx context.Context, c *Client, f *Leadership, fn func(ctx conte
 }
 
 // revCond is IfRevision for a key whose type the caller does not know.
-func revCond(c *Client, name, path string, rev int64) Cond {
+func revCond(c *Client, name string, rev int64) Cond {
 	return NewKey(c, name, Bytes()).IfRevision(rev)
 }
