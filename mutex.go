@@ -2,6 +2,7 @@ package etcdkit
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -74,7 +75,7 @@ func (m *Mutex) Lock(ctx context.Context) (*Lock, error) {
 func (m *Mutex) TryLock(ctx context.Context) (*Lock, error) {
 	l, err := m.e.campaign(ctx, m.id, true)
 	if err != nil {
-		return nil, err
+		return nil, unwrapHeld(err)
 	}
 	return &Lock{holder{l}}, nil
 }
@@ -156,4 +157,14 @@ func (cd *candidate) held() error {
 			Lease: en.Lease, Revision: he.Revision})
 	}
 	return he
+}
+
+// unwrapHeld returns the *HeldError err wraps, which names the mutex or
+// semaphore itself, or err.
+func unwrapHeld(err error) error {
+	var he *HeldError
+	if errors.As(err, &he) {
+		return he
+	}
+	return err
 }

@@ -105,7 +105,7 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Permit, error) {
 	}
 	l, err := s.e.campaign(ctx, s.id, try)
 	if err != nil {
-		return nil, err
+		return nil, unwrapHeld(err)
 	}
 	return &Permit{holder{l}}, nil
 }
