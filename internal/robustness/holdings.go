@@ -84,7 +84,7 @@ func (m *Mutexes) Start(ctx context.Context, run *Run) error {
 	return m.start(ctx, run, "mutex", 1, 3)
 }
 
-// Semaphores is Mutexes for a Semaphore of limit 2 with four contenders:
+// Semaphores is Mutexes for a Semaphore of limit 2 with three contenders:
 // the checker verifies that at no revision, and at no time, more than 2
 // permits were live.
 type Semaphores struct{ holdings }
@@ -94,7 +94,7 @@ func (s *Semaphores) Name() string { return "semaphores" }
 
 // Start makes the contenders and starts them.
 func (s *Semaphores) Start(ctx context.Context, run *Run) error {
-	return s.start(ctx, run, "semaphore", 2, 4)
+	return s.start(ctx, run, "semaphore", 2, 3)
 }
 
 // holdings is the workload core shared by Mutexes and Semaphores.
@@ -229,10 +229,10 @@ func (ct *contender) loop(ctx context.Context, run *Run, hr *HoldingRecord) {
 				rec.holdingUpdate(hr, false)
 				rec.Note(hr.Kind, "%s guarded update unknown: %v", ct.id, err)
 			}
-			if ct.rng.Chance(0.08) {
+			if ct.rng.Chance(0.2) {
 				break
 			}
-			time.Sleep(ct.rng.Duration(3*time.Millisecond, 15*time.Millisecond))
+			time.Sleep(ct.rng.Duration(5*time.Millisecond, 25*time.Millisecond))
 		}
 		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		if err := release(rctx); err != nil {
