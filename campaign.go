@@ -38,13 +38,13 @@ func (e *Election) campaign(ctx context.Context, id string, try bool) (*Leadersh
 		return nil, e.err
 	}
 	if len(id) > e.c.cfg.MaxValueSize {
-		return nil, e.fail("campaign", fmt.Errorf("%w: id of %d bytes, limit %d", ErrTooLarge, len(id), e.c.cfg.MaxValueSize))
+		return nil, e.fail(e.verb(), fmt.Errorf("%w: id of %d bytes, limit %d", ErrTooLarge, len(id), e.c.cfg.MaxValueSize))
 	}
 	if e.c.closed() {
-		return nil, e.fail("campaign", ErrClosed)
+		return nil, e.fail(e.verb(), ErrClosed)
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, e.fail("campaign", context.Cause(ctx))
+		return nil, e.fail(e.verb(), context.Cause(ctx))
 	}
 
 	// The session outlives this call if it wins, so its life is its own;
@@ -59,7 +59,7 @@ func (e *Election) campaign(ctx context.Context, id string, try bool) (*Leadersh
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
 		}
-		return nil, e.fail("campaign", err)
+		return nil, e.fail(e.verb(), err)
 	}
 	cd := &candidate{e: e, id: id, s: s, lease: s.Lease(), life: life, endLife: endLife, try: try}
 	cd.name = fmt.Sprintf("%x", int64(cd.lease))
@@ -81,14 +81,14 @@ func (e *Election) campaign(ctx context.Context, id string, try bool) (*Leadersh
 		if st, _ := s.feed.get(); st != SessionLost || !e.c.spawn(func() { _ = cd.abandon() }) {
 			_ = cd.abandon()
 		}
-		return nil, e.fail("campaign", err)
+		return nil, e.fail(e.verb(), err)
 	}
 	if !e.c.spawn(l.run) {
 		_ = cd.abandon()
-		return nil, e.fail("campaign", ErrClosed)
+		return nil, e.fail(e.verb(), ErrClosed)
 	}
-	e.c.cfg.Metrics.Add(MetricLeadershipChanges, 1)
-	e.c.log.Info("leadership won", zap.String(e.kind, e.name), zap.String("id", id), zap.Int64("token", l.token))
+	e.countChange()
+	e.c.log.Info(e.holding()+" won", zap.String(e.kind, e.name), zap.String("id", id), zap.Int64("token", l.token))
 	return l, nil
 }
 

@@ -45,6 +45,25 @@ func (e *Election) holding() string {
 	return e.kind
 }
 
+// verb names the call that acquires a holding, in errors.
+func (e *Election) verb() string {
+	switch e.kind {
+	case "election":
+		return "campaign"
+	case "semaphore":
+		return "acquire"
+	}
+	return "lock"
+}
+
+// countChange counts a change of leader: locks and permits are not
+// leaderships, and the metric is about elections.
+func (e *Election) countChange() {
+	if e.kind == "election" {
+		e.c.cfg.Metrics.Add(MetricLeadershipChanges, 1)
+	}
+}
+
 // keyWord names the holder's key, in messages.
 func (e *Election) keyWord() string {
 	switch e.kind {

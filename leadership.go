@@ -142,7 +142,7 @@ func (l *Leadership) Close() error {
 // out of reach.
 func (l *Leadership) end(cause error) {
 	l.endOnce.Do(func() {
-		l.e.c.cfg.Metrics.Add(MetricLeadershipChanges, 1)
+		l.e.countChange()
 		l.cancel(cause)
 	})
 }

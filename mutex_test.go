@@ -267,10 +267,12 @@ func TestMutexBlackholedHolderStepsDownFirst(t *testing.T) {
 // expired. Here Lock fails within the TTL and a few seconds, and its key
 // is gone.
 func TestMutexWaiterLinkDies(t *testing.T) {
-	srv := etcdtest.Start(t, etcdtest.WithProxy())
-	raw := srv.Client(t)
-	direct := testClient(t, []string{srv.Endpoint()}, "mx")
-	cut := testClient(t, []string{srv.ProxyEndpoint()}, "mx")
+	cl := etcdtest.StartCluster(t, 3, etcdtest.WithProxy())
+	raw := cl.Client(t)
+	direct := testClient(t, cl.DirectEndpoints(), "mx")
+	// The waiter's only endpoint is member 1's proxy.
+	waiter := cl.Members()[1].Proxy()
+	cut := testClient(t, []string{cl.Members()[1].ProxyEndpoint()}, "mx")
 	const ttl = 2 * time.Second
 	prefix := mxPrefix("mx", "w")
 	holder := mxLock(t, etcdkit.NewMutex(direct, "w", ttl))
@@ -278,8 +280,8 @@ func TestMutexWaiterLinkDies(t *testing.T) {
 	elWaitCandidates(t, raw, prefix, 2)
 
 	start := time.Now()
-	srv.Proxy().Blackhole(proxy.Both)
-	t.Cleanup(srv.Proxy().Unblackhole)
+	waiter.Blackhole(proxy.Both)
+	t.Cleanup(waiter.Unblackhole)
 	r := mxResult(t, ch)
 	took := time.Since(start)
 	require.Error(t, r.err)
