@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -29,9 +30,19 @@ func TestCoordinationDemo(t *testing.T) {
 	if n := strings.Count(s, "the migration is already done"); n != 2 {
 		t.Errorf("%d instances found the migration done, want 2:\n%s", n, s)
 	}
-	for _, want := range []string{"migration: version 2, run once, by instance-", "reindex: 5 shards done, at most 2 reindexers at once"} {
-		if !strings.Contains(s, want) {
-			t.Errorf("output lacks %q:\n%s", want, s)
-		}
+	if !strings.Contains(s, "migration: version 2, run once, by instance-") {
+		t.Errorf("output lacks the migration's result:\n%s", s)
+	}
+	// How many ran at once depends on timing; more than the limit never.
+	var shards, most int
+	i := strings.Index(s, "reindex: ")
+	if i < 0 {
+		t.Fatalf("output lacks the reindex summary:\n%s", s)
+	}
+	if _, err := fmt.Sscanf(s[i:], "reindex: %d shards done, at most %d reindexers at once", &shards, &most); err != nil {
+		t.Fatalf("reindex summary: %v\n%s", err, s)
+	}
+	if shards != 5 || most < 1 || most > 2 {
+		t.Errorf("%d shards done, at most %d at once; want 5, and 1 or 2 at once:\n%s", shards, most, s)
 	}
 }
