@@ -40,7 +40,13 @@ func lockChapter(ctx context.Context, tr *tour) error {
 	}
 	defer l1.Close()
 	tr.say("job-1 locks the mutex %q (token %d).", name, l1.Token())
-	if _, err := m2.TryLock(ctx); err != nil {
+	switch l, err := m2.TryLock(ctx); {
+	case err == nil:
+		_ = l.Close()
+		return errors.New("job-2's TryLock took the lock job-1 holds")
+	case !errors.Is(err, etcdkit.ErrLocked):
+		return err
+	default:
 		tr.say("job-2's TryLock fails at once: %v", err)
 	}
 
