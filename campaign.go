@@ -28,17 +28,23 @@ import (
 // with the lease, which nothing keeps alive any more. An id larger than
 // Config.MaxValueSize fails with ErrTooLarge.
 func (e *Election) Campaign(ctx context.Context, id string) (*Leadership, error) {
+	return e.campaign(ctx, id, false)
+}
+
+// campaign is Campaign; with try, it gives up as soon as it sees that it
+// does not hold at once, with a *HeldError naming those who do.
+func (e *Election) campaign(ctx context.Context, id string, try bool) (*Leadership, error) {
 	if e.err != nil {
 		return nil, e.err
 	}
 	if len(id) > e.c.cfg.MaxValueSize {
-		return nil, e.fail("campaign", fmt.Errorf("%w: id of %d bytes, limit %d", ErrTooLarge, len(id), e.c.cfg.MaxValueSize))
+		return nil, e.fail(e.verb(), fmt.Errorf("%w: id of %d bytes, limit %d", ErrTooLarge, len(id), e.c.cfg.MaxValueSize))
 	}
 	if e.c.closed() {
-		return nil, e.fail("campaign", ErrClosed)
+		return nil, e.fail(e.verb(), ErrClosed)
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, e.fail("campaign", context.Cause(ctx))
+		return nil, e.fail(e.verb(), context.Cause(ctx))
 	}
 
 	// The session outlives this call if it wins, so its life is its own;
@@ -53,9 +59,9 @@ func (e *Election) Campaign(ctx context.Context, id string) (*Leadership, error)
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
 		}
-		return nil, e.fail("campaign", err)
+		return nil, e.fail(e.verb(), err)
 	}
-	cd := &candidate{e: e, id: id, s: s, lease: s.Lease(), life: life, endLife: endLife}
+	cd := &candidate{e: e, id: id, s: s, lease: s.Lease(), life: life, endLife: endLife, try: try}
 	cd.name = fmt.Sprintf("%x", int64(cd.lease))
 	cd.key = e.cands.path + cd.name
 
@@ -75,14 +81,14 @@ func (e *Election) Campaign(ctx context.Context, id string) (*Leadership, error)
 		if st, _ := s.feed.get(); st != SessionLost || !e.c.spawn(func() { _ = cd.abandon() }) {
 			_ = cd.abandon()
 		}
-		return nil, e.fail("campaign", err)
+		return nil, e.fail(e.verb(), err)
 	}
 	if !l.start() {
 		_ = cd.abandon()
-		return nil, e.fail("campaign", ErrClosed)
+		return nil, e.fail(e.verb(), ErrClosed)
 	}
-	e.c.cfg.Metrics.Add(MetricLeadershipChanges, 1)
-	e.c.log.Info("leadership won", zap.String("election", e.name), zap.String("id", id), zap.Int64("token", l.token))
+	e.countChange()
+	e.c.log.Info(e.holding()+" won", zap.String(e.kind, e.name), zap.String("id", id), zap.Int64("token", l.token))
 	return l, nil
 }
 
@@ -99,6 +105,7 @@ type candidate struct {
 	endLife context.CancelCauseFunc
 	ca      *Cache[[]byte]
 	w       *Watch[[]byte]
+	try     bool
 }
 
 // campaign puts the candidate key and waits until it leads.
@@ -128,6 +135,9 @@ func (cd *candidate) campaign(ctx context.Context) (*Leadership, error) {
 			leads, err := cd.standing()
 			if err != nil {
 				return nil, err
+			}
+			if !leads && cd.try && cd.ca.Revision() >= cd.token {
+				return nil, cd.held()
 			}
 			if leads {
 				// Winning with a lease about to be given up would hand the
@@ -209,16 +219,21 @@ func (cd *candidate) standing() (bool, error) {
 	for _, en := range entries {
 		if en.Name == cd.name {
 			if en.CreateRevision != cd.token || en.Lease != int64(cd.lease) {
-				return false, fmt.Errorf("%w: candidate key %q was replaced by someone else by revision %d", ErrNotLeader, cd.key, rev)
+				return false, fmt.Errorf("%w: candidate key %q was replaced by someone else by revision %d", cd.e.lost, cd.key, rev)
 			}
 			mine = true
 		}
 	}
 	if !mine {
-		return false, fmt.Errorf("%w: candidate key %q was deleted by revision %d", ErrNotLeader, cd.key, rev)
+		return false, fmt.Errorf("%w: candidate key %q was deleted by revision %d", cd.e.lost, cd.key, rev)
 	}
-	li := leaderOf(entries, rev)
-	return li.Token == cd.token, nil
+	older := 0
+	for _, en := range entries {
+		if en.CreateRevision < cd.token {
+			older++
+		}
+	}
+	return older < cd.e.slots, nil
 }
 
 // abandon stops following the election and ends the session, which revokes

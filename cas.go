@@ -72,6 +72,22 @@ func (c *Client) casRaw(ctx context.Context, op casOp) (casResult, error) {
 	return op.commit(ctx, c.raw)
 }
 
+// casOnce runs op once over the client's request connection, bounded as
+// requests are (opContext), and reports whether it applied and, if not,
+// what the key held.
+func casOnce(ctx context.Context, c *Client, op casOp) (bool, *mvccpb.KeyValue, error) {
+	rctx, cancel, err := c.opContext(ctx)
+	if err != nil {
+		return false, nil, err
+	}
+	defer cancel()
+	res, err := c.casRaw(rctx, op)
+	if err != nil {
+		return false, nil, c.cause(mapServerError(err))
+	}
+	return res.ok, res.cur, nil
+}
+
 // casStreams runs op on the pinned stream connection, retrying an attempt
 // that stalls or fails transiently on the next member (see onStreams) until
 // ctx ends; a value the server refuses as too large is not retried

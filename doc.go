@@ -106,6 +106,36 @@
 // holds that token, and fail with [ErrNotLeader] otherwise.
 // [Election.Observe] returns an [Observation] of every change of leader.
 //
+// # Locks, semaphores and transactions
+//
+// [NewMutex] and [Mutex.Lock] give a lock to one holder at a time, waiters
+// served in arrival order; [Mutex.TryLock] fails at once with [ErrLocked]
+// (a [*HeldError] naming the holder). [NewSemaphore] and
+// [Semaphore.Acquire] give at most limit [Permit]s at a time. Both run on
+// the election's machinery: a [Lock] or a [Permit] holds a lease of its
+// own, its Context is cancelled before the server can expire that lease
+// (so before anyone else can acquire), a waiter whose lease is lost stops
+// waiting with [ErrLeaseLost] and leaves no key, and Unlock or Release
+// revokes its own lease only, so a retried or late call never removes
+// another holder's key. A semaphore's limit is recorded in the cluster by
+// its first user; a Semaphore with another limit is refused with
+// [ErrLimitMismatch].
+//
+// A [Leadership], a [Lock] and a [Permit] are each a [Fence]: [GuardedPut],
+// [GuardedDelete], [GuardedTxn] and [GuardedUpdateKeys] apply only while
+// the holder's key stands with its token, and fail with [ErrNotHeld]
+// otherwise ([ErrNotLeader], which matches ErrNotHeld, for a Leadership).
+//
+// [NewTxn] builds a transaction over typed keys: comparisons
+// ([Key.IfRevision], [Key.IfAbsent]) for If, writes ([Key.OpPut],
+// [Key.OpDelete]) for Then and Else, each namespaced and encoded by its
+// key's codec. [Txn.Commit] refuses, before sending, a value that does not
+// encode and a transaction over etcd's limits ([ErrTooLarge]); a failed
+// comparison is reported as the [*ConflictError] of its key, saying which
+// one failed. [UpdateKeys] is [Key.Update] over several keys: it reads them
+// at one revision with [Key.GetIn], writes with [Tx.Write], and retries on
+// a conflict.
+//
 // # Key layout
 //
 // The library keeps its own keys under "_etcdkit/", a root of the namespace
@@ -118,7 +148,10 @@
 // <namespace>/_etcdkit/service/<name>/<ID>. In both, <name> is the
 // election's or the service's name path-escaped into one segment, so that
 // election "a" never sees the candidates of election "a/b", nor service "a"
-// the instances of service "a/b".
+// the instances of service "a/b". A [Mutex] keeps its keys the same way
+// under <namespace>/_etcdkit/mutex/<name>/ and a [Semaphore] under
+// <namespace>/_etcdkit/semaphore/<name>/, with its limit at
+// <namespace>/_etcdkit/semaphore-limit/<name>.
 //
 // An instance's value is a JSON object:
 //
@@ -147,7 +180,7 @@
 // # Handles
 //
 // Every long-lived handle (Watch, Cache, Session, Ephemeral, Registration,
-// Tracker, Observation, Leadership, HealthMonitor) has Close (idempotent,
+// Tracker, Observation, Leadership, Lock, Permit, HealthMonitor) has Close (idempotent,
 // waits for its goroutines), Done and Err (the cause once Done is closed).
 // A channel never closes without Err saying why. Closing the Client ends
 // them all with [ErrClosed]. Err always means why a handle ended: the
@@ -166,8 +199,9 @@
 // Pass a context that lasts as long as the handle should, not a request's.
 //
 // Exceptions: the ctx of [New] bounds only the call, and the Client lasts
-// until Close; the ctx of [Election.Campaign] bounds only the campaign, and
-// the Leadership lasts until it ends on its own, Resign or Close
+// until Close; the ctx of [Election.Campaign] (and of [Mutex.Lock] and
+// [Semaphore.Acquire]) bounds only the wait, and the Leadership (Lock,
+// Permit) lasts until it ends on its own, Resign (Unlock, Release) or Close
 // ([Election.Run] ties leading to a ctx); [NewHealthMonitor] and
 // [Cache.Subscribe] take no ctx: the monitor lasts until Close or
 // Client.Close, a subscription until Close or the end of its Cache.

@@ -2,7 +2,6 @@ package etcdkit
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 	"time"
@@ -33,6 +32,13 @@ type Election struct {
 	o     electionOptions
 	cands *Prefix[[]byte] // candidate keys, named by their lease in hex
 	err   error
+
+	// A Mutex and a Semaphore are elections of their own kind (see
+	// newContest): kind names them in errors, the oldest slots candidates
+	// hold, and lost is the sentinel a holding that ends wraps.
+	kind  string
+	slots int
+	lost  error
 }
 
 // NewElection returns the election called name among the clients of c's
@@ -44,26 +50,32 @@ type Election struct {
 // a few seconds one keepalive stalled for a third of it is enough to step
 // down.
 func NewElection(c *Client, name string, ttl time.Duration, opts ...ElectionOption) *Election {
-	e := &Election{c: c, name: name, ttl: ttl}
+	return newContest(c, "election", electionRoot, name, ttl, 1, ErrNotLeader, opts)
+}
+
+// newContest makes an election of the given kind, whose candidate keys live
+// under root and whose oldest slots candidates hold at once.
+func newContest(c *Client, kind, root, name string, ttl time.Duration, slots int, lost error, opts []ElectionOption) *Election {
+	e := &Election{c: c, name: name, ttl: ttl, kind: kind, slots: slots, lost: lost}
 	if c == nil {
-		e.err = errors.New("etcdkit: NewElection: nil client")
+		e.err = fmt.Errorf("etcdkit: new %s: nil client", kind)
 		return e
 	}
 	if err := validateName(name); err != nil {
-		e.err = errorf("election: %w", err)
+		e.err = errorf("%s: %w", kind, err)
 		return e
 	}
 	if err := validateTTL(ttl); err != nil {
-		e.err = errorf("election %q: %w", name, err)
+		e.err = errorf("%s %q: %w", kind, name, err)
 		return e
 	}
 	o, err := buildElectionOptions(ttl, c.cfg.StallTimeout, opts)
 	if err != nil {
-		e.err = errorf("election %q: %w", name, err)
+		e.err = errorf("%s %q: %w", kind, name, err)
 		return e
 	}
 	e.o = o
-	e.cands = NewPrefix(c, electionRoot+"/"+url.PathEscape(name), Bytes())
+	e.cands = NewPrefix(c, root+"/"+url.PathEscape(name), Bytes())
 	e.err = e.cands.err
 	return e
 }
@@ -153,5 +165,5 @@ func (e *Election) Leader(ctx context.Context) (LeaderInfo, error) {
 }
 
 func (e *Election) fail(op string, err error) error {
-	return errorf("election %q: %s: %w", e.name, op, err)
+	return errorf("%s %q: %s: %w", e.kind, e.name, op, err)
 }

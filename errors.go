@@ -47,8 +47,23 @@ var (
 	// ErrNotLeader means a Leadership has ended, or may have: its Context is
 	// cancelled, its key is gone, and guarded writes are refused. A guarded
 	// write that fails with it was not applied, unless the error says that
-	// leadership ended while the write was in flight.
-	ErrNotLeader = errors.New("etcdkit: not leader")
+	// leadership ended while the write was in flight. Errors that match it
+	// match ErrNotHeld too.
+	ErrNotLeader error = &notHeldError{"etcdkit: not leader"}
+	// ErrNotHeld means a Fence's holding (a Leadership, a Lock or a Permit)
+	// has ended, or may have, as ErrNotLeader says of a Leadership: its
+	// Context is cancelled and guarded writes are refused. Code that takes
+	// any Fence tests for it.
+	ErrNotHeld = errors.New("etcdkit: not held")
+	// ErrLocked means TryLock found the mutex held. The error is a
+	// *HeldError naming the holder.
+	ErrLocked = errors.New("etcdkit: locked")
+	// ErrNoPermit means TryAcquire found every permit of the semaphore
+	// taken. The error is a *HeldError naming the holders.
+	ErrNoPermit = errors.New("etcdkit: no permit available")
+	// ErrLimitMismatch means a Semaphore's limit differs from the one its
+	// name was first used with, which the cluster keeps (see Semaphore).
+	ErrLimitMismatch = errors.New("etcdkit: semaphore limit mismatch")
 	// ErrNoCandidate means no candidate holds the election, so nobody leads
 	// it (Election.Leader).
 	ErrNoCandidate = errors.New("etcdkit: no candidate holds the election")
@@ -64,6 +79,47 @@ var (
 // Deprecated: use ErrNoCandidate; ErrNoLeader was one letter away from
 // ErrNotLeader, which means something else.
 var ErrNoLeader = ErrNoCandidate
+
+// notHeldError is ErrNotLeader's type: it matches ErrNotHeld as well, so
+// that code that takes any Fence tests for one sentinel.
+type notHeldError struct{ msg string }
+
+func (e *notHeldError) Error() string { return e.msg }
+
+func (e *notHeldError) Is(target error) bool { return target == ErrNotHeld }
+
+// HeldError is the error of a TryLock or TryAcquire that found the holding
+// taken: it matches ErrLocked or ErrNoPermit, and says who holds.
+type HeldError struct {
+	// Kind is "mutex" or "semaphore", and Name its name.
+	Kind, Name string
+	// Holders are the holders seen, oldest first: ID is the id given to
+	// Lock or Acquire (see WithHolderID), Token the holding's token.
+	Holders []LeaderInfo
+	// Revision is the cluster revision at which they held.
+	Revision int64
+}
+
+func (e *HeldError) Error() string {
+	ids := make([]string, len(e.Holders))
+	for i, h := range e.Holders {
+		ids[i] = fmt.Sprintf("%q (token %d)", h.ID, h.Token)
+	}
+	what := "locked"
+	if e.Kind == "semaphore" {
+		what = "no permit available"
+	}
+	return fmt.Sprintf("etcdkit: %s %q: %s: held by %s at revision %d", e.Kind, e.Name, what, strings.Join(ids, ", "), e.Revision)
+}
+
+// Is reports whether target is ErrLocked (for a mutex) or ErrNoPermit (for
+// a semaphore).
+func (e *HeldError) Is(target error) bool {
+	if e.Kind == "semaphore" {
+		return target == ErrNoPermit
+	}
+	return target == ErrLocked
+}
 
 // ConflictError reports that a conditional write did not apply because the key
 // was not in the expected state. It carries what the key held at the revision

@@ -218,9 +218,7 @@ func (k *Key[T]) Update(ctx context.Context, fn func(cur T, exists bool) (T, err
 		if !exists {
 			cur = Value[T]{}
 		}
-		// A random pause, growing to at most 20ms, spreads the retries of
-		// the writers that lost so that each round has a fair winner.
-		if !backoff.Sleep(ctx, time.Duration(rand.Int64N(int64(min(attempt, 20))*int64(time.Millisecond)))) {
+		if !conflictPause(ctx, attempt) {
 			return zero, ctx.Err()
 		}
 	}
@@ -293,4 +291,12 @@ func mapServerError(err error) error {
 		return errorf("%w: %w", ErrTooLarge, err)
 	}
 	return err
+}
+
+// conflictPause waits before the next attempt of an optimistic update that
+// lost attempt times, and reports false if ctx ended first. A random pause,
+// growing to at most 20ms, spreads the retries of the writers that lost so
+// that each round has a fair winner.
+func conflictPause(ctx context.Context, attempt int) bool {
+	return backoff.Sleep(ctx, time.Duration(rand.Int64N(int64(min(attempt, 20))*int64(time.Millisecond))))
 }

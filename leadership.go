@@ -62,7 +62,7 @@ func (l *Leadership) start() bool {
 	// The change is counted before Context is cancelled, so that whoever
 	// sees it cancelled finds it counted: the revoke that follows can take
 	// as long as the TTL when the cluster is out of reach.
-	l.ending = func() { l.e.c.cfg.Metrics.Add(MetricLeadershipChanges, 1) }
+	l.ending = l.e.countChange
 	ctx := context.WithValue(context.Background(), leadershipKey{}, l)
 	if !l.begin(ctx, l.e.c, fmt.Errorf("%w: client closed", ErrClosed)) {
 		return false
@@ -131,12 +131,12 @@ func (l *Leadership) Resign(ctx context.Context) error {
 	select {
 	case <-l.done:
 	case <-ctx.Done():
-		return errorf("election %q: resign: %w", l.e.name, context.Cause(ctx))
+		return errorf("%s %q: resign: %w", l.e.kind, l.e.name, context.Cause(ctx))
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.revokeErr != nil {
-		return errorf("election %q: resign: %w", l.e.name, l.revokeErr)
+		return errorf("%s %q: resign: %w", l.e.kind, l.e.name, l.revokeErr)
 	}
 	return nil
 }
@@ -160,15 +160,15 @@ func (l *Leadership) lostCause() error {
 		if err := l.s.Err(); errors.Is(err, ErrClosed) {
 			return err
 		}
-		return errorf("%w: %w", ErrNotLeader, l.s.Err())
+		return errorf("%w: %w", l.e.lost, l.s.Err())
 	default:
 	}
 	if st, _ := l.s.feed.get(); st == SessionLost {
-		return errorf("%w: %w", ErrNotLeader, ErrLeaseLost)
+		return errorf("%w: %w", l.e.lost, ErrLeaseLost)
 	}
 	if rem := l.s.Remaining(); rem <= l.e.o.stepDown {
 		return fmt.Errorf("%w: stepped down: keepalives are failing and the lease may expire in %v",
-			ErrNotLeader, (rem + l.s.o.margin).Round(time.Millisecond))
+			l.e.lost, (rem + l.s.o.margin).Round(time.Millisecond))
 	}
 	return nil
 }
@@ -183,9 +183,9 @@ func (l *Leadership) keyCause() error {
 	v, ok := l.ca.Get(l.name)
 	switch {
 	case !ok:
-		return fmt.Errorf("%w: the leader key was deleted by revision %d", ErrNotLeader, rev)
+		return fmt.Errorf("%w: the %s key was deleted by revision %d", l.e.lost, l.e.keyWord(), rev)
 	case v.CreateRevision != l.token || v.Lease != int64(l.lease):
-		return fmt.Errorf("%w: the leader key was replaced by revision %d", ErrNotLeader, rev)
+		return fmt.Errorf("%w: the %s key was replaced by revision %d", l.e.lost, l.e.keyWord(), rev)
 	}
 	return nil
 }
@@ -216,7 +216,7 @@ func (l *Leadership) run() {
 		case <-timer.C:
 		case _, ok := <-l.w.Events():
 			if !ok {
-				l.end(errorf("%w: the election watch ended: %w", ErrNotLeader, l.w.Err()))
+				l.end(errorf("%w: the %s watch ended: %w", l.e.lost, l.e.kind, l.w.Err()))
 				return
 			}
 		}
@@ -238,128 +238,6 @@ func (l *Leadership) giveUp() {
 	if errors.Is(cause, ErrClosed) {
 		log = l.e.c.log.Info
 	}
-	log("leadership ended", zap.String("election", l.e.name), zap.String("id", l.id),
+	log(l.e.holding()+" ended", zap.String(l.e.kind, l.e.name), zap.String("id", l.id),
 		zap.Int64("token", l.token), zap.NamedError("cause", cause), zap.NamedError("revoke", revokeErr))
-}
-
-// notLeader is the error of a guarded write refused because leadership has
-// ended.
-func (l *Leadership) notLeader(op string) error {
-	cause := context.Cause(l.ctx)
-	if errors.Is(cause, ErrNotLeader) {
-		return errorf("election %q: %s: %w", l.e.name, op, cause)
-	}
-	return errorf("election %q: %s: %w: %w", l.e.name, op, ErrNotLeader, cause)
-}
-
-// Txn runs ops in one etcd transaction that applies only if the leader key
-// still exists with this leadership's token, and returns its response. Ops
-// are raw clientv3 operations and take full etcd keys: prefix them with
-// Client.KeyPrefix (Key and Prefix do this for you; see GuardedPut
-// and GuardedDelete). With no ops, Txn checks in the cluster that this is
-// still the leader.
-//
-// It fails with ErrNotLeader, without sending anything, once Context is
-// cancelled or the lease is about to be given up, and with ErrNotLeader when
-// the cluster found the leader key gone (nothing was applied; the leadership
-// then ends). ctx bounds the call, with Config.RequestTimeout when it has no
-// deadline; the end of leadership also interrupts it, with an error matching
-// ErrNotLeader that says the write may have applied before, whatever ctx is
-// (Context itself, or a context derived from it, included). Any other error
-// (a timeout, an unreachable cluster) also leaves the outcome unknown.
-func (l *Leadership) Txn(ctx context.Context, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
-	return l.txn(ctx, "guarded txn", ops)
-}
-
-func (l *Leadership) txn(ctx context.Context, op string, ops []clientv3.Op) (*clientv3.TxnResponse, error) {
-	if l.ctx.Err() == nil {
-		// Refuse now rather than when the watchdog's timer fires: it may be
-		// late on a busy machine.
-		if cause := l.lostCause(); cause != nil {
-			l.end(cause)
-		}
-	}
-	if l.ctx.Err() != nil {
-		return nil, l.notLeader(op)
-	}
-	c := l.e.c
-	rctx, cancel, err := c.opContext(ctx)
-	if err != nil {
-		if l.ctx.Err() != nil && !c.closed() {
-			// ctx may derive from Context, which just ended: nothing was sent.
-			return nil, l.notLeader(op)
-		}
-		return nil, errorf("election %q: %s: %w", l.e.name, op, err)
-	}
-	defer cancel()
-	rctx, abort := context.WithCancel(rctx)
-	defer abort()
-	stop := context.AfterFunc(l.ctx, abort)
-	defer stop()
-	resp, err := c.raw.Txn(rctx).
-		If(clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.token)).
-		Then(ops...).
-		Commit()
-	if err != nil {
-		// Whether or not ctx ended too (it may be Context itself, or derive
-		// from it), the end of leadership is what the caller must learn.
-		if l.ctx.Err() != nil && !c.closed() {
-			return nil, errorf("election %q: %s: %w: leadership ended while the write was in flight, and it may have applied before (%w)",
-				l.e.name, op, ErrNotLeader, err)
-		}
-		return nil, errorf("election %q: %s: %w", l.e.name, op, c.cause(mapServerError(err)))
-	}
-	if !resp.Succeeded {
-		l.end(fmt.Errorf("%w: a guarded write found the leader key gone at revision %d", ErrNotLeader, resp.Header.Revision))
-		return nil, l.notLeader(op)
-	}
-	return resp, nil
-}
-
-// GuardedPut stores v at k only while l leads: in one transaction that
-// applies only if l's leader key still exists with l's token. It returns the
-// revision of the write. It fails as Leadership.Txn does, and as Key.Put does
-// for values it refuses (ErrTooLarge, an invalid key). k must belong to the
-// Client that l's election was made with.
-func GuardedPut[T any](ctx context.Context, l *Leadership, k *Key[T], v T) (int64, error) {
-	if err := guardedKey(l, k); err != nil {
-		return 0, err
-	}
-	data, err := k.encode(v)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := l.txn(ctx, fmt.Sprintf("guarded put %q", k.name), []clientv3.Op{clientv3.OpPut(k.path, string(data))})
-	if err != nil {
-		return 0, err
-	}
-	return resp.Header.Revision, nil
-}
-
-// GuardedDelete deletes k only while l leads, as GuardedPut writes, and
-// returns the revision of the transaction. Deleting an absent key is not an
-// error.
-func GuardedDelete[T any](ctx context.Context, l *Leadership, k *Key[T]) (int64, error) {
-	if err := guardedKey(l, k); err != nil {
-		return 0, err
-	}
-	resp, err := l.txn(ctx, fmt.Sprintf("guarded delete %q", k.name), []clientv3.Op{clientv3.OpDelete(k.path)})
-	if err != nil {
-		return 0, err
-	}
-	return resp.Header.Revision, nil
-}
-
-func guardedKey[T any](l *Leadership, k *Key[T]) error {
-	switch {
-	case l == nil:
-		return errors.New("etcdkit: guarded write: nil leadership")
-	case k == nil:
-		return errors.New("etcdkit: guarded write: nil key")
-	case k.err != nil:
-		return k.err
-	case k.c != l.e.c:
-		return fmt.Errorf("etcdkit: guarded write %q: the key belongs to another Client than the election", k.name)
-	}
-	return nil
 }

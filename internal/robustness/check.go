@@ -46,6 +46,7 @@ func Check(h *History) []Violation {
 	vs = append(vs, CheckLinearizable(h)...)
 	vs = append(vs, checkGuarded(h)...)
 	vs = append(vs, checkElections(h)...)
+	vs = append(vs, checkHoldings(h)...)
 	vs = append(vs, checkTrackers(h)...)
 	vs = append(vs, checkEphemerals(h)...)
 	return vs

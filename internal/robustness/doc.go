@@ -27,7 +27,10 @@
 //   - [Elections]: campaigners that write to a fenced key with GuardedPut
 //     while they lead;
 //   - [Services]: service instances registered through one member's proxy,
-//     and trackers following the service.
+//     and trackers following the service;
+//   - [Mutexes] and [Semaphores]: holders of a Mutex and of a Semaphore of
+//     two permits that increment a counter with GuardedUpdateKeys while
+//     they hold.
 //
 // After the fault phase the [Env] heals the cluster, waits for a leader and
 // for every workload to converge, and reads the cluster's real history back
@@ -54,6 +57,10 @@
 //     owners are connected, and disappear once an owner has been cut off for
 //     longer than its TTL (with a tolerance for the election timeout and the
 //     machine's load);
+//   - no two holdings of a mutex, and no more than two permits of the
+//     semaphore, overlap, in the cluster's history (each guarded write
+//     carries the token of a holder at its revision) and as their holders
+//     saw them; the counters equal the guarded updates that applied;
 //   - every view a service tracker delivers is a state the service had, in
 //     order, and its last is the service's final state.
 //

@@ -371,6 +371,7 @@ type History struct {
 	Ephemerals                     []*EphemeralRecord
 	Guarded                        []GuardedWrite
 	Elections                      []*ElectionRecord
+	Holdings                       []*HoldingRecord
 	Trackers                       []*TrackerRecord
 	Faults                         []FaultRecord
 	Notes                          []Note

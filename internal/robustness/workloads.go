@@ -2,7 +2,8 @@ package robustness
 
 // DefaultWorkloads returns a fresh instance of every workload whose API is
 // available: writers, Key and Prefix subscribers, caches, ephemeral keys, an
-// election with guarded writes, and service discovery.
+// election with guarded writes, service discovery, and a mutex and a
+// semaphore whose holders update a counter under guarded transactions.
 func DefaultWorkloads() []Workload {
-	return []Workload{&Writers{}, &Watchers{}, &Caches{}, &Ephemerals{}, &Elections{}, &Services{}}
+	return []Workload{&Writers{}, &Watchers{}, &Caches{}, &Ephemerals{}, &Elections{}, &Services{}, &Mutexes{}, &Semaphores{}}
 }
