@@ -34,8 +34,8 @@ import (
 // keeps its leader and queues a new candidate. After the thaw, when the old
 // leader wakes up believing it still leads, nothing arrives twice and
 // nothing is missing: the watch's events are exactly the writes made, the
-// session and the ephemeral key keep their lease, and the observers see
-// each leader once.
+// observers see each leader once, and the ephemeral key is held by the
+// session (see below for what the server may do to its lease).
 func TestFrozenLeader(t *testing.T) {
 	if os.Getenv(etcdtest.BinaryEnv) == "" {
 		t.Fatalf("built with the etcdbinary tag, this test needs %s naming an etcd binary (see .ci/etcd-binaries)", etcdtest.BinaryEnv)
@@ -143,8 +143,15 @@ func TestFrozenLeader(t *testing.T) {
 	require.Greater(t, seen[1].Token, seen[0].Token)
 
 	// The ephemeral key is held by the session, under its current lease.
-	// After the thaw the session has been seen to lose its lease and take
-	// a new one, now and then (see the states logged); the key comes back.
+	// The lease itself may not survive the thaw: the old leader wakes with
+	// a fresh raft tick, so etcd's check against a stale leader revoking
+	// leases (etcd #15247) takes it for an active leader, and its lessor,
+	// which saw no keepalive during the freeze, proposes to revoke the
+	// lease; once the member has stepped down, raft forwards the proposal
+	// to the new leader, which commits it. Seen in about one run in eight
+	// on 3.5, 3.6 and 3.7. The session then reports SessionLost and
+	// SessionRecovered with a new lease, and the Ephemeral puts its key
+	// back: that much is asserted, and the replacement is logged.
 	eventually(t, "ephemeral live, holding its key", func() bool {
 		resp, err := raw.Get(ctx, "fz/svc/a")
 		require.NoError(t, err)
