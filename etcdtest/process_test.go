@@ -12,7 +12,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/etcdkit/etcdkit/etcdtest"
 )
@@ -254,4 +256,23 @@ func TestProcessStartFailure(t *testing.T) {
 	_, err := etcdtest.New(etcdtest.WithFlags("--no-such-flag"))
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "no-such-flag")
+}
+
+// TestProcessClientTLSAndFlags checks that a process member serves TLS
+// clients with WithClientTLS, and that WithFlags reaches the server.
+func TestProcessClientTLSAndFlags(t *testing.T) {
+	requireBinary(t)
+	info, err := transport.SelfCert(zap.NewNop(), t.TempDir(), []string{"127.0.0.1"}, 1)
+	require.NoError(t, err)
+	// A request larger than 1 KiB is refused only if the flag was applied.
+	s := etcdtest.Start(t, etcdtest.WithClientTLS(info), etcdtest.WithFlags("--max-request-bytes=1024"))
+	ctx := ctxT(t)
+	cli := s.Client(t)
+	_, err = cli.Put(ctx, "small", "v")
+	require.NoError(t, err)
+	_, err = cli.Put(ctx, "large", string(make([]byte, 2048)))
+	require.ErrorIs(t, err, rpctypes.ErrRequestTooLarge)
+	require.NoError(t, s.Restart())
+	_, err = cli.Put(ctx, "after-restart", "v")
+	require.NoError(t, err)
 }
