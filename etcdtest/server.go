@@ -27,10 +27,9 @@ var ErrClosed = errors.New("etcdtest: member closed")
 // A Server is one etcd member listening on 127.0.0.1, running inside the
 // test process or, with WithBinary or BinaryEnv, as a process of an etcd
 // binary. Start returns a single-member Server; the members of a Cluster
-// are Servers too. All
-// methods are safe for concurrent use, and Stop, Kill, Restart and Close are
-// safe to call after the test's cleanup has run (Restart fails with
-// ErrClosed, the others do nothing).
+// are Servers too. All methods are safe for concurrent use, and Stop, Kill,
+// Restart and Close are safe to call after the test's cleanup has run
+// (Restart fails with ErrClosed, the others do nothing).
 type Server struct {
 	g          *group
 	name       string
