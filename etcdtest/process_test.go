@@ -5,7 +5,9 @@ package etcdtest_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -275,4 +277,32 @@ func TestProcessClientTLSAndFlags(t *testing.T) {
 	require.NoError(t, s.Restart())
 	_, err = cli.Put(ctx, "after-restart", "v")
 	require.NoError(t, err)
+}
+
+// dumpT records what the members' log dump prints, and reports the test as
+// failed so that there is a dump.
+type dumpT struct {
+	exampleT
+	logged []string
+}
+
+func (t *dumpT) Failed() bool { return true }
+func (t *dumpT) Logf(format string, args ...any) {
+	t.logged = append(t.logged, fmt.Sprintf(format, args...))
+}
+
+// TestProcessLogsDumpedOnFailure checks that a process member's own output
+// is what a failed test prints as the member's log.
+func TestProcessLogsDumpedOnFailure(t *testing.T) {
+	requireBinary(t)
+	dt := &dumpT{}
+	s := etcdtest.Start(dt, etcdtest.WithLogs())
+	pid := s.PID()
+	s.Stop()
+	requireExited(t, pid)
+	dt.finish()
+	got := strings.Join(dt.logged, "\n")
+	require.Contains(t, got, "etcd member m0 log")
+	require.Contains(t, got, "ready to serve client requests", "etcd's own log lines")
+	require.Contains(t, got, "received signal; shutting down", "the last lines, written as the process stopped on SIGTERM")
 }
