@@ -15,8 +15,9 @@ import (
 // election timeouts; the margin is for a loaded machine under -race.
 const leaderTimeout = 20 * time.Second
 
-// A Cluster is a set of etcd members running in the test process, started
-// together by StartCluster. Its methods are safe for concurrent use.
+// A Cluster is a set of etcd members, in the test process or processes of
+// an etcd binary (see WithBinary), started together by StartCluster. Its
+// methods are safe for concurrent use.
 type Cluster struct {
 	g *group
 }
@@ -79,7 +80,8 @@ func (c *Cluster) Client(t testing.TB) *clientv3.Client {
 
 // Leader returns the running member that believes it is the leader,
 // preferring one that is not partitioned, or nil if no member does. It does
-// not wait; see WaitLeader.
+// not wait; see WaitLeader. A frozen process member is never returned: it
+// cannot say what it believes.
 func (c *Cluster) Leader() *Server {
 	var cut *Server
 	for _, m := range c.g.members {
@@ -93,10 +95,10 @@ func (c *Cluster) Leader() *Server {
 	return cut
 }
 
-// WaitLeader waits until every running member that is not partitioned
-// reports the same leader, and that leader is one of them and believes it
-// leads, then returns it. It fails the test after 20 seconds, describing
-// what each member reported.
+// WaitLeader waits until every running member that is not partitioned or
+// frozen reports the same leader, and that leader is one of them and
+// believes it leads, then returns it. It fails the test after 20 seconds,
+// describing what each member reported.
 func (c *Cluster) WaitLeader(t testing.TB) *Server {
 	t.Helper()
 	deadline := time.Now().Add(leaderTimeout)
@@ -119,12 +121,11 @@ func (c *Cluster) agreedLeader() *Server {
 		if m.isPartitioned() {
 			continue
 		}
-		e := m.Etcd()
-		if e == nil {
+		l, running, err := m.leaderView()
+		if !running {
 			continue
 		}
-		l := e.Server.Lead()
-		if l == 0 || (lead != 0 && l != lead) {
+		if err != nil || l == 0 || (lead != 0 && l != lead) {
 			return nil
 		}
 		lead = l
@@ -146,8 +147,12 @@ func (c *Cluster) describe() string {
 	var parts []string
 	for _, m := range c.g.members {
 		state := "stopped"
-		if e := m.Etcd(); e != nil {
-			state = fmt.Sprintf("leader=%x", e.Server.Lead())
+		if l, running, err := m.leaderView(); err != nil {
+			state = fmt.Sprintf("status unknown: %v", err)
+		} else if running {
+			state = fmt.Sprintf("leader=%x", l)
+		} else if m.Frozen() {
+			state = "frozen"
 		}
 		if m.isPartitioned() {
 			state += " partitioned"
@@ -166,13 +171,12 @@ func (c *Cluster) MoveLeader(t testing.TB, to *Server) {
 	if lead == to {
 		return
 	}
-	e := lead.Etcd()
-	if e == nil || !to.Running() {
+	if !lead.Running() || !to.Running() {
 		t.Fatalf("etcdtest: move leadership from %s to %s: both must be running", lead.name, to.name)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), leaderTimeout)
 	defer cancel()
-	if err := e.Server.MoveLeader(ctx, lead.ID(), to.ID()); err != nil {
+	if err := lead.moveLeader(ctx, to.ID()); err != nil {
 		t.Fatalf("etcdtest: move leadership from %s to %s: %v", lead.name, to.name, err)
 	}
 	if got := c.WaitLeader(t); got != to {
@@ -188,10 +192,20 @@ func (c *Cluster) MoveLeader(t testing.TB, to *Server) {
 // or time out. The cut survives Restart of either side; a partitioned member
 // that restarts does not serve clients until Heal. Partition applies to
 // raft traffic only; it has no effect on a single-member Server.
+//
+// Process members cannot be told to cut a peer, so for them the member's
+// and its peers' peer links (see the package doc) close and refuse every
+// peer connection to the member and every raft connection from it. Other
+// peer traffic from it, such as a lease renewal forwarded to the leader,
+// still passes; it needs a leader the member no longer has.
 func (s *Server) Partition() {
 	s.mu.Lock()
 	s.partitioned = true
 	s.mu.Unlock()
+	if s.Binary() != "" {
+		s.g.recheckLinks()
+		return
+	}
 	for _, p := range s.g.members {
 		if p != s {
 			cut(s, p)
@@ -207,6 +221,11 @@ func (s *Server) Heal() {
 	s.mu.Lock()
 	s.partitioned = false
 	s.mu.Unlock()
+	if s.Binary() != "" {
+		// The links refuse no new connection now; etcd redials within
+		// about a tenth of a second.
+		return
+	}
 	for _, p := range s.g.members {
 		if p != s && !p.isPartitioned() {
 			mend(s, p)
@@ -234,8 +253,64 @@ func mend(a, b *Server) {
 	}
 }
 
+// leaderView returns the leader the member believes in (0 for none);
+// running is false for a stopped member, or a frozen one, which cannot
+// say.
+func (s *Server) leaderView() (lead uint64, running bool, err error) {
+	if s.Binary() != "" {
+		return s.processLeader()
+	}
+	e := s.Etcd()
+	if e == nil {
+		return 0, false, nil
+	}
+	return e.Server.Lead(), true, nil
+}
+
+// moveLeader asks s, the leader, to hand leadership to the member with ID
+// to.
+func (s *Server) moveLeader(ctx context.Context, to uint64) error {
+	if s.Binary() != "" {
+		cli, err := s.control()
+		if err != nil {
+			return err
+		}
+		_, err = cli.MoveLeader(ctx, to)
+		return err
+	}
+	e := s.Etcd()
+	if e == nil {
+		return fmt.Errorf("member %s is stopped", s.name)
+	}
+	return e.Server.MoveLeader(ctx, s.ID(), to)
+}
+
+// peerAllowed reports whether a process member's peer link forwards a
+// connection to to whose first request came from the member with peer
+// URLs from ("" if it named none).
+func (g *group) peerAllowed(to *Server, from string) bool {
+	if to.isPartitioned() {
+		return false
+	}
+	for _, m := range g.members {
+		if m != to && sentBy(from, m.PeerURL()) && m.isPartitioned() {
+			return false
+		}
+	}
+	return true
+}
+
+// recheckLinks closes the peer connections a partition no longer allows.
+func (g *group) recheckLinks() {
+	for _, m := range g.members {
+		if m.link != nil {
+			m.link.recheck()
+		}
+	}
+}
+
 // applyPartitions re-applies the cuts involving s after it started, because
-// a fresh embedded server forgets them.
+// a fresh embedded server forgets them. Process members' links keep theirs.
 func (g *group) applyPartitions(s *Server) {
 	for _, p := range g.members {
 		if p != s && (s.isPartitioned() || p.isPartitioned()) {

@@ -1,6 +1,7 @@
 // Package etcdtest runs real etcd members inside the test process, so that
 // code talking to etcd can be tested against the real thing, including its
-// failures, without Docker or an etcd binary.
+// failures, without Docker or an etcd binary; or, given a binary, as etcd
+// processes of any release from 3.5 on.
 //
 // # Testing your own service
 //
@@ -46,6 +47,34 @@
 // Members reach each other through in-process forwarders on their
 // advertised peer addresses, so that stopping a member or the cluster ends
 // every peer connection at once instead of leaving etcd's to time out.
+//
+// # Members as etcd processes
+//
+// [WithBinary] makes the members processes of an etcd executable (3.5, 3.6
+// or 3.7) instead, and the environment variable ETCDTEST_BINARY
+// ([BinaryEnv]) does so for every member of a test run, so that a suite
+// that does not reach into the embedded server runs unchanged against
+// another server release:
+//
+//	ETCDTEST_BINARY=/path/to/etcd-3.5 go test ./...
+//
+// A process member offers everything an in-process one does, on the same
+// addresses, ports and data directories: the proxy, Stop (SIGTERM, etcd's
+// graceful shutdown), Kill (SIGKILL, kill -9), Restart, Partition and Heal,
+// Compact, WaitLeader, MoveLeader, Client, and New and NewCluster. It adds
+// faults only a process can show: [Server.Freeze] stops it with SIGSTOP,
+// as a long garbage-collection pause or a stalled virtual machine would,
+// sockets open and silent, until [Server.Thaw]. What needs the embedded
+// server does not apply: [Server.Etcd] returns nil, and [WithConfig] fails
+// the start ([WithFlags] passes server flags instead); Freeze and Thaw on an
+// in-process member return [ErrNotProcess]. etcdtest sets only flags that
+// 3.5, 3.6 and 3.7 accept alike, and learns a process member's view of the
+// leader with status requests. A partition of process members is made on
+// the peer links, which read the sender of each peer connection from etcd's
+// own request headers. Process output goes to the member's log buffer, as
+// below. The test's cleanup, or Close for New and NewCluster, kills every
+// process and waits for it; on Linux the kernel also kills them if the test
+// process dies first.
 //
 // # Logs, timing and leaks
 //

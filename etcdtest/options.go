@@ -1,6 +1,7 @@
 package etcdtest
 
 import (
+	"os"
 	"testing"
 	"time"
 
@@ -51,18 +52,57 @@ type options struct {
 	withProxy      bool
 	logs           bool
 	configs        []func(*embed.Config)
+	// binary is the etcd executable members run as, "" for in-process
+	// members.
+	binary string
+	flags  []string
 }
 
 func buildOptions(t testing.TB, opts []Option) *options {
 	t.Helper()
-	o := &options{tick: DefaultTick, election: DefaultElection}
+	o := &options{tick: DefaultTick, election: DefaultElection, binary: os.Getenv(BinaryEnv)}
 	for i, opt := range opts {
 		if opt == nil {
 			t.Fatalf("etcdtest: option %d is nil", i)
 		}
 		opt.apply(o)
 	}
+	if o.binary != "" && len(o.configs) > 0 {
+		t.Fatalf("etcdtest: WithConfig changes an embedded member's configuration, but members run as processes of %s (WithBinary or %s); use WithFlags", o.binary, BinaryEnv)
+	}
+	if o.binary == "" && len(o.flags) > 0 {
+		t.Fatalf("etcdtest: WithFlags needs members that run as processes (WithBinary or %s); in-process members take WithConfig", BinaryEnv)
+	}
 	return o
+}
+
+// BinaryEnv is the environment variable that makes every member run as a
+// process of the etcd binary it names, as if each Start, StartCluster, New
+// and NewCluster had WithBinary(os.Getenv(BinaryEnv)) as its first option.
+// It lets a whole test suite run against another etcd release without
+// changing a test. A later WithBinary overrides it.
+const BinaryEnv = "ETCDTEST_BINARY"
+
+// WithBinary makes each member run as a process of the etcd executable at
+// path, an etcd 3.5, 3.6 or 3.7 server, instead of inside the test
+// process; "" means in-process members, overriding BinaryEnv. A process
+// member offers the same methods, with the differences their docs state:
+// Server.Etcd returns nil and WithConfig is refused (WithFlags passes
+// server flags instead), while Server.Freeze and Server.Thaw and a Kill
+// that is a real SIGKILL show faults an in-process member cannot.
+func WithBinary(path string) Option {
+	return optionFunc(func(o *options) { o.binary = path })
+}
+
+// WithFlags adds command-line flags, such as
+// "--auto-compaction-retention=1", to every start of a process member
+// (see WithBinary), after the flags etcdtest sets, so that they win where
+// etcd takes the last of repeated flags. The flags must suit the binary's
+// release: etcd 3.6 renamed most --experimental-* flags and 3.7 dropped the
+// old names. The same rules as for WithConfig apply to names, directories
+// and URLs. WithFlags with in-process members fails the start.
+func WithFlags(flags ...string) Option {
+	return optionFunc(func(o *options) { o.flags = append(o.flags, flags...) })
 }
 
 // WithConfig registers f to change each member's embed.Config after every

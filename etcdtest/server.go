@@ -24,11 +24,12 @@ import (
 // or by the cleanup of the test that started it.
 var ErrClosed = errors.New("etcdtest: member closed")
 
-// A Server is one embedded etcd member listening on 127.0.0.1. Start returns
-// a single-member Server; the members of a Cluster are Servers too. All
-// methods are safe for concurrent use, and Stop, Kill, Restart and Close are
-// safe to call after the test's cleanup has run (Restart fails with
-// ErrClosed, the others do nothing).
+// A Server is one etcd member listening on 127.0.0.1, running inside the
+// test process or, with WithBinary or BinaryEnv, as a process of an etcd
+// binary. Start returns a single-member Server; the members of a Cluster
+// are Servers too. All methods are safe for concurrent use, and Stop, Kill,
+// Restart and Close are safe to call after the test's cleanup has run
+// (Restart fails with ErrClosed, the others do nothing).
 type Server struct {
 	g          *group
 	name       string
@@ -50,6 +51,12 @@ type Server struct {
 	grpcs       []*grpc.Server
 	id          uint64
 	partitioned bool
+
+	// For a process member: the running process (nil while stopped),
+	// whether Freeze stopped it, and the client etcdtest queries it with.
+	proc   *process
+	frozen bool
+	ctl    *clientv3.Client
 }
 
 // Start starts one etcd member on 127.0.0.1 with free client and peer ports
@@ -107,7 +114,10 @@ func (s *Server) PeerURL() string {
 }
 
 // Etcd returns the running embedded member, or nil while it is stopped. The
-// value changes on every Restart; do not Close it, use Stop.
+// value changes on every Restart; do not Close it, use Stop. A process
+// member (see WithBinary) has no embedded server: Etcd always returns nil
+// for it, and a test that needs etcd's internals must use in-process
+// members.
 func (s *Server) Etcd() *embed.Etcd {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -116,7 +126,9 @@ func (s *Server) Etcd() *embed.Etcd {
 
 // Running reports whether the member has been started and not stopped since.
 func (s *Server) Running() bool {
-	return s.Etcd() != nil
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.etcd != nil || s.proc != nil
 }
 
 // Client returns a raw clientv3 client connected directly to this member
@@ -136,6 +148,12 @@ func (s *Server) Client(t testing.TB) *clientv3.Client {
 // closed. Stop does nothing on a stopped member; it returns once the member
 // has released its ports and data directory.
 //
+// A process member gets SIGTERM, etcd's graceful shutdown (or SIGKILL where
+// an in-process member would be killed), and is killed if it has not
+// exited after 15 seconds; etcd itself gives its clients up to its request
+// timeout instead of a second. A frozen member is thawed to act on the
+// signal.
+//
 // The member's proxy, if any, keeps listening and keeps its faults, and
 // Stop does not wait for it: clients on it see their connections close
 // through the proxy as through a real network, at once where it lets the
@@ -153,7 +171,8 @@ func (s *Server) Stop() {
 // handing over leadership, so if the member led, the others elect a new
 // leader only after an election timeout, and every client connection is
 // closed at once, with no GOAWAY and no grace for requests in flight. Data
-// already written stays on disk. Otherwise Kill is like Stop.
+// already written stays on disk. Otherwise Kill is like Stop. A process
+// member gets SIGKILL (kill -9), frozen or not.
 func (s *Server) Kill() {
 	s.life.Lock()
 	defer s.life.Unlock()
@@ -162,9 +181,19 @@ func (s *Server) Kill() {
 
 func (s *Server) stopLocked(hard bool) {
 	s.mu.Lock()
-	e, grpcs := s.etcd, s.grpcs
+	e, grpcs, p := s.etcd, s.grpcs, s.proc
 	s.etcd, s.grpcs = nil, nil
 	s.mu.Unlock()
+	if p != nil {
+		s.stopProcess(p, hard)
+		s.mu.Lock()
+		s.proc, s.frozen = nil, false
+		s.mu.Unlock()
+		// The process's own peer connections are gone with it; the ones
+		// its peers made to it end here.
+		s.link.setDown(true)
+		return
+	}
 	if e == nil {
 		return
 	}
@@ -292,16 +321,24 @@ func (s *Server) Compact(t testing.TB) int64 {
 }
 
 // IsLeader reports whether the member is running and believes it is the
-// raft leader.
+// raft leader. A process member is asked with a status request; a frozen
+// one, which cannot answer, is reported as not leading.
 func (s *Server) IsLeader() bool {
+	if s.Binary() != "" {
+		lead, ok, err := s.processLeader()
+		return ok && err == nil && lead != 0 && lead == s.ID()
+	}
 	e := s.Etcd()
 	return e != nil && e.Server.Lead() == uint64(e.Server.MemberID())
 }
 
-// start starts the embedded member from its configuration. The caller holds
-// s.life or owns s exclusively.
+// start starts the member, in-process from its configuration or as a
+// process with its flags. The caller holds s.life or owns s exclusively.
 func (s *Server) start() error {
 	s.link.setDown(false)
+	if s.Binary() != "" {
+		return s.startProcess()
+	}
 	s.mu.Lock()
 	s.grpcs = nil
 	s.mu.Unlock()
@@ -324,6 +361,15 @@ func (s *Server) start() error {
 
 // waitReady waits until the running member is ready to serve clients.
 func (s *Server) waitReady(deadline time.Time) error {
+	if s.Binary() != "" {
+		s.mu.Lock()
+		p := s.proc
+		s.mu.Unlock()
+		if p == nil {
+			return fmt.Errorf("member %s is stopped", s.name)
+		}
+		return s.waitProcessReady(p, deadline)
+	}
 	e := s.Etcd()
 	if e == nil {
 		return fmt.Errorf("member %s is stopped", s.name)
@@ -458,7 +504,13 @@ func tryStartGroup(t testing.TB, n int, o *options) (*group, error) {
 	for i, m := range g.members {
 		ls[3*i].Close()
 		ls[3*i+1].Close()
-		m.link = newPeerLink(ls[3*i+2], "127.0.0.1:"+strconv.Itoa(m.listenPort))
+		var allow func(from string) bool
+		if o.binary != "" {
+			// A process member cannot be told to cut a peer, so its
+			// partitions are made here, on the peer connections.
+			allow = func(from string) bool { return g.peerAllowed(m, from) }
+		}
+		m.link = newPeerLink(ls[3*i+2], "127.0.0.1:"+strconv.Itoa(m.listenPort), allow)
 		if i > 0 {
 			g.initialCluster += ","
 		}
@@ -538,6 +590,7 @@ func (g *group) shutdown() {
 		g.closeProxies()
 		g.stopAll()
 		for _, m := range g.members {
+			m.closeControl()
 			if m.link != nil {
 				m.link.close()
 			}
