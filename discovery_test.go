@@ -329,9 +329,13 @@ func TestServiceUndecodable(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return len(keys()) == 2 }, dsWait, dsTick, "Invalid: %v", keys())
 	dsWaitIDs(t, tr, "badaddr", "good")
-	v, ok := views.last()
-	require.True(t, ok)
-	assert.Equal(t, []string{"badaddr", "good"}, dsIDs(v))
+	// The recorder reads Updates on a goroutine of its own: wait for it to
+	// have the view Instances already shows.
+	require.Eventually(t, func() bool {
+		v, ok := views.last()
+		return ok && slices.Equal(dsIDs(v), []string{"badaddr", "good"})
+	}, dsWait, dsTick, "last view sent on Updates")
+	v, _ := views.last()
 	assert.Equal(t, nodeMeta{}, v[0].Meta, "no meta stored: the codec's zero value")
 }
 
