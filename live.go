@@ -143,9 +143,9 @@ func newLiveDecoder[T any](codec Codec[T], s liveSettings[T]) (*liveDecoder[T], 
 	return d, nil
 }
 
-// decode decodes data, the value of key (its full name) at rev, and
-// validates it; entry is the entry's name in a LiveMap, "" for a Live.
-func (d *liveDecoder[T]) decode(key, entry string, rev int64, data []byte) (T, error) {
+// decode decodes data, the value at rev of the key name (a Live's key) or
+// name/entry (an entry of a LiveMap over prefix name), and validates it.
+func (d *liveDecoder[T]) decode(name, entry string, rev int64, data []byte) (T, error) {
 	var v T
 	var err error
 	if base, ok := d.base[entry]; ok || d.base != nil {
@@ -166,15 +166,23 @@ func (d *liveDecoder[T]) decode(key, entry string, rev int64, data []byte) (T, e
 	}
 	if err != nil {
 		var zero T
-		return zero, &DecodeError{Key: key, Revision: rev, Err: err}
+		return zero, &DecodeError{Key: keyName(name, entry), Revision: rev, Err: err}
 	}
 	if d.validate != nil {
 		if err := d.validate(v); err != nil {
 			var zero T
-			return zero, &ValidationError{Key: key, Revision: rev, Err: err}
+			return zero, &ValidationError{Key: keyName(name, entry), Revision: rev, Err: err}
 		}
 	}
 	return v, nil
+}
+
+// keyName is the name of a Live's key (entry "") or of a LiveMap's entry.
+func keyName(name, entry string) string {
+	if entry == "" {
+		return name
+	}
+	return joinName(name, entry)
 }
 
 // Live is a runtime configuration value: the typed value of one key, kept
