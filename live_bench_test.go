@@ -170,4 +170,3 @@ func BenchmarkLiveMapSync50k(b *testing.B) {
 	b.ReportMetric(bytes[2]/float64(b.N), "livemap-B/entry")
 	b.ReportMetric(0, "ns/op")
 }
-
