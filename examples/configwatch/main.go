@@ -240,7 +240,7 @@ func demo(namespace string, timeout time.Duration, out io.Writer) error {
 	defer live.Close()
 	cur := live.Current()
 	fmt.Fprintf(out, "service: starts while etcd is down and serves %+v from its %v of revision %d (stale %v) after %v\n",
-		cur.Data, cur.Source, cur.Revision, live.Stale(), time.Since(start).Round(time.Millisecond))
+		cur.Data, cur.Source, cur.Revision, live.Stale(), time.Since(start).Round(time.Microsecond))
 	fmt.Fprintln(out, "etcd: the member starts again")
 	if err := srv.Restart(); err != nil {
 		return err
