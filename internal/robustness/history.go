@@ -372,6 +372,7 @@ type History struct {
 	Guarded                        []GuardedWrite
 	Elections                      []*ElectionRecord
 	Trackers                       []*TrackerRecord
+	Lives                          []*LiveRecord
 	Faults                         []FaultRecord
 	Notes                          []Note
 }
