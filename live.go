@@ -270,6 +270,7 @@ func NewLive[T any](ctx context.Context, key *Key[T], opts ...LiveOption) *Live[
 	if !key.c.spawn(l.run) {
 		close(l.stopped)
 		l.cancel(ErrClosed)
+		l.markSynced()
 	}
 	l.arm()
 	return l

@@ -115,6 +115,7 @@ func NewLiveMap[T any](ctx context.Context, p *Prefix[T], opts ...LiveOption) *L
 	if !p.c.spawn(l.run) {
 		close(l.stopped)
 		l.cancel(ErrClosed)
+		l.markSynced()
 	}
 	l.arm()
 	return l

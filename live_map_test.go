@@ -31,7 +31,7 @@ func validFlag(f flag) error {
 func TestLiveMapKeepsTheLastGoodValuePerEntry(t *testing.T) {
 	e := startLiveEnv(t, "livemap")
 	ctx := testContext(t, time.Minute)
-	e.put(t, "flags/a", `{"on":true,"percent":10}`)
+	aRev := e.put(t, "flags/a", `{"on":true,"percent":10}`)
 	e.put(t, "flags/b", `{"on":true`) // never good
 	e.put(t, "other", `{"on":true}`)  // outside the prefix
 	m := etcdkit.NewLiveMap(ctx, etcdkit.NewPrefix(e.c, "flags", etcdkit.JSON[flag]()),
@@ -73,12 +73,13 @@ func TestLiveMapKeepsTheLastGoodValuePerEntry(t *testing.T) {
 	bRev := e.put(t, "flags/b", `{"on":true,"percent":100}`)
 	untilGet(t, func() flag { return m.Get("b") }, flag{On: true, Percent: 100})
 
-	got := changes.until(t, 3)
+	got := changes.until(t, 4)
 	assert.Equal(t, []etcdkit.LiveChange[flag]{
+		{Name: "a", Old: flag{Percent: 1}, New: flag{On: true, Percent: 10}, Revision: aRev},
 		{Name: "c", Old: flag{On: true, Percent: 50}, New: flag{Percent: 5}, Revision: cRev},
 		{Name: "c", Old: flag{Percent: 5}, New: flag{On: true, Percent: 50}, Deleted: true, Revision: delRev},
 		{Name: "b", Old: flag{Percent: 1}, New: flag{On: true, Percent: 100}, Revision: bRev},
-	}, got[len(got)-3:], "changes after the sync; never a refused value")
+	}, got, "the first value, then each change; never a refused value")
 	for _, ch := range got {
 		assert.NotEqual(t, 500, ch.New.Percent)
 	}
@@ -162,4 +163,37 @@ func TestLiveMapColdStartFromSnapshot(t *testing.T) {
 	warned := e.logs.FilterMessage("live snapshot ignored").All()
 	require.Len(t, warned, 1)
 	assert.Contains(t, warned[0].ContextMap()["error"], "written for prefix")
+}
+
+// Bad input ends a LiveMap at once with a clear error; its defaults are
+// still served and nothing panics.
+func TestLiveMapInvalidInput(t *testing.T) {
+	e := startLiveEnv(t, "livemap-inv")
+	ctx := testContext(t, time.Minute)
+	p := etcdkit.NewPrefix(e.c, "f", etcdkit.JSON[flag]())
+	for _, tc := range []struct {
+		name string
+		m    *etcdkit.LiveMap[flag]
+		want string
+	}{
+		{"nil prefix", etcdkit.NewLiveMap[flag](ctx, nil), "nil prefix"},
+		{"invalid prefix", etcdkit.NewLiveMap(ctx, etcdkit.NewPrefix(e.c, "a//b", etcdkit.JSON[flag]())), "invalid name"},
+		{"invalid default name", etcdkit.NewLiveMap(ctx, p, etcdkit.WithDefault(flag{Percent: 7}),
+			etcdkit.WithDefaults(map[string]flag{"../x": {}})), "invalid name"},
+		{"defaults of another type", etcdkit.NewLiveMap(ctx, p, etcdkit.WithDefaults(map[string]int{"a": 1})), "WithDefaults of type"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			<-tc.m.Done()
+			require.ErrorContains(t, tc.m.Err(), tc.want)
+			<-tc.m.Synced()
+			assert.True(t, tc.m.Stale())
+			assert.Empty(t, tc.m.All())
+			assert.NoError(t, tc.m.Close())
+		})
+	}
+	m := etcdkit.NewLiveMap(ctx, p, etcdkit.WithDefault(flag{Percent: 7}), etcdkit.WithDefaults(map[string]flag{"x": {On: true}}),
+		etcdkit.MergeDefault(), etcdkit.WithValidator[string](nil))
+	require.ErrorContains(t, m.Err(), "nil function")
+	assert.Equal(t, flag{Percent: 7}, m.Get("any"), "the valid default is still served")
+	assert.Equal(t, flag{On: true}, m.Get("x"))
 }

@@ -149,13 +149,11 @@ type liveSettings[T any] struct {
 	merge    bool
 }
 
-// typed checks the options against T and the codec. forMap says whether
-// the handle is a LiveMap.
+// typedLive checks the options against T and the codec. forMap says
+// whether the handle is a LiveMap. On an error, the defaults found valid
+// so far are set in the returned settings.
 func typedLive[T any](cfg *liveConfig, codec Codec[T], forMap bool) (liveSettings[T], error) {
 	var s liveSettings[T]
-	if len(cfg.errs) > 0 {
-		return s, cfg.errs[0]
-	}
 	want := reflect.TypeFor[T]()
 	if cfg.setDef && cfg.def != nil {
 		// A nil interface T is its own zero value, which s.def holds.
@@ -174,6 +172,11 @@ func typedLive[T any](cfg *liveConfig, codec Codec[T], forMap bool) (liveSetting
 			return s, fmt.Errorf("etcdkit: live: WithDefaults of type %T for values of type %v", cfg.defs, want)
 		}
 		s.defs = m
+	}
+	// The defaults are known by now, so that a handle ended by an invalid
+	// option still serves them.
+	if len(cfg.errs) > 0 {
+		return s, cfg.errs[0]
 	}
 	if cfg.validate != nil {
 		fn, ok := cfg.validate.(func(T) error)

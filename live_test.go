@@ -262,6 +262,7 @@ func TestLiveSurvivesBlackholeWritesAndCompaction(t *testing.T) {
 			t.Cleanup(func() { _ = live.Close() })
 			changes := recordChanges(t, live.Changes())
 			waitLiveSynced(t, live.Synced())
+			changes.until(t, 1)
 			require.Equal(t, liveLimits{Rate: 1, Burst: 1}, live.Get())
 			require.Eventually(t, func() bool { return !live.Stale() }, liveWait, 5*time.Millisecond)
 
@@ -290,7 +291,7 @@ func TestLiveSurvivesBlackholeWritesAndCompaction(t *testing.T) {
 			assert.Equal(t, []etcdkit.LiveChange[liveLimits]{
 				{Name: "cfg", New: liveLimits{Rate: 1, Burst: 1}, Revision: first},
 				{Name: "cfg", Old: liveLimits{Rate: 1, Burst: 1}, New: tc.want, Revision: last},
-			}, changes.list(), "only the latest value, never the refused one")
+			}, changes.until(t, 2), "only the latest value, never the refused one")
 			_, rejected := live.Rejected()
 			assert.False(t, rejected, "the compacted refused value was never seen")
 		})

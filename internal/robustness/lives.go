@@ -50,6 +50,7 @@ type LiveSeen struct {
 	Snapshot bool // the state came from the snapshot file
 }
 
+// String formats the state as "value"@rev, or absent("default")@rev.
 func (s LiveSeen) String() string {
 	if !s.Present {
 		return fmt.Sprintf("absent(%q)@%d", s.Value, s.Rev)
