@@ -229,7 +229,6 @@ type Live[T any] struct {
 	synced   chan struct{}
 	syncOnce sync.Once
 	isSynced atomic.Bool
-	stopped  chan struct{}
 }
 
 // NewLive starts following key and returns at once: with a snapshot
@@ -239,7 +238,7 @@ type Live[T any] struct {
 // or invalid key, an invalid option, a closed Client or an ended ctx gives
 // a Live that has already ended with the error and serves the default.
 func NewLive[T any](ctx context.Context, key *Key[T], opts ...LiveOption) *Live[T] {
-	l := &Live[T]{synced: make(chan struct{}), stopped: make(chan struct{})}
+	l := &Live[T]{synced: make(chan struct{})}
 	if key == nil {
 		return l.endNow(errors.New("etcdkit: NewLive: nil key"))
 	}
@@ -263,17 +262,33 @@ func NewLive[T any](ctx context.Context, key *Key[T], opts ...LiveOption) *Live[
 	if l.snapPath != "" {
 		l.restore()
 	}
-	if !l.init(ctx, key.c, liveChangesBuffer) {
-		return l.endNow(ErrClosed)
-	}
-	l.producers = func() { <-l.stopped }
-	if !key.c.spawn(l.run) {
-		close(l.stopped)
-		l.cancel(ErrClosed)
+	if !startLife(&l.lifecycle, ctx, key.c, l.run) {
 		l.markSynced()
 	}
-	l.arm()
 	return l
+}
+
+// startLife starts the life of a Live or LiveMap, the one place where
+// they set up their lifecycle: bounded by ctx and c, with run as the
+// goroutine that sends the changes. It reports whether run was started;
+// if not, the handle has ended with ErrClosed.
+func startLife[E any](lc *lifecycle[E], ctx context.Context, c *Client, run func()) bool {
+	if !lc.init(ctx, c, liveChangesBuffer) {
+		lc.ended(ErrClosed)
+		return false
+	}
+	stopped := make(chan struct{})
+	lc.producers = func() { <-stopped }
+	running := c.spawn(func() {
+		defer close(stopped)
+		run()
+	})
+	if !running {
+		close(stopped)
+		lc.cancel(ErrClosed)
+	}
+	lc.arm()
+	return running
 }
 
 // endNow makes l a Live that has already ended with err.
@@ -382,7 +397,6 @@ func (l *Live[T]) restore() {
 // watches every change after it; if the watch ends for another reason than
 // the Live's end, it starts again from a new read.
 func (l *Live[T]) run() {
-	defer close(l.stopped)
 	defer l.markSynced()
 	ctx, c := l.ctx, l.key.c
 	retry := backoff.New(100*time.Millisecond, 2*time.Second)

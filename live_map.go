@@ -65,7 +65,6 @@ type LiveMap[T any] struct {
 	synced   chan struct{}
 	syncOnce sync.Once
 	isSynced atomic.Bool
-	stopped  chan struct{}
 	dirty    bool // the snapshot is behind the entries (run's goroutine only)
 }
 
@@ -85,7 +84,7 @@ type liveEntry[T any] struct {
 // closed Client or an ended ctx gives a LiveMap that has already ended
 // with the error and serves the defaults.
 func NewLiveMap[T any](ctx context.Context, p *Prefix[T], opts ...LiveOption) *LiveMap[T] {
-	l := &LiveMap[T]{synced: make(chan struct{}), stopped: make(chan struct{}), entries: map[string]liveEntry[T]{}}
+	l := &LiveMap[T]{synced: make(chan struct{}), entries: map[string]liveEntry[T]{}}
 	if p == nil {
 		return l.endNow(errors.New("etcdkit: NewLiveMap: nil prefix"))
 	}
@@ -108,16 +107,9 @@ func NewLiveMap[T any](ctx context.Context, p *Prefix[T], opts ...LiveOption) *L
 	if l.snapPath != "" {
 		l.restore()
 	}
-	if !l.init(ctx, p.c, liveChangesBuffer) {
-		return l.endNow(ErrClosed)
-	}
-	l.producers = func() { <-l.stopped }
-	if !p.c.spawn(l.run) {
-		close(l.stopped)
-		l.cancel(ErrClosed)
+	if !startLife(&l.lifecycle, ctx, p.c, l.run) {
 		l.markSynced()
 	}
-	l.arm()
 	return l
 }
 
@@ -278,7 +270,6 @@ func (l *LiveMap[T]) restore() {
 // cache ends for another reason than the LiveMap's end, it starts a new
 // one.
 func (l *LiveMap[T]) run() {
-	defer close(l.stopped)
 	defer l.markSynced()
 	defer l.flush()
 	ctx, c := l.ctx, l.p.c
