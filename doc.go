@@ -1,21 +1,41 @@
 // Package etcdkit is a typed client for etcd v3 for services that share
-// runtime configuration and coordinate through etcd: typed keys, watches that
-// survive any network fault, synced caches, self-healing ephemeral keys,
+// runtime configuration and coordinate through etcd: typed keys, live
+// configuration values with defaults, validation and a cold-start snapshot,
+// watches that survive any network fault, synced caches, self-healing ephemeral keys,
 // service discovery with a gRPC resolver, leader election with fencing, and a
 // cluster health monitor.
 //
 // # Quick start
 //
-// Follow a typed configuration value: the current value first, then every
-// change once, in order. A change is a Put or a Delete, and a stored value
-// that does not decode comes with Err set, so look at both before using
-// Value (it is the zero value for those). The package example QuickStart runs this code.
+// Read a typed configuration value on every request, without waiting: a
+// [Live] keeps the last good value of a key, the default while the key is
+// absent, and refuses values that do not decode or validate. With a
+// snapshot file it starts, marked stale, while etcd is down. The package
+// example NewLive runs this code.
 //
 //	c, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{"127.0.0.1:2379"}, Namespace: "billing"})
 //	if err != nil {
 //		return err
 //	}
 //	defer c.Close()
+//	limits := etcdkit.NewLive(ctx, etcdkit.NewKey(c, "config/limits", etcdkit.JSON[Limits]()),
+//		etcdkit.WithDefault(DefaultLimits), // while the key is absent
+//		etcdkit.WithValidator(func(l Limits) error { // a bad value is never served
+//			if l.MaxConns <= 0 {
+//				return errors.New("max_conns must be positive")
+//			}
+//			return nil
+//		}),
+//		etcdkit.WithSnapshot("/var/lib/billing/limits.snapshot")) // serve the last good value while etcd is down
+//	defer limits.Close()
+//	maxConns := limits.Get().MaxConns // on every request: one atomic load
+//
+// Or follow every change of it: the current value first, then every change
+// once, in order. A change is a Put or a Delete, and a stored value that
+// does not decode comes with Err set, so look at both before using Value
+// (it is the zero value for those). The package example QuickStart runs
+// this code.
+//
 //	limits := etcdkit.NewKey(c, "config/limits", etcdkit.JSON[Limits]())
 //	w := limits.Watch(ctx, etcdkit.WithInitial())
 //	defer w.Close()
@@ -79,6 +99,61 @@
 // silent links and member failures, and after a compaction it applies the
 // differences with the state re-read at the compaction's revision, deletions
 // included.
+//
+// # Live configuration
+//
+// [NewLive] makes a [Live]: the value of one key, as a service reads its
+// runtime configuration. Get never blocks and does no I/O (one atomic
+// load, a few nanoseconds): it returns the last good value, or the
+// default. A good value is one that the key's codec decodes and that the
+// function given to [WithValidator] accepts; any other is refused: Get
+// keeps the value before it, [Live.Rejected] reports it (the error, a
+// [*DecodeError] or a [*ValidationError], its revision and when), it is
+// logged and counted ([MetricLiveRejections]), and [Live.Changes] never
+// carries it. A later good value is applied. An absent or deleted key
+// means the default ([WithDefault], else T's zero value). With
+// [MergeDefault], the fields a stored JSON value leaves out take the
+// default's values: the value is decoded over a fresh copy of the default.
+//
+// The value follows the key through the watch engine, so it has the
+// guarantees of a [Watch]: every change in revision order, across broken
+// and silent links, restarted servers and failed members, and a re-read
+// after a compaction, of which only the current value is applied (values
+// the compaction erased are never seen, so never applied). [Live.Synced]
+// is closed once the key's state has come from the cluster;
+// [Live.Stale] reports true before that, and while the watch's link is
+// suspended. A Live ends only with its ctx, Close or Client.Close: a watch
+// that fails for good (a permission denied) is logged and started again,
+// and Get keeps serving.
+//
+// [WithSnapshot] keeps the last good state in a file, written atomically
+// (temporary file, fsync, rename, fsync of the directory) each time a
+// state from the cluster is applied, with its revision, a SHA-256 checksum,
+// and the etcd key and Go type it belongs to. NewLive reads it before it
+// returns, so a service that starts while the cluster is unreachable
+// serves it at once, Stale, and converges when the cluster is back. A file
+// that is corrupt, truncated, written for another key or type, or
+// unreadable is logged with the reason and counted
+// ([MetricLiveSnapshotErrors]), and the default is served instead; it is
+// never applied and never a crash. A missing file is the first start.
+//
+// The snapshot and the cluster are compared by revision. A cluster state
+// with a higher revision than the snapshot's (a value written, or the key
+// deleted, meanwhile) wins and replaces the file; the same revision
+// confirms it. A lower one cannot come from the same cluster history, whose
+// revisions only grow: it comes from a cluster restored from a backup or
+// rebuilt, and it never replaces the snapshot. It is refused with
+// [ErrOlderThanSnapshot], and the Live keeps serving the snapshot, Stale
+// and not Synced, until the cluster writes the key at a revision above the
+// snapshot's. To avoid that after a restore, restore with etcdutl's
+// --bump-revision (which etcd advises anyway, since every watcher is in
+// the same position) or delete the snapshot files of the services.
+//
+// [NewLiveMap] makes a [LiveMap], the same for every key under a
+// [Prefix] (feature flags, per-tenant settings), over a [Cache]: each
+// entry keeps its own last good value, a name the prefix does not hold
+// reads as its default ([WithDefaults] per name, else [WithDefault]), and
+// the whole map is one snapshot file, written at most once a second.
 //
 // # Sessions and ephemeral keys
 //
@@ -179,8 +254,9 @@
 //
 // # Handles
 //
-// Every long-lived handle (Watch, Cache, Session, Ephemeral, Registration,
-// Tracker, Observation, Leadership, Lock, Permit, HealthMonitor) has Close (idempotent,
+// Every long-lived handle (Watch, Cache, Live, LiveMap, Session, Ephemeral,
+// Registration, Tracker, Observation, Leadership, Lock, Permit,
+// HealthMonitor) has Close (idempotent,
 // waits for its goroutines), Done and Err (the cause once Done is closed).
 // A channel never closes without Err saying why. Closing the Client ends
 // them all with [ErrClosed]. Err always means why a handle ended: the
@@ -194,8 +270,8 @@
 // the handle ([Client.NewSession], [NewEphemeral], [Service.Register]) is
 // bounded by the same ctx, and by [Config.RequestTimeout] when ctx has no
 // deadline; one that returns at once ([Key.Watch], [Prefix.Watch],
-// [Prefix.Cache], [Service.Track], [Election.Observe]) leaves all the
-// waiting to the handle.
+// [Prefix.Cache], [NewLive], [NewLiveMap], [Service.Track],
+// [Election.Observe]) leaves all the waiting to the handle.
 // Pass a context that lasts as long as the handle should, not a request's.
 //
 // Exceptions: the ctx of [New] bounds only the call, and the Client lasts
@@ -221,7 +297,11 @@
 //   - When leadership ends: why a leader learns it may have lost leadership
 //     before any other candidate can win;
 //   - Discovery: how fresh a view is: what a [Tracker] and the gRPC resolver
-//     show while the link is down.
+//     show while the link is down;
+//   - Live configuration (above): a [Live] never holds a value that failed
+//     to decode or validate, and a service starts from its snapshot while
+//     the cluster is unreachable, marked stale; which of the snapshot and
+//     the cluster wins, by revision.
 //
 // # Slow subscribers
 //

@@ -48,6 +48,17 @@ const (
 	// HealthMonitor, as the HealthStatus number: 0 unknown, 1 healthy,
 	// 2 degraded, 3 unhealthy. Gauge.
 	MetricHealthStatus Metric = "health_status"
+	// MetricLiveUpdates counts the changes of value applied by the Live
+	// and LiveMap handles: good values and deletions. Counter.
+	MetricLiveUpdates Metric = "live_updates_total"
+	// MetricLiveRejections counts the values a Live or LiveMap refused to
+	// serve: values that did not decode, failed validation, or were older
+	// than the snapshot. Counter.
+	MetricLiveRejections Metric = "live_rejections_total"
+	// MetricLiveSnapshotErrors counts snapshot files of a Live or LiveMap
+	// that could not be used (corrupt, truncated, foreign, unreadable) or
+	// could not be written. Counter.
+	MetricLiveSnapshotErrors Metric = "live_snapshot_errors_total"
 )
 
 // MetricKind says whether a Metric is a counter or a gauge.
@@ -80,6 +91,9 @@ var metricHelp = map[Metric]string{
 	MetricEphemeralRestores:   "Ephemeral keys put back after they were deleted, overwritten or lost with their lease.",
 	MetricLeadershipChanges:   "Leaderships won and lost by this client.",
 	MetricHealthStatus:        "Cluster status from the latest health check: 0 unknown, 1 healthy, 2 degraded, 3 unhealthy.",
+	MetricLiveUpdates:         "Changes of value applied by Live and LiveMap handles.",
+	MetricLiveRejections:      "Values refused by Live and LiveMap handles: undecodable, invalid, or older than the snapshot.",
+	MetricLiveSnapshotErrors:  "Live snapshot files refused (corrupt, truncated, foreign, unreadable) or not written.",
 }
 
 // AllMetrics returns every Metric the library records, in a fresh slice, so
@@ -94,6 +108,9 @@ func AllMetrics() []Metric {
 		MetricEphemeralRestores,
 		MetricLeadershipChanges,
 		MetricHealthStatus,
+		MetricLiveUpdates,
+		MetricLiveRejections,
+		MetricLiveSnapshotErrors,
 	}
 }
 

@@ -1,16 +1,19 @@
 // Command configwatch is a service that follows its typed runtime
-// configuration in etcd: it applies the current value at start, then every
-// change once, in order, even while its link to etcd is cut and the history
-// it missed is compacted away.
+// configuration in etcd with etcdkit.Live: it reads the current value on
+// every request without waiting, keeps its last good value when someone
+// writes a bad one, survives a silent link, and starts from its snapshot
+// while etcd is down.
 //
 // By default it starts an embedded etcd member on 127.0.0.1 behind a
-// fault-injection proxy, plays an operator who changes the configuration,
-// and cuts the service's link for a while:
+// fault-injection proxy, plays an operator who writes good and bad
+// configuration, cuts the service's link, and restarts the service while
+// the member is down:
 //
 //	go run ./examples/configwatch
 //
-// With -endpoints it watches an existing cluster (under -namespace) until
-// -duration passes, printing every change; no faults are injected.
+// With -endpoints it follows an existing cluster (under -namespace) until
+// -duration passes, printing every change and rejection; it starts even if
+// the cluster is unreachable, from its snapshot (-snapshot).
 package main
 
 import (
@@ -20,8 +23,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/etcdkit/etcdkit"
 	"github.com/etcdkit/etcdkit/etcdtest"
@@ -34,37 +41,108 @@ type Settings struct {
 	LogLevel  string `json:"log_level"`
 }
 
+// defaults is what the service runs with while the key is absent, and what
+// fields a stored value leaves out take (MergeDefault).
+var defaults = Settings{RateLimit: 10, LogLevel: "info"}
+
+// validate refuses settings the service cannot run with.
+func validate(s Settings) error {
+	if s.RateLimit <= 0 {
+		return fmt.Errorf("rate_limit %d must be positive", s.RateLimit)
+	}
+	switch s.LogLevel {
+	case "debug", "info", "warn", "error":
+		return nil
+	}
+	return fmt.Errorf("unknown log_level %q", s.LogLevel)
+}
+
+// follow is all the service needs: the typed key, a default, a validator
+// and a snapshot file for cold starts.
+func follow(ctx context.Context, c *etcdkit.Client, snapshot string) *etcdkit.Live[Settings] {
+	return etcdkit.NewLive(ctx, etcdkit.NewKey(c, "settings", etcdkit.JSON[Settings]()),
+		etcdkit.WithDefault(defaults), etcdkit.MergeDefault(),
+		etcdkit.WithValidator(validate), etcdkit.WithSnapshot(snapshot))
+}
+
+// connect makes a client that does not wait for the cluster, so that the
+// service starts (from its snapshot) even while etcd is down.
+func connect(endpoints []string, namespace string) (*etcdkit.Client, func(), error) {
+	raw, err := clientv3.New(clientv3.Config{Endpoints: endpoints, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := etcdkit.Wrap(raw, etcdkit.Config{Namespace: namespace, StallTimeout: time.Second})
+	if err != nil {
+		_ = raw.Close()
+		return nil, nil, err
+	}
+	return c, func() { _ = c.Close(); _ = raw.Close() }, nil
+}
+
 func main() {
 	endpoints := flag.String("endpoints", "", "comma-separated etcd endpoints; empty starts an embedded member and a demo operator")
 	namespace := flag.String("namespace", "configwatch", "namespace of the configuration key")
+	snapshot := flag.String("snapshot", filepath.Join(os.TempDir(), "configwatch.snapshot"), "snapshot file for cold starts")
 	duration := flag.Duration("duration", 20*time.Second, "exit after this long")
 	flag.Parse()
-	if err := run(*endpoints, *namespace, *duration, os.Stdout); err != nil {
+	var err error
+	if *endpoints != "" {
+		err = serve(strings.Split(*endpoints, ","), *namespace, *snapshot, *duration, os.Stdout)
+	} else {
+		err = demo(*namespace, time.Minute, os.Stdout)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "configwatch:", err)
 		os.Exit(1)
 	}
 }
 
-func run(endpoints, namespace string, duration time.Duration, out io.Writer) error {
+// serve follows the settings of an existing cluster.
+func serve(endpoints []string, namespace, snapshot string, duration time.Duration, out io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), duration)
 	defer cancel()
-
-	if endpoints != "" {
-		c, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: strings.Split(endpoints, ","), Namespace: namespace})
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		w := etcdkit.NewKey(c, "settings", etcdkit.JSON[Settings]()).Watch(ctx, etcdkit.WithInitial())
-		defer w.Close()
-		for ev := range w.Events() {
-			report(out, ev)
-		}
-		if errors.Is(w.Err(), context.DeadlineExceeded) {
-			return nil
-		}
-		return w.Err()
+	c, closeClient, err := connect(endpoints, namespace)
+	if err != nil {
+		return err
 	}
+	defer closeClient()
+	live := follow(ctx, c, snapshot)
+	defer live.Close()
+	cur := live.Current()
+	fmt.Fprintf(out, "serving %+v (from %v, stale %v)\n", cur.Data, cur.Source, live.Stale())
+	var lastRejected int64
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case ch, ok := <-live.Changes():
+			if !ok {
+				if errors.Is(live.Err(), context.DeadlineExceeded) {
+					return nil
+				}
+				return live.Err()
+			}
+			fmt.Fprintf(out, "revision %d: %+v\n", ch.Revision, ch.New)
+		case <-tick.C:
+			if r, ok := live.Rejected(); ok && r.Revision != lastRejected {
+				lastRejected = r.Revision
+				fmt.Fprintf(out, "revision %d rejected, keeping %+v: %v\n", r.Revision, live.Get(), r.Err)
+			}
+		}
+	}
+}
+
+// demo plays the whole story on an embedded member.
+func demo(namespace string, timeout time.Duration, out io.Writer) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "configwatch-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	snapshot := filepath.Join(dir, "settings.snapshot")
 
 	fmt.Fprintln(out, "Starting an embedded etcd member on 127.0.0.1 behind a fault-injection proxy...")
 	srv, err := etcdtest.New(etcdtest.WithProxy())
@@ -72,97 +150,130 @@ func run(endpoints, namespace string, duration time.Duration, out io.Writer) err
 		return err
 	}
 	defer srv.Close()
-
-	// The service reaches etcd through the proxy; the operator directly.
-	svc, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{srv.ProxyEndpoint()}, Namespace: namespace})
+	// The operator writes raw bytes, as etcdctl would: nothing checks them
+	// on the way in.
+	op, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		return err
 	}
-	defer svc.Close()
-	ops, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{srv.Endpoint()}, Namespace: namespace})
-	if err != nil {
-		return err
-	}
-	defer ops.Close()
-	settings := etcdkit.NewKey(ops, "settings", etcdkit.JSON[Settings]())
-	if _, err := settings.Put(ctx, Settings{RateLimit: 100, LogLevel: "info"}); err != nil {
-		return err
-	}
-
-	w := etcdkit.NewKey(svc, "settings", etcdkit.JSON[Settings]()).Watch(ctx, etcdkit.WithInitial())
-	defer w.Close()
-	next := func() error {
-		ev, ok := <-w.Events()
-		if !ok {
-			return w.Err()
+	defer op.Close()
+	key := namespace + "/settings"
+	write := func(v string) (int64, error) {
+		fmt.Fprintf(out, "operator: writes %s\n", v)
+		resp, err := op.Put(ctx, key, v)
+		if err != nil {
+			return 0, err
 		}
-		report(out, ev)
-		return nil
+		return resp.Header.Revision, nil
 	}
-	if err := next(); err != nil {
+
+	if _, err := write(`{"rate_limit":100,"log_level":"info"}`); err != nil {
+		return err
+	}
+	c, closeClient, err := connect([]string{srv.ProxyEndpoint()}, namespace)
+	if err != nil {
+		return err
+	}
+	defer closeClient()
+	live := follow(ctx, c, snapshot)
+	defer live.Close()
+	select {
+	case <-live.Synced():
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := nextChange(ctx, out, live); err != nil {
 		return err
 	}
 
-	fmt.Fprintln(out, "operator: rate_limit 200")
-	if _, err := settings.Put(ctx, Settings{RateLimit: 200, LogLevel: "info"}); err != nil {
+	for _, bad := range []string{`{"rate_limit":`, `{"rate_limit":-1}`} {
+		rev, err := write(bad)
+		if err != nil {
+			return err
+		}
+		if err := await(ctx, func() bool { r, _ := live.Rejected(); return r.Revision == rev }); err != nil {
+			return err
+		}
+		r, _ := live.Rejected()
+		fmt.Fprintf(out, "service: rejects revision %d and keeps %+v: %v\n", rev, live.Get(), r.Err)
+	}
+	if _, err := write(`{"rate_limit":300}`); err != nil {
 		return err
 	}
-	if err := next(); err != nil {
+	if err := nextChange(ctx, out, live); err != nil {
 		return err
 	}
 
 	fmt.Fprintln(out, "network: the service's link goes silent (blackhole)")
 	srv.Proxy().Blackhole(proxy.Both)
-	for _, s := range []Settings{{RateLimit: 300, LogLevel: "info"}, {RateLimit: 300, LogLevel: "debug"}} {
-		fmt.Fprintf(out, "operator: %+v\n", s)
-		if _, err := settings.Put(ctx, s); err != nil {
-			return err
-		}
+	if err := await(ctx, live.Stale); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "service: notices the silence (Stale) and keeps serving %+v\n", live.Get())
+	if _, err := write(`{"rate_limit":400,"log_level":"debug"}`); err != nil {
+		return err
 	}
 	fmt.Fprintln(out, "network: the link heals")
 	srv.Proxy().Unblackhole()
-	for range 2 {
-		if err := next(); err != nil {
-			return err
-		}
-	}
-
-	fmt.Fprintln(out, "network: the link is cut again, and etcd compacts the history the service has not seen")
-	srv.Proxy().Stop()
-	if _, err := settings.Put(ctx, Settings{RateLimit: 50, LogLevel: "warn"}); err != nil {
+	if err := nextChange(ctx, out, live); err != nil {
 		return err
 	}
-	rev, err := settings.Put(ctx, Settings{RateLimit: 75, LogLevel: "warn"})
+	if err := await(ctx, func() bool { return !live.Stale() }); err != nil {
+		return err
+	}
+
+	fmt.Fprintln(out, "service: stops")
+	_ = live.Close()
+	closeClient()
+	if _, err := write(`{"rate_limit":450,"log_level":"debug"}`); err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "etcd: the member stops")
+	srv.Stop()
+	c, closeClient, err = connect([]string{srv.ProxyEndpoint()}, namespace)
 	if err != nil {
 		return err
 	}
-	if _, err := ops.Raw().Compact(ctx, rev); err != nil {
+	defer closeClient()
+	start := time.Now()
+	live = follow(ctx, c, snapshot)
+	defer live.Close()
+	cur := live.Current()
+	fmt.Fprintf(out, "service: starts while etcd is down and serves %+v from its %v of revision %d (stale %v) after %v\n",
+		cur.Data, cur.Source, cur.Revision, live.Stale(), time.Since(start).Round(time.Microsecond))
+	fmt.Fprintln(out, "etcd: the member starts again")
+	if err := srv.Restart(); err != nil {
 		return err
 	}
-	if err := srv.Proxy().Start(); err != nil {
+	if err := nextChange(ctx, out, live); err != nil {
 		return err
 	}
-	fmt.Fprintln(out, "network: the link is back")
-	if err := next(); err != nil {
-		return err
-	}
-	fmt.Fprintln(out, "The service saw every change once, in order, and skipped only what was compacted, as a Resync to the current value.")
+	fmt.Fprintln(out, "The service never ran with a bad value, and never waited for etcd to serve a request.")
 	return nil
 }
 
-func report(out io.Writer, ev etcdkit.Event[Settings]) {
-	switch {
-	case ev.Err != nil:
-		fmt.Fprintf(out, "service: revision %d does not decode, keeping the old settings: %v\n", ev.Revision, ev.Err)
-	case ev.Type == etcdkit.Delete:
-		fmt.Fprintf(out, "service: settings deleted at revision %d, keeping defaults\n", ev.Revision)
-	default:
-		how := "change"
-		if ev.Initial {
-			how = "initial value"
-		} else if ev.Resync {
-			how = "resync after compaction"
+// nextChange prints the next change of the served settings.
+func nextChange(ctx context.Context, out io.Writer, live *etcdkit.Live[Settings]) error {
+	select {
+	case ch, ok := <-live.Changes():
+		if !ok {
+			return live.Err()
 		}
-		fmt.Fprintf(out, "service: applies %+v (%s, revision %d)\n", ev.Value, how, ev.Revision)
+		fmt.Fprintf(out, "service: applies %+v (revision %d)\n", ch.New, ch.Revision)
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
+}
+
+// await polls cond, as a health endpoint would, until it holds.
+func await(ctx context.Context, cond func() bool) error {
+	for !cond() {
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }

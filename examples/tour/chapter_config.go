@@ -4,12 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/etcdkit/etcdkit"
 )
 
 func init() {
-	register(10, "Typed configuration: put, get, create-if-absent, CAS, update, namespaces", configChapter)
+	register(10, "Typed configuration: put, get, create-if-absent, CAS, update, namespaces, Live values", configChapter)
 }
 
 // Limits is the typed configuration value the tour stores.
@@ -98,5 +104,114 @@ func configChapter(ctx context.Context, tr *tour) error {
 		names[i] = e.Name
 	}
 	tr.say("Prefix services lists %v at revision %d, sorted and relative; services2/lookalike is not under it.", names, listRev)
+	return liveSection(ctx, tr, c)
+}
+
+// validLimits is the service's own rule for its configuration.
+func validLimits(l Limits) error {
+	if l.MaxConns <= 0 {
+		return fmt.Errorf("max_conns %d must be positive", l.MaxConns)
+	}
+	return nil
+}
+
+// liveSection shows etcdkit.Live: the value a service reads on every
+// request, which keeps its last good value when a bad one is written and
+// starts from its snapshot while every member is down.
+func liveSection(ctx context.Context, tr *tour, c *etcdkit.Client) error {
+	dir, err := os.MkdirTemp("", "etcdkit-tour-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	snapshot := filepath.Join(dir, "limits.snapshot")
+	key := etcdkit.NewKey(c, "config/limits", etcdkit.JSON[Limits]())
+	opts := []etcdkit.LiveOption{etcdkit.WithDefault(Limits{MaxConns: 10, Mode: "lenient"}),
+		etcdkit.WithValidator(validLimits), etcdkit.WithSnapshot(snapshot)}
+
+	live := etcdkit.NewLive(ctx, key, opts...)
+	defer live.Close()
+	select {
+	case <-live.Synced():
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	tr.say("Live follows config/limits: Get returns %+v without a request, cheap enough for every request.", live.Get())
+
+	for _, bad := range []string{"{not json", `{"max_conns":-1,"mode":"strict"}`} {
+		resp, err := c.Raw().Put(ctx, c.KeyPrefix()+"config/limits", bad)
+		if err != nil {
+			return err
+		}
+		if err := waitFor(ctx, func() bool { r, _ := live.Rejected(); return r.Revision == resp.Header.Revision }); err != nil {
+			return err
+		}
+		r, _ := live.Rejected()
+		tr.say("Someone writes %s: rejected (%v); Get keeps the last good value %+v.", bad, r.Err, live.Get())
+	}
+	rev, err := key.Put(ctx, Limits{MaxConns: 250, Mode: "strict"})
+	if err != nil {
+		return err
+	}
+	if err := waitFor(ctx, func() bool { return live.Current().Revision == rev }); err != nil {
+		return err
+	}
+	tr.say("The next good write is applied: %+v at revision %d, and written to the snapshot.", live.Get(), rev)
+	_ = live.Close()
+
+	// A service starting during an outage cannot wait for the cluster: its
+	// client must not either (Wrap over a clientv3 client that dials in
+	// the background).
+	down := tr.endpoints
+	if tr.faults() {
+		for _, m := range tr.cluster.Members() {
+			m.Stop()
+		}
+		tr.say("Every member of the cluster is stopped.")
+	} else {
+		down = []string{"127.0.0.1:1"}
+		tr.say("(Against a real cluster, the outage is played by an endpoint where nothing listens.)")
+	}
+	raw, err := clientv3.New(clientv3.Config{Endpoints: down, Logger: zap.NewNop()})
+	if err != nil {
+		return err
+	}
+	defer raw.Close()
+	cold, err := etcdkit.Wrap(raw, etcdkit.Config{Namespace: tr.ns})
+	if err != nil {
+		return err
+	}
+	defer cold.Close()
+	start := time.Now()
+	restarted := etcdkit.NewLive(ctx, etcdkit.NewKey(cold, "config/limits", etcdkit.JSON[Limits]()), opts...)
+	defer restarted.Close()
+	cur := restarted.Current()
+	tr.say("A service starting now gets its Live back in %v, serving %+v from its %v (revision %d), Stale=%v.",
+		time.Since(start).Round(time.Microsecond), cur.Data, cur.Source, cur.Revision, restarted.Stale())
+	if !tr.faults() {
+		return nil
+	}
+	for _, m := range tr.cluster.Members() {
+		if err := m.Restart(); err != nil {
+			return err
+		}
+	}
+	if err := waitFor(ctx, func() bool { return !restarted.Stale() }); err != nil {
+		return err
+	}
+	tr.say("The members start again: the Live confirms the value with the cluster (now from the %v) and is no longer stale.",
+		restarted.Current().Source)
+	return nil
+}
+
+// waitFor polls cond until it holds or ctx ends.
+func waitFor(ctx context.Context, cond func() bool) error {
+	for !cond() {
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	return nil
 }

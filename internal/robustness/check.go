@@ -15,7 +15,7 @@ import (
 // Violation is one broken guarantee found in a History.
 type Violation struct {
 	// Rule names the guarantee: "watch", "cache", "linearizability",
-	// "durability", "fencing", "ephemeral" or "tracker".
+	// "durability", "fencing", "ephemeral", "tracker" or "live".
 	Rule string
 	// Who names the subscriber, key, owner or leader concerned.
 	Who string
@@ -49,6 +49,7 @@ func Check(h *History) []Violation {
 	vs = append(vs, checkHoldings(h)...)
 	vs = append(vs, checkTrackers(h)...)
 	vs = append(vs, checkEphemerals(h)...)
+	vs = append(vs, checkLives(h)...)
 	return vs
 }
 

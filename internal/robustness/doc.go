@@ -31,6 +31,8 @@
 //   - [Mutexes] and [Semaphores]: holders of a Mutex and of a Semaphore of
 //     two permits that increment a counter with GuardedUpdateKeys while
 //     they hold.
+//   - [Lives]: runtime-configuration readers, a Live with a validator on a
+//     writer's key, some restarted from their snapshot during the faults.
 //
 // After the fault phase the [Env] heals the cluster, waits for a leader and
 // for every workload to converge, and reads the cluster's real history back
@@ -62,7 +64,10 @@
 //     carries the token of a holder at its revision) and as their holders
 //     saw them; the counters equal the guarded updates that applied;
 //   - every view a service tracker delivers is a state the service had, in
-//     order, and its last is the service's final state.
+//     order, and its last is the service's final state;
+//   - every value a Live reader saw is a good value the cluster held at its
+//     revision (or the default while the key was absent), in revision
+//     order, and the Live ends at the key's final good state.
 //
 // A failure report names the seed and prints a timeline of faults, calls and
 // events with times relative to the start of the schedule; the tests replay

@@ -373,6 +373,7 @@ type History struct {
 	Elections                      []*ElectionRecord
 	Holdings                       []*HoldingRecord
 	Trackers                       []*TrackerRecord
+	Lives                          []*LiveRecord
 	Faults                         []FaultRecord
 	Notes                          []Note
 }

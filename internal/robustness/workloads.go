@@ -2,8 +2,9 @@ package robustness
 
 // DefaultWorkloads returns a fresh instance of every workload whose API is
 // available: writers, Key and Prefix subscribers, caches, ephemeral keys, an
-// election with guarded writes, service discovery, and a mutex and a
-// semaphore whose holders update a counter under guarded transactions.
+// election with guarded writes, service discovery, a mutex and a semaphore
+// whose holders update a counter under guarded transactions, and Live
+// readers.
 func DefaultWorkloads() []Workload {
-	return []Workload{&Writers{}, &Watchers{}, &Caches{}, &Ephemerals{}, &Elections{}, &Services{}, &Mutexes{}, &Semaphores{}}
+	return []Workload{&Writers{}, &Watchers{}, &Caches{}, &Ephemerals{}, &Elections{}, &Services{}, &Mutexes{}, &Semaphores{}, &Lives{}}
 }
