@@ -277,18 +277,9 @@ func startLife[E any](lc *lifecycle[E], ctx context.Context, c *Client, run func
 		lc.ended(ErrClosed)
 		return false
 	}
-	stopped := make(chan struct{})
-	lc.producers = func() { <-stopped }
-	running := c.spawn(func() {
-		defer close(stopped)
-		run()
-	})
-	if !running {
-		close(stopped)
-		lc.cancel(ErrClosed)
-	}
+	lc.spawn(run)
 	lc.arm()
-	return running
+	return true
 }
 
 // endNow makes l a Live that has already ended with err.
