@@ -366,11 +366,13 @@ func (l *LiveMap[T]) follow(ctx context.Context, retry *backoff.Backoff) error {
 func (l *LiveMap[T]) applyContents(contents []liveContent, rc int64) {
 	var changes []LiveChange[T]
 	l.mu.Lock()
-	seen := make(map[string]bool, len(contents))
-	for _, e := range contents {
-		seen[e.name] = true
-		if ch, ok := l.offerLocked(e.name, true, e.value, e.rev, rc, e.err); ok {
-			changes = append(changes, ch)
+	// Only names served before (from the snapshot, or before a restart of
+	// the cache) can have gone: note which are still there.
+	var seen map[string]bool
+	if len(l.entries) > 0 {
+		seen = make(map[string]bool, len(contents))
+		for _, e := range contents {
+			seen[e.name] = true
 		}
 	}
 	for name := range l.entries {
@@ -378,6 +380,11 @@ func (l *LiveMap[T]) applyContents(contents []liveContent, rc int64) {
 			if ch, ok := l.offerLocked(name, false, nil, rc, rc, nil); ok {
 				changes = append(changes, ch)
 			}
+		}
+	}
+	for _, e := range contents {
+		if ch, ok := l.offerLocked(e.name, true, e.value, e.rev, rc, e.err); ok {
+			changes = append(changes, ch)
 		}
 	}
 	l.advanceLocked(rc)
