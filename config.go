@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // Defaults applied by New and Wrap to zero fields of Config.
@@ -96,6 +97,15 @@ type Config struct {
 	// (reconnects, resyncs, stalls, session states...). Default: nil, no
 	// metrics are recorded.
 	Metrics Metrics
+
+	// DialOptions are passed to gRPC for every connection the Client opens
+	// (requests, watch and lease streams, health probes), after the
+	// library's own: a stats handler for OpenTelemetry
+	// (grpc.WithStatsHandler), interceptors, a custom dialer. An option
+	// that contradicts the library's (transport credentials, keepalive,
+	// message size limits, connect backoff) overrides it, and the
+	// guarantees that rest on it with it. Default: none.
+	DialOptions []grpc.DialOption
 }
 
 // withDefaults returns cfg with zero fields set to their defaults, or an error

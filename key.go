@@ -89,7 +89,7 @@ func (k *Key[T]) Get(ctx context.Context) (Value[T], error) {
 		return zero, k.fail("get", err)
 	}
 	defer cancel()
-	resp, err := k.c.raw.Get(ctx, k.path)
+	resp, err := k.c.read(ctx, k.path)
 	if err != nil {
 		return zero, k.fail("get", err)
 	}
@@ -112,7 +112,7 @@ func (k *Key[T]) Put(ctx context.Context, v T) (int64, error) {
 		return 0, k.fail("put", err)
 	}
 	defer cancel()
-	resp, err := k.c.raw.Put(ctx, k.path, string(data))
+	resp, err := k.c.put(ctx, k.path, string(data))
 	if err != nil {
 		return 0, k.fail("put", err)
 	}
@@ -152,11 +152,10 @@ func (k *Key[T]) swap(ctx context.Context, v T, expectedRev int64) (int64, error
 		return 0, k.fail("compare-and-swap", err)
 	}
 	defer cancel()
-	resp, err := k.c.raw.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(k.path), "=", expectedRev)).
-		Then(clientv3.OpPut(k.path, string(data))).
-		Else(clientv3.OpGet(k.path)).
-		Commit()
+	resp, err := k.c.txn(ctx,
+		[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k.path), "=", expectedRev)},
+		[]clientv3.Op{clientv3.OpPut(k.path, string(data))},
+		[]clientv3.Op{clientv3.OpGet(k.path)})
 	if err != nil {
 		return 0, k.fail("compare-and-swap", err)
 	}
@@ -236,7 +235,7 @@ func (k *Key[T]) Delete(ctx context.Context) error {
 		return k.fail("delete", err)
 	}
 	defer cancel()
-	if _, err := k.c.raw.Delete(ctx, k.path); err != nil {
+	if _, err := k.c.del(ctx, k.path); err != nil {
 		return k.fail("delete", err)
 	}
 	return nil

@@ -12,7 +12,7 @@ func TestPoolPick(t *testing.T) {
 		s.curIdx = i
 		return i
 	}
-	fail := func(i int, at time.Time) { s.failedAt[i] = at }
+	fail := func(i int, at time.Time) { s.eps[i].failedAt = at }
 
 	t0 := time.Now()
 	if got := pick(); got != 0 {

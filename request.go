@@ -1,0 +1,266 @@
+package etcdkit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/status"
+
+	"github.com/etcdkit/etcdkit/internal/backoff"
+	"github.com/etcdkit/etcdkit/internal/conn"
+)
+
+// requestKind says what the runner may do with a request that failed: a
+// read may be sent again anywhere, a write only if it provably did not
+// apply.
+type requestKind bool
+
+const (
+	readRequest  requestKind = false
+	writeRequest requestKind = true
+)
+
+// requestOp sends one request on cli, bounded by ctx, and returns the
+// header of its response.
+type requestOp func(ctx context.Context, cli *clientv3.Client) (*pb.ResponseHeader, error)
+
+// request runs op through the request runner: on the healthiest member
+// first (conn.Pool.Order: the stream connection's member while it answers),
+// each attempt bounded by StallTimeout and sent WithRequireLeader, so that a
+// member without a leader refuses it before proposing it to raft. An attempt
+// that was refused that way, or never sent because the member's connection
+// was not up, moves on to the next member; so does any failed read. A write
+// that was sent and got no answer, or a failure that does not prove it was
+// not applied, ends the request with ErrUnknownOutcome. Every outcome feeds
+// the shared view of the members' health. ctx, already bounded by
+// opContext, bounds the whole request. The error names each member tried
+// and why it failed.
+func (c *Client) request(ctx context.Context, kind requestKind, op requestOp) error {
+	retry := backoff.New(50*time.Millisecond, 500*time.Millisecond)
+	start := time.Now()
+	for {
+		var failures []string
+		for _, i := range c.streams.Order() {
+			err := c.attempt(ctx, kind, i, op)
+			if err == nil {
+				return nil
+			}
+			var f *attemptError
+			if !errors.As(err, &f) {
+				return err
+			}
+			failures = append(failures, f.Error())
+			if ctx.Err() != nil {
+				break
+			}
+		}
+		if ctx.Err() != nil || !retry.Wait(ctx) {
+			return errorf("no member answered within %v: %s: %w", time.Since(start).Round(time.Millisecond),
+				strings.Join(failures, "; "), context.Cause(ctx))
+		}
+	}
+}
+
+// attemptError is an attempt that failed in a way that allows trying the
+// next member: the member did not get the request, refused it before
+// proposing it, or the request is a read.
+type attemptError struct {
+	member conn.State
+	cause  string
+	err    error
+}
+
+func (e *attemptError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("%v %s", e.member, e.cause)
+	}
+	return fmt.Sprintf("%v %s: %v", e.member, e.cause, unprefixed{e.err})
+}
+
+func (e *attemptError) Unwrap() error { return e.err }
+
+// attempt sends op to the member behind endpoint i. It returns nil, an
+// *attemptError when the next member may be tried, or the error that ends
+// the request.
+func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op requestOp) error {
+	pool := c.streams
+	actx, cancel := context.WithTimeout(ctx, c.cfg.StallTimeout)
+	defer cancel()
+	cli, err := pool.Request(i)
+	if err != nil {
+		if errors.Is(err, ErrClosed) {
+			return ErrClosed
+		}
+		pool.Sick(i, err)
+		return &attemptError{member: pool.State(i), cause: "could not be dialled", err: err}
+	}
+	if cause := awaitReady(actx, cli); cause != "" {
+		if ctx.Err() != nil {
+			// The caller's deadline, not the member, cut the wait short.
+			return &attemptError{member: pool.State(i), cause: "was still connecting", err: ctx.Err()}
+		}
+		pool.Sick(i, errors.New(cause))
+		return &attemptError{member: pool.State(i), cause: cause}
+	}
+	if pool.State(i).MemberID == 0 {
+		identify(actx, pool, i, cli)
+	}
+	sent := time.Now()
+	hdr, err := op(clientv3.WithRequireLeader(actx), cli)
+	if err == nil {
+		pool.Succeeded(i, hdr.GetMemberId(), sent)
+		return nil
+	}
+	member := pool.State(i)
+	switch {
+	case errors.Is(err, rpctypes.ErrNoLeader):
+		// Refused by the server's interceptor before the request reached
+		// raft: a write did not apply.
+		pool.Sick(i, errors.New("has no leader"))
+		return &attemptError{member: pool.State(i), cause: "has no leader"}
+	case ctx.Err() != nil:
+		return c.unknown(kind, member, "was cut short by the caller's context", err)
+	case !IsRetryable(err) && !canceledByServer(err):
+		// The member answered (a compaction, a size limit, an auth
+		// error...): it is healthy, and the error is the caller's.
+		pool.Succeeded(i, member.MemberID, sent)
+		return err
+	}
+	cause := "failed"
+	if actx.Err() != nil {
+		cause = fmt.Sprintf("did not answer within %v", c.cfg.StallTimeout)
+	}
+	pool.Sick(i, fmt.Errorf("%s: %w", cause, err))
+	if kind == writeRequest {
+		return c.unknown(kind, pool.State(i), cause, err)
+	}
+	return &attemptError{member: pool.State(i), cause: cause, err: err}
+}
+
+// identify learns which member endpoint i reaches, and the members' names,
+// so that errors can name it even if it never serves a request: any member
+// answers a serializable member list, leader or not. A failure is left to
+// the request that follows.
+func identify(ctx context.Context, pool *conn.Pool, i int, cli *clientv3.Client) {
+	resp, err := cli.MemberList(ctx, clientv3.WithSerializable())
+	if err != nil {
+		return
+	}
+	names := make(map[uint64]string, len(resp.Members))
+	for _, m := range resp.Members {
+		names[m.ID] = m.Name
+	}
+	pool.SetNames(names)
+	pool.Identify(i, resp.Header.GetMemberId())
+}
+
+// unknown is the error of a request sent to a member that did not say
+// whether it applied. A read's outcome does not matter: it only fails.
+func (c *Client) unknown(kind requestKind, member conn.State, cause string, err error) error {
+	if kind == readRequest {
+		return errorf("%v %s: %w", member, cause, err)
+	}
+	return errorf("%w: %v %s: %w", ErrUnknownOutcome, member, cause, err)
+}
+
+// canceledByServer reports an RPC cancelled by the member or its transport
+// going away (not by the caller), which leaves a write's outcome open.
+func canceledByServer(err error) bool {
+	return status.Code(err) == codes.Canceled && !errors.Is(err, context.Canceled)
+}
+
+// awaitReady waits, until ctx ends, for cli's connection to be up, so that a
+// request is sent only on a connection that is: one that cannot connect
+// proves that a write never left. It returns "" when the connection is up,
+// else why the member is not reachable.
+func awaitReady(ctx context.Context, cli *clientv3.Client) string {
+	cc := cli.ActiveConnection()
+	for {
+		switch st := cc.GetState(); st {
+		case connectivity.Ready:
+			return ""
+		case connectivity.TransientFailure:
+			return "is unreachable (its connection keeps failing)"
+		case connectivity.Shutdown:
+			return "is unreachable (its connection is closed)"
+		case connectivity.Idle:
+			cc.Connect()
+			fallthrough
+		default:
+			if !cc.WaitForStateChange(ctx, st) {
+				return "did not accept a connection in time"
+			}
+		}
+	}
+}
+
+// read is one Get through the request runner.
+func (c *Client) read(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	var resp *clientv3.GetResponse
+	err := c.request(ctx, readRequest, func(ctx context.Context, cli *clientv3.Client) (*pb.ResponseHeader, error) {
+		r, err := cli.Get(ctx, key, opts...)
+		if err != nil {
+			return nil, err
+		}
+		resp = r
+		return r.Header, nil
+	})
+	return resp, err
+}
+
+// put is one Put through the request runner.
+func (c *Client) put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
+	var resp *clientv3.PutResponse
+	err := c.request(ctx, writeRequest, func(ctx context.Context, cli *clientv3.Client) (*pb.ResponseHeader, error) {
+		r, err := cli.Put(ctx, key, val, opts...)
+		if err != nil {
+			return nil, err
+		}
+		resp = r
+		return r.Header, nil
+	})
+	return resp, err
+}
+
+// del is one Delete through the request runner.
+func (c *Client) del(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error) {
+	var resp *clientv3.DeleteResponse
+	err := c.request(ctx, writeRequest, func(ctx context.Context, cli *clientv3.Client) (*pb.ResponseHeader, error) {
+		r, err := cli.Delete(ctx, key, opts...)
+		if err != nil {
+			return nil, err
+		}
+		resp = r
+		return r.Header, nil
+	})
+	return resp, err
+}
+
+// txn is one transaction through the request runner; it is a write if any
+// of its ops is.
+func (c *Client) txn(ctx context.Context, cmps []clientv3.Cmp, then, els []clientv3.Op) (*clientv3.TxnResponse, error) {
+	kind := readRequest
+	for _, op := range append(append([]clientv3.Op(nil), then...), els...) {
+		if !op.IsGet() {
+			kind = writeRequest
+		}
+	}
+	var resp *clientv3.TxnResponse
+	err := c.request(ctx, kind, func(ctx context.Context, cli *clientv3.Client) (*pb.ResponseHeader, error) {
+		r, err := cli.Txn(ctx).If(cmps...).Then(then...).Else(els...).Commit()
+		if err != nil {
+			return nil, err
+		}
+		resp = r
+		return r.Header, nil
+	})
+	return resp, err
+}
