@@ -10,9 +10,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/status"
 
 	"github.com/etcdkit/etcdkit/internal/backoff"
 	"github.com/etcdkit/etcdkit/internal/conn"
@@ -128,9 +126,9 @@ func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op reques
 		return &attemptError{member: pool.State(i), cause: "has no leader"}
 	case ctx.Err() != nil:
 		return c.unknown(kind, member, "was cut short by the caller's context", err)
-	case !IsRetryable(err) && !canceledByServer(err):
-		// The member answered (a compaction, a size limit, an auth
-		// error...): it is healthy, and the error is the caller's.
+	case answered(err):
+		// The member refused the request (a compaction, a size limit, an
+		// auth error...): it is healthy, and the error is the caller's.
 		pool.Succeeded(i, member.MemberID, sent)
 		return err
 	}
@@ -171,10 +169,20 @@ func (c *Client) unknown(kind requestKind, member conn.State, cause string, err 
 	return errorf("%w: %v %s: %w", ErrUnknownOutcome, member, cause, err)
 }
 
-// canceledByServer reports an RPC cancelled by the member or its transport
-// going away (not by the caller), which leaves a write's outcome open.
-func canceledByServer(err error) bool {
-	return status.Code(err) == codes.Canceled && !errors.Is(err, context.Canceled)
+// answered reports an error that is the member's refusal of the request,
+// which leaves nothing open: an etcd error that retrying does not cure, or
+// gRPC's own refusal of a message over its size limit, made before the
+// request reaches etcd. Any other failure, a stream reset or a transport
+// error included, may have come after a write applied.
+func answered(err error) bool {
+	if errors.Is(mapServerError(err), ErrTooLarge) {
+		return true
+	}
+	if IsRetryable(err) {
+		return false
+	}
+	var ee rpctypes.EtcdError
+	return errors.As(err, &ee)
 }
 
 // awaitReady waits, until ctx ends, for cli's connection to be up, so that a
