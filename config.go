@@ -50,7 +50,8 @@ type Config struct {
 	// Default: 5s.
 	DialTimeout time.Duration
 
-	// RequestTimeout bounds each request whose context has no deadline.
+	// RequestTimeout bounds each request whose context has no deadline,
+	// all its attempts on the members together (see StallTimeout).
 	// Default: 5s.
 	RequestTimeout time.Duration
 
@@ -66,7 +67,9 @@ type Config struct {
 	// silent, after the engine has asked the server for a sign of life, before
 	// the link is declared stalled and the engine moves to another member (or
 	// re-dials the only one). It is what notices a silent link long before
-	// gRPC keepalive would. It must be at least MinStallTimeout (100ms):
+	// gRPC keepalive would. It also bounds each attempt of a request on one
+	// member: a read that gets no answer within it moves to the next
+	// member, a write fails with ErrUnknownOutcome. It must be at least MinStallTimeout (100ms):
 	// the engines' timers are fractions of it, and a link cannot answer
 	// faster. Default: 2s.
 	StallTimeout time.Duration
