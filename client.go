@@ -82,7 +82,11 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 // connections to those endpoints with cfg's TLS and credentials, so set them
 // as for raw. Requests go through raw, whose gRPC send limit
 // (clientv3.Config.MaxCallSendMsgSize, 2 MiB by default) must then leave
-// room for values of cfg.MaxValueSize.
+// room for values of cfg.MaxValueSize. They are still bounded by
+// StallTimeout per attempt and sent with etcd's require-leader flag, a read
+// is retried and a write only when it provably did not apply; but raw picks
+// the member, so they do not follow the client's view of its members'
+// health (see Requests on a sick member in the package documentation).
 func Wrap(raw *clientv3.Client, cfg Config) (*Client, error) {
 	if raw == nil {
 		return nil, errors.New("etcdkit: Wrap: nil client")

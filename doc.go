@@ -329,7 +329,9 @@
 // sick member costs at most one attempt, where round robin sends one
 // request in n to it until the request times out. [Client.Raw] still
 // round-robins, and calls made through it move nowhere; so, for now, do the
-// guarded writes of a [Leadership] and the reads of an [Election].
+// guarded writes of a [Leadership] and the reads of an [Election]. A Client
+// made by [Wrap] sends its requests through the wrapped client, which picks
+// the member.
 //
 // # Testing
 //

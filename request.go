@@ -46,7 +46,7 @@ func (c *Client) request(ctx context.Context, kind requestKind, op requestOp) er
 	start := time.Now()
 	for {
 		var failures []string
-		for _, i := range c.streams.Order() {
+		for _, i := range c.targets() {
 			err := c.attempt(ctx, kind, i, op)
 			if err == nil {
 				return nil
@@ -85,62 +85,108 @@ func (e *attemptError) Error() string {
 
 func (e *attemptError) Unwrap() error { return e.err }
 
+// wrapped is the one target of a Client made by Wrap: the caller's raw
+// client, which balances over its endpoints itself.
+const wrapped = -1
+
+// targets returns the endpoints a request tries, in order: conn.Pool.Order,
+// or the raw client of a Client made by Wrap, whose requests stay on it.
+func (c *Client) targets() []int {
+	if !c.owned {
+		return []int{wrapped}
+	}
+	return c.streams.Order()
+}
+
+// target is one member a request tries: an endpoint of the pool, or the
+// wrapped raw client, whose standing the pool does not hold.
+type target struct {
+	c *Client
+	i int
+}
+
+func (t target) conn() (*clientv3.Client, error) {
+	if t.i == wrapped {
+		return t.c.raw, nil
+	}
+	return t.c.streams.Request(t.i)
+}
+
+func (t target) state() conn.State {
+	if t.i == wrapped {
+		return conn.State{Endpoint: strings.Join(t.c.raw.Endpoints(), ",")}
+	}
+	return t.c.streams.State(t.i)
+}
+
+func (t target) sick(cause error) {
+	if t.i != wrapped {
+		t.c.streams.Sick(t.i, cause)
+	}
+}
+
+func (t target) succeeded(id uint64, sent time.Time) {
+	if t.i != wrapped {
+		t.c.streams.Succeeded(t.i, id, sent)
+	}
+}
+
 // attempt sends op to the member behind endpoint i. It returns nil, an
 // *attemptError when the next member may be tried, or the error that ends
 // the request.
 func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op requestOp) error {
-	pool := c.streams
+	t := target{c, i}
 	actx, cancel := context.WithTimeout(ctx, c.cfg.StallTimeout)
 	defer cancel()
-	cli, err := pool.Request(i)
+	cli, err := t.conn()
 	if err != nil {
 		if errors.Is(err, ErrClosed) {
 			return ErrClosed
 		}
-		pool.Sick(i, err)
-		return &attemptError{member: pool.State(i), cause: "could not be dialled", err: err}
+		t.sick(err)
+		return &attemptError{member: t.state(), cause: "could not be dialled", err: err}
 	}
 	if cause := awaitReady(actx, cli); cause != "" {
 		if ctx.Err() != nil {
 			// The caller's deadline, not the member, cut the wait short.
-			return &attemptError{member: pool.State(i), cause: "was still connecting", err: ctx.Err()}
+			return &attemptError{member: t.state(), cause: "was still connecting", err: ctx.Err()}
 		}
-		pool.Sick(i, errors.New(cause))
-		return &attemptError{member: pool.State(i), cause: cause}
+		t.sick(errors.New(cause))
+		return &attemptError{member: t.state(), cause: cause}
 	}
-	if pool.State(i).MemberID == 0 {
-		identify(actx, pool, i, cli)
+	if i != wrapped && t.state().MemberID == 0 {
+		identify(actx, c.streams, i, cli)
 	}
 	sent := time.Now()
 	hdr, err := op(clientv3.WithRequireLeader(actx), cli)
 	if err == nil {
-		pool.Succeeded(i, hdr.GetMemberId(), sent)
+		t.succeeded(hdr.GetMemberId(), sent)
 		return nil
 	}
-	member := pool.State(i)
+	member := t.state()
 	switch {
 	case errors.Is(err, rpctypes.ErrNoLeader):
 		// Refused by the server's interceptor before the request reached
 		// raft: a write did not apply.
-		pool.Sick(i, errors.New("has no leader"))
-		return &attemptError{member: pool.State(i), cause: "has no leader"}
+		t.sick(errors.New("has no leader"))
+		return &attemptError{member: t.state(), cause: "has no leader"}
 	case ctx.Err() != nil:
 		return c.unknown(kind, member, "was cut short by the caller's context", err)
 	case answered(err):
 		// The member refused the request (a compaction, a size limit, an
 		// auth error...): it is healthy, and the error is the caller's.
-		pool.Succeeded(i, member.MemberID, sent)
+		t.succeeded(member.MemberID, sent)
 		return err
 	}
 	cause := "failed"
 	if actx.Err() != nil {
 		cause = fmt.Sprintf("did not answer within %v", c.cfg.StallTimeout)
 	}
-	pool.Sick(i, fmt.Errorf("%s: %w", cause, err))
+	t.sick(fmt.Errorf("%s: %w", cause, err))
 	if kind == writeRequest {
-		return c.unknown(kind, pool.State(i), cause, err)
+		return c.unknown(kind, t.state(), cause, err)
 	}
-	return &attemptError{member: pool.State(i), cause: cause, err: err}
+	return &attemptError{member: t.state(), cause: cause, err: err}
 }
 
 // identify learns which member endpoint i reaches, and the members' names,

@@ -8,12 +8,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 
 	"github.com/etcdkit/etcdkit"
 	"github.com/etcdkit/etcdkit/etcdtest"
@@ -389,5 +391,33 @@ func TestNewWithOneDeadEndpoint(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, fmt.Sprint(i), v.Data)
 		require.Equal(t, rev, v.Revision)
+	}
+}
+
+// TestConfigDialOptions passes a gRPC unary interceptor through
+// Config.DialOptions: the probe of New and the requests of keys go through
+// it, and a request carrying a 1 MiB value still works.
+func TestConfigDialOptions(t *testing.T) {
+	srv := etcdtest.Start(t)
+	var calls sync.Map
+	count := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		n, _ := calls.LoadOrStore(method, new(atomic.Int64))
+		n.(*atomic.Int64).Add(1)
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}, Namespace: "dial",
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(count)}})
+	k := etcdkit.NewKey(c, "x", etcdkit.Bytes())
+	ctx := testContext(t, 30*time.Second)
+	big := make([]byte, 1<<20)
+	_, err := k.Put(ctx, big)
+	require.NoError(t, err)
+	v, err := k.Get(ctx)
+	require.NoError(t, err)
+	require.Len(t, v.Data, len(big))
+	for _, m := range []string{"/etcdserverpb.Cluster/MemberList", "/etcdserverpb.KV/Put", "/etcdserverpb.KV/Range"} {
+		n, ok := calls.Load(m)
+		require.True(t, ok, "no call of %s went through the interceptor", m)
+		require.Positive(t, n.(*atomic.Int64).Load())
 	}
 }
