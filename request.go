@@ -42,7 +42,7 @@ type requestOp func(ctx context.Context, cli *clientv3.Client) (*pb.ResponseHead
 // opContext, bounds the whole request. The error names each member tried
 // and why it failed.
 func (c *Client) request(ctx context.Context, kind requestKind, op requestOp) error {
-	retry := backoff.New(50*time.Millisecond, 500*time.Millisecond)
+	var retry *backoff.Backoff // made on the first round that fails
 	start := time.Now()
 	for {
 		var failures []string
@@ -59,6 +59,9 @@ func (c *Client) request(ctx context.Context, kind requestKind, op requestOp) er
 			if ctx.Err() != nil {
 				break
 			}
+		}
+		if retry == nil {
+			retry = backoff.New(50*time.Millisecond, 500*time.Millisecond)
 		}
 		if ctx.Err() != nil || !retry.Wait(ctx) {
 			return errorf("no member answered within %v: %s: %w", time.Since(start).Round(time.Millisecond),
