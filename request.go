@@ -159,6 +159,12 @@ func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op reques
 	}
 	if i != wrapped && t.state().MemberID == 0 {
 		identify(actx, c.streams, i, cli)
+		if ctx.Err() == nil && actx.Err() != nil {
+			// Silent before anything was sent: a write may move on.
+			cause := fmt.Sprintf("did not answer within %v", c.cfg.StallTimeout)
+			t.sick(errors.New(cause))
+			return &attemptError{member: t.state(), cause: cause}
+		}
 	}
 	sent := time.Now()
 	hdr, err := op(clientv3.WithRequireLeader(actx), cli)

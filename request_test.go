@@ -421,3 +421,27 @@ func TestConfigDialOptions(t *testing.T) {
 		require.Positive(t, n.(*atomic.Int64).Load())
 	}
 }
+
+// TestRequestWriteNeverSentMovesOn blackholes the first endpoint (proxy
+// Blackhole of both directions) before the client's first request: its
+// connection never comes up, so a write cannot have left, and the runner
+// sends it to the next member instead of failing it. Without the runner
+// clientv3's round robin waited on that connection until the deadline for
+// one request in three.
+func TestRequestWriteNeverSentMovesOn(t *testing.T) {
+	cl, victim, eps := pinnedCluster(t)
+	victim.Proxy().Blackhole(proxy.Both)
+	t.Cleanup(victim.Proxy().Unblackhole)
+	c := testClientConfig(t, etcdkit.Config{Endpoints: eps, Namespace: "req", StallTimeout: requestStall})
+	k := etcdkit.NewKey(c, "x", etcdkit.String())
+	ctx := testContext(t, 60*time.Second)
+	for i := range 5 {
+		rev, err := k.Put(ctx, fmt.Sprint(i))
+		require.NoError(t, err, "write %d", i)
+		v, err := k.Get(ctx)
+		require.NoError(t, err)
+		require.Equal(t, etcdkit.Value[string]{Data: fmt.Sprint(i), Revision: rev, CreateRevision: v.CreateRevision, Version: int64(i + 1)}, v)
+	}
+	vals, _ := history(t, cl, c.KeyPrefix()+"x")
+	require.Equal(t, []string{"0", "1", "2", "3", "4"}, vals, "each write applied once")
+}
