@@ -3,6 +3,7 @@ package etcdkit
 import (
 	"context"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -67,9 +68,20 @@ func (op casOp) commit(ctx context.Context, kv clientv3.KV) (casResult, error) {
 	return res, nil
 }
 
-// casRaw runs op once over the client's request connection, bounded by ctx.
+// casRaw runs op through the request runner (see Client.request), bounded
+// by ctx: on the healthiest member, moving on as far as a write may.
 func (c *Client) casRaw(ctx context.Context, op casOp) (casResult, error) {
-	return op.commit(ctx, c.raw)
+	kind := writeRequest
+	if op.check {
+		kind = readRequest
+	}
+	var res casResult
+	err := c.request(ctx, kind, func(ctx context.Context, cli *clientv3.Client) (*pb.ResponseHeader, error) {
+		var err error
+		res, err = op.commit(ctx, cli)
+		return nil, err
+	})
+	return res, err
 }
 
 // casOnce runs op once over the client's request connection, bounded as

@@ -66,11 +66,14 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := probe(ctx, raw, cfg); err != nil {
+	members, err := probe(ctx, raw, cfg)
+	if err != nil {
 		_ = raw.Close()
 		return nil, err
 	}
-	return newClient(raw, true, cfg), nil
+	c := newClient(raw, true, cfg)
+	c.streams.SetNames(members)
+	return c, nil
 }
 
 // Wrap makes a Client over an existing raw client, which stays the caller's:
@@ -79,7 +82,11 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 // connections to those endpoints with cfg's TLS and credentials, so set them
 // as for raw. Requests go through raw, whose gRPC send limit
 // (clientv3.Config.MaxCallSendMsgSize, 2 MiB by default) must then leave
-// room for values of cfg.MaxValueSize.
+// room for values of cfg.MaxValueSize. They are still bounded by
+// StallTimeout per attempt and sent with etcd's require-leader flag, a read
+// is retried and a write only when it provably did not apply; but raw picks
+// the member, so they do not follow the client's view of its members'
+// health (see Requests on a sick member in the package documentation).
 func Wrap(raw *clientv3.Client, cfg Config) (*Client, error) {
 	if raw == nil {
 		return nil, errors.New("etcdkit: Wrap: nil client")
@@ -107,6 +114,15 @@ func newClient(raw *clientv3.Client, owned bool, cfg Config) *Client {
 		Dial: func(ctx context.Context, ep string) (*clientv3.Client, error) {
 			return dialRaw(ctx, cfg, []string{ep})
 		},
+		DialRequest: func(ctx context.Context, ep string) (*clientv3.Client, error) {
+			return dialRaw(ctx, cfg, []string{ep}, func(rc *clientv3.Config) {
+				// The request runner moves a request to another member
+				// itself; clientv3 retrying it on the same one would spend
+				// the attempt. Two, not one, so that an expired auth token
+				// is still refreshed and the request sent again.
+				rc.MaxUnaryRetries = 2
+			})
+		},
 		Life:      c.life,
 		Log:       c.log,
 		Closed:    ErrClosed,
@@ -132,14 +148,14 @@ func newClient(raw *clientv3.Client, owned bool, cfg Config) *Client {
 	return c
 }
 
-// get is one read on the request connection, bounded by opContext.
+// get is one read through the request runner, bounded by opContext.
 func (c *Client) get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
 	ctx, cancel, err := c.opContext(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer cancel()
-	return c.raw.Get(ctx, key, opts...)
+	return c.read(ctx, key, opts...)
 }
 
 // onStreams runs op on the stream connection, retrying on the next member
@@ -169,9 +185,10 @@ func sendLimit(cfg Config) int {
 // dialRaw builds a raw client for endpoints with cfg's credentials, TLS,
 // keepalive, a send limit that fits MaxValueSize and a reconnect backoff
 // short enough that a healed link is used again within a fraction of a
-// second.
-func dialRaw(ctx context.Context, cfg Config, endpoints []string) (*clientv3.Client, error) {
-	raw, err := clientv3.New(clientv3.Config{
+// second, then cfg.DialOptions; tweaks adjust the clientv3 configuration
+// last.
+func dialRaw(ctx context.Context, cfg Config, endpoints []string, tweaks ...func(*clientv3.Config)) (*clientv3.Client, error) {
+	rc := clientv3.Config{
 		Endpoints:            endpoints,
 		MaxCallSendMsgSize:   sendLimit(cfg),
 		MaxCallRecvMsgSize:   math.MaxInt32,
@@ -197,7 +214,12 @@ func dialRaw(ctx context.Context, cfg Config, endpoints []string) (*clientv3.Cli
 				MinConnectTimeout: cfg.DialTimeout,
 			}),
 		},
-	})
+	}
+	rc.DialOptions = append(rc.DialOptions, cfg.DialOptions...)
+	for _, tweak := range tweaks {
+		tweak(&rc)
+	}
+	raw, err := clientv3.New(rc)
 	if err != nil {
 		return nil, errorf("connect to %v: %w", endpoints, err)
 	}
@@ -206,20 +228,26 @@ func dialRaw(ctx context.Context, cfg Config, endpoints []string) (*clientv3.Cli
 
 // probe asks the cluster for its member list (served by any member, leader
 // or not, and open to every user) to prove that the endpoints, certificates
-// and credentials work.
-func probe(ctx context.Context, raw *clientv3.Client, cfg Config) error {
+// and credentials work. It returns the members' names by ID, which errors
+// use to name a member.
+func probe(ctx context.Context, raw *clientv3.Client, cfg Config) (map[uint64]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
-	if _, err := raw.MemberList(ctx, clientv3.WithSerializable()); err != nil {
+	resp, err := raw.MemberList(ctx, clientv3.WithSerializable())
+	if err != nil {
 		// gRPC hides why it could not connect (a refused connection, an
 		// unknown host, a failed TLS handshake) behind the deadline; dial
 		// each endpoint once ourselves so the error says it.
 		if derr := diagnoseEndpoints(cfg); derr != nil {
-			return errorf("connect to %v: %w (%w)", cfg.Endpoints, err, derr)
+			return nil, errorf("connect to %v: %w (%w)", cfg.Endpoints, err, derr)
 		}
-		return errorf("connect to %v: %w", cfg.Endpoints, err)
+		return nil, errorf("connect to %v: %w", cfg.Endpoints, err)
 	}
-	return nil
+	names := make(map[uint64]string, len(resp.Members))
+	for _, m := range resp.Members {
+		names[m.ID] = m.Name
+	}
+	return names, nil
 }
 
 // endpointErrors lists why each endpoint could not be reached.

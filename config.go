@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // Defaults applied by New and Wrap to zero fields of Config.
@@ -49,7 +50,8 @@ type Config struct {
 	// Default: 5s.
 	DialTimeout time.Duration
 
-	// RequestTimeout bounds each request whose context has no deadline.
+	// RequestTimeout bounds each request whose context has no deadline,
+	// all its attempts on the members together (see StallTimeout).
 	// Default: 5s.
 	RequestTimeout time.Duration
 
@@ -65,7 +67,9 @@ type Config struct {
 	// silent, after the engine has asked the server for a sign of life, before
 	// the link is declared stalled and the engine moves to another member (or
 	// re-dials the only one). It is what notices a silent link long before
-	// gRPC keepalive would. It must be at least MinStallTimeout (100ms):
+	// gRPC keepalive would. It also bounds each attempt of a request on one
+	// member: a read that gets no answer within it moves to the next
+	// member, a write fails with ErrUnknownOutcome. It must be at least MinStallTimeout (100ms):
 	// the engines' timers are fractions of it, and a link cannot answer
 	// faster. Default: 2s.
 	StallTimeout time.Duration
@@ -96,6 +100,15 @@ type Config struct {
 	// (reconnects, resyncs, stalls, session states...). Default: nil, no
 	// metrics are recorded.
 	Metrics Metrics
+
+	// DialOptions are passed to gRPC for every connection the Client opens
+	// (requests, watch and lease streams, health probes), after the
+	// library's own: a stats handler for OpenTelemetry
+	// (grpc.WithStatsHandler), interceptors, a custom dialer. An option
+	// that contradicts the library's (transport credentials, keepalive,
+	// message size limits, connect backoff) overrides it, and the
+	// guarantees that rest on it with it. Default: none.
+	DialOptions []grpc.DialOption
 }
 
 // withDefaults returns cfg with zero fields set to their defaults, or an error

@@ -152,7 +152,7 @@ func (e *Election) Leader(ctx context.Context) (LeaderInfo, error) {
 		return LeaderInfo{}, e.fail("leader", err)
 	}
 	defer cancel()
-	resp, err := e.c.raw.Get(rctx, e.cands.path, clientv3.WithFirstCreate()...)
+	resp, err := e.c.read(rctx, e.cands.path, clientv3.WithFirstCreate()...)
 	if err != nil {
 		return LeaderInfo{}, e.fail("leader", e.c.cause(err))
 	}

@@ -71,6 +71,21 @@ var (
 	// is not a single valid name segment (the error then matches ErrInvalidName
 	// too) or its address is not "host:port".
 	ErrInvalidInstance = errors.New("etcdkit: invalid instance")
+	// ErrUnknownOutcome means a write was sent to a member that did not say
+	// whether it applied it: the member went silent, its connection broke,
+	// or the caller's context ended while the write was in flight. It may
+	// have applied, or may still apply. A write that fails without it
+	// provably did not apply (it was refused before being proposed, or
+	// never sent), and the library already tried the other members.
+	// Retrying a Put or Delete is safe when applying it twice is; for
+	// Create, CompareAndSwap and Update, read the key again: if its mod
+	// revision is still the one the write expected, the write did not
+	// apply (or has not yet: a CompareAndSwap with that expected revision
+	// applies at most once, whichever copy lands first); if it changed,
+	// compare the value with the one written to tell whose write it was.
+	// The error also matches the cause (context.DeadlineExceeded...), and
+	// IsRetryable reports true when the cause is transient.
+	ErrUnknownOutcome = errors.New("etcdkit: outcome unknown")
 )
 
 // ErrNoLeader is the name ErrNoCandidate had before this release; it is the

@@ -144,10 +144,7 @@ func (l *Leadership) txn(ctx context.Context, op string, ops []clientv3.Op) (*cl
 	defer abort()
 	stop := context.AfterFunc(l.ctx, abort)
 	defer stop()
-	resp, err := c.raw.Txn(rctx).
-		If(clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.token)).
-		Then(ops...).
-		Commit()
+	resp, err := c.txn(rctx, []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.token)}, ops, nil)
 	if err != nil {
 		// Whether or not ctx ended too (it may be Context itself, or derive
 		// from it), the end of the holding is what the caller must learn.

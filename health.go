@@ -192,6 +192,76 @@ type ClusterHealth struct {
 	// CheckedAt is when the check started, Took how long it lasted.
 	CheckedAt time.Time     `json:"checked_at"`
 	Took      time.Duration `json:"took_ns"`
+	// Endpoints are the client's own standing of each configured endpoint,
+	// in configuration order: the one view its requests, watches and
+	// sessions share when they pick a member, fed by their outcomes and by
+	// this monitor's probes. Current and ServeHTTP fill it in as of the
+	// call; Check as of the check's end.
+	Endpoints []EndpointHealth `json:"endpoints,omitempty"`
+	// Readiness are the results of the monitor's WithReadiness checks, in
+	// the order they were given, as of the call to Current or ServeHTTP;
+	// nil from Check, Updates and a monitor without any.
+	Readiness []ReadinessResult `json:"readiness,omitempty"`
+}
+
+// EndpointHealth is the client's standing of one configured endpoint.
+type EndpointHealth struct {
+	// Endpoint is the configured address.
+	Endpoint string `json:"endpoint"`
+	// Member is the name of the member the endpoint reached last, "" until
+	// one answered.
+	Member string `json:"member,omitempty"`
+	// Healthy is false from a failed request, stream or probe through the
+	// endpoint until the next success: requests go to healthy endpoints
+	// first.
+	Healthy bool `json:"healthy"`
+	// Cause is why the last failure happened ("has no leader", "did not
+	// answer within 2s..."), "" if none ever did.
+	Cause string `json:"cause,omitempty"`
+	// Since is when the standing last changed; zero if the endpoint was
+	// never used.
+	Since time.Time `json:"since,omitzero"`
+	// Streams reports that the watch and lease streams run through it.
+	Streams bool `json:"streams,omitempty"`
+}
+
+// ReadinessResult is the answer of one WithReadiness check.
+type ReadinessResult struct {
+	// Name is the name the check was added under.
+	Name string `json:"name"`
+	// Ready reports that the check returned nil.
+	Ready bool `json:"ready"`
+	// Reason is the check's error, "" when Ready.
+	Reason string `json:"reason,omitempty"`
+}
+
+// endpointHealth returns the client's shared view of its endpoints.
+func (c *Client) endpointHealth() []EndpointHealth {
+	states := c.streams.States()
+	out := make([]EndpointHealth, len(states))
+	for i, st := range states {
+		out[i] = EndpointHealth{Endpoint: st.Endpoint, Member: st.Member, Healthy: st.Healthy, Since: st.Since, Streams: st.Current}
+		if st.Cause != nil {
+			out[i].Cause = st.Cause.Error()
+		}
+	}
+	return out
+}
+
+// readiness runs the WithReadiness checks and reports whether all passed.
+func (hm *HealthMonitor) readiness() ([]ReadinessResult, bool) {
+	if len(hm.opts.checks) == 0 {
+		return nil, true
+	}
+	out := make([]ReadinessResult, len(hm.opts.checks))
+	ready := true
+	for i, c := range hm.opts.checks {
+		out[i] = ReadinessResult{Name: c.name, Ready: true}
+		if err := c.check.Readiness(); err != nil {
+			out[i].Ready, out[i].Reason, ready = false, err.Error(), false
+		}
+	}
+	return out, ready
 }
 
 // Member returns the member named name, and whether there is one.
@@ -328,11 +398,15 @@ func (hm *HealthMonitor) Check(ctx context.Context) (ClusterHealth, error) {
 }
 
 // Current returns the result of the latest completed check, the zero
-// ClusterHealth before the first one. It does not block.
+// ClusterHealth before the first one, with Endpoints and Readiness as of
+// now. It does not block.
 func (hm *HealthMonitor) Current() ClusterHealth {
 	hm.mu.Lock()
-	defer hm.mu.Unlock()
-	return hm.current
+	h := hm.current
+	hm.mu.Unlock()
+	h.Endpoints = hm.c.endpointHealth()
+	h.Readiness, _ = hm.readiness()
+	return h
 }
 
 // Updates returns a channel that receives the first check's result and then
@@ -357,12 +431,17 @@ func (hm *HealthMonitor) Err() error { return hm.cause() }
 func (hm *HealthMonitor) Close() error { return hm.close() }
 
 // ServeHTTP serves Current as JSON for readiness probes: status 200 when the
-// cluster is Healthy or Degraded (it serves reads and writes), 503 when it
-// is Unhealthy, before the first check completes, and after the monitor has
-// ended. It never waits for a check. The body is the JSON form of
-// ClusterHealth.
+// cluster is Healthy or Degraded (it serves reads and writes) and every
+// WithReadiness check passes, 503 when the cluster is Unhealthy, a check
+// fails, before the first check completes, and after the monitor has ended.
+// It never waits for a check. The body is the JSON form of ClusterHealth,
+// whose Readiness says which checks failed and why.
 func (hm *HealthMonitor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := hm.Current()
+	ready := true
+	for _, rr := range h.Readiness {
+		ready = ready && rr.Ready
+	}
 	if err := hm.Err(); err != nil {
 		h = ClusterHealth{Status: HealthUnknown, Reasons: []string{"health monitor ended: " + err.Error()}}
 	}
@@ -375,7 +454,7 @@ func (hm *HealthMonitor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	code := http.StatusServiceUnavailable
-	if h.Status == Healthy || h.Status == Degraded {
+	if ready && (h.Status == Healthy || h.Status == Degraded) {
 		code = http.StatusOK
 	}
 	w.Header().Set("Content-Type", "application/json")

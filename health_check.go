@@ -88,8 +88,10 @@ func (hm *HealthMonitor) check(ctx context.Context) (ClusterHealth, error) {
 	}
 	hm.mu.Unlock()
 	h, seen := assess(probes, members, listErr, alarms, alarmErr, epMember, hm.opts.maxLag)
+	hm.c.observeProbes(start, probes, members)
 	h.CheckedAt = start
 	h.Took = time.Since(start)
+	h.Endpoints = hm.c.endpointHealth()
 	hm.record(seq, h, seen)
 	return h, nil
 }
@@ -476,4 +478,32 @@ func hostPort(ep string) string {
 		}
 	}
 	return ep
+}
+
+// observeProbes feeds what a check's probes found, sent at start, into the
+// client's shared view of its endpoints: a member that answered its status
+// and served a linearizable read is healthy; one that did not is sick, for
+// the cause the probe met, and the watch and lease streams leave it too.
+func (c *Client) observeProbes(start time.Time, probes []endpointProbe, members []*pb.Member) {
+	names := make(map[uint64]string, len(members))
+	for _, m := range members {
+		names[m.ID] = m.Name
+	}
+	c.streams.SetNames(names)
+	for i, p := range probes {
+		if p.status != nil {
+			c.streams.Identify(i, p.status.GetHeader().GetMemberId())
+		}
+		switch {
+		case errors.Is(p.err, ErrClosed):
+		case p.err != nil:
+			c.streams.Sick(i, fmt.Errorf("did not answer a health probe: %w", p.err))
+		case errors.Is(p.readErr, rpctypes.ErrNoLeader):
+			c.streams.Sick(i, errors.New("has no leader"))
+		case p.readErr != nil:
+			c.streams.Sick(i, fmt.Errorf("did not serve a linearizable read: %w", p.readErr))
+		case !p.status.IsLearner:
+			c.streams.Succeeded(i, p.status.GetHeader().GetMemberId(), start)
+		}
+	}
 }

@@ -1,7 +1,9 @@
 package etcdkit
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -28,6 +30,7 @@ type healthOptions struct {
 	interval time.Duration
 	timeout  time.Duration
 	maxLag   uint64
+	checks   []namedCheck
 	err      error
 }
 
@@ -87,4 +90,108 @@ func WithProbeTimeout(d time.Duration) HealthOption {
 // The default is DefaultMaxAppliedLag.
 func WithMaxAppliedLag(entries uint64) HealthOption {
 	return healthOptionFunc(func(o *healthOptions) { o.maxLag = entries })
+}
+
+// ReadinessCheck is one of the process's own conditions for being ready,
+// beside the cluster's health: a watch or cache that is not suspended, a
+// session or registration that is live, a runtime value that is not stale.
+// Add one to a HealthMonitor with WithReadiness; ServeHTTP answers 503 while
+// any of them is not ready, and says why.
+type ReadinessCheck interface {
+	// Readiness returns nil when the condition holds, else why it does not.
+	// It is called on every ServeHTTP and Current, so it must not block.
+	Readiness() error
+}
+
+// ReadinessFunc is a function used as a ReadinessCheck.
+type ReadinessFunc func() error
+
+// Readiness calls f.
+func (f ReadinessFunc) Readiness() error { return f() }
+
+// WatchReadiness is the ReadinessCheck of a Watch, Cache or Tracker: ready
+// while it is connected and has not ended. Suspended (its link broke and it
+// is re-establishing it) or still connecting, it is not ready; ended, the
+// reason is its Err.
+func WatchReadiness(h interface {
+	State() WatchState
+	Done() <-chan struct{}
+	Err() error
+}) ReadinessCheck {
+	return ReadinessFunc(func() error {
+		switch st := h.State(); st {
+		case WatchConnected:
+			return nil
+		case WatchClosed:
+			return h.Err()
+		default:
+			return fmt.Errorf("etcdkit: watch %s", strings.ToLower(st.String()))
+		}
+	})
+}
+
+// SessionReadiness is the ReadinessCheck of a Session, Ephemeral or
+// Registration: ready while its lease is live. Suspended or lost, it is not
+// ready; ended, the reason is its Err.
+func SessionReadiness(h interface {
+	State() SessionState
+	Done() <-chan struct{}
+	Err() error
+}) ReadinessCheck {
+	return ReadinessFunc(func() error {
+		select {
+		case <-h.Done():
+			if err := h.Err(); err != nil {
+				return err
+			}
+			return ErrClosed
+		default:
+		}
+		if st := h.State(); st != SessionLive {
+			return fmt.Errorf("etcdkit: session %s", strings.ToLower(st.String()))
+		}
+		return nil
+	})
+}
+
+// namedCheck is a ReadinessCheck with the name it is reported under.
+type namedCheck struct {
+	name  string
+	check ReadinessCheck
+}
+
+// WithReadiness adds check, reported under name, to the monitor's
+// readiness answer: ServeHTTP answers 503 while the check returns an error,
+// whatever the cluster's health, and lists every check with its reason in
+// ClusterHealth.Readiness. A handle plugs in with one line:
+//
+//	hm := etcdkit.NewHealthMonitor(c,
+//		etcdkit.WithReadiness("orders-cache", etcdkit.WatchReadiness(cache)),
+//		etcdkit.WithReadiness("registration", etcdkit.SessionReadiness(reg)))
+//
+// The name must be non-empty and unique within the monitor; check must not
+// be nil.
+func WithReadiness(name string, check ReadinessCheck) HealthOption {
+	return healthOptionFunc(func(o *healthOptions) {
+		switch {
+		case name == "":
+			o.fail(errors.New("etcdkit: health monitor: WithReadiness: empty name"))
+			return
+		case check == nil, isNilFunc(check):
+			o.fail(fmt.Errorf("etcdkit: health monitor: WithReadiness(%q): nil check", name))
+			return
+		}
+		for _, c := range o.checks {
+			if c.name == name {
+				o.fail(fmt.Errorf("etcdkit: health monitor: WithReadiness(%q): name used twice", name))
+				return
+			}
+		}
+		o.checks = append(o.checks, namedCheck{name, check})
+	})
+}
+
+func isNilFunc(c ReadinessCheck) bool {
+	f, ok := c.(ReadinessFunc)
+	return ok && f == nil
 }

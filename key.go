@@ -87,7 +87,7 @@ func (k *Key[T]) Get(ctx context.Context) (Value[T], error) {
 		return zero, k.fail("get", err)
 	}
 	defer cancel()
-	resp, err := k.c.raw.Get(ctx, k.path)
+	resp, err := k.c.read(ctx, k.path)
 	if err != nil {
 		return zero, k.fail("get", err)
 	}
@@ -110,7 +110,7 @@ func (k *Key[T]) Put(ctx context.Context, v T) (int64, error) {
 		return 0, k.fail("put", err)
 	}
 	defer cancel()
-	resp, err := k.c.raw.Put(ctx, k.path, string(data))
+	resp, err := k.c.put(ctx, k.path, string(data))
 	if err != nil {
 		return 0, k.fail("put", err)
 	}
@@ -234,7 +234,7 @@ func (k *Key[T]) Delete(ctx context.Context) error {
 		return k.fail("delete", err)
 	}
 	defer cancel()
-	if _, err := k.c.raw.Delete(ctx, k.path); err != nil {
+	if _, err := k.c.del(ctx, k.path); err != nil {
 		return k.fail("delete", err)
 	}
 	return nil

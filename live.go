@@ -426,7 +426,7 @@ func (l *Live[T]) read(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	defer cancel()
-	resp, err := c.raw.Get(rctx, l.key.path)
+	resp, err := c.read(rctx, l.key.path)
 	if err != nil {
 		return 0, c.cause(err)
 	}

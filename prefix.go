@@ -104,7 +104,7 @@ func (p *Prefix[T]) get(ctx context.Context, key string, opts ...clientv3.OpOpti
 		return nil, errorf("list %q: %w", p.name, err)
 	}
 	defer cancel()
-	resp, err := p.c.raw.Get(ctx, key, opts...)
+	resp, err := p.c.read(ctx, key, opts...)
 	if err != nil {
 		return nil, errorf("list %q: %w", p.name, p.c.cause(err))
 	}

@@ -211,7 +211,7 @@ func (t *Txn) Commit(ctx context.Context) (TxnResult, error) {
 			return TxnResult{}, errorf("txn: %w", err)
 		}
 		defer cancel()
-		resp, err := t.c.raw.Txn(rctx).If(cmps...).Then(then...).Else(els...).Commit()
+		resp, err := t.c.txn(rctx, cmps, then, els)
 		if err != nil {
 			return TxnResult{}, errorf("txn: %w", t.c.cause(mapServerError(err)))
 		}
@@ -320,7 +320,7 @@ func (k *Key[T]) GetIn(ctx context.Context, tx *Tx) (Value[T], bool, error) {
 		if tx.rev != 0 {
 			opts = append(opts, clientv3.WithRev(tx.rev))
 		}
-		resp, err := k.c.raw.Get(rctx, k.path, opts...)
+		resp, err := k.c.read(rctx, k.path, opts...)
 		if err != nil {
 			return zero, false, k.fail("get", err)
 		}

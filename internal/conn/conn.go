@@ -35,10 +35,14 @@ type Pool struct {
 	endCur  context.CancelFunc
 	dialing chan struct{}
 	done    bool
-	// failedAt records when each endpoint's connection was last dropped, so
-	// that a move goes to the endpoint that failed longest ago (or never),
-	// not back to one that was just found dead.
-	failedAt []time.Time
+	// eps is the one record of every endpoint's standing, which the
+	// stream connection, the request runner and the health monitor all
+	// read and feed (see health.go). A move of the stream connection goes
+	// to the endpoint that failed longest ago (or never), not back to one
+	// that was just found dead.
+	eps []*endpoint
+	// names are the members' names by ID, for errors.
+	names map[uint64]string
 }
 
 // Config is what a Pool needs of its client.
@@ -47,6 +51,9 @@ type Config struct {
 	Endpoints []string
 	// Dial connects to one endpoint; Life bounds the dial.
 	Dial func(ctx context.Context, endpoint string) (*clientv3.Client, error)
+	// DialRequest makes the connection of unary requests to one endpoint,
+	// without waiting for it to connect; Life bounds it.
+	DialRequest func(ctx context.Context, endpoint string) (*clientv3.Client, error)
 	// Life ends when the client closes.
 	Life context.Context
 	Log  *zap.Logger
@@ -63,18 +70,22 @@ type Config struct {
 func New(cfg Config) *Pool {
 	n := len(cfg.Endpoints)
 	// The first dial goes to the first endpoint.
-	return &Pool{cfg: cfg, curIdx: n - 1, failedAt: make([]time.Time, n)}
+	p := &Pool{cfg: cfg, curIdx: n - 1, eps: make([]*endpoint, n)}
+	for i, ep := range cfg.Endpoints {
+		p.eps[i] = &endpoint{addr: ep}
+	}
+	return p
 }
 
 // pickLocked returns the index of the endpoint to dial: the one whose
 // connection failed longest ago, never-failed ones first, in endpoint order
 // starting after the current one so that equals take turns.
 func (s *Pool) pickLocked() int {
-	n := len(s.failedAt)
+	n := len(s.eps)
 	best := (s.curIdx + 1) % n
 	for i := 1; i < n; i++ {
 		j := (s.curIdx + 1 + i) % n
-		if s.failedAt[j].Before(s.failedAt[best]) {
+		if s.eps[j].failedAt.Before(s.eps[best].failedAt) {
 			best = j
 		}
 	}
@@ -118,7 +129,7 @@ func (s *Pool) Get(ctx context.Context) (*clientv3.Client, uint64, error) {
 		close(s.dialing)
 		s.dialing = nil
 		if err != nil {
-			s.failedAt[idx] = time.Now()
+			s.eps[idx].fail(fmt.Errorf("dial: %w", err))
 			s.mu.Unlock()
 			s.cfg.Log.Debug("stream connection dial failed", zap.String("endpoint", ep), zap.Error(err))
 			if s.cfg.Life.Err() != nil {
@@ -163,35 +174,61 @@ var endedContext = func() context.Context {
 
 // Fail reports that the connection of generation gen stalled, lost its
 // leader or broke. If it is still the current one it is closed, which ends
-// every stream on it, and the next Get dials the next endpoint. Reports about
-// an older generation are ignored: those streams have already moved.
+// every stream on it, its endpoint is recorded as sick, and the next Get
+// dials the next endpoint. Reports about an older generation are ignored:
+// those streams have already moved.
 func (s *Pool) Fail(gen uint64) {
+	s.failGen(gen, errStreamFailed)
+}
+
+// errStreamFailed is the cause recorded for an endpoint whose stream
+// connection the watch or lease engine dropped: they report a stall or a
+// lost leader without saying which.
+var errStreamFailed = errors.New("its watch or keepalive stream stalled or lost its leader")
+
+func (s *Pool) failGen(gen uint64, cause error) {
 	s.mu.Lock()
 	if s.cur == nil || s.gen != gen {
 		s.mu.Unlock()
 		return
 	}
-	old := s.cur
-	s.cur = nil
-	s.endCur()
-	s.failedAt[s.curIdx] = time.Now()
+	s.eps[s.curIdx].fail(cause)
+	old := s.dropLocked()
 	s.mu.Unlock()
 	s.cfg.Log.Debug("stream connection dropped", zap.Strings("endpoints", old.Endpoints()), zap.Uint64("generation", gen))
 	_ = old.Close()
 }
 
-// Close closes the connection and refuses new ones.
-func (s *Pool) Close() {
-	s.mu.Lock()
-	s.done = true
+// dropLocked detaches the current stream connection, which the caller
+// closes after unlocking.
+func (s *Pool) dropLocked() *clientv3.Client {
 	old := s.cur
 	s.cur = nil
 	if old != nil {
 		s.endCur()
 	}
+	return old
+}
+
+// Close closes the stream connection and the request connections, and
+// refuses new ones.
+func (s *Pool) Close() {
+	s.mu.Lock()
+	s.done = true
+	old := s.dropLocked()
+	var reqs []*clientv3.Client
+	for _, e := range s.eps {
+		if e.req != nil {
+			reqs = append(reqs, e.req)
+			e.req = nil
+		}
+	}
 	s.mu.Unlock()
 	if old != nil {
 		_ = old.Close()
+	}
+	for _, r := range reqs {
+		_ = r.Close()
 	}
 }
 
@@ -252,6 +289,11 @@ func (s *Pool) attempt(ctx context.Context, attempt time.Duration, op func(conte
 		s.Failed(ctx, gen, err)
 		return err
 	}
+	s.mu.Lock()
+	if s.cur != nil && s.gen == gen {
+		s.eps[s.curIdx].okAt = time.Now()
+	}
+	s.mu.Unlock()
 	return nil
 }
 
@@ -266,5 +308,5 @@ func (s *Pool) Failed(ctx context.Context, gen uint64, err error) {
 	if errors.Is(err, context.DeadlineExceeded) && s.cfg.OnStall != nil {
 		s.cfg.OnStall()
 	}
-	s.Fail(gen)
+	s.failGen(gen, err)
 }

@@ -141,6 +141,11 @@ func TestCheckerRejects(t *testing.T) {
 			h.Changes = append(h.Changes, put(16, "data/k1", "w1.9"))
 			h.SettledRev, h.FinalRev = 15, 16
 		}, "", ""},
+		{"a write that failed without etcdkit.ErrUnknownOutcome applied", func(h *robustness.History) {
+			// The Update of unknown outcome above, had the library said it
+			// did not apply: the write in the history is then no call's.
+			h.Ops[5].Outcome = robustness.Failed
+		}, "linearizability", "not linearizable"},
 		{"initial state", func(h *robustness.History) {
 			s := sub(h)
 			s.Start, s.After = robustness.StartInitial, 12

@@ -52,7 +52,8 @@ const (
 	// Op.Result and Op.Rev describe what the key held.
 	Conflict
 	// Failed: the call failed in a way that proves it did not apply (an
-	// Update that gave up after conflicts).
+	// Update that gave up after conflicts, a write whose error does not
+	// match etcdkit.ErrUnknownOutcome).
 	Failed
 	// Unknown: the call failed in a way that leaves open whether it
 	// applied (a timeout, a lost connection, a cancelled context).

@@ -20,7 +20,9 @@ func dataKey(i int) string { return fmt.Sprintf("%s/k%d", DataPrefix, i) }
 // Writers is the workload of writers doing Put, CompareAndSwap, Update, Get
 // and Delete on a few data keys, each writer through its own client on the
 // proxied endpoints. Every call is recorded with its invoke and return
-// times, and its outcome is unknown when it fails other than by a conflict.
+// times. A write that fails other than by a conflict is unknown when its
+// error matches etcdkit.ErrUnknownOutcome, and failed (it did not apply, as
+// the library says) otherwise; a failed read is unknown.
 //
 // Before the traffic starts, the first writer puts every key once, so that
 // subscribers asking for the initial state see some. When the cluster has
@@ -168,6 +170,11 @@ func (wr *writer) call(ctx context.Context, rec *Recorder, key int, kind OpKind,
 		}
 	case kind == OpUpdate && errors.As(err, &ce):
 		op.Outcome, op.Err = Failed, err.Error()
+	case kind != OpGet && !errors.Is(err, etcdkit.ErrUnknownOutcome):
+		// The library says the write did not apply: the checker holds it
+		// to that.
+		op.Outcome, op.Err = Failed, err.Error()
+		op.Rev, op.Found, op.Result = 0, false, ""
 	default:
 		op.Outcome, op.Err = Unknown, err.Error()
 		op.Rev, op.Found, op.Result = 0, false, ""

@@ -1,0 +1,329 @@
+package etcdkit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/connectivity"
+
+	"github.com/etcdkit/etcdkit/internal/backoff"
+	"github.com/etcdkit/etcdkit/internal/conn"
+)
+
+// requestKind says what the runner may do with a request that failed: a
+// read may be sent again anywhere, a write only if it provably did not
+// apply.
+type requestKind bool
+
+const (
+	readRequest  requestKind = false
+	writeRequest requestKind = true
+)
+
+// requestOp sends one request on cli, bounded by ctx, and returns the
+// header of its response.
+type requestOp func(ctx context.Context, cli *clientv3.Client) (*pb.ResponseHeader, error)
+
+// request runs op through the request runner: on the healthiest member
+// first (conn.Pool.Order: the stream connection's member while it answers),
+// each attempt bounded by StallTimeout and sent WithRequireLeader, so that a
+// member without a leader refuses it before proposing it to raft. An attempt
+// that was refused that way, or never sent because the member's connection
+// was not up, moves on to the next member; so does any failed read. A write
+// that was sent and got no answer, or a failure that does not prove it was
+// not applied, ends the request with ErrUnknownOutcome. Every outcome feeds
+// the shared view of the members' health. ctx, already bounded by
+// opContext, bounds the whole request. The error names each member tried
+// and why it failed.
+func (c *Client) request(ctx context.Context, kind requestKind, op requestOp) error {
+	var retry *backoff.Backoff // made on the first round that fails
+	start := time.Now()
+	for {
+		var failures []string
+		for _, i := range c.targets() {
+			err := c.attempt(ctx, kind, i, op)
+			if err == nil {
+				return nil
+			}
+			var f *attemptError
+			if !errors.As(err, &f) {
+				return err
+			}
+			failures = append(failures, f.Error())
+			if ctx.Err() != nil {
+				break
+			}
+		}
+		if retry == nil {
+			retry = backoff.New(50*time.Millisecond, 500*time.Millisecond)
+		}
+		if ctx.Err() != nil || !retry.Wait(ctx) {
+			return errorf("no member answered within %v: %s: %w", time.Since(start).Round(time.Millisecond),
+				strings.Join(failures, "; "), context.Cause(ctx))
+		}
+	}
+}
+
+// attemptError is an attempt that failed in a way that allows trying the
+// next member: the member did not get the request, refused it before
+// proposing it, or the request is a read.
+type attemptError struct {
+	member conn.State
+	cause  string
+	err    error
+}
+
+func (e *attemptError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("%v %s", e.member, e.cause)
+	}
+	return fmt.Sprintf("%v %s: %v", e.member, e.cause, unprefixed{e.err})
+}
+
+func (e *attemptError) Unwrap() error { return e.err }
+
+// wrapped is the one target of a Client made by Wrap: the caller's raw
+// client, which balances over its endpoints itself.
+const wrapped = -1
+
+// targets returns the endpoints a request tries, in order: conn.Pool.Order,
+// or the raw client of a Client made by Wrap, whose requests stay on it.
+func (c *Client) targets() []int {
+	if !c.owned {
+		return []int{wrapped}
+	}
+	return c.streams.Order()
+}
+
+// target is one member a request tries: an endpoint of the pool, or the
+// wrapped raw client, whose standing the pool does not hold.
+type target struct {
+	c *Client
+	i int
+}
+
+func (t target) conn() (*clientv3.Client, error) {
+	if t.i == wrapped {
+		return t.c.raw, nil
+	}
+	return t.c.streams.Request(t.i)
+}
+
+func (t target) state() conn.State {
+	if t.i == wrapped {
+		return conn.State{Endpoint: strings.Join(t.c.raw.Endpoints(), ",")}
+	}
+	return t.c.streams.State(t.i)
+}
+
+func (t target) sick(cause error) {
+	if t.i != wrapped {
+		t.c.streams.Sick(t.i, cause)
+	}
+}
+
+func (t target) succeeded(id uint64, sent time.Time) {
+	if t.i != wrapped {
+		t.c.streams.Succeeded(t.i, id, sent)
+	}
+}
+
+// attempt sends op to the member behind endpoint i. It returns nil, an
+// *attemptError when the next member may be tried, or the error that ends
+// the request.
+func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op requestOp) error {
+	t := target{c, i}
+	actx, cancel := context.WithTimeout(ctx, c.cfg.StallTimeout)
+	defer cancel()
+	cli, err := t.conn()
+	if err != nil {
+		if errors.Is(err, ErrClosed) {
+			return ErrClosed
+		}
+		t.sick(err)
+		return &attemptError{member: t.state(), cause: "could not be dialled", err: err}
+	}
+	if cause := awaitReady(actx, cli); cause != "" {
+		if ctx.Err() != nil {
+			// The caller's deadline, not the member, cut the wait short.
+			return &attemptError{member: t.state(), cause: "was still connecting", err: ctx.Err()}
+		}
+		t.sick(errors.New(cause))
+		return &attemptError{member: t.state(), cause: cause}
+	}
+	if i != wrapped && t.state().MemberID == 0 {
+		identify(actx, c.streams, i, cli)
+		if ctx.Err() == nil && actx.Err() != nil {
+			// Silent before anything was sent: a write may move on.
+			cause := fmt.Sprintf("did not answer within %v", c.cfg.StallTimeout)
+			t.sick(errors.New(cause))
+			return &attemptError{member: t.state(), cause: cause}
+		}
+	}
+	sent := time.Now()
+	hdr, err := op(clientv3.WithRequireLeader(actx), cli)
+	if err == nil {
+		t.succeeded(hdr.GetMemberId(), sent)
+		return nil
+	}
+	member := t.state()
+	switch {
+	case errors.Is(err, rpctypes.ErrNoLeader):
+		// Refused by the server's interceptor before the request reached
+		// raft: a write did not apply.
+		t.sick(errors.New("has no leader"))
+		return &attemptError{member: t.state(), cause: "has no leader"}
+	case ctx.Err() != nil:
+		return c.unknown(kind, member, "was cut short by the caller's context", err)
+	case answered(err):
+		// The member refused the request (a compaction, a size limit, an
+		// auth error...): it is healthy, and the error is the caller's.
+		t.succeeded(member.MemberID, sent)
+		return err
+	}
+	cause := "failed"
+	if actx.Err() != nil {
+		cause = fmt.Sprintf("did not answer within %v", c.cfg.StallTimeout)
+	}
+	t.sick(fmt.Errorf("%s: %w", cause, err))
+	if kind == writeRequest {
+		return c.unknown(kind, t.state(), cause, err)
+	}
+	return &attemptError{member: t.state(), cause: cause, err: err}
+}
+
+// identify learns which member endpoint i reaches, and the members' names,
+// so that errors can name it even if it never serves a request: any member
+// answers a serializable member list, leader or not. A failure is left to
+// the request that follows.
+func identify(ctx context.Context, pool *conn.Pool, i int, cli *clientv3.Client) {
+	resp, err := cli.MemberList(ctx, clientv3.WithSerializable())
+	if err != nil {
+		return
+	}
+	names := make(map[uint64]string, len(resp.Members))
+	for _, m := range resp.Members {
+		names[m.ID] = m.Name
+	}
+	pool.SetNames(names)
+	pool.Identify(i, resp.Header.GetMemberId())
+}
+
+// unknown is the error of a request sent to a member that did not say
+// whether it applied. A read's outcome does not matter: it only fails.
+func (c *Client) unknown(kind requestKind, member conn.State, cause string, err error) error {
+	if kind == readRequest {
+		return errorf("%v %s: %w", member, cause, err)
+	}
+	return errorf("%w: %v %s: %w", ErrUnknownOutcome, member, cause, err)
+}
+
+// answered reports an error that is the member's refusal of the request,
+// which leaves nothing open: an etcd error that retrying does not cure, or
+// gRPC's own refusal of a message over its size limit, made before the
+// request reaches etcd. Any other failure, a stream reset or a transport
+// error included, may have come after a write applied.
+func answered(err error) bool {
+	if errors.Is(mapServerError(err), ErrTooLarge) {
+		return true
+	}
+	if IsRetryable(err) {
+		return false
+	}
+	var ee rpctypes.EtcdError
+	return errors.As(err, &ee)
+}
+
+// awaitReady waits, until ctx ends, for cli's connection to be up, so that a
+// request is sent only on a connection that is: one that cannot connect
+// proves that a write never left. It returns "" when the connection is up,
+// else why the member is not reachable.
+func awaitReady(ctx context.Context, cli *clientv3.Client) string {
+	cc := cli.ActiveConnection()
+	for {
+		switch st := cc.GetState(); st {
+		case connectivity.Ready:
+			return ""
+		case connectivity.TransientFailure:
+			return "is unreachable (its connection keeps failing)"
+		case connectivity.Shutdown:
+			return "is unreachable (its connection is closed)"
+		case connectivity.Idle:
+			cc.Connect()
+			fallthrough
+		default:
+			if !cc.WaitForStateChange(ctx, st) {
+				return "did not accept a connection in time"
+			}
+		}
+	}
+}
+
+// read is one Get through the request runner.
+func (c *Client) read(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	var resp *clientv3.GetResponse
+	err := c.request(ctx, readRequest, func(ctx context.Context, cli *clientv3.Client) (*pb.ResponseHeader, error) {
+		r, err := cli.Get(ctx, key, opts...)
+		if err != nil {
+			return nil, err
+		}
+		resp = r
+		return r.Header, nil
+	})
+	return resp, err
+}
+
+// put is one Put through the request runner.
+func (c *Client) put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
+	var resp *clientv3.PutResponse
+	err := c.request(ctx, writeRequest, func(ctx context.Context, cli *clientv3.Client) (*pb.ResponseHeader, error) {
+		r, err := cli.Put(ctx, key, val, opts...)
+		if err != nil {
+			return nil, err
+		}
+		resp = r
+		return r.Header, nil
+	})
+	return resp, err
+}
+
+// del is one Delete through the request runner.
+func (c *Client) del(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error) {
+	var resp *clientv3.DeleteResponse
+	err := c.request(ctx, writeRequest, func(ctx context.Context, cli *clientv3.Client) (*pb.ResponseHeader, error) {
+		r, err := cli.Delete(ctx, key, opts...)
+		if err != nil {
+			return nil, err
+		}
+		resp = r
+		return r.Header, nil
+	})
+	return resp, err
+}
+
+// txn is one transaction through the request runner; it is a write if any
+// of its ops is.
+func (c *Client) txn(ctx context.Context, cmps []clientv3.Cmp, then, els []clientv3.Op) (*clientv3.TxnResponse, error) {
+	kind := readRequest
+	for _, op := range append(append([]clientv3.Op(nil), then...), els...) {
+		if !op.IsGet() {
+			kind = writeRequest
+		}
+	}
+	var resp *clientv3.TxnResponse
+	err := c.request(ctx, kind, func(ctx context.Context, cli *clientv3.Client) (*pb.ResponseHeader, error) {
+		r, err := cli.Txn(ctx).If(cmps...).Then(then...).Else(els...).Commit()
+		if err != nil {
+			return nil, err
+		}
+		resp = r
+		return r.Header, nil
+	})
+	return resp, err
+}
