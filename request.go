@@ -10,6 +10,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 
 	"github.com/etcdkit/etcdkit/internal/backoff"
@@ -225,10 +226,15 @@ func (c *Client) unknown(kind requestKind, member conn.State, cause string, err 
 }
 
 // answered reports an error that is the member's refusal of the request,
-// which leaves nothing open: an etcd error that retrying does not cure, or
-// gRPC's own refusal of a message over its size limit, made before the
-// request reaches etcd. Any other failure, a stream reset or a transport
-// error included, may have come after a write applied.
+// which leaves nothing open: an etcd error that says what the request
+// failed on (a compaction, a size or quota limit, a permission, a missing
+// lease...), or gRPC's own refusal of a message over its size limit, made
+// before the request reaches etcd. Any other failure may have come after a
+// write applied: a stream reset or a transport error, and the etcd errors
+// of a server that stopped waiting for the outcome of a proposal it may
+// have made ("server stopped", "request timed out", "leader changed":
+// codes Unavailable, DeadlineExceeded, Canceled, Aborted, Unknown,
+// Internal).
 func answered(err error) bool {
 	if errors.Is(mapServerError(err), ErrTooLarge) {
 		return true
@@ -237,7 +243,14 @@ func answered(err error) bool {
 		return false
 	}
 	var ee rpctypes.EtcdError
-	return errors.As(err, &ee)
+	if !errors.As(err, &ee) {
+		return false
+	}
+	switch ee.Code() {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Aborted, codes.Unknown, codes.Internal:
+		return false
+	}
+	return true
 }
 
 // awaitReady waits, until ctx ends, for cli's connection to be up, so that a
