@@ -516,20 +516,4 @@ func (l *Live[T]) reject(rev int64, err error) {
 
 // send hands a change to Changes without blocking: with the buffer full,
 // the oldest change waiting is dropped.
-func (l *Live[T]) send(ch LiveChange[T]) { sendDropOldest(l.events, ch) }
-
-// sendDropOldest sends v on ch, dropping the oldest value waiting if ch is
-// full. Only one goroutine may send on ch, so once a value is taken out the
-// send cannot block.
-func sendDropOldest[E any](ch chan E, v E) {
-	select {
-	case ch <- v:
-		return
-	default:
-	}
-	select {
-	case <-ch:
-	default:
-	}
-	ch <- v
-}
+func (l *Live[T]) send(ch LiveChange[T]) { lossy[LiveChange[T]](l.events).send(ch) }

@@ -428,8 +428,14 @@ func (l *LiveMap[T]) publish(changes []LiveChange[T]) {
 	if len(changes) > 0 {
 		l.p.c.cfg.Metrics.Add(MetricLiveUpdates, float64(len(changes)))
 	}
+	// Changes keeps only the newest cap(l.events) changes a reader has not
+	// taken: the older ones of a large batch (the first sync of a big
+	// prefix) would only be sent to be dropped.
+	if n := cap(l.events); len(changes) > n {
+		changes = changes[len(changes)-n:]
+	}
 	for _, ch := range changes {
-		sendDropOldest(l.events, ch)
+		lossy[LiveChange[T]](l.events).send(ch)
 	}
 }
 
