@@ -70,6 +70,10 @@ func TestFrozenLeader(t *testing.T) {
 	lease := eph.Lease()
 	states := recordStates(t, eph.States())
 
+	// A Live value of the key the writer changes, on the same client.
+	live := etcdkit.NewLive(ctx, etcdkit.NewKey(c, "cfg/n", etcdkit.String()), etcdkit.WithDefault("unset"))
+	t.Cleanup(func() { _ = live.Close() })
+
 	el := etcdkit.NewElection(c, "lead", ttl)
 	lead, err := el.Campaign(ctx, "a")
 	require.NoError(t, err)
@@ -161,6 +165,13 @@ func TestFrozenLeader(t *testing.T) {
 	if eph.Lease() != lease {
 		t.Logf("the session replaced lease %x after the thaw: states %v; key history %v", lease, states, keyHistory(t, raw, "fz/svc/a", start))
 	}
+	// The Live value followed the key across the freeze and holds its last
+	// value, which nothing rejected.
+	eventually(t, "the Live value at the last write", func() bool { return live.Get() == "3" && !live.Stale() })
+	if r, ok := live.Rejected(); ok {
+		t.Fatalf("the Live value rejected %v", r)
+	}
+
 	// The thawed member catches up with the same history.
 	requireSerializable(t, victim.Client(t), "fz/cfg/n", "3")
 	col.quiet(t, 500*time.Millisecond, len(col.events()))
@@ -258,4 +269,59 @@ func (l *leaderLog) until(t testing.TB, what string, cond func([]etcdkit.LeaderI
 			t.Fatalf("no %s within %v; observed %+v", what, waitTimeout, seen)
 		}
 	}
+}
+
+// TestRequestsMoveOffFrozenMember is TestRequestsMoveOffSickMember with a
+// fault only a process member can show: the client's member is frozen
+// (SIGSTOP), so its connections stay open and nothing answers, as in a long
+// pause. Reads move on; the one write in flight at the freeze fails with
+// ErrUnknownOutcome, the others succeed; the history holds every
+// acknowledged write once, also after the member thaws.
+func TestRequestsMoveOffFrozenMember(t *testing.T) {
+	if os.Getenv(etcdtest.BinaryEnv) == "" {
+		t.Fatalf("built with the etcdbinary tag, this test needs %s naming an etcd binary (see .ci/etcd-binaries)", etcdtest.BinaryEnv)
+	}
+	cl, victim, eps := pinnedCluster(t)
+	c := testClientConfig(t, etcdkit.Config{Endpoints: eps, Namespace: "req", StallTimeout: requestStall})
+	k := etcdkit.NewKey(c, "seq", etcdkit.String())
+	tr, stop := startTraffic(t, k)
+	start := time.Now()
+	require.Eventually(t, func() bool { w, r := tr.count(start); return w >= 5 && r >= 5 },
+		20*time.Second, 10*time.Millisecond, "traffic before the freeze")
+
+	frozenAt := time.Now()
+	require.NoError(t, victim.Freeze())
+	thawed := false
+	t.Cleanup(func() {
+		if !thawed {
+			_ = victim.Thaw()
+		}
+	})
+	require.Eventually(t, func() bool { w, r := tr.count(frozenAt); return w >= 20 && r >= 20 },
+		60*time.Second, 10*time.Millisecond, "traffic during the freeze")
+	require.True(t, victim.Frozen())
+	require.NoError(t, victim.Thaw())
+	thawed = true
+	thawAt := time.Now()
+	require.Eventually(t, func() bool { w, r := tr.count(thawAt); return w >= 5 && r >= 5 },
+		20*time.Second, 10*time.Millisecond, "traffic after the thaw")
+	stop()
+
+	unknown := 0
+	var slowest time.Duration
+	for _, r := range tr.since(frozenAt) {
+		if r.stopped {
+			continue
+		}
+		slowest = max(slowest, r.took)
+		if r.err == nil {
+			continue
+		}
+		require.True(t, r.put, "got read error %v, want reads to move to another member", r.err)
+		require.ErrorIs(t, r.err, etcdkit.ErrUnknownOutcome)
+		unknown++
+	}
+	require.LessOrEqual(t, unknown, 1, "got %d writes of unknown outcome, want at most the one in flight at the freeze", unknown)
+	t.Logf("slowest call after the freeze %v (target %v), %d of unknown outcome", slowest, requestStall+time.Second, unknown)
+	checkHistory(t, cl, c.KeyPrefix()+k.Name(), tr)
 }
