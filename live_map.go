@@ -374,6 +374,8 @@ func (l *LiveMap[T]) applyContents(contents []liveContent, rc int64) {
 		for _, e := range contents {
 			seen[e.name] = true
 		}
+	} else {
+		l.entries = make(map[string]liveEntry[T], len(contents))
 	}
 	for name := range l.entries {
 		if !seen[name] {

@@ -80,6 +80,7 @@ func (s *Sub) startCatchUp() {
 	st := &stream{h: s.h, target: s.target, next: s.enq}
 	st.handler = catchUp{s, st}
 	s.catch = st
+	s.takeBase()
 	if s.needBase && s.baseline == nil {
 		s.readBase()
 	}

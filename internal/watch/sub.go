@@ -3,6 +3,8 @@ package watch
 import (
 	"context"
 	"sync"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
 // subMode is where a subscriber's events come from.
@@ -84,6 +86,11 @@ type Sub struct {
 	// subscriber is not hooked so that a resync can be diffed against it;
 	// nil when unknown.
 	baseline map[string]int64
+	// initial is the state a WithInitial subscriber started from, read at
+	// from-1: its baseline, made into one (takeBase) only if the
+	// subscriber turns out to be out of step with its feed, which it rarely
+	// is (a map of every name is the largest cost of a big initial read).
+	initial []*mvccpb.KeyValue
 	// needBase says the baseline is still to be read (AfterRevision); it is
 	// read once, as soon as the subscriber is found out of step with the
 	// feed, while the state at its start may still be readable.
@@ -166,7 +173,7 @@ func (s *Sub) Start() error {
 				Create: kv.CreateRevision, Version: kv.Version, Lease: kv.Lease, Initial: true}
 		}
 		s.mu.Lock()
-		s.baseline = stateOf(s.target, kvs)
+		s.initial = kvs
 		s.push(Batch{Events: evs, Next: rev + 1})
 		s.from = rev + 1
 		s.mu.Unlock()
@@ -219,6 +226,7 @@ func (s *Sub) feedReady(f *feed) {
 		s.hook()
 	case s.enq > f.next:
 		s.mode = subAhead
+		s.takeBase()
 		if s.needBase && s.baseline == nil {
 			s.readBase()
 		}
@@ -227,12 +235,22 @@ func (s *Sub) feedReady(f *feed) {
 	}
 }
 
+// takeBase makes the initial state the baseline, if the subscriber has
+// one. The caller holds s.mu.
+func (s *Sub) takeBase() {
+	if s.initial != nil && s.baseline == nil {
+		s.baseline = stateOf(s.target, s.initial)
+	}
+	s.initial = nil
+}
+
 // hook puts the subscriber on the feed, in step with it. The caller holds
 // f.mu and s.mu.
 func (s *Sub) hook() {
 	s.mode = subHooked
 	s.catch = nil
 	s.baseline = nil
+	s.initial = nil
 	s.needBase = false
 	s.need = 0
 	if r := s.baseRead; r != nil {
