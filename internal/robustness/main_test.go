@@ -13,7 +13,7 @@ import (
 
 var (
 	seedFlag      = flag.Int64("seed", 0, "replay only the schedule of this seed")
-	schedulesFlag = flag.Int("schedules", 200, "number of short schedules TestRobustness runs")
+	schedulesFlag = flag.Int("schedules", 120, "number of short schedules TestRobustness runs (the CI share; -soak runs more)")
 	baseFlag      = flag.Int64("base", 0, "base seed of the run (default: random), to replay a whole run from its summary line")
 	soakFlag      = flag.Duration("soak", 0, "run schedules for this long instead (also ETCDKIT_SOAK=30m)")
 	lanesFlag     = flag.Int("lanes", 2, "clusters running schedules side by side")
