@@ -2,8 +2,9 @@
 // runtime configuration and coordinate through etcd: typed keys, live
 // configuration values with defaults, validation and a cold-start snapshot,
 // watches that survive any network fault, synced caches, self-healing ephemeral keys,
-// service discovery with a gRPC resolver, leader election with fencing, and a
-// cluster health monitor.
+// service discovery with a gRPC resolver, leader election, mutexes and
+// semaphores with fencing, typed transactions, requests that move off a sick
+// member, and a cluster health monitor.
 //
 // # Quick start
 //
