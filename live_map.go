@@ -339,24 +339,28 @@ func (l *LiveMap[T]) follow(ctx context.Context, retry *backoff.Backoff) error {
 				}
 				return ca.Err()
 			}
-			batch := []Event[[]byte]{ev}
-			for more := true; more; {
-				select {
-				case ev, ok := <-w.Events():
-					if !ok {
-						more = false
-						break
-					}
-					batch = append(batch, ev)
-				default:
-					more = false
-				}
-			}
-			l.applyEvents(batch, rc)
+			l.applyEvents(waiting(w.Events(), ev), rc)
 		case <-flushC:
 			flushC = nil
 			l.flush()
 			lastWrite = time.Now()
+		}
+	}
+}
+
+// waiting returns first and the events already waiting on ch, without
+// blocking, so that a burst of changes is applied, and published, at once.
+func waiting[E any](ch <-chan E, first E) []E {
+	batch := []E{first}
+	for {
+		select {
+		case ev, ok := <-ch:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, ev)
+		default:
+			return batch
 		}
 	}
 }
