@@ -273,7 +273,7 @@ func checkSubscriber(h *History, s *Subscriber) (Violation, bool) {
 	for i < len(evs) {
 		e := evs[i]
 		if e.Resync {
-			j := resyncBatchEnd(evs, i)
+			j, earliest := resyncBatchEnd(evs, i)
 			batch := evs[i:j]
 			// The compaction must have removed revisions the subscriber had
 			// not received when it happened. Its watch may resync later than
@@ -290,27 +290,28 @@ func checkSubscriber(h *History, s *Subscriber) (Violation, bool) {
 				return fail("Resync events #%d..#%d (%v ...) without a compaction of revisions the subscriber had not yet "+
 					"received (it was at revision %d): its history was never gone", i, j-1, batch[0], pos)
 			}
-			lo, hi := just.Rev, h.FinalRev
-			var exact int64
-			after := maps.Clone(view)
-			for _, b := range batch {
-				lo = max(lo, b.Rev)
-				if b.Type == etcdkit.Delete {
-					exact = b.Rev
-				}
-				after.apply(b.Type, b.Key, b.Value, b.Rev)
-			}
-			if j < len(evs) {
-				hi = evs[j].Rev
-				if !evs[j].Resync {
-					hi--
+			// Where the batch ends is known only up to earliest when a key
+			// comes again (see resyncBatchEnd): the first end that leaves
+			// a state the cluster had is taken.
+			var after state
+			var r int64
+			ok := false
+			for end := j; end >= earliest && !ok; end-- {
+				after, r, ok = resyncState(hs, h, evs, view, i, end, just.Rev)
+				if ok {
+					j = end
 				}
 			}
-			r, ok := findState(hs, after, lo, hi, exact)
 			if !ok {
+				after, _, _ = resyncState(hs, h, evs, view, i, j, just.Rev)
+				hi := h.FinalRev
+				if j < len(evs) {
+					hi = evs[j].Rev
+				}
 				return fail("Resync events #%d..#%d leave the subscriber with %v, which is not the state of %s at any revision in [%d, %d] "+
-					"(at %d it was %v)", i, j-1, after, s.Scope, lo, hi, hi, stateAt(hs, hi))
+					"(at %d it was %v)", i, j-1, after, s.Scope, max(just.Rev, evs[j-1].Rev), hi, hi, stateAt(hs, hi))
 			}
+			batch = evs[i:j]
 			for _, b := range batch {
 				if b.Type == etcdkit.Put {
 					if want, ok := after[b.Key]; !ok || want.Value != b.Value || want.Rev != b.Rev {
@@ -349,34 +350,60 @@ func checkSubscriber(h *History, s *Subscriber) (Violation, bool) {
 	return Violation{}, false
 }
 
-// resyncBatchEnd returns the end of the resync batch starting at i: its
-// puts, sorted by revision and name, then its deletes, sorted by name, which
-// all carry the revision the state was read at. A batch names a key at most
-// once, so an event that breaks this order or names a key again starts the
-// next batch. Batches that cannot be told apart are checked as one, against
-// the state after the last.
-func resyncBatchEnd(evs []Delivery, i int) int {
-	keys := map[string]bool{}
+// resyncBatchEnd returns the end of the resync batch starting at i, and
+// the earliest end it may have. A batch is its puts, sorted by revision and
+// name, then its deletes, sorted by name, which all carry the revision the
+// state was read at; it names a key at most once. An event that breaks this
+// order starts the next batch: the end is known. A key named again also
+// starts a later batch, but that batch may have begun anywhere after the
+// key's first mention, when the two resyncs came back to back (two
+// compactions close together): the end is then known only to lie between
+// that mention and the repeat. Batches that cannot be told apart are
+// checked as one, against the state after the last.
+func resyncBatchEnd(evs []Delivery, i int) (end, earliest int) {
+	keys := map[string]int{}
 	j := i
 	for ; j < len(evs) && evs[j].Resync; j++ {
 		e := evs[j]
-		if keys[e.Key] {
-			break
+		if first, ok := keys[e.Key]; ok {
+			return j, first + 1
 		}
 		if j > i {
 			p := evs[j-1]
 			switch {
-			case e.Type == etcdkit.Put && p.Type == etcdkit.Delete:
-				return j
-			case e.Type == p.Type && e.Rev == p.Rev && e.Key < p.Key:
-				return j
-			case e.Type == etcdkit.Delete && p.Type == etcdkit.Delete && e.Rev != p.Rev:
-				return j
+			case e.Type == etcdkit.Put && p.Type == etcdkit.Delete,
+				e.Type == p.Type && e.Rev == p.Rev && e.Key < p.Key,
+				e.Type == etcdkit.Delete && p.Type == etcdkit.Delete && e.Rev != p.Rev:
+				return j, j
 			}
 		}
-		keys[e.Key] = true
+		keys[e.Key] = j
 	}
-	return j
+	return j, j
+}
+
+// resyncState applies the resync events evs[i:end] to view and looks for
+// the revision, at or after the compaction at compacted, where the cluster
+// held the state they leave, before the next event's.
+func resyncState(hs []Change, h *History, evs []Delivery, view state, i, end int, compacted int64) (state, int64, bool) {
+	lo, hi := compacted, h.FinalRev
+	var exact int64
+	after := maps.Clone(view)
+	for _, b := range evs[i:end] {
+		lo = max(lo, b.Rev)
+		if b.Type == etcdkit.Delete {
+			exact = b.Rev
+		}
+		after.apply(b.Type, b.Key, b.Value, b.Rev)
+	}
+	if end < len(evs) {
+		hi = evs[end].Rev
+		if !evs[end].Resync {
+			hi--
+		}
+	}
+	r, ok := findState(hs, after, lo, hi, exact)
+	return after, r, ok
 }
 
 // checkCache compares a cache's final contents with the cluster's final

@@ -215,6 +215,26 @@ func TestCheckerRejects(t *testing.T) {
 			s := sub(h)
 			s.Events = append(s.Events[:2:2], robustness.Delivery{At: ms(30), Type: etcdkit.Put, Key: "data/k0", Value: "w1.2^w0.2", Rev: 15, Resync: true})
 		}, "watch", "Resync events #2..#2 leave the subscriber with {data/k0=\"w1.2^w0.2\"@15 data/k1=\"w1.1\"@12}, which is not the state of data/ at any revision in [15, 15]"},
+		{"two resyncs back to back", func(h *robustness.History) {
+			// Compactions at 12 and 15 close together: the first resync
+			// brings the subscriber from 11 to 12 (k1 created), the second
+			// from 12 to 15 (k0 changed, k1 deleted). The events cannot say
+			// where the first batch ends; a key named again says it ends
+			// before that key's second mention.
+			h.Compactions = []robustness.Compaction{{Rev: 12, At: ms(20)}, {Rev: 15, At: ms(35)}}
+			s := sub(h)
+			s.Events = append(s.Events[:1:1],
+				robustness.Delivery{At: ms(30), Type: etcdkit.Put, Key: "data/k1", Value: "w1.1", Rev: 12, Resync: true},
+				robustness.Delivery{At: ms(40), Type: etcdkit.Put, Key: "data/k0", Value: "w1.2^w0.2", Rev: 15, Resync: true},
+				robustness.Delivery{At: ms(40), Type: etcdkit.Delete, Key: "data/k1", Rev: 15, Resync: true})
+		}, "", ""},
+		{"two resyncs back to back, the second missing a delete", func(h *robustness.History) {
+			h.Compactions = []robustness.Compaction{{Rev: 12, At: ms(20)}, {Rev: 15, At: ms(35)}}
+			s := sub(h)
+			s.Events = append(s.Events[:1:1],
+				robustness.Delivery{At: ms(30), Type: etcdkit.Put, Key: "data/k1", Value: "w1.1", Rev: 12, Resync: true},
+				robustness.Delivery{At: ms(40), Type: etcdkit.Put, Key: "data/k0", Value: "w1.2^w0.2", Rev: 15, Resync: true})
+		}, "watch", `Resync events #1..#2 leave the subscriber with {data/k0="w1.2^w0.2"@15 data/k1="w1.1"@12}, which is not the state of data/ at any revision in [15, 15]`},
 		{"watch ended by itself", func(h *robustness.History) {
 			sub(h).Ended = "the watch ended by itself before the run closed it: etcdkit: watch: permission denied"
 		}, "watch", "the watch ended by itself before the run closed it: etcdkit: watch: permission denied"},
