@@ -307,21 +307,6 @@ func TestRequestsMoveOffFrozenMember(t *testing.T) {
 		20*time.Second, 10*time.Millisecond, "traffic after the thaw")
 	stop()
 
-	unknown := 0
-	var slowest time.Duration
-	for _, r := range tr.since(frozenAt) {
-		if r.stopped {
-			continue
-		}
-		slowest = max(slowest, r.took)
-		if r.err == nil {
-			continue
-		}
-		require.True(t, r.put, "got read error %v, want reads to move to another member", r.err)
-		require.ErrorIs(t, r.err, etcdkit.ErrUnknownOutcome)
-		unknown++
-	}
-	require.LessOrEqual(t, unknown, 1, "got %d writes of unknown outcome, want at most the one in flight at the freeze", unknown)
-	t.Logf("slowest call after the freeze %v (target %v), %d of unknown outcome", slowest, requestStall+time.Second, unknown)
+	checkAfterFault(t, "frozen", tr, frozenAt)
 	checkHistory(t, cl, c.KeyPrefix()+k.Name(), tr)
 }

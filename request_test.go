@@ -143,6 +143,29 @@ func startTraffic(t *testing.T, k *etcdkit.Key[string]) (*traffic, func()) {
 	return tr, stop
 }
 
+// checkAfterFault asserts that every read issued after the fault at
+// faultAt succeeded, and every write but at most the one in flight at the
+// fault, which failed with ErrUnknownOutcome, and logs the slowest call.
+func checkAfterFault(t *testing.T, fault string, tr *traffic, faultAt time.Time) {
+	t.Helper()
+	unknown := 0
+	var slowest time.Duration
+	for _, r := range tr.since(faultAt) {
+		if r.stopped {
+			continue
+		}
+		slowest = max(slowest, r.took)
+		if r.err == nil {
+			continue
+		}
+		require.True(t, r.put, "got read error %v, want reads to move to another member", r.err)
+		require.ErrorIs(t, r.err, etcdkit.ErrUnknownOutcome)
+		unknown++
+	}
+	require.LessOrEqual(t, unknown, 1, "got %d writes of unknown outcome, want at most the one in flight at the fault", unknown)
+	t.Logf("%s: slowest call after the fault %v (target %v), %d of unknown outcome", fault, slowest, requestStall+time.Second, unknown)
+}
+
 // history returns every value the key held, in revision order, with the
 // revision that wrote it, read through a watch from revision 1 on a raw
 // client of the whole cluster.
@@ -264,22 +287,7 @@ func TestRequestsMoveOffSickMember(t *testing.T) {
 			tc.heal(t, victim)
 			healed = true
 
-			unknown := 0
-			var slowest time.Duration
-			for _, r := range tr.since(faultAt) {
-				if r.stopped {
-					continue
-				}
-				slowest = max(slowest, r.took)
-				if r.err == nil {
-					continue
-				}
-				require.True(t, r.put, "got read error %v, want reads to move to another member", r.err)
-				require.ErrorIs(t, r.err, etcdkit.ErrUnknownOutcome)
-				unknown++
-			}
-			require.LessOrEqual(t, unknown, 1, "got %d writes of unknown outcome, want at most the one in flight at the fault", unknown)
-			t.Logf("%s: slowest call after the fault %v (target %v), %d of unknown outcome", tc.name, slowest, requestStall+time.Second, unknown)
+			checkAfterFault(t, tc.name, tr, faultAt)
 			checkHistory(t, cl, c.KeyPrefix()+k.Name(), tr)
 		})
 	}
