@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.uber.org/zap"
 
 	"github.com/etcdkit/etcdkit/internal/backoff"
@@ -47,38 +47,24 @@ func (e *Election) campaign(ctx context.Context, id string, try bool) (*Leadersh
 		return nil, e.fail(e.verb(), context.Cause(ctx))
 	}
 
-	// The session outlives this call if it wins, so its life is its own;
-	// until then, ctx ending ends it, which revokes the lease and with it
-	// the candidate key.
-	life, endLife := context.WithCancelCause(context.Background())
-	unhook := context.AfterFunc(ctx, func() { endLife(context.Cause(ctx)) })
-	s, err := e.c.NewSession(life, e.ttl, e.o.session...)
+	cd, err := e.newCandidate(ctx, id, try)
 	if err != nil {
-		unhook()
-		endLife(nil)
-		if ctx.Err() != nil {
-			err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
-		}
 		return nil, e.fail(e.verb(), err)
 	}
-	cd := &candidate{e: e, id: id, s: s, lease: s.Lease(), life: life, endLife: endLife, try: try}
-	cd.name = fmt.Sprintf("%x", int64(cd.lease))
-	cd.key = e.cands.path + cd.name
-
 	l, err := cd.campaign(ctx)
-	if err == nil && !unhook() {
+	if err == nil && !cd.unhook() {
 		// ctx ended just as the campaign was won.
 		l, err = nil, context.Cause(ctx)
 	}
 	if err != nil {
-		unhook()
+		cd.unhook()
 		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
 		}
 		// A session that lost its lease or ended with the client revokes
 		// its lease on its own, which a silent link can make take a while:
 		// do not make the caller wait for it.
-		if st, _ := s.feed.get(); st != SessionLost || !e.c.spawn(func() { _ = cd.abandon() }) {
+		if st, _ := cd.s.feed.get(); st != SessionLost || !e.c.spawn(func() { _ = cd.abandon() }) {
 			_ = cd.abandon()
 		}
 		return nil, e.fail(e.verb(), err)
@@ -94,25 +80,73 @@ func (e *Election) campaign(ctx context.Context, id string, try bool) (*Leadersh
 
 // candidate is one Campaign under way.
 type candidate struct {
-	e       *Election
-	id      string
-	s       *Session
-	lease   clientv3.LeaseID
-	name    string // the key's name under the election's prefix
-	key     string // the key's full etcd key
-	token   int64  // the key's create revision, once put
+	e  *Election
+	id string
+	keyHold
+	// life bounds what follows the election for the candidate: ctx until
+	// the campaign is won (unhook undoes that), then the holding.
 	life    context.Context
 	endLife context.CancelCauseFunc
-	ca      *Cache[[]byte]
-	w       *Watch[[]byte]
-	try     bool
+	unhook  func() bool
+	// What the candidate follows: the election's keys (a cache, and w
+	// subscribed to it) while it waits, or only its own key (w, and no
+	// cache) when it held at once.
+	ca  *Cache[[]byte]
+	w   *Watch[[]byte]
+	try bool
 }
 
-// campaign puts the candidate key and waits until it leads.
+// newCandidate prepares a campaign: the lease its key goes under (a
+// session of its own for an election, the shared one for a Mutex or a
+// Semaphore) and the key's name.
+func (e *Election) newCandidate(ctx context.Context, id string, try bool) (*candidate, error) {
+	life, endLife := context.WithCancelCause(context.Background())
+	unhook := context.AfterFunc(ctx, func() { endLife(context.Cause(ctx)) })
+	cd := &candidate{e: e, id: id, life: life, endLife: endLife, unhook: unhook, try: try}
+	if e.share != nil {
+		ss, slot, err := e.share.take(ctx)
+		if err != nil {
+			unhook()
+			endLife(nil)
+			return nil, err
+		}
+		cd.ss, cd.slot, cd.s, cd.name = ss, slot, ss.s, ss.keyName(slot)
+	} else {
+		// The session outlives this call if it wins, so its life is the
+		// candidate's: until then, ctx ending ends it, which revokes the
+		// lease and with it the candidate key.
+		s, err := e.c.NewSession(life, e.ttl, e.o.session...)
+		if err != nil {
+			unhook()
+			endLife(nil)
+			if ctx.Err() != nil {
+				err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
+			}
+			return nil, err
+		}
+		cd.s, cd.name = s, fmt.Sprintf("%x", int64(s.Lease()))
+	}
+	cd.lease = cd.s.Lease()
+	cd.key = e.cands.path + cd.name
+	return cd, nil
+}
+
+// campaign puts the candidate key and waits until it leads. The put reads
+// the oldest keys too, so that a candidate that holds at once (or, trying,
+// cannot) knows it from that one request.
 func (cd *candidate) campaign(ctx context.Context) (*Leadership, error) {
 	e := cd.e
-	if err := cd.put(ctx); err != nil {
+	res, err := cd.put(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("put candidate key: %w", err)
+	}
+	switch {
+	case !cd.among(res.peers) && cd.try:
+		return nil, e.held(res.rev, res.peers)
+	case cd.among(res.peers) && cd.s.Remaining() > e.o.stepDown:
+		// Older keys cannot appear: it holds until its own key goes, which
+		// is all the holding follows (see Leadership.run).
+		return newLeadership(cd), nil
 	}
 	ca, err := e.cands.Cache(cd.life)
 	if err != nil {
@@ -135,9 +169,6 @@ func (cd *candidate) campaign(ctx context.Context) (*Leadership, error) {
 			leads, err := cd.standing()
 			if err != nil {
 				return nil, err
-			}
-			if !leads && cd.try && cd.ca.Revision() >= cd.token {
-				return nil, cd.held()
 			}
 			if leads {
 				// Winning with a lease about to be given up would hand the
@@ -166,45 +197,50 @@ func (cd *candidate) campaign(ctx context.Context) (*Leadership, error) {
 	}
 }
 
+// among reports whether the candidate's key is among peers, the oldest
+// keys of the election, so that it holds.
+func (cd *candidate) among(peers []*mvccpb.KeyValue) bool {
+	for _, kv := range peers {
+		if string(kv.Key) == cd.key {
+			return true
+		}
+	}
+	return false
+}
+
 // put creates the candidate key under the candidate's lease and records its
-// create revision. A retry whose first attempt applied finds the key ours.
-func (cd *candidate) put(ctx context.Context) error {
+// create revision; it returns the transaction's result, which holds the
+// election's oldest keys. A retry whose first attempt applied finds the key
+// ours.
+func (cd *candidate) put(ctx context.Context) (casResult, error) {
 	c := cd.e.c
 	ctx, cancel, err := c.opContext(ctx)
 	if err != nil {
-		return err
+		return casResult{}, err
 	}
 	defer cancel()
 	// A put stuck on a silent link must end when the session does (its
 	// lease lost), with the session's cause, not at the request timeout.
 	ctx, endPut := context.WithCancelCause(ctx)
-	stop, exited := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(exited)
-		select {
-		case <-cd.s.Done():
-			endPut(cd.s.Err())
-		case <-stop:
-		}
-	}()
-	defer func() {
-		close(stop)
-		<-exited
-		endPut(nil)
-	}()
-	res, err := c.casStreams(ctx, casOp{key: cd.key, value: []byte(cd.id), lease: cd.lease})
+	defer endPut(nil)
+	stop := context.AfterFunc(cd.s.ctx, func() { endPut(sessionCause(context.Cause(cd.s.ctx))) })
+	defer stop()
+	res, err := c.casStreams(ctx, casOp{key: cd.key, value: []byte(cd.id), lease: cd.lease,
+		peers: cd.e.cands.path, peerLimit: int64(cd.e.slots)})
+	// An attempt given up on may still apply, after the one that answered.
+	cd.clean = res.attempts == 1
 	switch {
 	case err != nil:
-		return err
+		return res, err
 	case res.ok:
 		cd.token = res.rev
 	case res.cur == nil || res.cur.Lease != int64(cd.lease):
-		return fmt.Errorf("candidate key %q taken by someone else", cd.key)
+		return res, fmt.Errorf("candidate key %q taken by someone else", cd.key)
 	default:
 		// An earlier attempt applied, and its answer was lost.
 		cd.token = res.cur.CreateRevision
 	}
-	return nil
+	return res, nil
 }
 
 // standing judges the cache's state: whether the candidate leads, or an
@@ -236,8 +272,8 @@ func (cd *candidate) standing() (bool, error) {
 	return older < cd.e.slots, nil
 }
 
-// abandon stops following the election and ends the session, which revokes
-// the lease and so deletes the candidate key. It returns the revoke's error.
+// abandon stops following the election and gives up the candidate key. It
+// returns the error of that.
 func (cd *candidate) abandon() error {
 	if cd.w != nil {
 		_ = cd.w.Close()
@@ -245,7 +281,7 @@ func (cd *candidate) abandon() error {
 	if cd.ca != nil {
 		_ = cd.ca.Close()
 	}
-	err := cd.s.Close()
+	err := cd.letGo(context.Background(), cd.e)
 	cd.endLife(nil)
 	return err
 }

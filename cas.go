@@ -31,6 +31,11 @@ type casOp struct {
 	// check makes the transaction compare only: when the comparisons hold
 	// nothing is written, which confirms the key is still as expected.
 	check bool
+	// peers, if not empty, is a prefix whose oldest peerLimit keys (by
+	// create revision) the transaction also reads, after the put: whether
+	// a holder's key is among them says whether it holds at once.
+	peers     string
+	peerLimit int64
 }
 
 // casResult is what a compare-and-put found.
@@ -42,20 +47,30 @@ type casResult struct {
 	// cur is the key as it stood when the comparisons failed; nil when it
 	// was absent, or when ok.
 	cur *mvccpb.KeyValue
+	// peers are the oldest keys under op.peers, oldest first.
+	peers []*mvccpb.KeyValue
+	// attempts is how many times casStreams sent the transaction.
+	attempts int
 }
 
 // commit runs op on kv, a whole client or one pinned to a member.
 func (op casOp) commit(ctx context.Context, kv clientv3.KV) (casResult, error) {
 	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(op.key), "=", op.expect)}, op.also...)
-	txn := kv.Txn(ctx).If(cmps...)
+	var then []clientv3.Op
 	if !op.check {
 		var opts []clientv3.OpOption
 		if op.lease != 0 {
 			opts = append(opts, clientv3.WithLease(op.lease))
 		}
-		txn = txn.Then(clientv3.OpPut(op.key, string(op.value), opts...))
+		then = append(then, clientv3.OpPut(op.key, string(op.value), opts...))
 	}
-	resp, err := txn.Else(clientv3.OpGet(op.key)).Commit()
+	els := []clientv3.Op{clientv3.OpGet(op.key)}
+	if op.peers != "" {
+		peers := clientv3.OpGet(op.peers, clientv3.WithPrefix(), clientv3.WithLimit(op.peerLimit),
+			clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+		then, els = append(then, peers), append(els, peers)
+	}
+	resp, err := kv.Txn(ctx).If(cmps...).Then(then...).Else(els...).Commit()
 	if err != nil {
 		return casResult{}, err
 	}
@@ -64,6 +79,9 @@ func (op casOp) commit(ctx context.Context, kv clientv3.KV) (casResult, error) {
 		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
 			res.cur = kvs[0]
 		}
+	}
+	if op.peers != "" {
+		res.peers = resp.Responses[len(resp.Responses)-1].GetResponseRange().GetKvs()
 	}
 	return res, nil
 }
@@ -107,10 +125,13 @@ func casOnce(ctx context.Context, c *Client, op casOp) (bool, *mvccpb.KeyValue, 
 // recognise their own value in cur.
 func (c *Client) casStreams(ctx context.Context, op casOp) (casResult, error) {
 	var res casResult
+	attempts := 0
 	err := c.onStreams(ctx, c.cfg.StallTimeout, func(ctx context.Context, cli *clientv3.Client) error {
+		attempts++
 		var err error
 		res, err = op.commit(ctx, cli)
 		return mapServerError(err)
 	})
+	res.attempts = attempts
 	return res, err
 }

@@ -188,12 +188,15 @@
 // served in arrival order; [Mutex.TryLock] fails at once with [ErrLocked]
 // (a [*HeldError] naming the holder). [NewSemaphore] and
 // [Semaphore.Acquire] give at most limit [Permit]s at a time. Both run on
-// the election's machinery: a [Lock] or a [Permit] holds a lease of its
-// own, its Context is cancelled before the server can expire that lease
+// the election's machinery: the Locks of one Mutex (the Permits of one
+// Semaphore) keep their keys under one lease, the Mutex's, kept alive while
+// it is in use and revoked a TTL after its last holding ends; each
+// holding's Context is cancelled before the server can expire that lease
 // (so before anyone else can acquire), a waiter whose lease is lost stops
 // waiting with [ErrLeaseLost] and leaves no key, and Unlock or Release
-// revokes its own lease only, so a retried or late call never removes
-// another holder's key. A semaphore's limit is recorded in the cluster by
+// deletes its own key only, compared on the key's create revision, so a
+// retried or late call never removes another holder's key. A Lock that
+// holds at once costs one transaction, and Unlock one more. A semaphore's limit is recorded in the cluster by
 // its first user; a Semaphore with another limit is refused with
 // [ErrLimitMismatch].
 //
@@ -217,7 +220,13 @@
 // The library keeps its own keys under "_etcdkit/", a root of the namespace
 // reserved to it. Each candidate of an [Election] holds one key, attached to
 // a lease of its own: <namespace>/_etcdkit/election/<name>/<lease in hex>,
-// whose value is the candidate's id. The leader is the candidate whose key
+// whose value is the candidate's id. A [Mutex]'s holders and waiters
+// hold <namespace>/_etcdkit/mutex/<name>/<lease in hex>-<slot>, a
+// [Semaphore]'s <namespace>/_etcdkit/semaphore/<name>/<lease in
+// hex>-<slot>, under the lease the Mutex or Semaphore shares among its
+// holdings; slot is the lowest number free in that lease, so names are
+// used again (etcd keeps deleted keys in its index until a compaction, and
+// every acquire reads the prefix). The leader is the candidate whose key
 // has the lowest create revision, as in etcd's concurrency.Election; that
 // revision is the leadership's fencing token ([Leadership.Token]). Each
 // instance of a [Service] is one key, attached to a lease of its own:

@@ -39,6 +39,9 @@ type Election struct {
 	kind  string
 	slots int
 	lost  error
+	// share is the session a Mutex's or a Semaphore's holders share; an
+	// election's candidates have a session each.
+	share *leaseShare
 }
 
 // NewElection returns the election called name among the clients of c's
@@ -77,6 +80,9 @@ func newContest(c *Client, kind, root, name string, ttl time.Duration, slots int
 	e.o = o
 	e.cands = NewPrefix(c, root+"/"+url.PathEscape(name), Bytes())
 	e.err = e.cands.err
+	if kind != "election" {
+		e.share = &leaseShare{e: e}
+	}
 	return e
 }
 

@@ -23,11 +23,16 @@ var errResigned = fmt.Errorf("%w: leadership resigned", ErrClosed)
 // session would declare the lease Lost within the step-down margin
 // ([WithStepDownMargin]), which is before any other candidate can win; when
 // the session is Lost or ended; and when the leader key is seen deleted or
-// replaced, or a guarded write found it gone. Resign, Close and Client.Close
-// cancel it with a cause matching [ErrClosed]. Then the Leadership stops
-// keeping its lease alive and revokes it, which deletes its key, so the next
-// candidate takes over at once; if the cluster cannot be reached, the key
-// expires with the lease. The package documentation derives the timing
+// replaced, or a guarded write found it gone. A candidate that had to wait
+// sees its key change at once, through the election's keys it waited on;
+// one that led at once watches its own key from a second after it won
+// (most Locks are shorter than that), from the key's creation on, so a
+// change is still seen, at most that second late. Resign, Close and
+// Client.Close cancel it with a cause matching [ErrClosed]. Then the
+// Leadership stops keeping its lease alive and revokes it, which deletes
+// its key, so the next candidate takes over at once; if the cluster cannot
+// be reached, the key expires with the lease. (A Lock or a Permit deletes
+// its key instead, as Unlock says.) The package documentation derives the timing
 // under When leadership ends.
 //
 // A Leadership is safe for concurrent use.
@@ -35,25 +40,27 @@ type Leadership struct {
 	// lifetime's ctx is Context: it carries the Leadership, for
 	// LeadershipFrom.
 	lifetime
-	e     *Election
-	id    string
-	name  string
-	key   string
-	token int64
-	lease clientv3.LeaseID
-
-	s       *Session
+	e  *Election
+	id string
+	keyHold
+	// What the watchdog follows: the election's keys (ca, and w subscribed
+	// to it) when the candidate had to wait, or, when it held at once, its
+	// own key alone (w, from keyWatchDelay on; nil before).
 	ca      *Cache[[]byte]
 	w       *Watch[[]byte]
+	life    context.Context
 	endLife context.CancelCauseFunc
 
+	// released is closed once the key was given up (see release).
+	released  chan struct{}
 	mu        sync.Mutex
+	releasing bool
 	revokeErr error
 }
 
 func newLeadership(cd *candidate) *Leadership {
-	return &Leadership{e: cd.e, id: cd.id, name: cd.name, key: cd.key, token: cd.token, lease: cd.lease,
-		s: cd.s, ca: cd.ca, w: cd.w, endLife: cd.endLife}
+	return &Leadership{e: cd.e, id: cd.id, keyHold: cd.keyHold, ca: cd.ca, w: cd.w, life: cd.life, endLife: cd.endLife,
+		released: make(chan struct{})}
 }
 
 // start begins the Leadership's life and its watchdog. It reports false,
@@ -128,8 +135,20 @@ func (l *Leadership) Err() error { return l.cause() }
 // nothing more and returns the same error.
 func (l *Leadership) Resign(ctx context.Context) error {
 	l.end(errResigned)
+	if l.ss != nil {
+		// The watchdog, woken by end, gives up the key too: whichever
+		// comes first does. Here ctx bounds the delete, and the call
+		// returns once the key is gone, not waiting for the watchdog's
+		// hand-off. (An election's revoke ignores ctx: the watchdog does
+		// it.)
+		l.release(ctx)
+	}
+	wait := l.done
+	if l.ss != nil {
+		wait = l.released
+	}
 	select {
-	case <-l.done:
+	case <-wait:
 	case <-ctx.Done():
 		return errorf("%s %q: resign: %w", l.e.kind, l.e.name, context.Cause(ctx))
 	}
@@ -145,7 +164,9 @@ func (l *Leadership) Resign(ctx context.Context) error {
 // leadership's goroutine. It is idempotent: later calls return the same
 // error.
 func (l *Leadership) Close() error {
-	return l.Resign(context.Background())
+	err := l.Resign(context.Background())
+	<-l.done
+	return err
 }
 
 // end cancels Context with cause, unless it was already cancelled, and
@@ -174,27 +195,58 @@ func (l *Leadership) lostCause() error {
 }
 
 // keyCause returns why leadership must end, from what the cache shows of
-// the leader key, or nil.
+// the leader key, or nil. Without a cache it returns nil: eventCause judges
+// the key's events.
 func (l *Leadership) keyCause() error {
+	if l.ca == nil {
+		return nil
+	}
 	rev := l.ca.Revision()
 	if rev < l.token {
 		return nil
 	}
 	v, ok := l.ca.Get(l.name)
+	return l.keyGone(rev, ok, v.CreateRevision, v.Lease)
+}
+
+// eventCause returns why leadership must end, from a change of the leader
+// key seen by a watch of that key alone, or nil.
+func (l *Leadership) eventCause(ev Event[[]byte]) error {
+	if l.ca != nil {
+		return nil
+	}
+	return l.keyGone(ev.Revision, ev.Type == Put, ev.CreateRevision, ev.Lease)
+}
+
+// keyGone says why leadership must end when the leader key, at rev, exists
+// or not with the given create revision and lease, or returns nil.
+func (l *Leadership) keyGone(rev int64, exists bool, create, lease int64) error {
 	switch {
-	case !ok:
+	case !exists:
 		return fmt.Errorf("%w: the %s key was deleted by revision %d", l.e.lost, l.e.keyWord(), rev)
-	case v.CreateRevision != l.token || v.Lease != int64(l.lease):
+	case create != l.token || lease != int64(l.lease):
 		return fmt.Errorf("%w: the %s key was replaced by revision %d", l.e.lost, l.e.keyWord(), rev)
 	}
 	return nil
 }
+
+// keyWatchDelay is how long a holding that held at once goes before it
+// watches its own key: most Locks are shorter, and the watch starts after
+// the key's create revision, so a change made meanwhile is still seen, at
+// most that much later.
+const keyWatchDelay = time.Second
 
 // run watches over the leadership until it ends, then cleans up.
 func (l *Leadership) run() {
 	defer l.giveUp()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	var follow <-chan time.Time
+	if l.w == nil {
+		t := time.NewTimer(keyWatchDelay)
+		defer t.Stop()
+		follow = t.C
+	}
 	for {
 		if cause := l.lostCause(); cause != nil {
 			l.end(cause)
@@ -208,31 +260,65 @@ func (l *Leadership) run() {
 		// Keepalives that succeed push the step-down point back without a
 		// state change: look again when it comes.
 		timer.Reset(l.s.Remaining() - l.e.o.stepDown)
+		var events <-chan Event[[]byte]
+		if l.w != nil {
+			events = l.w.Events()
+		}
 		select {
 		case <-l.ctx.Done():
 			return
 		case <-epoch.Done():
 		case <-l.s.Done():
 		case <-timer.C:
-		case _, ok := <-l.w.Events():
+		case <-follow:
+			follow = nil
+			l.w = l.e.cands.Key(l.name).Watch(l.life, AfterRevision(l.token))
+		case ev, ok := <-events:
 			if !ok {
 				l.end(errorf("%w: the %s watch ended: %w", l.e.lost, l.e.kind, l.w.Err()))
+				return
+			}
+			if cause := l.eventCause(ev); cause != nil {
+				l.end(cause)
 				return
 			}
 		}
 	}
 }
 
+// release gives up the key, once, for whoever asks first: Resign, or the
+// watchdog once the leadership has ended; released is closed when it is
+// done. ctx bounds a delete (see keyHold.letGo).
+func (l *Leadership) release(ctx context.Context) {
+	l.mu.Lock()
+	first := !l.releasing
+	l.releasing = true
+	l.mu.Unlock()
+	if !first {
+		return
+	}
+	err := l.letGo(ctx, l.e)
+	l.mu.Lock()
+	l.revokeErr = err
+	l.mu.Unlock()
+	close(l.released)
+}
+
 // giveUp gives up the key once the leadership has ended, before Done.
 func (l *Leadership) giveUp() {
-	// The revoke hands over: first.
-	revokeErr := l.s.Close()
-	_ = l.w.Close()
-	_ = l.ca.Close()
+	// Giving up the key hands over: first.
+	l.release(context.Background())
+	<-l.released
+	if l.w != nil {
+		_ = l.w.Close()
+	}
+	if l.ca != nil {
+		_ = l.ca.Close()
+	}
 	l.endLife(nil)
 	cause := context.Cause(l.ctx)
 	l.mu.Lock()
-	l.revokeErr = revokeErr
+	revokeErr := l.revokeErr
 	l.mu.Unlock()
 	log := l.e.c.log.Warn
 	if errors.Is(cause, ErrClosed) {

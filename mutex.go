@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
 // mutexRoot is the reserved name, under the client's namespace, below which
@@ -11,18 +13,21 @@ import (
 const mutexRoot = "_etcdkit/mutex"
 
 // Mutex is a lock shared by the clients of one namespace. Make one with
-// [NewMutex]; it holds no state besides its configuration, is cheap to make
-// and safe for concurrent use.
+// [NewMutex]; it is safe for concurrent use. Its Locks and waiters keep
+// their keys under one lease of the Mutex's TTL, granted by the first Lock
+// and revoked once no Lock has used it for a TTL (or when its lease is
+// lost, or the client closed): keep a Mutex rather than make one per Lock.
 //
-// A Mutex is an election whose leader holds the lock: Lock puts a key under
-// a lease of its own and waits until every older key is gone, so waiters
-// are served in the order they arrived (by create revision), through the
-// library's watch, which survives silent links and compaction. The holder's
+// A Mutex is an election whose leader holds the lock: Lock puts a key and,
+// in the same transaction, reads the oldest; a Lock that holds at once has
+// cost that one request. Otherwise it waits until every older key is gone,
+// so waiters are served in the order they arrived (by create revision),
+// through the library's watch, which survives silent links and compaction. The holder's
 // [Lock] gives the election's guarantee: its Context is cancelled before
 // the server can expire its lease, so before anyone else can acquire, and
 // writes guarded by it ([GuardedPut], [GuardedTxn]...) apply only while its
-// key stands. Keys live at "_etcdkit/mutex/<name>/<lease in hex>" under the
-// namespace.
+// key stands. Keys live at "_etcdkit/mutex/<name>/<lease in hex>-<slot>"
+// under the namespace (see Key layout in the package documentation).
 //
 // An invalid name, TTL or option does not panic: every method returns the
 // error, as Err does.
@@ -58,8 +63,10 @@ func (m *Mutex) Err() error { return m.e.err }
 // ends (the error wraps ctx's cause), when its own lease is lost while it
 // waits (ErrLeaseLost: its link to the cluster is gone; it never holds
 // without a live lease), and when the client is closed (ErrClosed). A
-// failed Lock leaves no key: it revokes its lease, or, when the cluster
-// cannot be reached, lets it expire.
+// failed Lock leaves no key: it deletes its key, or, when the cluster
+// cannot be reached, keeps trying in the background, and the Mutex takes a
+// new lease for later Locks while the one holding that key ends (expires
+// or is revoked) with its last holding.
 func (m *Mutex) Lock(ctx context.Context) (*Lock, error) {
 	l, err := m.e.campaign(ctx, m.id, false)
 	if err != nil {
@@ -98,12 +105,13 @@ func (m *Mutex) Holder(ctx context.Context) (LeaderInfo, error) {
 // A Lock is safe for concurrent use.
 type Lock struct{ holder }
 
-// Unlock releases the lock: it cancels Context, then revokes the lock's own
-// lease, which deletes its key and only its key, so the next waiter
-// acquires at once. It returns the revoke's error, if any (the key then
-// expires with the lease, which is no longer kept alive). ctx bounds the
+// Unlock releases the lock: it cancels Context, then deletes the lock's
+// key, compared on its create revision, so the next waiter acquires at
+// once. It returns the delete's error, if any: the delete is then retried
+// in the background until it lands or the lease ends, which takes the key
+// with it, and the Mutex takes a new lease for later Locks. ctx bounds the
 // wait for that. Unlocking again, or after the lock was lost, does nothing
-// more: the lease it revokes is its own, never another holder's, however
+// more: the key it deletes is its own, never another holder's, however
 // late the call.
 func (lk *Lock) Unlock(ctx context.Context) error { return lk.l.Resign(ctx) }
 
@@ -148,13 +156,12 @@ func (h *holder) Err() error { return h.l.Err() }
 func (h *holder) Close() error { return h.l.Close() }
 
 // held is the error of a try that found the holding taken: it names the
-// holders the cache shows.
-func (cd *candidate) held() error {
-	entries := sortedByCreate(cd.ca.List())
-	he := &HeldError{Kind: cd.e.kind, Name: cd.e.name, Revision: cd.ca.Revision()}
-	for _, en := range entries[:min(len(entries), cd.e.slots)] {
-		he.Holders = append(he.Holders, LeaderInfo{Present: true, ID: string(en.Data), Token: en.CreateRevision,
-			Lease: en.Lease, Revision: he.Revision})
+// holders, the oldest keys at revision rev.
+func (e *Election) held(rev int64, holders []*mvccpb.KeyValue) error {
+	he := &HeldError{Kind: e.kind, Name: e.name, Revision: rev}
+	for _, kv := range holders {
+		he.Holders = append(he.Holders, LeaderInfo{Present: true, ID: string(kv.Value), Token: kv.CreateRevision,
+			Lease: kv.Lease, Revision: rev})
 	}
 	return he
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdkit/etcdkit"
 	"github.com/etcdkit/etcdkit/etcdtest"
@@ -339,4 +340,86 @@ func TestMutexUnlockNeverRemovesAnotherHolder(t *testing.T) {
 	keys := elCandidates(t, raw, prefix)
 	require.Len(t, keys, 1)
 	assert.Equal(t, d.lk.Key(), keys[0])
+}
+
+// The Locks of one Mutex share its lease and use their key names again,
+// so an uncontended Lock costs no lease grant; the lease is revoked a TTL
+// after the last Lock ends.
+func TestMutexLocksShareOneLease(t *testing.T) {
+	srv := etcdtest.Start(t)
+	raw := srv.Client(t)
+	c := testClient(t, []string{srv.Endpoint()}, "mx")
+	const ttl = 2 * time.Second
+	m := etcdkit.NewMutex(c, "shared", ttl)
+	ctx := testContext(t, elWait)
+
+	lease := func(key string) int64 {
+		resp, err := raw.Get(ctx, key)
+		require.NoError(t, err)
+		require.Len(t, resp.Kvs, 1, "key %s", key)
+		return resp.Kvs[0].Lease
+	}
+	a := mxLock(t, m)
+	keyA, leaseA, tokenA := a.Key(), lease(a.Key()), a.Token()
+	require.NoError(t, a.Unlock(ctx))
+	b := mxLock(t, m)
+	assert.Equal(t, keyA, b.Key(), "the second Lock uses the first one's key name again")
+	assert.Equal(t, leaseA, lease(b.Key()), "under the same lease")
+	assert.Greater(t, b.Token(), tokenA)
+	// A second, concurrent holding of the same Mutex gets a name of its own.
+	ch := mxLockAsync(t, m)
+	elWaitCandidates(t, raw, mxPrefix("mx", "shared"), 2)
+	require.NoError(t, b.Unlock(ctx))
+	r := mxResult(t, ch)
+	require.NoError(t, r.err)
+	assert.NotEqual(t, keyA, r.lk.Key())
+	assert.Equal(t, leaseA, lease(r.lk.Key()))
+	require.NoError(t, r.lk.Unlock(ctx))
+
+	// Unused for a TTL, the lease is revoked.
+	deadline := time.Now().Add(elWait)
+	for {
+		resp, err := raw.TimeToLive(ctx, clientv3.LeaseID(leaseA))
+		require.NoError(t, err)
+		if resp.TTL == -1 {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the idle lease was never revoked (TTL %d)", resp.TTL)
+		time.Sleep(50 * time.Millisecond)
+	}
+	// And the next Lock takes a new one.
+	d := mxLock(t, m)
+	assert.NotEqual(t, leaseA, lease(d.Key()))
+	require.NoError(t, d.Unlock(ctx))
+}
+
+// An Unlock whose delete fails (the link is down) leaves the key to a
+// delete retried in the background, and the Mutex takes a new lease for
+// later Locks, so that the failed delete, which may yet apply, can never
+// hit a later holding's key of the same name.
+func TestMutexFailedUnlockRetiresItsLease(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.WithProxy())
+	raw := srv.Client(t)
+	c := testClient(t, []string{srv.ProxyEndpoint()}, "mx")
+	const ttl = 4 * time.Second
+	m := etcdkit.NewMutex(c, "retire", ttl)
+	prefix := mxPrefix("mx", "retire")
+
+	a := mxLock(t, m)
+	keyA := a.Key()
+	srv.Proxy().Blackhole(proxy.Both)
+	t.Cleanup(srv.Proxy().Unblackhole)
+	uctx, ucancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer ucancel()
+	require.Error(t, a.Unlock(uctx), "Unlock with the link down")
+	require.Error(t, a.Context().Err())
+	srv.Proxy().Unblackhole()
+
+	// The key goes: the background delete lands, or the lease ends.
+	elWaitCandidates(t, raw, prefix, 0)
+	b := mxLock(t, m)
+	assert.NotEqual(t, keyA, b.Key(), "a new lease, so a new key name")
+	_, err := etcdkit.GuardedPut(testContext(t, elWait), b, etcdkit.NewKey(c, "k", etcdkit.String()), "b")
+	require.NoError(t, err)
+	require.NoError(t, b.Unlock(testContext(t, elWait)))
 }

@@ -17,10 +17,10 @@ const (
 )
 
 // Semaphore hands out at most limit permits at a time among the clients of
-// one namespace. Make one with [NewSemaphore]; it holds no state besides
-// its configuration, is cheap to make and safe for concurrent use.
+// one namespace. Make one with [NewSemaphore]; it is safe for concurrent
+// use. Its Permits and waiters share one lease, as a Mutex's Locks do.
 //
-// Acquire puts a key under a lease of its own; the limit oldest keys (by
+// Acquire puts a key; the limit oldest keys (by
 // create revision) hold permits, the others wait in arrival order. A key
 // that holds keeps holding until it is deleted, since only younger keys
 // arrive, so at any revision at most limit keys hold, whatever dies or
@@ -35,7 +35,7 @@ const (
 // ErrLimitMismatch and puts no key, so that holders never count with
 // different limits. To change the limit, stop every user of the name,
 // delete that key, and start them with the new limit. Holder keys live at
-// "_etcdkit/semaphore/<name>/<lease in hex>".
+// "_etcdkit/semaphore/<name>/<lease in hex>-<slot>".
 //
 // An invalid name, limit, TTL or option does not panic: every method
 // returns the error, as Err does.

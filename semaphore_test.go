@@ -262,13 +262,15 @@ func TestSemaphoreLimitHoldsUnderFaults(t *testing.T) {
 	sentinel := prefix + "~end"
 	_, err := raw.Put(wctx, sentinel, "")
 	require.NoError(t, err)
-	end := map[string]int64{}
+	// A key's name is used again by later holdings of one session: each
+	// holding ended at the first deletion of its key after its start.
+	end := map[string][]int64{}
 	seen := false
 	for wr := range raw.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(1)) {
 		require.NoError(t, wr.Err())
 		for _, ev := range wr.Events {
 			if ev.Type == clientv3.EventTypeDelete {
-				end[string(ev.Kv.Key)] = ev.Kv.ModRevision
+				end[string(ev.Kv.Key)] = append(end[string(ev.Kv.Key)], ev.Kv.ModRevision)
 			}
 			seen = seen || string(ev.Kv.Key) == sentinel
 		}
@@ -280,7 +282,12 @@ func TestSemaphoreLimitHoldsUnderFaults(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	for i := range holdings {
-		holdings[i].end = end[holdings[i].key]
+		for _, rev := range end[holdings[i].key] {
+			if rev > holdings[i].start {
+				holdings[i].end = rev
+				break
+			}
+		}
 		require.NotZero(t, holdings[i].end, "the deletion of %s", holdings[i].key)
 	}
 	slices.SortFunc(holdings, func(a, b smHolding) int { return int(a.start - b.start) })
