@@ -124,7 +124,7 @@ func lockChapter(ctx context.Context, tr *tour) error {
 		if err != nil {
 			return err
 		}
-		tr.say("Heal: job-1 unlocks late; it revokes only its own lease, so the holder is still %q (token %d).", h.ID, h.Token)
+		tr.say("Heal: job-1 unlocks late; it deletes only its own key, so the holder is still %q (token %d).", h.ID, h.Token)
 	}
 	return l2.Unlock(ctx)
 }
