@@ -42,6 +42,9 @@ type Election struct {
 	// share is the session a Mutex's or a Semaphore's holders share; an
 	// election's candidates have a session each.
 	share *leaseShare
+	// resigned is the cause of a holding ended by Resign (Unlock,
+	// Release) or Close.
+	resigned error
 }
 
 // NewElection returns the election called name among the clients of c's
@@ -59,7 +62,7 @@ func NewElection(c *Client, name string, ttl time.Duration, opts ...ElectionOpti
 // newContest makes an election of the given kind, whose candidate keys live
 // under root and whose oldest slots candidates hold at once.
 func newContest(c *Client, kind, root, name string, ttl time.Duration, slots int, lost error, opts []ElectionOption) *Election {
-	e := &Election{c: c, name: name, ttl: ttl, kind: kind, slots: slots, lost: lost}
+	e := &Election{c: c, name: name, ttl: ttl, kind: kind, slots: slots, lost: lost, resigned: errResigned}
 	if c == nil {
 		e.err = fmt.Errorf("etcdkit: new %s: nil client", kind)
 		return e
@@ -82,6 +85,7 @@ func newContest(c *Client, kind, root, name string, ttl time.Duration, slots int
 	e.err = e.cands.err
 	if kind != "election" {
 		e.share = &leaseShare{e: e}
+		e.resigned = fmt.Errorf("%w: %s released", ErrClosed, e.keyWord())
 	}
 	return e
 }

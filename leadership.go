@@ -11,7 +11,8 @@ import (
 	"go.uber.org/zap"
 )
 
-// errResigned is the cause of a leadership ended by Resign or Close.
+// errResigned is the cause of a leadership ended by Resign or Close;
+// Election.resigned gives a Lock's and a Permit's.
 var errResigned = fmt.Errorf("%w: leadership resigned", ErrClosed)
 
 // Leadership is won by [Election.Campaign] and lasts until it is resigned or
@@ -134,7 +135,7 @@ func (l *Leadership) Err() error { return l.cause() }
 // no longer kept alive). Resigning a leadership that has already ended does
 // nothing more and returns the same error.
 func (l *Leadership) Resign(ctx context.Context) error {
-	l.end(errResigned)
+	l.end(l.e.resigned)
 	if l.ss != nil {
 		// The watchdog, woken by end, gives up the key too: whichever
 		// comes first does. Here ctx bounds the delete, and the call

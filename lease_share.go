@@ -232,8 +232,8 @@ type keyHold struct {
 // cluster later: the put and the delete each applied on their first
 // attempt. Otherwise the session takes no new holdings, and ends, revoking
 // its lease, with its last one; a delete that failed is retried in the
-// background until it lands or the session ends. It returns the error of
-// the revoke or the first delete.
+// background (see deleteUntilDone). It returns the error of the revoke or
+// the first delete.
 func (h *keyHold) letGo(ctx context.Context, e *Election) error {
 	ss := h.ss
 	if ss == nil {
@@ -256,17 +256,24 @@ func (h *keyHold) letGo(ctx context.Context, e *Election) error {
 	return err
 }
 
-// deleteUntilDone retries deleting a holder's key until it lands or the
-// session ends.
+// deleteUntilDone retries deleting a holder's key until it lands, the
+// session ends, or two TTLs have passed: a link down for that long has
+// lost the lease, and a delete that keeps failing with the link up will not
+// land, so it leaves the key to the revoke that ends the session.
 func (ss *sharedSession) deleteUntilDone(key string, token int64, lease clientv3.LeaseID) {
 	c := ss.sh.e.c
+	ctx, cancel := context.WithTimeout(ss.s.ctx, 2*ss.sh.e.ttl)
+	defer cancel()
 	retry := backoff.New(100*time.Millisecond, 2*time.Second)
-	for retry.Wait(ss.s.ctx) {
-		_, err := c.deleteOwn(context.Background(), key, token, lease)
+	for retry.Wait(ctx) {
+		_, err := c.deleteOwn(ctx, key, token, lease)
 		if err == nil {
 			return
 		}
 		c.log.Debug("deleting a released holder's key failed, retrying", zap.String("key", key), zap.Error(err))
+	}
+	if ss.s.ctx.Err() == nil {
+		c.log.Warn("a released holder's key could not be deleted; it goes when the lease is revoked", zap.String("key", key))
 	}
 }
 

@@ -362,6 +362,8 @@ func TestMutexLocksShareOneLease(t *testing.T) {
 	a := mxLock(t, m)
 	keyA, leaseA, tokenA := a.Key(), lease(a.Key()), a.Token()
 	require.NoError(t, a.Unlock(ctx))
+	assert.ErrorIs(t, context.Cause(a.Context()), etcdkit.ErrClosed)
+	assert.ErrorContains(t, context.Cause(a.Context()), "lock released")
 	b := mxLock(t, m)
 	assert.Equal(t, keyA, b.Key(), "the second Lock uses the first one's key name again")
 	assert.Equal(t, leaseA, lease(b.Key()), "under the same lease")
@@ -401,7 +403,9 @@ func TestMutexFailedUnlockRetiresItsLease(t *testing.T) {
 	srv := etcdtest.Start(t, etcdtest.WithProxy())
 	raw := srv.Client(t)
 	c := testClient(t, []string{srv.ProxyEndpoint()}, "mx")
-	const ttl = 4 * time.Second
+	// Long enough that the lease outlives the cut: the key must go by the
+	// retried delete, and the next Lock take a new lease all the same.
+	const ttl = 10 * time.Second
 	m := etcdkit.NewMutex(c, "retire", ttl)
 	prefix := mxPrefix("mx", "retire")
 
@@ -415,10 +419,12 @@ func TestMutexFailedUnlockRetiresItsLease(t *testing.T) {
 	require.Error(t, a.Context().Err())
 	srv.Proxy().Unblackhole()
 
-	// The key goes: the background delete lands, or the lease ends.
-	elWaitCandidates(t, raw, prefix, 0)
+	// The next Lock does not take a's lease, nor a's key name: it waits
+	// behind a's key, which the retried delete removes once the link is
+	// back, and holds under a new lease.
 	b := mxLock(t, m)
 	assert.NotEqual(t, keyA, b.Key(), "a new lease, so a new key name")
+	elWaitCandidates(t, raw, prefix, 1)
 	_, err := etcdkit.GuardedPut(testContext(t, elWait), b, etcdkit.NewKey(c, "k", etcdkit.String()), "b")
 	require.NoError(t, err)
 	require.NoError(t, b.Unlock(testContext(t, elWait)))
