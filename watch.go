@@ -57,7 +57,11 @@ type Event[T any] struct {
 	// Resync events of one revision the subscriber holds the state at that
 	// revision, deletes included, and every later change follows one by one
 	// from history. A Resync event may restate a value the subscriber
-	// already has.
+	// already has, and a Key watch's may report deleted a key it already
+	// had absent (the key may have come and gone in the history that is
+	// gone). Under a Prefix, keys that came and went entirely in that
+	// history, when nothing else under the prefix changed, leave no Resync
+	// event: their names went with the history.
 	Resync bool
 	// Err is a *DecodeError when the stored bytes of a Put did not decode.
 	// The event is still delivered (Value is then the zero value), so that

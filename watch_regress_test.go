@@ -385,3 +385,42 @@ func TestWatchResyncAtCompactionRevision(t *testing.T) {
 		{etcdkit.Put, "b", "3", b3, false},
 	}, got, "a resync to the state at the compaction, then history")
 }
+
+// A key created and deleted while a key watch was cut off, in revisions
+// compacted before it came back, left no trace: the key was absent before
+// and after, so the resync found nothing to say and the watch went on from
+// the compaction with no Resync event at all (the robustness soak, seed
+// 650095413810: "lost event: the cluster made Put data/k1 @353614, but the
+// subscriber's next event after revision 353568 was Put @353864"). The
+// resync of a single key must be explicit: an absent key is reported
+// deleted.
+func TestWatchKeyResyncOfAKeyThatCameAndWent(t *testing.T) {
+	f := startFaulty(t, "cameandwent")
+	ctx := testContext(t, time.Minute)
+	k := etcdkit.NewKey(f.c, "cfg/x", etcdkit.String())
+	col := collect(t, k.Watch(ctx))
+	waitReady(t, col.w)
+	untilState(t, "watch", col.w.State, etcdkit.WatchConnected)
+	f.wr.put("cfg/x", "1")
+	rev := f.wr.del("cfg/x")
+	col.untilRev(t, rev)
+	seen := len(col.events())
+
+	f.srv.Proxy().Stop()
+	untilState(t, "watch", col.w.State, etcdkit.WatchSuspended)
+	f.wr.put("cfg/x", "2")
+	f.wr.del("cfg/x")
+	f.wr.put("cfg/other", "1")
+	compacted := f.srv.Compact(t)
+	require.NoError(t, f.srv.Proxy().Start())
+
+	evs := col.until(t, "resync event", func(evs []etcdkit.Event[string]) bool { return len(evs) > seen })
+	got := evs[seen]
+	assert.Equal(t, etcdkit.Delete, got.Type)
+	assert.True(t, got.Resync, "the gap is reported as a resync")
+	assert.GreaterOrEqual(t, got.Revision, compacted)
+
+	last := f.wr.put("cfg/x", "3")
+	evs = col.untilRev(t, last)
+	assert.Equal(t, change{etcdkit.Put, "cfg/x", "3", last, false}, changesOf(evs)[len(evs)-1], "then normal events")
+}

@@ -13,7 +13,11 @@ import (
 // state. Puts come first in revision order, then deletes, stamped rev. With
 // an unknown old state only keys changed at or after from are reported, and
 // deletions only for a single key (an absent key reported deleted is
-// harmless; a prefix's vanished keys cannot be known).
+// harmless; a prefix's vanished keys cannot be known). A single key found
+// absent is reported deleted even when the old state had it absent too:
+// it may have come and gone in the revisions that are gone, and the resync
+// must say so (a key found with the mod revision the old state had did not
+// change, so nothing of it was missed).
 func diffState(t Target, old map[string]int64, kvs []*mvccpb.KeyValue, rev, from int64) (Batch, map[string]int64) {
 	cur := make(map[string]int64, len(kvs))
 	var puts, dels []*Event
@@ -30,14 +34,15 @@ func diffState(t Target, old map[string]int64, kvs []*mvccpb.KeyValue, rev, from
 		puts = append(puts, &Event{Type: Put, Name: name, Value: kv.Value, Rev: kv.ModRevision,
 			Create: kv.CreateRevision, Version: kv.Version, Lease: kv.Lease, Resync: true})
 	}
-	if old != nil {
+	switch {
+	case !t.Prefix && len(kvs) == 0:
+		dels = append(dels, &Event{Type: Delete, Name: t.name([]byte(t.Key)), Rev: rev, Resync: true})
+	case old != nil:
 		for name := range old {
 			if _, ok := cur[name]; !ok {
 				dels = append(dels, &Event{Type: Delete, Name: name, Rev: rev, Resync: true})
 			}
 		}
-	} else if !t.Prefix && len(kvs) == 0 {
-		dels = append(dels, &Event{Type: Delete, Name: t.name([]byte(t.Key)), Rev: rev, Resync: true})
 	}
 	slices.SortFunc(puts, func(a, b *Event) int {
 		return cmp.Or(cmp.Compare(a.Rev, b.Rev), cmp.Compare(a.Name, b.Name))
