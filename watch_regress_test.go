@@ -164,8 +164,9 @@ func TestWatchAheadOfLaggingFeedResync(t *testing.T) {
 
 // A Key watch made with AfterRevision(rev) ahead of its lagging feed: the
 // key, created after the feed was cut off, is deleted and the history
-// compacted past rev. The feed never had the key, so its resync has nothing
-// to say; the subscriber must get the Delete.
+// compacted past rev. The feed never had the key; the subscriber must get
+// the Delete, and the feed's own subscriber, which missed the key's put and
+// delete, a Resync Delete that says so.
 func TestWatchKeyAheadOfLaggingFeedResync(t *testing.T) {
 	s := startSplit(t, "aheadkey")
 	ctx := testContext(t, time.Minute)
@@ -186,8 +187,9 @@ func TestWatchKeyAheadOfLaggingFeedResync(t *testing.T) {
 	end := s.wr.put("k", "2")
 	assert.Equal(t, []change{{etcdkit.Delete, "k", "", 0, true}, {etcdkit.Put, "k", "2", end, false}},
 		resynced(t, w.untilRev(t, end), compacted))
-	assert.Equal(t, []change{{etcdkit.Put, "k", "2", end, false}}, changesOf(first.untilRev(t, end)),
-		"the feed's own subscriber never had the key")
+	assert.Equal(t, []change{{etcdkit.Delete, "k", "", 0, true}, {etcdkit.Put, "k", "2", end, false}},
+		resynced(t, first.untilRev(t, end), compacted),
+		"the feed's own subscriber never had the key, and is told it missed its history")
 }
 
 // A WithInitial watch that starts while the feed is cut off reads a state
@@ -372,11 +374,12 @@ func TestWatchResyncAtCompactionRevision(t *testing.T) {
 	b3 := f.wr.put("p/b", "3")
 	require.NoError(t, f.srv.Proxy().Start())
 
-	got := changesOf(key.untilRev(t, k2)[seenKey:])
+	got := resynced(t, key.untilRev(t, k2)[seenKey:], compacted)
 	assert.Equal(t, []change{
+		{etcdkit.Delete, "k", "", 0, true},
 		{etcdkit.Put, "k", "2", k1, false},
 		{etcdkit.Delete, "k", "", k2, false},
-	}, got, "the changes after the compaction arrive one by one")
+	}, got, "a resync (the key, absent, may have come and gone in the compacted history), then the changes after the compaction one by one")
 	got = changesOf(prefix.untilRev(t, b3)[seenPrefix:])
 	assert.Equal(t, []change{
 		{etcdkit.Put, "b", "2", gone, true},
