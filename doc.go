@@ -194,9 +194,11 @@
 // holding's Context is cancelled before the server can expire that lease
 // (so before anyone else can acquire), a waiter whose lease is lost stops
 // waiting with [ErrLeaseLost] and leaves no key, and Unlock or Release
-// deletes its own key only, compared on the key's create revision, so a
-// retried or late call never removes another holder's key. A Lock that
-// holds at once costs one transaction, and Unlock one more. A semaphore's limit is recorded in the cluster by
+// deletes its own key only (a key's name is used again only once nothing of
+// its holding can reach the cluster any more), so a retried or late call
+// never removes another holder's key. A Lock that holds at once costs one
+// transaction, and Unlock one more. A semaphore's limit is recorded in the
+// cluster by
 // its first user; a Semaphore with another limit is refused with
 // [ErrLimitMismatch].
 //

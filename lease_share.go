@@ -19,9 +19,9 @@ import (
 // lowest number no other key of the session has: names are reused, since
 // etcd keeps every deleted key in its index until the next compaction and
 // a range over the prefix (each acquire's) walks them all. A slot is free
-// again only once its key's delete has landed, and the delete compares the
-// key's create revision, so a late or repeated release never deletes a
-// later holding's key by the same name.
+// again only once nothing of its holding can reach the cluster any more
+// (see keyHold.letGo), so a late or repeated release never deletes a later
+// holding's key by the same name.
 //
 // The session is made by the first acquire, ended when it can no longer
 // serve (its lease Lost, or a key it held could not be deleted: see
@@ -64,7 +64,7 @@ func (ss *sharedSession) usable() bool {
 	return st != SessionLost
 }
 
-// take returns the session for a new holding and the name of its key,
+// take returns the session for a new holding and the slot of its key,
 // making a session if there is none that can serve. ctx bounds the lease
 // grant.
 func (sh *leaseShare) take(ctx context.Context) (*sharedSession, int, error) {
@@ -132,7 +132,7 @@ func (sh *leaseShare) takeCurrent() (*sharedSession, int) {
 
 // keyName is the name of the key of the holding with slot.
 func (ss *sharedSession) keyName(slot int) string {
-	return fmt.Sprintf("%x-%d", int64(ss.s.Lease()), slot)
+	return fmt.Sprintf("%x-%d", int64(ss.lease), slot)
 }
 
 // retireLocked takes the current session out of service; it ends when its

@@ -106,8 +106,7 @@ func (m *Mutex) Holder(ctx context.Context) (LeaderInfo, error) {
 type Lock struct{ holder }
 
 // Unlock releases the lock: it cancels Context, then deletes the lock's
-// key, compared on its create revision, so the next waiter acquires at
-// once. It returns the delete's error, if any: the delete is then retried
+// key, so the next waiter acquires at once. It returns the delete's error, if any: the delete is then retried
 // in the background until it lands or the lease ends, which takes the key
 // with it, and the Mutex takes a new lease for later Locks. ctx bounds the
 // wait for that. Unlocking again, or after the lock was lost, does nothing
