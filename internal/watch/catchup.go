@@ -55,21 +55,20 @@ func (s *Sub) readBase() {
 	}
 }
 
-// readState reads the name -> mod revision state at rev: nil, without
-// error, when rev has been compacted (the state is then unknowable, and
-// resyncs report changes only).
-func (s *Sub) readState(ctx context.Context, rev int64) (map[string]int64, error) {
+// readState reads the state at rev: the unknown state, without error, when
+// rev has been compacted (resyncs then report changes only).
+func (s *Sub) readState(ctx context.Context, rev int64) (state, error) {
 	if rev <= 0 {
-		return map[string]int64{}, nil
+		return stateOfNames(nil), nil
 	}
 	kvs, _, err := s.h.read(ctx, s.target, rev, true)
 	switch {
 	case err == nil:
-		return stateOf(s.target, kvs), nil
+		return stateOfRead(kvs), nil
 	case errors.Is(err, rpctypes.ErrCompacted):
-		return nil, nil
+		return unknownState(), nil
 	}
-	return nil, err
+	return unknownState(), err
 }
 
 // startCatchUp unhooks the subscriber and starts its own stream from enq,
@@ -80,8 +79,7 @@ func (s *Sub) startCatchUp() {
 	st := &stream{h: s.h, target: s.target, next: s.enq}
 	st.handler = catchUp{s, st}
 	s.catch = st
-	s.takeBase()
-	if s.needBase && s.baseline == nil {
+	if s.needBase && !s.baseline.known {
 		s.readBase()
 	}
 	base := s.baseRead
@@ -162,9 +160,7 @@ func (h catchUp) deliver(bs []Batch) action {
 			s.need = len(b.Events)
 			break
 		}
-		if s.baseline != nil {
-			applyState(s.baseline, b)
-		}
+		s.baseline.apply(s.target, b)
 		s.need = 0
 		s.push(b)
 	}

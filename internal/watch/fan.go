@@ -25,7 +25,7 @@ func (fa *Fan) Apply(b Batch, state func() map[string]int64, initial func() []*E
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.up {
-		f.state, f.next, f.up = state(), b.Next, true
+		f.state, f.next, f.up = stateOfNames(state()), b.Next, true
 		for _, s := range f.members {
 			f.position(s, initial)
 		}

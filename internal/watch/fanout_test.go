@@ -110,7 +110,7 @@ func BenchmarkFanOutEngine(b *testing.B) {
 	defer cancel()
 	h := NewHub(Config{Spawn: func(f func()) bool { go f(); return true }})
 	t := Target{Key: "k"}
-	f := &feed{h: h, target: t, up: true, next: 1, state: map[string]int64{}}
+	f := &feed{h: h, target: t, up: true, next: 1, state: stateOfNames(nil)}
 	engine := newFanReaders(b, n)
 	for _, ch := range engine.chs {
 		s := h.NewSub(ctx, t, Options{After: -1, Buffer: 1024})

@@ -2,7 +2,6 @@ package watch
 
 import (
 	"context"
-	"maps"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -120,9 +119,9 @@ type feed struct {
 	upstream func() State
 
 	mu    sync.Mutex
-	up    bool             // the first read is done and next is known
-	next  int64            // every revision below next has been fanned out
-	state map[string]int64 // name -> mod revision at next-1
+	up    bool  // the first read is done and next is known
+	next  int64 // every revision below next has been fanned out
+	state state // the names and mod revisions at next-1, always known
 	// members are the feed's subscribers, hooked or not; each knows its
 	// index. A slice rather than a set: the fan-out walks it for every batch.
 	members []*Sub
@@ -147,7 +146,7 @@ func (f *feed) run() {
 		return
 	}
 	f.mu.Lock()
-	f.state = stateOf(f.target, kvs)
+	f.state = stateOfRead(kvs)
 	f.next = rev + 1
 	f.stream.next = rev + 1
 	f.up = true
@@ -220,7 +219,7 @@ func (f *feed) deliver(bs []Batch) action {
 // caller holds f.mu.
 func (f *feed) advance(b Batch) {
 	f.fanOut(b)
-	applyState(f.state, b)
+	f.state.apply(f.target, b)
 	f.next = b.Next
 }
 
@@ -304,7 +303,7 @@ func (f *feed) remove(s *Sub) {
 
 // snapshot copies the feed's state, for a subscriber leaving it at f.next.
 // The caller holds f.mu.
-func (f *feed) snapshot() map[string]int64 { return maps.Clone(f.state) }
+func (f *feed) snapshot() state { return f.state.clone(f.target) }
 
 // Watches returns the number of etcd watches open right now, shared or not.
 func (h *Hub) Watches() int64 { return h.watches.Load() }
@@ -331,7 +330,7 @@ func (h *Hub) MaxQueued() int {
 func (h *Hub) Baselines() int {
 	n := 0
 	h.eachSub(func(s *Sub) {
-		if s.baseline != nil {
+		if s.baseline.known && (s.mode == subCatching || s.mode == subAhead) {
 			n++
 		}
 	})

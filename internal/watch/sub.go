@@ -3,8 +3,6 @@ package watch
 import (
 	"context"
 	"sync"
-
-	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
 // subMode is where a subscriber's events come from.
@@ -82,15 +80,12 @@ type Sub struct {
 	queued int   // events in q
 	enq    int64 // position after the last batch queued
 	from   int64 // the start: no resync put below it is queued
-	// baseline is the name -> mod revision state at enq-1, kept while the
-	// subscriber is not hooked so that a resync can be diffed against it;
-	// nil when unknown.
-	baseline map[string]int64
-	// initial is the state a WithInitial subscriber started from, read at
-	// from-1: its baseline, made into one (takeBase) only if the
-	// subscriber turns out to be out of step with its feed, which it rarely
-	// is (a map of every name is the largest cost of a big initial read).
-	initial []*mvccpb.KeyValue
+	// baseline is the state at enq-1, kept while the subscriber is not
+	// hooked so that a resync can be diffed against it. A WithInitial
+	// subscriber starts with the state it read (kept as the read until it
+	// is needed: it rarely is); it is unknown when the state at the
+	// subscriber's position could not be read, and while hooked.
+	baseline state
 	// needBase says the baseline is still to be read (AfterRevision); it is
 	// read once, as soon as the subscriber is found out of step with the
 	// feed, while the state at its start may still be readable.
@@ -173,7 +168,7 @@ func (s *Sub) Start() error {
 				Create: kv.CreateRevision, Version: kv.Version, Lease: kv.Lease, Initial: true}
 		}
 		s.mu.Lock()
-		s.initial = kvs
+		s.baseline = stateOfRead(kvs)
 		s.push(Batch{Events: evs, Next: rev + 1})
 		s.from = rev + 1
 		s.mu.Unlock()
@@ -226,8 +221,7 @@ func (s *Sub) feedReady(f *feed) {
 		s.hook()
 	case s.enq > f.next:
 		s.mode = subAhead
-		s.takeBase()
-		if s.needBase && s.baseline == nil {
+		if s.needBase && !s.baseline.known {
 			s.readBase()
 		}
 	default:
@@ -235,22 +229,12 @@ func (s *Sub) feedReady(f *feed) {
 	}
 }
 
-// takeBase makes the initial state the baseline, if the subscriber has
-// one. The caller holds s.mu.
-func (s *Sub) takeBase() {
-	if s.initial != nil && s.baseline == nil {
-		s.baseline = stateOf(s.target, s.initial)
-	}
-	s.initial = nil
-}
-
 // hook puts the subscriber on the feed, in step with it. The caller holds
 // f.mu and s.mu.
 func (s *Sub) hook() {
 	s.mode = subHooked
 	s.catch = nil
-	s.baseline = nil
-	s.initial = nil
+	s.baseline = unknownState()
 	s.needBase = false
 	s.need = 0
 	if r := s.baseRead; r != nil {
