@@ -77,7 +77,10 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 }
 
 // Wrap makes a Client over an existing raw client, which stays the caller's:
-// Close does not close it. cfg supplies the namespace and the other options;
+// Close does not close it. Unlike New, it does not wait for the cluster: it
+// returns at once, whether or not any member can be reached, so that a
+// service can start while etcd is down (a Live value then serves its
+// snapshot or default until the cluster answers). cfg supplies the namespace and the other options;
 // its Endpoints default to raw's. The watch and lease engines open their own
 // connections to those endpoints with cfg's TLS and credentials, so set them
 // as for raw. Requests go through raw, whose gRPC send limit

@@ -28,14 +28,16 @@ var ErrOlderThanSnapshot = errors.New("etcdkit: cluster value older than the sna
 type LiveSource int
 
 const (
-	// SourceDefault: no value is known yet, or the key is absent; the value
-	// is the default.
+	// SourceDefault: nothing is known yet (neither a snapshot nor the
+	// cluster has said whether the key holds a value); Data is the default
+	// and Present false.
 	SourceDefault LiveSource = iota + 1
-	// SourceSnapshot: the value was read from the snapshot file, and the
-	// cluster has not confirmed or replaced it yet.
+	// SourceSnapshot: what Data and Present say was read from the snapshot
+	// file, and the cluster has not confirmed or replaced it yet.
 	SourceSnapshot
-	// SourceCluster: the value (or the absence of the key) comes from the
-	// cluster.
+	// SourceCluster: what Data and Present say comes from the cluster: its
+	// value, or, with Present false, the default because the key is absent
+	// there.
 	SourceCluster
 )
 

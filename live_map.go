@@ -140,7 +140,10 @@ func (l *LiveMap[T]) defaultOf(name string) T {
 }
 
 // Lookup returns the entry name's state, and whether the prefix holds a
-// good value for it (false: Data is its default, Source SourceDefault).
+// good value for it. Without one, Data is its default, Present false, and
+// Source says who said so: SourceCluster once the map is synced (the name
+// is absent from the prefix), SourceSnapshot while it serves a snapshot
+// without the name, SourceDefault before anything is known.
 func (l *LiveMap[T]) Lookup(name string) (LiveValue[T], bool) {
 	l.mu.RLock()
 	e, ok := l.entries[name]
@@ -149,7 +152,14 @@ func (l *LiveMap[T]) Lookup(name string) (LiveValue[T], bool) {
 	if ok {
 		return LiveValue[T]{Data: e.v, Present: true, Revision: e.rev, Source: e.src}, true
 	}
-	return LiveValue[T]{Data: l.defaultOf(name), Revision: rev, Source: SourceDefault}, false
+	src := SourceDefault
+	switch {
+	case l.isSynced.Load():
+		src = SourceCluster
+	case l.needRev > 0:
+		src = SourceSnapshot
+	}
+	return LiveValue[T]{Data: l.defaultOf(name), Revision: rev, Source: src}, false
 }
 
 // All returns every entry with a good value, and every name of

@@ -141,6 +141,10 @@ func TestLiveMapColdStartFromSnapshot(t *testing.T) {
 	v, _ := m.Lookup("a")
 	assert.Equal(t, etcdkit.SourceSnapshot, v.Source)
 	assert.True(t, m.Stale())
+	v, ok := m.Lookup("c")
+	assert.False(t, ok)
+	assert.Equal(t, etcdkit.LiveValue[flag]{Revision: v.Revision, Source: etcdkit.SourceSnapshot}, v,
+		"a name the snapshot lacks: absent according to the snapshot")
 
 	require.NoError(t, e.srv.Proxy().Start())
 	waitLiveSynced(t, m.Synced())
@@ -148,6 +152,10 @@ func TestLiveMapColdStartFromSnapshot(t *testing.T) {
 	assert.Equal(t, map[string]flag{"a": {Percent: 1}, "c": {Percent: 3}}, m.All())
 	v, _ = m.Lookup("a")
 	assert.Equal(t, etcdkit.SourceCluster, v.Source, "confirmed by the cluster")
+	v, ok = m.Lookup("b")
+	assert.False(t, ok)
+	assert.Equal(t, etcdkit.LiveValue[flag]{Revision: v.Revision, Source: etcdkit.SourceCluster}, v,
+		"a deleted name: absent according to the cluster, as a synced Live reports an absent key")
 	require.NoError(t, m.Close())
 
 	again := etcdkit.NewLiveMap(ctx, p, etcdkit.WithSnapshot(snap))

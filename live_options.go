@@ -79,8 +79,10 @@ func WithDefaults[T any](m map[string]T) LiveOption {
 // and the handle keeps its last good value (see Live.Rejected). fn runs on
 // the handle's goroutine, one value at a time, and must not block. A value
 // restored from a snapshot is validated again, so that a stricter validator
-// in a new release refuses an old snapshot's value. The default accepts
-// every value that decodes.
+// in a new release refuses an old snapshot's value; that is a snapshot
+// error, not a Rejection: the snapshot is ignored as a damaged one is
+// (MetricLiveSnapshotErrors, one warning) and the handle starts from its
+// default. The default accepts every value that decodes.
 func WithValidator[T any](fn func(T) error) LiveOption {
 	return liveOptionFunc(func(cfg *liveConfig) {
 		cfg.once("WithValidator")

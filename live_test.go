@@ -462,6 +462,21 @@ func TestLiveRefusesBadSnapshots(t *testing.T) {
 				cur := l.Current()
 				return etcdkit.LiveValue[liveLimits]{Present: cur.Present, Revision: cur.Revision, Source: cur.Source}, func() { _ = l.Close() }
 			}},
+		// An intact snapshot whose value a stricter validator refuses is a
+		// snapshot error, not a Rejection: the handle starts as without one.
+		{name: "refused by the validator", write: func(p string) { require.NoError(t, os.WriteFile(p, data, 0o600)) }, reason: "too slow",
+			open: func(p string) (etcdkit.LiveValue[liveLimits], func()) {
+				l := etcdkit.NewLive(ctx, etcdkit.NewKey(e.c, "cfg", etcdkit.JSON[liveLimits]()), etcdkit.WithSnapshot(p),
+					etcdkit.WithValidator(func(v liveLimits) error {
+						if v.Rate < 10 {
+							return errors.New("too slow")
+						}
+						return nil
+					}))
+				_, rejected := l.Rejected()
+				assert.False(t, rejected, "no Rejection for a snapshot's value")
+				return l.Current(), func() { _ = l.Close() }
+			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "snap")

@@ -89,7 +89,7 @@ func (m *Mutex) TryLock(ctx context.Context) (*Lock, error) {
 
 // Holder reads who holds the mutex now (a linearizable read). When nobody
 // does, it returns a LeaderInfo that is not Present and an error matching
-// ErrNoLeader.
+// ErrNoCandidate.
 func (m *Mutex) Holder(ctx context.Context) (LeaderInfo, error) {
 	return m.e.Leader(ctx)
 }
