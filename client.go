@@ -141,6 +141,7 @@ func newClient(raw *clientv3.Client, owned bool, cfg Config) *Client {
 		Get:          c.get,
 		PageSize:     func() int64 { return listPageSize },
 		Closed:       ErrClosed,
+		Compacted:    ErrCompacted,
 		Observe: watch.Observer{
 			Stalled:     func() { cfg.Metrics.Add(MetricWatchStalls, 1) },
 			Reconnected: func() { cfg.Metrics.Add(MetricWatchReconnects, 1) },

@@ -34,6 +34,14 @@ var (
 	ErrInvalidName = errors.New("etcdkit: invalid name")
 	// ErrClosed means the Client or the handle was closed.
 	ErrClosed = errors.New("etcdkit: closed")
+	// ErrCompacted ends a Prefix watch started with AfterRevision (or one
+	// that fell behind a lagging member) when the revisions it must resume
+	// from were compacted and the state at its position could no longer be
+	// read: it could report the keys that changed, but not those deleted,
+	// so it ends rather than resync with a gap. List again and watch after
+	// the list's revision (or use WithInitial, whose start state is always
+	// known).
+	ErrCompacted = errors.New("etcdkit: revision compacted")
 	// ErrLeaseLost means a session's lease is presumed expired: no keepalive
 	// succeeded for the whole TTL (minus the Lost margin), or the server
 	// answered that the lease no longer exists. It is the Err of a session

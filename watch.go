@@ -107,7 +107,9 @@ func (s WatchState) String() string {
 //
 // A Watch ends when the ctx it was made with ends, when Close or
 // Client.Close is called, or on a failure that retrying cannot cure (such
-// as a permission denied), never because of the network. Then Err is set,
+// as a permission denied, or [ErrCompacted] for a Prefix watch that must
+// resync from a state that could no longer be read), never because of the
+// network. Then Err is set,
 // Events is closed, and Done is closed, in that order; events already in
 // the Events channel can still be received before its close, the rest of
 // the buffer is dropped. Each Watch has its own bounded buffer

@@ -63,10 +63,13 @@ func (f watchOptionFunc) applyWatch(cfg *watchConfig) { f(cfg) }
 // whose revision is greater than rev, in order, each once, including changes
 // made before Watch was called. Pass the revision returned by a write or a
 // List to continue exactly where that left off. If those revisions are
-// compacted, the watch reports the keys that changed after rev as Resync
-// events; deletions after rev can then be reported only if the state at rev
-// could still be read when the watch started (always for a Key). rev must not
-// be negative; AfterRevision(0) delivers the whole retained history.
+// compacted, the watch re-syncs from the state at rev, which it reads as
+// soon as it starts: Resync events bring that state to the current one. A
+// Key watch always can. A Prefix watch whose state at rev was compacted
+// before it could be read cannot know which keys vanished, so it ends with
+// an error matching ErrCompacted rather than resync with a gap: list again
+// and watch after the list's revision. rev must not be negative;
+// AfterRevision(0) delivers the whole retained history.
 // It cannot be combined with WithInitial.
 func AfterRevision(rev int64) WatchOption {
 	return watchOptionFunc(func(cfg *watchConfig) {

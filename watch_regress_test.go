@@ -427,3 +427,30 @@ func TestWatchKeyResyncOfAKeyThatCameAndWent(t *testing.T) {
 	evs = col.untilRev(t, last)
 	assert.Equal(t, change{etcdkit.Put, "cfg/x", "3", last, false}, changesOf(evs)[len(evs)-1], "then normal events")
 }
+
+// A Prefix watch after a revision whose state was compacted before the
+// watch could read it cannot tell which keys vanished since: it must end
+// with ErrCompacted, not resync with a gap (it once went on, with a
+// deleted key left to its reader). A Key watch in the same place resyncs,
+// deletion included.
+func TestWatchAfterCompactedRevisionEndsExplicitly(t *testing.T) {
+	s := startSplit(t, "aftercompacted")
+	ctx := testContext(t, time.Minute)
+	start := s.wr.put("p/a", "1")
+	b := s.wr.put("p/b", "1")
+	s.wr.del("p/a")
+	s.srv.Compact(t)
+
+	p := etcdkit.NewPrefix(s.c, "p", etcdkit.String())
+	w := collect(t, p.Watch(ctx, etcdkit.AfterRevision(start)))
+	waitDone(t, w.w.Done(), "the prefix watch")
+	require.ErrorIs(t, w.w.Err(), etcdkit.ErrCompacted)
+	assert.Contains(t, w.w.Err().Error(), "list again")
+	assert.Empty(t, w.events(), "nothing delivered: a resync without the deletion of a would have said a still exists")
+
+	k := collect(t, etcdkit.NewKey(s.c, "p/a", etcdkit.String()).Watch(ctx, etcdkit.AfterRevision(start)))
+	end := s.wr.put("p/a", "2")
+	evs := k.untilRev(t, end)
+	assert.Equal(t, []change{{etcdkit.Delete, "p/a", "", 0, true}, {etcdkit.Put, "p/a", "2", end, false}},
+		resynced(t, evs, b))
+}

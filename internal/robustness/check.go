@@ -340,6 +340,21 @@ func checkSubscriber(h *History, s *Subscriber) (Violation, bool) {
 		pos, idx, i = e.Rev, idx+1, i+1
 		synced = append(synced, mark{e.At, pos})
 	}
+	if s.Compacted != "" {
+		// Only a Prefix watch that had to resync from a state it never
+		// held may end so: one not started WithInitial, whose position
+		// some compaction before the end had passed.
+		if !s.Prefix || s.Start == StartInitial {
+			return fail("a %s watch ended with %q; only a Prefix watch without WithInitial may", s.Scope, s.Compacted)
+		}
+		for _, c := range h.Compactions {
+			if c.At <= s.CompactedAt && c.Rev > posAt(c.At) {
+				return Violation{}, false
+			}
+		}
+		return fail("ended with %q at +%v, but no compaction had passed its position (revision %d)",
+			s.Compacted, s.CompactedAt.Round(time.Millisecond), pos)
+	}
 	if s.Stuck != "" {
 		return fail("did not catch up: %s", s.Stuck)
 	}

@@ -238,6 +238,24 @@ func TestCheckerRejects(t *testing.T) {
 		{"watch ended by itself", func(h *robustness.History) {
 			sub(h).Ended = "the watch ended by itself before the run closed it: etcdkit: watch: permission denied"
 		}, "watch", "the watch ended by itself before the run closed it: etcdkit: watch: permission denied"},
+		{"prefix watch ended with ErrCompacted after a compaction passed it", func(h *robustness.History) {
+			h.Compactions = []robustness.Compaction{{Rev: 14, At: ms(25)}}
+			s := sub(h)
+			s.Events = s.Events[:2]
+			s.Compacted, s.CompactedAt = "etcdkit: revision compacted: ...", ms(30)
+		}, "", ""},
+		{"prefix watch ended with ErrCompacted, no compaction", func(h *robustness.History) {
+			s := sub(h)
+			s.Events = s.Events[:2]
+			s.Compacted, s.CompactedAt = "etcdkit: revision compacted", ms(30)
+		}, "watch", `ended with "etcdkit: revision compacted" at +30ms, but no compaction had passed its position (revision 12)`},
+		{"WithInitial watch ended with ErrCompacted", func(h *robustness.History) {
+			h.Compactions = []robustness.Compaction{{Rev: 14, At: ms(25)}}
+			s := sub(h)
+			s.Start, s.After = robustness.StartInitial, 10
+			s.Events = nil
+			s.Compacted, s.CompactedAt = "etcdkit: revision compacted", ms(30)
+		}, "watch", `a data/ watch ended with "etcdkit: revision compacted"; only a Prefix watch without WithInitial may`},
 		{"stale cache", func(h *robustness.History) {
 			h.Caches[0].Final["data/k1"] = robustness.KV{Value: "w1.1", Rev: 12}
 		}, "cache", `ends with {data/k0="w1.2^w0.2"@15 data/k1="w1.1"@12}, the cluster's final state (revision 15) is {data/k0="w1.2^w0.2"@15}`},

@@ -196,6 +196,12 @@ type Subscriber struct {
 	// Stuck is set when the subscriber did not catch up with the cluster's
 	// history before the settle deadline.
 	Stuck string
+	// Compacted is set when the watch ended by itself with
+	// etcdkit.ErrCompacted (the error), which a Prefix watch not started
+	// WithInitial may do when the history it must resume from and the
+	// state at its position are gone; CompactedAt is when.
+	Compacted   string
+	CompactedAt time.Duration
 
 	mu sync.Mutex
 }

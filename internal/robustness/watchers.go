@@ -61,7 +61,11 @@ func (sw *watcher) read(rec *Recorder, toKey func(string) string, slow time.Dura
 	}
 	if !sw.closing.Load() {
 		sw.rec.mu.Lock()
-		sw.rec.Ended = fmt.Sprintf("the watch ended by itself before the run closed it: %v", sw.w.Err())
+		if err := sw.w.Err(); errors.Is(err, etcdkit.ErrCompacted) {
+			sw.rec.Compacted, sw.rec.CompactedAt = err.Error(), rec.Now()
+		} else {
+			sw.rec.Ended = fmt.Sprintf("the watch ended by itself before the run closed it: %v", err)
+		}
 		sw.rec.mu.Unlock()
 	}
 }
@@ -101,6 +105,11 @@ func (ss subscribers) converge(ctx context.Context, run *Run, who string) {
 			continue
 		}
 		sw.rec.mu.Lock()
+		if sw.rec.Compacted != "" {
+			// Ended explicitly; checkSubscriber judges whether it could.
+			sw.rec.mu.Unlock()
+			continue
+		}
 		sw.rec.Stuck = fmt.Sprintf("its last event is at revision %d, the last change in scope at %d; the watch is %v",
 			sw.rec.lastRevLocked(), target, sw.w.State())
 		sw.rec.mu.Unlock()

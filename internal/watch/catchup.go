@@ -3,6 +3,7 @@ package watch
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -181,6 +182,15 @@ func (h catchUp) deliver(bs []Batch) action {
 func (h catchUp) resync(kvs []*mvccpb.KeyValue, rev int64) action {
 	s := h.s
 	s.mu.Lock()
+	if s.target.Prefix && !s.baseline.known {
+		// The keys that vanished in the compacted revisions cannot be
+		// known: a resync would leave them with the subscriber. End it
+		// instead, explicitly.
+		s.failLocked(fmt.Errorf("%w: watch %s: the revisions after %d were compacted and the state at %d could not be read in time, so deletions since cannot be reported; list again and watch after the list's revision",
+			s.h.cfg.Compacted, s.target, s.enq-1, s.enq-1))
+		s.mu.Unlock()
+		return stop
+	}
 	b, st := diffState(s.target, s.baseline, kvs, rev, s.from)
 	b.Events = s.filter(b.Events)
 	s.baseline = st

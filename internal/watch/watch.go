@@ -48,6 +48,9 @@ type Config struct {
 	PageSize func() int64
 	// Closed is the error for a closed client.
 	Closed error
+	// Compacted is the error that ends a prefix subscriber which must
+	// resync but whose state at its position could no longer be read.
+	Compacted error
 	// Observe reports what the engine does, for metrics. Nil fields are
 	// skipped.
 	Observe Observer
