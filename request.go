@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/etcdkit/etcdkit/internal/backoff"
 	"github.com/etcdkit/etcdkit/internal/conn"
@@ -45,9 +47,10 @@ type requestOp func(ctx context.Context, cli *clientv3.Client) (*pb.ResponseHead
 func (c *Client) request(ctx context.Context, kind requestKind, op requestOp) error {
 	var retry *backoff.Backoff // made on the first round that fails
 	start := time.Now()
+	var room [8]int // the endpoints, without an allocation for up to 8
 	for {
 		var failures []string
-		for _, i := range c.targets() {
+		for _, i := range c.targets(room[:0]) {
 			err := c.attempt(ctx, kind, i, op)
 			if err == nil {
 				return nil
@@ -93,13 +96,14 @@ func (e *attemptError) Unwrap() error { return e.err }
 // client, which balances over its endpoints itself.
 const wrapped = -1
 
-// targets returns the endpoints a request tries, in order: conn.Pool.Order,
-// or the raw client of a Client made by Wrap, whose requests stay on it.
-func (c *Client) targets() []int {
+// targets appends to dst the endpoints a request tries, in order:
+// conn.Pool.Order, or the raw client of a Client made by Wrap, whose
+// requests stay on it.
+func (c *Client) targets(dst []int) []int {
 	if !c.owned {
-		return []int{wrapped}
+		return append(dst, wrapped)
 	}
-	return c.streams.Order()
+	return c.streams.AppendOrder(dst)
 }
 
 // target is one member a request tries: an endpoint of the pool, or the
@@ -168,7 +172,7 @@ func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op reques
 		}
 	}
 	sent := time.Now()
-	hdr, err := op(clientv3.WithRequireLeader(actx), cli)
+	hdr, err := op(withRequireLeader(actx), cli)
 	if err == nil {
 		t.succeeded(hdr.GetMemberId(), sent)
 		return nil
@@ -197,6 +201,47 @@ func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op reques
 		return c.unknown(kind, t.state(), cause, err)
 	}
 	return &attemptError{member: t.state(), cause: cause, err: err}
+}
+
+// withRequireLeader is clientv3.WithRequireLeader without its cost per
+// request (a metadata map, its slice and the context holding them, then
+// gRPC's copies of them): the metadata is made once and shared, read-only,
+// by every request. A ctx that carries outgoing metadata of its own gets
+// clientv3.WithRequireLeader, which merges the two.
+func withRequireLeader(ctx context.Context) context.Context {
+	if requireLeader.key == nil || ctx.Value(requireLeader.key) != nil {
+		return clientv3.WithRequireLeader(ctx)
+	}
+	return context.WithValue(ctx, requireLeader.key, requireLeader.md)
+}
+
+// requireLeader is the context key under which gRPC keeps a call's outgoing
+// metadata (its type is gRPC's own), and the value that asks the member to
+// refuse the request if it has no leader. The key is learned by asking
+// gRPC for the metadata of a context that records the key it is asked for;
+// if that ever fails, key is nil and withRequireLeader uses clientv3's.
+var requireLeader = func() (rl struct{ key, md any }) {
+	probe := &keyProbe{Context: context.Background()}
+	metadata.FromOutgoingContext(probe)
+	if len(probe.keys) != 1 || !reflect.TypeOf(probe.keys[0]).Comparable() {
+		return rl
+	}
+	rl.key = probe.keys[0]
+	if rl.md = clientv3.WithRequireLeader(context.Background()).Value(rl.key); rl.md == nil {
+		rl.key = nil
+	}
+	return rl
+}()
+
+// keyProbe is a context that records the keys of the values asked of it.
+type keyProbe struct {
+	context.Context
+	keys []any
+}
+
+func (p *keyProbe) Value(key any) any {
+	p.keys = append(p.keys, key)
+	return nil
 }
 
 // identify learns which member endpoint i reaches, and the members' names,

@@ -1,11 +1,14 @@
 package etcdkit
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"testing"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/metadata"
 )
 
 // A write whose attempt failed may be reported as not applied only when the
@@ -38,6 +41,32 @@ func TestAnsweredOnlyWhenNothingIsOpen(t *testing.T) {
 		t.Run(tc.err.Error(), func(t *testing.T) {
 			if got := answered(fmt.Errorf("wrapped: %w", tc.err)); got != tc.want {
 				t.Errorf("answered(%v) = %v, want %v", tc.err, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestWithRequireLeader checks that the shared metadata asks for a leader
+// as clientv3.WithRequireLeader does, and that a caller's own outgoing
+// metadata is kept beside it.
+func TestWithRequireLeader(t *testing.T) {
+	if requireLeader.key == nil {
+		t.Fatal("the key of gRPC's outgoing metadata was not learned: every request pays for its own metadata")
+	}
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		want metadata.MD
+	}{
+		{"no metadata", context.Background(),
+			metadata.Pairs(rpctypes.MetadataRequireLeaderKey, rpctypes.MetadataHasLeader)},
+		{"the caller's metadata", metadata.AppendToOutgoingContext(context.Background(), "x", "y"),
+			metadata.Pairs("x", "y", rpctypes.MetadataRequireLeaderKey, rpctypes.MetadataHasLeader)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := metadata.FromOutgoingContext(withRequireLeader(tc.ctx))
+			if !ok || !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got metadata %v, want %v", got, tc.want)
 			}
 		})
 	}

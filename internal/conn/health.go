@@ -151,13 +151,18 @@ func (s *Pool) States() []State {
 // from the most recently successful; then the sick ones, the one that failed
 // longest ago first. Requests thus stay pinned to one member while it
 // answers, the same member the streams use.
-func (s *Pool) Order() []int {
+func (s *Pool) Order() []int { return s.AppendOrder(nil) }
+
+// AppendOrder appends Order's endpoints to dst and returns the slice, so
+// that a caller with room for them allocates nothing.
+func (s *Pool) AppendOrder(dst []int) []int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	idx := make([]int, len(s.eps))
-	for i := range idx {
-		idx[i] = i
+	n := len(dst)
+	for i := range s.eps {
+		dst = append(dst, i)
 	}
+	idx := dst[n:]
 	cur := -1
 	if s.cur != nil {
 		cur = s.curIdx
@@ -180,7 +185,7 @@ func (s *Pool) Order() []int {
 		}
 		return eb.okAt.Compare(ea.okAt)
 	})
-	return idx
+	return dst
 }
 
 // Request returns the request connection pinned to endpoint i, making it
