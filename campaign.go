@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.uber.org/zap"
 
 	"github.com/etcdkit/etcdkit/internal/backoff"
@@ -47,19 +48,36 @@ func (e *Election) campaign(ctx context.Context, id string, try bool) (*Leadersh
 		return nil, e.fail(e.verb(), context.Cause(ctx))
 	}
 
-	cd, err := e.newCandidate(ctx, id, try)
-	if err != nil {
-		return nil, e.fail(e.verb(), err)
-	}
-	l, err := cd.campaign(ctx)
-	if err == nil && !cd.unhook() {
-		// ctx ended just as the campaign was won.
-		l, err = nil, context.Cause(ctx)
-	}
-	if err != nil {
+	var (
+		l     *Leadership
+		cd    *candidate
+		retry *backoff.Backoff // made by the first retry
+	)
+	for {
+		var err error
+		cd, err = e.newCandidate(ctx, id, try)
+		if err != nil {
+			return nil, e.fail(e.verb(), err)
+		}
+		l, err = cd.campaign(ctx)
+		if err == nil && !cd.unhook() {
+			// ctx ended just as the campaign was won.
+			l, err = nil, context.Cause(ctx)
+		}
+		if err == nil {
+			break
+		}
 		cd.unhook()
 		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
+		}
+		// A shared lease the server no longer knows (revoked by another
+		// client, or expired) is retired before the key is given up, so
+		// that the holding's release ends it and the next try takes a new
+		// one.
+		again := cd.ss != nil && ctx.Err() == nil && cd.s.goneLease(cd.lease)
+		if again {
+			cd.ss.retire()
 		}
 		// A session that lost its lease or ended with the client revokes
 		// its lease on its own, which a silent link can make take a while:
@@ -67,7 +85,18 @@ func (e *Election) campaign(ctx context.Context, id string, try bool) (*Leadersh
 		if st, _ := cd.s.feed.get(); st != SessionLost || !e.c.spawn(func() { _ = cd.abandon() }) {
 			_ = cd.abandon()
 		}
-		return nil, e.fail(e.verb(), err)
+		if !again {
+			return nil, e.fail(e.verb(), err)
+		}
+		e.c.log.Info(e.kind+"'s lease was revoked or expired, taking a new one", zap.String(e.kind, e.name),
+			zap.String("id", id), zap.Int64("lease", int64(cd.lease)), zap.Error(err))
+		// The first retry goes at once; a lease revoked again and again
+		// (a script) is not fought at network speed.
+		if retry == nil {
+			retry = backoff.New(100*time.Millisecond, 2*time.Second)
+		} else if !retry.Wait(ctx) {
+			return nil, e.fail(e.verb(), fmt.Errorf("%w (%w)", context.Cause(ctx), err))
+		}
 	}
 	if !l.start() {
 		_ = cd.abandon()
@@ -166,7 +195,7 @@ func (cd *candidate) campaign(ctx context.Context) (*Leadership, error) {
 			return nil, fmt.Errorf("%w before this candidate could lead", ErrLeaseLost)
 		}
 		if synced == nil {
-			leads, err := cd.standing()
+			leads, err := cd.standing(ctx)
 			if err != nil {
 				return nil, err
 			}
@@ -230,6 +259,9 @@ func (cd *candidate) put(ctx context.Context) (casResult, error) {
 	// An attempt given up on may still apply, after the one that answered.
 	cd.clean = res.attempts == 1
 	switch {
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		cd.s.leaseNotFound(cd.lease)
+		return res, fmt.Errorf("%w: the lease was revoked or expired (%w)", ErrLeaseLost, err)
 	case err != nil:
 		return res, err
 	case res.ok:
@@ -244,8 +276,9 @@ func (cd *candidate) put(ctx context.Context) (casResult, error) {
 }
 
 // standing judges the cache's state: whether the candidate leads, or an
-// error if its key is gone. A state older than the key says nothing.
-func (cd *candidate) standing() (bool, error) {
+// error if its key is gone, matching ErrLeaseLost when the lease went with
+// it (see Leadership.deleted). A state older than the key says nothing.
+func (cd *candidate) standing(ctx context.Context) (bool, error) {
 	rev := cd.ca.Revision()
 	if rev < cd.token {
 		return false, nil
@@ -261,6 +294,10 @@ func (cd *candidate) standing() (bool, error) {
 		}
 	}
 	if !mine {
+		if cd.s.leaseGone(ctx, cd.lease) {
+			return false, fmt.Errorf("%w: candidate key %q was deleted by revision %d with its lease (revoked by another client, or expired)",
+				ErrLeaseLost, cd.key, rev)
+		}
 		return false, fmt.Errorf("%w: candidate key %q was deleted by revision %d", cd.e.lost, cd.key, rev)
 	}
 	older := 0

@@ -174,6 +174,12 @@ func (e *Ephemeral[T]) Update(ctx context.Context, v T) error {
 		return e.fail("update", fmt.Errorf("%w; the value is written when a new lease is granted", ErrLeaseLost))
 	}
 	if _, err := e.writeLocked(ctx, lease, e.rev); err != nil {
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			// Revoked by someone else, or expired: the session learns it
+			// now rather than at its next keepalive.
+			e.s.leaseNotFound(lease)
+			return e.fail("update", fmt.Errorf("%w: the lease was revoked or expired; the value is written when a new lease is granted (%w)", ErrLeaseLost, err))
+		}
 		if e.s.ctx.Err() != nil {
 			err = fmt.Errorf("%w: %w", context.Cause(e.s.ctx), err)
 		}
@@ -235,7 +241,7 @@ func (e *Ephemeral[T]) run() {
 			}
 			if err != nil {
 				if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-					e.s.poke()
+					e.s.leaseNotFound(lease)
 				}
 				e.key.c.log.Debug("ephemeral cannot put its key back yet", zap.String("key", e.key.name), zap.Error(err))
 				if !e.waitEpoch(retry.Next(), epoch) {

@@ -224,11 +224,28 @@ func (l *Leadership) eventCause(ev Event[[]byte]) error {
 func (l *Leadership) keyGone(rev int64, exists bool, create, lease int64) error {
 	switch {
 	case !exists:
-		return fmt.Errorf("%w: the %s key was deleted by revision %d", l.e.lost, l.e.keyWord(), rev)
+		return l.deleted(fmt.Sprintf("the %s key was deleted by revision %d", l.e.keyWord(), rev))
 	case create != l.token || lease != int64(l.lease):
 		return fmt.Errorf("%w: the %s key was replaced by revision %d", l.e.lost, l.e.keyWord(), rev)
 	}
 	return nil
+}
+
+// deleted says why the holding must end when its key was found deleted
+// (what says how): the key went with the lease when the server no longer
+// knows the lease (revoked by another client, etcdctl lease revoke, or
+// expired), and the cause then matches ErrLeaseLost too. A shared lease
+// found gone is retired at once, so that the next Lock or Acquire takes a
+// new one. Asking the server delays the end by one request at most
+// (bounded by StallTimeout): the key is gone already.
+func (l *Leadership) deleted(what string) error {
+	if !l.s.leaseGone(l.ctx, l.lease) {
+		return fmt.Errorf("%w: %s", l.e.lost, what)
+	}
+	if l.ss != nil {
+		l.ss.retire()
+	}
+	return errorf("%w: %w: %s, with its lease %x (revoked by another client, or expired)", l.e.lost, ErrLeaseLost, what, int64(l.lease))
 }
 
 // keyWatchDelay is how long a holding that held at once goes before it

@@ -61,7 +61,7 @@ func (ss *sharedSession) usable() bool {
 	default:
 	}
 	st, _ := ss.s.feed.get()
-	return st != SessionLost
+	return st != SessionLost && !ss.s.goneLease(ss.lease)
 }
 
 // take returns the session for a new holding and the slot of its key,
