@@ -1,6 +1,7 @@
 package etcdkit
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -166,6 +167,9 @@ func (e *Election) newCandidate(ctx context.Context, id string, try bool) (*cand
 func (cd *candidate) campaign(ctx context.Context) (*Leadership, error) {
 	e := cd.e
 	res, err := cd.put(ctx)
+	if errors.Is(err, ErrLimitMismatch) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, fmt.Errorf("put candidate key: %w", err)
 	}
@@ -255,7 +259,7 @@ func (cd *candidate) put(ctx context.Context) (casResult, error) {
 	stop := context.AfterFunc(cd.s.ctx, func() { endPut(sessionCause(context.Cause(cd.s.ctx))) })
 	defer stop()
 	res, err := c.casStreams(ctx, casOp{key: cd.key, value: []byte(cd.id), lease: cd.lease,
-		peers: cd.e.cands.path, peerLimit: int64(cd.e.slots)})
+		peers: cd.e.cands.path, peerLimit: int64(cd.e.slots), guard: cd.e.guard, guardValue: cd.e.guardValue})
 	// An attempt given up on may still apply, after the one that answered.
 	cd.clean = res.attempts == 1
 	switch {
@@ -266,6 +270,11 @@ func (cd *candidate) put(ctx context.Context) (casResult, error) {
 		return res, err
 	case res.ok:
 		cd.token = res.rev
+	case res.guard != nil && !bytes.Equal(res.guard.Value, cd.e.guardValue):
+		// The name's limit is another. A put answered on its first
+		// attempt surely did not apply: the key's name is free again.
+		cd.unput = cd.clean
+		return res, cd.e.mismatch(res.guard)
 	case res.cur == nil || res.cur.Lease != int64(cd.lease):
 		return res, fmt.Errorf("candidate key %q taken by someone else", cd.key)
 	default:

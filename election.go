@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -45,6 +46,13 @@ type Election struct {
 	// resigned is the cause of a holding ended by Resign (Unlock,
 	// Release) or Close.
 	resigned error
+	// guard, if not empty, is a key every candidate key's put requires to
+	// hold guardValue, recording it when absent (see casOp.guard), and
+	// mismatch the error of a put that found it holding another: a
+	// Semaphore's limit.
+	guard      string
+	guardValue []byte
+	mismatch   func(*mvccpb.KeyValue) error
 }
 
 // NewElection returns the election called name among the clients of c's

@@ -222,6 +222,10 @@ type keyHold struct {
 	// clean reports that the put applied on its first attempt, so that no
 	// copy of it given up on can apply later, once the key is gone.
 	clean bool
+	// unput reports that the put was answered on its first attempt and did
+	// not apply (a Semaphore's limit did not match): there is no key, and
+	// there never will be.
+	unput bool
 }
 
 // letGo gives up the key. An election's candidate ends its own session,
@@ -238,6 +242,10 @@ func (h *keyHold) letGo(ctx context.Context, e *Election) error {
 	ss := h.ss
 	if ss == nil {
 		return h.s.Close()
+	}
+	if h.unput {
+		ss.release(h.slot, true)
+		return nil
 	}
 	once, err := e.c.deleteOwn(ctx, h.key, h.token, h.lease)
 	if err == nil && once && h.token != 0 && h.clean {

@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
 // semaphoreRoot is the reserved name, under the client's namespace, below
@@ -62,6 +64,7 @@ func NewSemaphore(c *Client, name string, limit int, ttl time.Duration, opts ...
 		e.err = fmt.Errorf("etcdkit: semaphore %q: limit %d, want at least 1", name, limit)
 	default:
 		s.limitPath = c.path(semaphoreLimitRoot + "/" + url.PathEscape(name))
+		e.guard, e.guardValue, e.mismatch = s.limitPath, []byte(strconv.Itoa(limit)), s.mismatch
 	}
 	return s
 }
@@ -97,9 +100,6 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Permit, error) {
 	if s.e.err != nil {
 		return nil, s.e.err
 	}
-	if err := s.checkLimit(ctx); err != nil {
-		return nil, s.e.fail("acquire", err)
-	}
 	l, err := s.e.campaign(ctx, s.id, try)
 	if err != nil {
 		return nil, unwrapHeld(err)
@@ -107,19 +107,11 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Permit, error) {
 	return &Permit{holder{l}}, nil
 }
 
-// checkLimit records the semaphore's limit if the name has none yet, or
-// checks that it is the recorded one.
-func (s *Semaphore) checkLimit(ctx context.Context) error {
-	want := strconv.Itoa(s.limit)
-	ok, kv, err := casOnce(ctx, s.e.c, casOp{key: s.limitPath, value: []byte(want)})
-	if err != nil || ok {
-		return err
-	}
-	if string(kv.Value) != want {
-		return fmt.Errorf("%w: the limit of this name is %q (recorded at revision %d), this Semaphore's is %d",
-			ErrLimitMismatch, kv.Value, kv.ModRevision, s.limit)
-	}
-	return nil
+// mismatch is the error of an Acquire whose put found the name's recorded
+// limit, kv, not this Semaphore's.
+func (s *Semaphore) mismatch(kv *mvccpb.KeyValue) error {
+	return fmt.Errorf("%w: the limit of this name is %q (recorded at revision %d), this Semaphore's is %d",
+		ErrLimitMismatch, kv.Value, kv.ModRevision, s.limit)
 }
 
 // Holders reads who holds permits now (a linearizable read), oldest first.
