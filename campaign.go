@@ -22,7 +22,9 @@ import (
 //
 // ctx bounds the campaign only, not the Leadership it returns. Campaign fails
 // when ctx ends (the error wraps ctx's cause), when the candidate's lease is
-// lost (ErrLeaseLost) or its key deleted by someone else (ErrNotLeader), and
+// lost (ErrLeaseLost; a lease revoked by someone else is lost too: a
+// candidate that sees its key deleted asks the server whether the lease went
+// with it) or its key deleted by someone else (ErrNotLeader), and
 // when the client is closed (ErrClosed). A failed Campaign removes its
 // candidate key by revoking its lease: before it returns when ctx ended,
 // in the background when the lease was lost (the cluster is then most likely
@@ -34,7 +36,10 @@ func (e *Election) Campaign(ctx context.Context, id string) (*Leadership, error)
 }
 
 // campaign is Campaign; with try, it gives up as soon as it sees that it
-// does not hold at once, with a *HeldError naming those who do.
+// does not hold at once, with a *HeldError naming those who do. A Mutex's
+// or a Semaphore's candidate whose shared lease the server no longer knows
+// retires it and starts again on a new one, until ctx ends; an election's
+// candidate has a lease of its own, granted for this call, and fails.
 func (e *Election) campaign(ctx context.Context, id string, try bool) (*Leadership, error) {
 	if e.err != nil {
 		return nil, e.err

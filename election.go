@@ -20,7 +20,8 @@ const electionRoot = "_etcdkit/election"
 // configuration, is cheap to make and safe for concurrent use. Any number of
 // Campaigns may run at once, from one Election or many, in one process or
 // many. A leader learns it may have lost leadership before another can win,
-// unless someone else deletes its key or revokes its lease, and its guarded
+// unless someone else deletes its key or revokes its lease (it then learns
+// when it sees its key go, with ErrLeaseLost for a revoke), and its guarded
 // writes apply only while it leads (see [Leadership]); the package
 // documentation gives the candidates' keys under Key layout.
 //

@@ -147,8 +147,11 @@ func (e *Ephemeral[T]) Err() error { return e.cause() }
 // if the key is still as the Ephemeral last wrote it; if someone else changed
 // it meanwhile, their change is overwritten as a restore would. ctx bounds
 // the call (with Config.RequestTimeout). The new value is kept even if Update
-// fails: every later restore writes it. While the lease is Lost, Update fails
-// with ErrLeaseLost and the value is written once the session recovers.
+// fails: every later restore writes it. While the lease is Lost, or when
+// Update finds it gone at the server (revoked by someone else, or expired,
+// before the session noticed), Update fails with ErrLeaseLost and the value
+// is written once the session has a new lease (Update's finding sets the
+// session to get one at once).
 func (e *Ephemeral[T]) Update(ctx context.Context, v T) error {
 	data, err := e.key.encode(v)
 	if err != nil {

@@ -24,7 +24,10 @@ var errResigned = fmt.Errorf("%w: leadership resigned", ErrClosed)
 // session would declare the lease Lost within the step-down margin
 // ([WithStepDownMargin]), which is before any other candidate can win; when
 // the session is Lost or ended; and when the leader key is seen deleted or
-// replaced, or a guarded write found it gone. A candidate that had to wait
+// replaced, or a guarded write found it gone. A key found deleted with its
+// lease, which the leader then asks the server (one request), means the
+// lease was revoked by someone else (another client, etcdctl lease revoke)
+// or expired: the cause then matches [ErrLeaseLost] too. A candidate that had to wait
 // sees its key change at once, through the election's keys it waited on;
 // one that led at once watches its own key from a second after it won
 // (most Locks are shorter than that), from the key's creation on, so a
@@ -123,8 +126,8 @@ func (l *Leadership) Done() <-chan struct{} { return l.done }
 
 // Err returns nil until Done is closed, then why the leadership ended:
 // context.Cause of Context. It matches ErrNotLeader when leadership was lost
-// (with ErrLeaseLost when the lease was), ErrClosed after Resign, Close or
-// Client.Close.
+// (with ErrLeaseLost when the lease was, revoked by someone else included),
+// ErrClosed after Resign, Close or Client.Close.
 func (l *Leadership) Err() error { return l.cause() }
 
 // Resign gives up leadership at once: it cancels Context, then revokes the

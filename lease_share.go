@@ -24,8 +24,12 @@ import (
 // holding's key by the same name.
 //
 // The session is made by the first acquire, ended when it can no longer
-// serve (its lease Lost, or a key it held could not be deleted: see
-// retire), and otherwise revoked once nobody has used it for a TTL. A
+// serve (its lease Lost, or found gone at the server, revoked by someone
+// else or expired; or a key it held could not be deleted: see retire), and
+// otherwise revoked once nobody has used it for a TTL. An acquire that
+// finds its lease gone (its put refused with "requested lease not found",
+// or its key deleted with the lease while it waits) retires the session
+// and tries again on a new one, within its ctx (see Election.campaign). A
 // holding whose release cannot reach the cluster keeps a reference until a
 // delete in the background lands, so the session's lease, which keeps the
 // key in place, outlives the key only by that background work.

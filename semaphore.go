@@ -33,8 +33,10 @@ const (
 //
 // The limit of a name is recorded in the cluster, at
 // "_etcdkit/semaphore-limit/<name>" under the namespace, by the first
-// Acquire of that name, and stays: an Acquire with another limit fails with
-// ErrLimitMismatch and puts no key, so that holders never count with
+// Acquire of that name, and stays: every Acquire puts its key in a
+// transaction that applies only if the recorded limit is its own (or
+// records it, when there is none), so an Acquire with another limit fails
+// with ErrLimitMismatch and puts no key, and holders never count with
 // different limits. To change the limit, stop every user of the name,
 // delete that key, and start them with the new limit. Holder keys live at
 // "_etcdkit/semaphore/<name>/<lease in hex>-<slot>".
@@ -83,8 +85,11 @@ func (s *Semaphore) Err() error { return s.e.err }
 // acquire, and returns the Permit. Waiters are served in arrival order.
 //
 // ctx bounds the wait only, not the Permit it returns. Acquire fails as
-// Mutex.Lock does, and with ErrLimitMismatch when the name was first used
-// with another limit; a failed Acquire leaves no key.
+// Mutex.Lock does (and takes a new lease within the call, as Lock does,
+// when it finds the shared one revoked or expired), and with
+// ErrLimitMismatch when the name was first used with another limit; a
+// failed Acquire leaves no key. The limit check is part of the
+// transaction that puts the key: an uncontended Acquire is one request.
 func (s *Semaphore) Acquire(ctx context.Context) (*Permit, error) {
 	return s.acquire(ctx, false)
 }
