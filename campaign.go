@@ -1,12 +1,14 @@
 package etcdkit
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.uber.org/zap"
 
 	"github.com/etcdkit/etcdkit/internal/backoff"
@@ -20,7 +22,9 @@ import (
 //
 // ctx bounds the campaign only, not the Leadership it returns. Campaign fails
 // when ctx ends (the error wraps ctx's cause), when the candidate's lease is
-// lost (ErrLeaseLost) or its key deleted by someone else (ErrNotLeader), and
+// lost (ErrLeaseLost; a lease revoked by someone else is lost too: a
+// candidate that sees its key deleted asks the server whether the lease went
+// with it) or its key deleted by someone else (ErrNotLeader), and
 // when the client is closed (ErrClosed). A failed Campaign removes its
 // candidate key by revoking its lease: before it returns when ctx ended,
 // in the background when the lease was lost (the cluster is then most likely
@@ -32,7 +36,10 @@ func (e *Election) Campaign(ctx context.Context, id string) (*Leadership, error)
 }
 
 // campaign is Campaign; with try, it gives up as soon as it sees that it
-// does not hold at once, with a *HeldError naming those who do.
+// does not hold at once, with a *HeldError naming those who do. A Mutex's
+// or a Semaphore's candidate whose shared lease the server no longer knows
+// retires it and starts again on a new one, until ctx ends; an election's
+// candidate has a lease of its own, granted for this call, and fails.
 func (e *Election) campaign(ctx context.Context, id string, try bool) (*Leadership, error) {
 	if e.err != nil {
 		return nil, e.err
@@ -47,19 +54,36 @@ func (e *Election) campaign(ctx context.Context, id string, try bool) (*Leadersh
 		return nil, e.fail(e.verb(), context.Cause(ctx))
 	}
 
-	cd, err := e.newCandidate(ctx, id, try)
-	if err != nil {
-		return nil, e.fail(e.verb(), err)
-	}
-	l, err := cd.campaign(ctx)
-	if err == nil && !cd.unhook() {
-		// ctx ended just as the campaign was won.
-		l, err = nil, context.Cause(ctx)
-	}
-	if err != nil {
+	var (
+		l     *Leadership
+		cd    *candidate
+		retry *backoff.Backoff // made by the first retry
+	)
+	for {
+		var err error
+		cd, err = e.newCandidate(ctx, id, try)
+		if err != nil {
+			return nil, e.fail(e.verb(), err)
+		}
+		l, err = cd.campaign(ctx)
+		if err == nil && !cd.unhook() {
+			// ctx ended just as the campaign was won.
+			l, err = nil, context.Cause(ctx)
+		}
+		if err == nil {
+			break
+		}
 		cd.unhook()
 		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
+		}
+		// A shared lease the server no longer knows (revoked by another
+		// client, or expired) is retired before the key is given up, so
+		// that the holding's release ends it and the next try takes a new
+		// one.
+		again := cd.ss != nil && ctx.Err() == nil && cd.s.goneLease(cd.lease)
+		if again {
+			cd.ss.retire()
 		}
 		// A session that lost its lease or ended with the client revokes
 		// its lease on its own, which a silent link can make take a while:
@@ -67,7 +91,18 @@ func (e *Election) campaign(ctx context.Context, id string, try bool) (*Leadersh
 		if st, _ := cd.s.feed.get(); st != SessionLost || !e.c.spawn(func() { _ = cd.abandon() }) {
 			_ = cd.abandon()
 		}
-		return nil, e.fail(e.verb(), err)
+		if !again {
+			return nil, e.fail(e.verb(), err)
+		}
+		e.c.log.Info(e.kind+"'s lease was revoked or expired, taking a new one", zap.String(e.kind, e.name),
+			zap.String("id", id), zap.Int64("lease", int64(cd.lease)), zap.Error(err))
+		// The first retry goes at once; a lease revoked again and again
+		// (a script) is not fought at network speed.
+		if retry == nil {
+			retry = backoff.New(100*time.Millisecond, 2*time.Second)
+		} else if !retry.Wait(ctx) {
+			return nil, e.fail(e.verb(), fmt.Errorf("%w (%w)", context.Cause(ctx), err))
+		}
 	}
 	if !l.start() {
 		_ = cd.abandon()
@@ -137,6 +172,9 @@ func (e *Election) newCandidate(ctx context.Context, id string, try bool) (*cand
 func (cd *candidate) campaign(ctx context.Context) (*Leadership, error) {
 	e := cd.e
 	res, err := cd.put(ctx)
+	if errors.Is(err, ErrLimitMismatch) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, fmt.Errorf("put candidate key: %w", err)
 	}
@@ -166,7 +204,7 @@ func (cd *candidate) campaign(ctx context.Context) (*Leadership, error) {
 			return nil, fmt.Errorf("%w before this candidate could lead", ErrLeaseLost)
 		}
 		if synced == nil {
-			leads, err := cd.standing()
+			leads, err := cd.standing(ctx)
 			if err != nil {
 				return nil, err
 			}
@@ -226,14 +264,22 @@ func (cd *candidate) put(ctx context.Context) (casResult, error) {
 	stop := context.AfterFunc(cd.s.ctx, func() { endPut(sessionCause(context.Cause(cd.s.ctx))) })
 	defer stop()
 	res, err := c.casStreams(ctx, casOp{key: cd.key, value: []byte(cd.id), lease: cd.lease,
-		peers: cd.e.cands.path, peerLimit: int64(cd.e.slots)})
+		peers: cd.e.cands.path, peerLimit: int64(cd.e.slots), guard: cd.e.guard, guardValue: cd.e.guardValue})
 	// An attempt given up on may still apply, after the one that answered.
 	cd.clean = res.attempts == 1
 	switch {
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		cd.s.leaseNotFound(cd.lease)
+		return res, fmt.Errorf("%w: the lease was revoked or expired (%w)", ErrLeaseLost, err)
 	case err != nil:
 		return res, err
 	case res.ok:
 		cd.token = res.rev
+	case res.guard != nil && !bytes.Equal(res.guard.Value, cd.e.guardValue):
+		// The name's limit is another. A put answered on its first
+		// attempt surely did not apply: the key's name is free again.
+		cd.unput = cd.clean
+		return res, cd.e.mismatch(res.guard)
 	case res.cur == nil || res.cur.Lease != int64(cd.lease):
 		return res, fmt.Errorf("candidate key %q taken by someone else", cd.key)
 	default:
@@ -244,8 +290,9 @@ func (cd *candidate) put(ctx context.Context) (casResult, error) {
 }
 
 // standing judges the cache's state: whether the candidate leads, or an
-// error if its key is gone. A state older than the key says nothing.
-func (cd *candidate) standing() (bool, error) {
+// error if its key is gone, matching ErrLeaseLost when the lease went with
+// it (see Leadership.deleted). A state older than the key says nothing.
+func (cd *candidate) standing(ctx context.Context) (bool, error) {
 	rev := cd.ca.Revision()
 	if rev < cd.token {
 		return false, nil
@@ -261,6 +308,10 @@ func (cd *candidate) standing() (bool, error) {
 		}
 	}
 	if !mine {
+		if cd.s.leaseGone(ctx, cd.lease) {
+			return false, fmt.Errorf("%w: candidate key %q was deleted by revision %d with its lease (revoked by another client, or expired)",
+				ErrLeaseLost, cd.key, rev)
+		}
 		return false, fmt.Errorf("%w: candidate key %q was deleted by revision %d", cd.e.lost, cd.key, rev)
 	}
 	older := 0

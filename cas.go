@@ -36,6 +36,13 @@ type casOp struct {
 	// a holder's key is among them says whether it holds at once.
 	peers     string
 	peerLimit int64
+	// guard, if not empty, is a key that must hold guardValue for the put
+	// to apply. When it is absent the put applies all the same and writes
+	// it, with no lease, in the same transaction (a nested one), so that
+	// the first writer records the value every later one is held to: a
+	// Semaphore's limit. Not with check.
+	guard      string
+	guardValue []byte
 }
 
 // casResult is what a compare-and-put found.
@@ -49,6 +56,9 @@ type casResult struct {
 	cur *mvccpb.KeyValue
 	// peers are the oldest keys under op.peers, oldest first.
 	peers []*mvccpb.KeyValue
+	// guard is op.guard as it stood when the transaction did not apply;
+	// nil when it was absent, or when ok.
+	guard *mvccpb.KeyValue
 	// attempts is how many times casStreams sent the transaction.
 	attempts int
 }
@@ -70,18 +80,39 @@ func (op casOp) commit(ctx context.Context, kv clientv3.KV) (casResult, error) {
 			clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
 		then, els = append(then, peers), append(els, peers)
 	}
+	if op.guard != "" {
+		// A Value comparison on an absent key fails: the nested
+		// transaction, run when the outer one did not apply, records the
+		// guard if it is absent and the other comparisons hold, and
+		// otherwise reads it.
+		record := clientv3.OpTxn(append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(op.guard), "=", 0)}, cmps...),
+			append([]clientv3.Op{clientv3.OpPut(op.guard, string(op.guardValue))}, then...),
+			[]clientv3.Op{clientv3.OpGet(op.guard)})
+		cmps = append(cmps, clientv3.Compare(clientv3.Value(op.guard), "=", string(op.guardValue)))
+		els = append(els, record)
+	}
 	resp, err := kv.Txn(ctx).If(cmps...).Then(then...).Else(els...).Commit()
 	if err != nil {
 		return casResult{}, err
 	}
 	res := casResult{ok: resp.Succeeded, rev: resp.Header.Revision}
+	rs := resp.Responses
+	if !res.ok && op.guard != "" {
+		nested := rs[len(rs)-1].GetResponseTxn()
+		rs = rs[:len(rs)-1]
+		if res.ok = nested.GetSucceeded(); res.ok {
+			rs = nested.GetResponses()[1:]
+		} else if kvs := nested.GetResponses()[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+			res.guard = kvs[0]
+		}
+	}
 	if !res.ok {
-		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+		if kvs := rs[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
 			res.cur = kvs[0]
 		}
 	}
 	if op.peers != "" {
-		res.peers = resp.Responses[len(resp.Responses)-1].GetResponseRange().GetKvs()
+		res.peers = rs[len(rs)-1].GetResponseRange().GetKvs()
 	}
 	return res, nil
 }
@@ -100,22 +131,6 @@ func (c *Client) casRaw(ctx context.Context, op casOp) (casResult, error) {
 		return nil, err
 	})
 	return res, err
-}
-
-// casOnce runs op once over the client's request connection, bounded as
-// requests are (opContext), and reports whether it applied and, if not,
-// what the key held.
-func casOnce(ctx context.Context, c *Client, op casOp) (bool, *mvccpb.KeyValue, error) {
-	rctx, cancel, err := c.opContext(ctx)
-	if err != nil {
-		return false, nil, err
-	}
-	defer cancel()
-	res, err := c.casRaw(rctx, op)
-	if err != nil {
-		return false, nil, c.cause(mapServerError(err))
-	}
-	return res.ok, res.cur, nil
 }
 
 // casStreams runs op on the pinned stream connection, retrying an attempt

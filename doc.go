@@ -196,11 +196,16 @@
 // waiting with [ErrLeaseLost] and leaves no key, and Unlock or Release
 // deletes its own key only (a key's name is used again only once nothing of
 // its holding can reach the cluster any more), so a retried or late call
-// never removes another holder's key. A Lock that holds at once costs one
-// transaction, and Unlock one more. A semaphore's limit is recorded in the
-// cluster by
-// its first user; a Semaphore with another limit is refused with
-// [ErrLimitMismatch].
+// never removes another holder's key. A lease revoked by someone else
+// (another client, etcdctl lease revoke) counts as a lost lease: the
+// holdings under it end with a cause matching [ErrLeaseLost] (and
+// [ErrNotHeld]), and the Mutex takes a new lease for later Locks; a Lock
+// or Acquire that finds its lease gone, waiting or putting its key, takes a
+// new one and goes on within the same call, bounded by its ctx. A Lock that
+// holds at once costs one transaction, and Unlock one more. A semaphore's
+// limit is recorded in the cluster by its first user, in the transaction
+// of its first Acquire; a Semaphore with another limit is refused with
+// [ErrLimitMismatch], in the transaction that would have put its key.
 //
 // A [Leadership], a [Lock] and a [Permit] are each a [Fence]: [GuardedPut],
 // [GuardedDelete], [GuardedTxn] and [GuardedUpdateKeys] apply only while
@@ -387,7 +392,10 @@
 // defaults) before the earliest moment another candidate can win, which
 // leaves room for late timers and for the leader to stop what it is doing.
 //
-// What the margins cannot cover, a pause longer than them, a key deleted or
+// A key deleted or a lease revoked by someone else ends leadership as soon
+// as the leader sees its key go; when the server no longer knows the lease
+// (asked then, one request), the cause matches [ErrLeaseLost] too. What the
+// margins cannot cover, a pause longer than them, a key deleted or
 // a lease revoked by someone else, the guarded writes do: [Leadership.Txn],
 // [GuardedPut] and [GuardedDelete] apply only while the leader key still
 // exists with the leadership's token, a condition the cluster checks in the

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -19,7 +20,8 @@ const electionRoot = "_etcdkit/election"
 // configuration, is cheap to make and safe for concurrent use. Any number of
 // Campaigns may run at once, from one Election or many, in one process or
 // many. A leader learns it may have lost leadership before another can win,
-// unless someone else deletes its key or revokes its lease, and its guarded
+// unless someone else deletes its key or revokes its lease (it then learns
+// when it sees its key go, with ErrLeaseLost for a revoke), and its guarded
 // writes apply only while it leads (see [Leadership]); the package
 // documentation gives the candidates' keys under Key layout.
 //
@@ -45,6 +47,13 @@ type Election struct {
 	// resigned is the cause of a holding ended by Resign (Unlock,
 	// Release) or Close.
 	resigned error
+	// guard, if not empty, is a key every candidate key's put requires to
+	// hold guardValue, recording it when absent (see casOp.guard), and
+	// mismatch the error of a put that found it holding another: a
+	// Semaphore's limit.
+	guard      string
+	guardValue []byte
+	mismatch   func(*mvccpb.KeyValue) error
 }
 
 // NewElection returns the election called name among the clients of c's

@@ -147,8 +147,11 @@ func (e *Ephemeral[T]) Err() error { return e.cause() }
 // if the key is still as the Ephemeral last wrote it; if someone else changed
 // it meanwhile, their change is overwritten as a restore would. ctx bounds
 // the call (with Config.RequestTimeout). The new value is kept even if Update
-// fails: every later restore writes it. While the lease is Lost, Update fails
-// with ErrLeaseLost and the value is written once the session recovers.
+// fails: every later restore writes it. While the lease is Lost, or when
+// Update finds it gone at the server (revoked by someone else, or expired,
+// before the session noticed), Update fails with ErrLeaseLost and the value
+// is written once the session has a new lease (Update's finding sets the
+// session to get one at once).
 func (e *Ephemeral[T]) Update(ctx context.Context, v T) error {
 	data, err := e.key.encode(v)
 	if err != nil {
@@ -174,6 +177,12 @@ func (e *Ephemeral[T]) Update(ctx context.Context, v T) error {
 		return e.fail("update", fmt.Errorf("%w; the value is written when a new lease is granted", ErrLeaseLost))
 	}
 	if _, err := e.writeLocked(ctx, lease, e.rev); err != nil {
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			// Revoked by someone else, or expired: the session learns it
+			// now rather than at its next keepalive.
+			e.s.leaseNotFound(lease)
+			return e.fail("update", fmt.Errorf("%w: the lease was revoked or expired; the value is written when a new lease is granted (%w)", ErrLeaseLost, err))
+		}
 		if e.s.ctx.Err() != nil {
 			err = fmt.Errorf("%w: %w", context.Cause(e.s.ctx), err)
 		}
@@ -235,7 +244,7 @@ func (e *Ephemeral[T]) run() {
 			}
 			if err != nil {
 				if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-					e.s.poke()
+					e.s.leaseNotFound(lease)
 				}
 				e.key.c.log.Debug("ephemeral cannot put its key back yet", zap.String("key", e.key.name), zap.Error(err))
 				if !e.waitEpoch(retry.Next(), epoch) {

@@ -44,8 +44,11 @@ var (
 	ErrCompacted = errors.New("etcdkit: revision compacted")
 	// ErrLeaseLost means a session's lease is presumed expired: no keepalive
 	// succeeded for the whole TTL (minus the Lost margin), or the server
-	// answered that the lease no longer exists. It is the Err of a session
-	// made WithoutRecovery once it is Lost.
+	// answered that the lease no longer exists, which is also what a lease
+	// revoked by someone else (another client, etcdctl lease revoke) looks
+	// like. It is the Err of a session made WithoutRecovery once it is Lost,
+	// and the cause of a Leadership, Lock or Permit whose key went with its
+	// lease.
 	ErrLeaseLost = errors.New("etcdkit: lease lost")
 	// ErrInvalidTTL means a lease TTL the cluster cannot honour exactly: under
 	// one second, not a whole number of seconds, above etcd's maximum, or

@@ -155,7 +155,7 @@ func (l *Leadership) txn(ctx context.Context, op string, ops []clientv3.Op) (*cl
 		return nil, errorf("%s %q: %s: %w", l.e.kind, l.e.name, op, c.cause(mapServerError(err)))
 	}
 	if !resp.Succeeded {
-		l.end(fmt.Errorf("%w: a guarded write found the %s key gone at revision %d", l.e.lost, l.e.keyWord(), resp.Header.Revision))
+		l.end(l.deleted(fmt.Sprintf("a guarded write found the %s key gone at revision %d", l.e.keyWord(), resp.Header.Revision)))
 		return nil, l.notHeld(op)
 	}
 	return resp, nil

@@ -24,7 +24,10 @@ var errResigned = fmt.Errorf("%w: leadership resigned", ErrClosed)
 // session would declare the lease Lost within the step-down margin
 // ([WithStepDownMargin]), which is before any other candidate can win; when
 // the session is Lost or ended; and when the leader key is seen deleted or
-// replaced, or a guarded write found it gone. A candidate that had to wait
+// replaced, or a guarded write found it gone. A key found deleted with its
+// lease, which the leader then asks the server (one request), means the
+// lease was revoked by someone else (another client, etcdctl lease revoke)
+// or expired: the cause then matches [ErrLeaseLost] too. A candidate that had to wait
 // sees its key change at once, through the election's keys it waited on;
 // one that led at once watches its own key from a second after it won
 // (most Locks are shorter than that), from the key's creation on, so a
@@ -123,8 +126,8 @@ func (l *Leadership) Done() <-chan struct{} { return l.done }
 
 // Err returns nil until Done is closed, then why the leadership ended:
 // context.Cause of Context. It matches ErrNotLeader when leadership was lost
-// (with ErrLeaseLost when the lease was), ErrClosed after Resign, Close or
-// Client.Close.
+// (with ErrLeaseLost when the lease was, revoked by someone else included),
+// ErrClosed after Resign, Close or Client.Close.
 func (l *Leadership) Err() error { return l.cause() }
 
 // Resign gives up leadership at once: it cancels Context, then revokes the
@@ -224,11 +227,28 @@ func (l *Leadership) eventCause(ev Event[[]byte]) error {
 func (l *Leadership) keyGone(rev int64, exists bool, create, lease int64) error {
 	switch {
 	case !exists:
-		return fmt.Errorf("%w: the %s key was deleted by revision %d", l.e.lost, l.e.keyWord(), rev)
+		return l.deleted(fmt.Sprintf("the %s key was deleted by revision %d", l.e.keyWord(), rev))
 	case create != l.token || lease != int64(l.lease):
 		return fmt.Errorf("%w: the %s key was replaced by revision %d", l.e.lost, l.e.keyWord(), rev)
 	}
 	return nil
+}
+
+// deleted says why the holding must end when its key was found deleted
+// (what says how): the key went with the lease when the server no longer
+// knows the lease (revoked by another client, etcdctl lease revoke, or
+// expired), and the cause then matches ErrLeaseLost too. A shared lease
+// found gone is retired at once, so that the next Lock or Acquire takes a
+// new one. Asking the server delays the end by one request at most
+// (bounded by StallTimeout): the key is gone already.
+func (l *Leadership) deleted(what string) error {
+	if !l.s.leaseGone(l.ctx, l.lease) {
+		return fmt.Errorf("%w: %s", l.e.lost, what)
+	}
+	if l.ss != nil {
+		l.ss.retire()
+	}
+	return errorf("%w: %w: %s, with its lease %x (revoked by another client, or expired)", l.e.lost, ErrLeaseLost, what, int64(l.lease))
 }
 
 // keyWatchDelay is how long a holding that held at once goes before it

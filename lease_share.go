@@ -24,8 +24,12 @@ import (
 // holding's key by the same name.
 //
 // The session is made by the first acquire, ended when it can no longer
-// serve (its lease Lost, or a key it held could not be deleted: see
-// retire), and otherwise revoked once nobody has used it for a TTL. A
+// serve (its lease Lost, or found gone at the server, revoked by someone
+// else or expired; or a key it held could not be deleted: see retire), and
+// otherwise revoked once nobody has used it for a TTL. An acquire that
+// finds its lease gone (its put refused with "requested lease not found",
+// or its key deleted with the lease while it waits) retires the session
+// and tries again on a new one, within its ctx (see Election.campaign). A
 // holding whose release cannot reach the cluster keeps a reference until a
 // delete in the background lands, so the session's lease, which keeps the
 // key in place, outlives the key only by that background work.
@@ -61,7 +65,7 @@ func (ss *sharedSession) usable() bool {
 	default:
 	}
 	st, _ := ss.s.feed.get()
-	return st != SessionLost
+	return st != SessionLost && !ss.s.goneLease(ss.lease)
 }
 
 // take returns the session for a new holding and the slot of its key,
@@ -222,6 +226,10 @@ type keyHold struct {
 	// clean reports that the put applied on its first attempt, so that no
 	// copy of it given up on can apply later, once the key is gone.
 	clean bool
+	// unput reports that the put was answered on its first attempt and did
+	// not apply (a Semaphore's limit did not match): there is no key, and
+	// there never will be.
+	unput bool
 }
 
 // letGo gives up the key. An election's candidate ends its own session,
@@ -238,6 +246,10 @@ func (h *keyHold) letGo(ctx context.Context, e *Election) error {
 	ss := h.ss
 	if ss == nil {
 		return h.s.Close()
+	}
+	if h.unput {
+		ss.release(h.slot, true)
+		return nil
 	}
 	once, err := e.c.deleteOwn(ctx, h.key, h.token, h.lease)
 	if err == nil && once && h.token != 0 && h.clean {

@@ -17,6 +17,9 @@ const mutexRoot = "_etcdkit/mutex"
 // their keys under one lease of the Mutex's TTL, granted by the first Lock
 // and revoked once no Lock has used it for a TTL (or when its lease is
 // lost, or the client closed): keep a Mutex rather than make one per Lock.
+// A lease revoked by someone else (another client, etcdctl lease revoke)
+// is lost like one that expired: the Locks under it end (see Lock), and the
+// next Lock takes a new lease.
 //
 // A Mutex is an election whose leader holds the lock: Lock puts a key and,
 // in the same transaction, reads the oldest; a Lock that holds at once has
@@ -63,6 +66,10 @@ func (m *Mutex) Err() error { return m.e.err }
 // ends (the error wraps ctx's cause), when its own lease is lost while it
 // waits (ErrLeaseLost: its link to the cluster is gone; it never holds
 // without a live lease), and when the client is closed (ErrClosed). A
+// lease the server no longer knows (revoked by someone else, or expired),
+// found when Lock puts its key or sees it deleted while waiting, is not a
+// failure: Lock retires it, takes a new lease and puts its key again, as
+// often as ctx allows, waiting again behind whoever is older. A
 // failed Lock leaves no key: it deletes its key, or, when the cluster
 // cannot be reached, keeps trying in the background, and the Mutex takes a
 // new lease for later Locks while the one holding that key ends (expires
@@ -99,7 +106,10 @@ func (m *Mutex) Holder(ctx context.Context) (LeaderInfo, error) {
 // ErrNotHeld (ErrLeaseLost too when the lease was), before the server can
 // expire the lease and so before anyone else can acquire, as a
 // Leadership's (see Leadership for the causes and WithStepDownMargin for
-// the margin). Work done under the lock should run under Context, and
+// the margin). A lease revoked by someone else (another client, etcdctl
+// lease revoke) is a lost lease too, but it frees the lock at once: the
+// Lock learns of it when it sees its key go, and asks the server whether
+// the lease went with it, so that its cause matches ErrLeaseLost. Work done under the lock should run under Context, and
 // writes that must not land after the lock is lost should be guarded by it.
 //
 // A Lock is safe for concurrent use.
@@ -146,8 +156,9 @@ func (h *holder) Context() context.Context { return h.l.ctx }
 func (h *holder) Done() <-chan struct{} { return h.l.done }
 
 // Err returns nil until Done is closed, then why the holding ended:
-// ErrNotHeld-matching when it was lost, ErrClosed after a release, Close or
-// Client.Close.
+// ErrNotHeld-matching when it was lost (ErrLeaseLost-matching too when the
+// lease was, expired or revoked by someone else), ErrClosed after a
+// release, Close or Client.Close.
 func (h *holder) Err() error { return h.l.Err() }
 
 // Close releases the holding, with no deadline of its own, and waits for

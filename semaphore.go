@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
 // semaphoreRoot is the reserved name, under the client's namespace, below
@@ -31,8 +33,10 @@ const (
 //
 // The limit of a name is recorded in the cluster, at
 // "_etcdkit/semaphore-limit/<name>" under the namespace, by the first
-// Acquire of that name, and stays: an Acquire with another limit fails with
-// ErrLimitMismatch and puts no key, so that holders never count with
+// Acquire of that name, and stays: every Acquire puts its key in a
+// transaction that applies only if the recorded limit is its own (or
+// records it, when there is none), so an Acquire with another limit fails
+// with ErrLimitMismatch and puts no key, and holders never count with
 // different limits. To change the limit, stop every user of the name,
 // delete that key, and start them with the new limit. Holder keys live at
 // "_etcdkit/semaphore/<name>/<lease in hex>-<slot>".
@@ -62,6 +66,7 @@ func NewSemaphore(c *Client, name string, limit int, ttl time.Duration, opts ...
 		e.err = fmt.Errorf("etcdkit: semaphore %q: limit %d, want at least 1", name, limit)
 	default:
 		s.limitPath = c.path(semaphoreLimitRoot + "/" + url.PathEscape(name))
+		e.guard, e.guardValue, e.mismatch = s.limitPath, []byte(strconv.Itoa(limit)), s.mismatch
 	}
 	return s
 }
@@ -80,8 +85,11 @@ func (s *Semaphore) Err() error { return s.e.err }
 // acquire, and returns the Permit. Waiters are served in arrival order.
 //
 // ctx bounds the wait only, not the Permit it returns. Acquire fails as
-// Mutex.Lock does, and with ErrLimitMismatch when the name was first used
-// with another limit; a failed Acquire leaves no key.
+// Mutex.Lock does (and takes a new lease within the call, as Lock does,
+// when it finds the shared one revoked or expired), and with
+// ErrLimitMismatch when the name was first used with another limit; a
+// failed Acquire leaves no key. The limit check is part of the
+// transaction that puts the key: an uncontended Acquire is one request.
 func (s *Semaphore) Acquire(ctx context.Context) (*Permit, error) {
 	return s.acquire(ctx, false)
 }
@@ -97,9 +105,6 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Permit, error) {
 	if s.e.err != nil {
 		return nil, s.e.err
 	}
-	if err := s.checkLimit(ctx); err != nil {
-		return nil, s.e.fail("acquire", err)
-	}
 	l, err := s.e.campaign(ctx, s.id, try)
 	if err != nil {
 		return nil, unwrapHeld(err)
@@ -107,19 +112,11 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Permit, error) {
 	return &Permit{holder{l}}, nil
 }
 
-// checkLimit records the semaphore's limit if the name has none yet, or
-// checks that it is the recorded one.
-func (s *Semaphore) checkLimit(ctx context.Context) error {
-	want := strconv.Itoa(s.limit)
-	ok, kv, err := casOnce(ctx, s.e.c, casOp{key: s.limitPath, value: []byte(want)})
-	if err != nil || ok {
-		return err
-	}
-	if string(kv.Value) != want {
-		return fmt.Errorf("%w: the limit of this name is %q (recorded at revision %d), this Semaphore's is %d",
-			ErrLimitMismatch, kv.Value, kv.ModRevision, s.limit)
-	}
-	return nil
+// mismatch is the error of an Acquire whose put found the name's recorded
+// limit, kv, not this Semaphore's.
+func (s *Semaphore) mismatch(kv *mvccpb.KeyValue) error {
+	return fmt.Errorf("%w: the limit of this name is %q (recorded at revision %d), this Semaphore's is %d",
+		ErrLimitMismatch, kv.Value, kv.ModRevision, s.limit)
 }
 
 // Holders reads who holds permits now (a linearizable read), oldest first.

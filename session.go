@@ -100,6 +100,9 @@ type Session struct {
 	lease     clientv3.LeaseID
 	lastSent  time.Time // send time of the last successful keepalive or grant
 	revokeErr error
+	// gone is set when the server said lease no longer exists: revoked by
+	// someone else (etcdctl lease revoke), or expired. A new lease clears it.
+	gone bool
 }
 
 // errSessionClosed is the cause of a session ended by its Close.
@@ -257,6 +260,56 @@ func (s *Session) poke() {
 	}
 }
 
+// leaseNotFound records that a request under lease id was refused because
+// the server no longer knows the lease, and asks for a keepalive now, which
+// finds the same and declares the session Lost without waiting for the
+// next keepalive. A lease other than the current one (an answer about a
+// lease the session has already replaced) changes nothing.
+func (s *Session) leaseNotFound(id clientv3.LeaseID) {
+	s.mu.Lock()
+	cur := s.lease == id
+	s.gone = s.gone || cur
+	s.mu.Unlock()
+	if cur {
+		s.poke()
+	}
+}
+
+// goneLease reports whether the server said lease id, the current one, no
+// longer exists.
+func (s *Session) goneLease(id clientv3.LeaseID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gone && s.lease == id
+}
+
+// leaseGone asks the server whether lease id still exists (a TimeToLive
+// on the stream connection, bounded by ctx and StallTimeout), for a holder
+// that saw its key deleted and must say whether the lease went with it.
+// When the server says it does not, it records that as leaseNotFound does
+// and reports true; when the server cannot say in time, false.
+func (s *Session) leaseGone(ctx context.Context, id clientv3.LeaseID) bool {
+	if s.goneLease(id) {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.c.cfg.StallTimeout)
+	defer cancel()
+	var ttl int64
+	err := s.c.onStreams(ctx, s.c.cfg.StallTimeout, func(ctx context.Context, cli *clientv3.Client) error {
+		resp, err := cli.TimeToLive(ctx, id)
+		if err != nil {
+			return err
+		}
+		ttl = resp.TTL
+		return nil
+	})
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) || err == nil && ttl < 0 {
+		s.leaseNotFound(id)
+		return true
+	}
+	return false
+}
+
 func (s *Session) lostAtLocked() time.Time {
 	return s.lastSent.Add(s.ttl - s.o.margin)
 }
@@ -318,7 +371,10 @@ func (s *Session) run() {
 			s.revokeAtEnd()
 			return
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
-			s.lose("the server no longer knows the lease")
+			s.mu.Lock()
+			s.gone = true
+			s.mu.Unlock()
+			s.lose("the server no longer knows the lease: it was revoked (by another client, or etcdctl lease revoke) or expired")
 		default:
 			if st == SessionLive {
 				s.c.log.Info("session suspended", zap.Int64("lease", int64(id)), zap.Error(err))
@@ -375,6 +431,7 @@ func (s *Session) recover() bool {
 			s.mu.Lock()
 			old := s.lease
 			s.lease, s.lastSent = id, sent
+			s.gone = false
 			s.mu.Unlock()
 			s.c.log.Info("session recovered with a new lease", zap.Int64("lease", int64(id)), zap.Int64("lost", int64(old)))
 			s.feed.enter(SessionLive, SessionRecovered)
