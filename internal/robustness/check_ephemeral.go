@@ -158,9 +158,17 @@ func checkEphemeral(h *History, rc *revClock, e *EphemeralRecord) (Violation, bo
 				nextLo, _ = rc.bounds(hs[i+1].Rev)
 			}
 			if nextLo > o.To {
-				return fail("the owner was cut off from %s to %s (%s), longer than its TTL %v + %v (past %s, after the elections in it), but its key %s "+
+				v, bad := fail("the owner was cut off from %s to %s (%s), longer than its TTL %v + %v (past %s, after the elections in it), but its key %s "+
 					"written at revision %d was not deleted until after %s", fmtTime(o.From), fmtTime(o.To), o.Why,
 					e.TTL, ExpiryGrace, fmtTime(deadline), e.Key, c.Rev, fmtTime(o.To))
+				// The members' lessors run in this process: while it is
+				// frozen, no lease expires. The key was late by o.To -
+				// deadline at most.
+				if ss, total := stalled(h, o.From, o.To); total >= o.To-deadline {
+					v.Starved = fmt.Sprintf("the process stalled %.3fs in all within the outage, more than the %.3fs by which the expiry was late: %s",
+						total.Seconds(), (o.To - deadline).Seconds(), fmtStalls(ss))
+				}
+				return v, bad
 			}
 		}
 	}
@@ -186,10 +194,49 @@ func checkEphemeral(h *History, rc *revClock, e *EphemeralRecord) (Violation, bo
 		lo, hi := rc.bounds(c.Rev)
 		for _, w := range ws {
 			if lo >= w.from && hi <= w.to {
-				return fail("its key %s was deleted at revision %d (between %s and %s) while the owner was connected (%s to %s)",
+				v, bad := fail("its key %s was deleted at revision %d (between %s and %s) while the owner was connected (%s to %s)",
 					e.Key, c.Rev, fmtTime(lo), fmtTime(hi), fmtTime(w.from), fmtTime(w.to))
+				v.Starved = starvedLease(h, e.TTL, lo, hi)
+				return v, bad
 			}
 		}
 	}
 	return Violation{}, false
+}
+
+// starvedLease returns the evidence that a stall of the process explains
+// the expiry of a connected owner's lease, committed between lo and hi, or
+// "" if none does. The owner sends a keepalive every third of the TTL (the
+// library's default), so its lease lives a TTL minus that interval past
+// the last keepalive before any stall: a single stall at least that long,
+// within the TTL before the delete, can let the lease expire however well
+// the library behaves. Anything shorter is the library's to survive.
+func starvedLease(h *History, ttl, lo, hi time.Duration) string {
+	margin := ttl - ttl/3
+	ss, _ := stalled(h, lo-ttl, hi)
+	for _, s := range ss {
+		if s.Len() >= margin {
+			return fmt.Sprintf("a stall of %v (from %s to %s), at least the lease's margin of %.3fs (TTL %v minus the keepalive interval), "+
+				"within the TTL before the delete; stalls then: %s", s, fmtTime(s.From), fmtTime(s.To), margin.Seconds(), ttl, fmtStalls(ss))
+		}
+	}
+	return ""
+}
+
+// fmtStalls lists stalls, the longest first, at most five.
+func fmtStalls(ss []Stall) string {
+	ss = slices.Clone(ss)
+	slices.SortStableFunc(ss, func(a, b Stall) int { return cmp.Compare(b.Len(), a.Len()) })
+	var parts []string
+	for i, s := range ss {
+		if i == 5 {
+			parts = append(parts, fmt.Sprintf("and %d more", len(ss)-i))
+			break
+		}
+		parts = append(parts, s.String())
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
 }

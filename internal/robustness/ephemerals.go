@@ -68,8 +68,13 @@ func (es *Ephemerals) Start(ctx context.Context, run *Run) error {
 		o.key = etcdkit.NewKey(c, fmt.Sprintf("%s/%s", EphemeralPrefix, name), etcdkit.String())
 		o.values = newCandidates(name + ".0")
 		o.rec = &EphemeralRecord{Owner: fmt.Sprintf("%s via m%d", name, o.member), Key: o.key.Name(), TTL: ttl}
-		if o.e, err = etcdkit.NewEphemeral(ctx, o.key, o.values.get()[0], ttl); err != nil {
-			return fmt.Errorf("%s: %w", o.rec.Owner, err)
+		// A put whose answer was lost is overwritten by the next attempt,
+		// under its own lease; a failed attempt revokes its lease.
+		if err := run.StartStep(ctx, o.rec.Owner+": NewEphemeral", func() (err error) {
+			o.e, err = etcdkit.NewEphemeral(ctx, o.key, o.values.get()[0], ttl)
+			return err
+		}); err != nil {
+			return err
 		}
 		o.rec.Created = run.Rec.Now()
 		run.Rec.Ephemeral(o.rec)

@@ -377,6 +377,9 @@ type History struct {
 	Lives                          []*LiveRecord
 	Faults                         []FaultRecord
 	Notes                          []Note
+	// Stalls are the process's own scheduling stalls during the schedule,
+	// as its stall meter measured them.
+	Stalls []Stall
 }
 
 // Recorder collects a History from concurrent workloads. Its methods are

@@ -82,8 +82,11 @@ func (ss *Services) Start(ctx context.Context, run *Run) error {
 		in.c = c
 		svc := etcdkit.NewService(c, ServiceName, etcdkit.JSON[string]())
 		in.rec = &EphemeralRecord{Owner: fmt.Sprintf("%s via m%d", id, in.member), Key: servicePrefix(ServiceName) + id, TTL: ttl}
-		if in.reg, err = svc.Register(ctx, etcdkit.Instance[string]{ID: id, Addr: in.addr, Meta: in.metas.get()[0]}, ttl); err != nil {
-			return fmt.Errorf("register %s: %w", id, err)
+		if err := run.StartStep(ctx, "register "+id, func() (err error) {
+			in.reg, err = svc.Register(ctx, etcdkit.Instance[string]{ID: id, Addr: in.addr, Meta: in.metas.get()[0]}, ttl)
+			return err
+		}); err != nil {
+			return err
 		}
 		in.rec.Created = run.Rec.Now()
 		run.Rec.Ephemeral(in.rec)
@@ -106,8 +109,11 @@ func (ss *Services) Start(ctx context.Context, run *Run) error {
 		if err != nil {
 			return err
 		}
-		t, err := etcdkit.NewService(c, ServiceName, etcdkit.JSON[string]()).Track(ctx)
-		if err != nil {
+		var t *etcdkit.Tracker[string]
+		if err := run.StartStep(ctx, "track "+name, func() (err error) {
+			t, err = etcdkit.NewService(c, ServiceName, etcdkit.JSON[string]()).Track(ctx)
+			return err
+		}); err != nil {
 			return err
 		}
 		tr := &tracker{rec: &TrackerRecord{Name: name, Prefix: servicePrefix(ServiceName)}, c: c, t: t, done: make(chan struct{})}
