@@ -196,7 +196,7 @@ func checkEphemeral(h *History, rc *revClock, e *EphemeralRecord) (Violation, bo
 			if lo >= w.from && hi <= w.to {
 				v, bad := fail("its key %s was deleted at revision %d (between %s and %s) while the owner was connected (%s to %s)",
 					e.Key, c.Rev, fmtTime(lo), fmtTime(hi), fmtTime(w.from), fmtTime(w.to))
-				v.Starved = starvedLease(h, e.TTL, lo, hi)
+				v.Starved = starvedLease(h, e, lo, hi)
 				return v, bad
 			}
 		}
@@ -204,23 +204,60 @@ func checkEphemeral(h *History, rc *revClock, e *EphemeralRecord) (Violation, bo
 	return Violation{}, false
 }
 
-// starvedLease returns the evidence that a stall of the process explains
-// the expiry of a connected owner's lease, committed between lo and hi, or
-// "" if none does. The owner sends a keepalive every third of the TTL (the
-// library's default), so its lease lives a TTL minus that interval past
-// the last keepalive before any stall: a single stall at least that long,
-// within the TTL before the delete, can let the lease expire however well
-// the library behaves. Anything shorter is the library's to survive.
-func starvedLease(h *History, ttl, lo, hi time.Duration) string {
-	margin := ttl - ttl/3
-	ss, _ := stalled(h, lo-ttl, hi)
+// starvedLease returns the evidence that starvation explains the expiry
+// of a connected owner's lease, committed between lo and hi, or "" if
+// nothing does. The owner sends a keepalive every third of the TTL (the
+// library's default), so its lease lives a TTL minus that interval, its
+// margin, past the last keepalive before trouble. Two kinds of starvation
+// can eat that margin however well the library behaves, within the TTL
+// before the delete:
+//
+//   - the process stalled (no goroutine that was due ran) for at least the
+//     margin: no keepalive could be sent;
+//   - for at least the margin, every latency probe of the owner's member
+//     took longer than the owner's keepalive attempts may (its
+//     StallTimeout, at most the interval: the library's documented bound
+//     on one attempt), while the process stalled: the in-process cluster,
+//     starved of CPU with the rest of the process, answered too late for
+//     any keepalive to count. Without a stall of the process beside it,
+//     a slow cluster proves nothing, nor does it when the owner was not
+//     told Lost before the delete (the library promises Lost first).
+//
+// Anything shorter is the library's to survive.
+func starvedLease(h *History, e *EphemeralRecord, lo, hi time.Duration) string {
+	ttl := e.TTL
+	interval := ttl / 3
+	margin := ttl - interval
+	ss, total := stalled(h, lo-ttl, hi)
 	for _, s := range ss {
 		if s.Len() >= margin {
-			return fmt.Sprintf("a stall of %v (from %s to %s), at least the lease's margin of %.3fs (TTL %v minus the keepalive interval), "+
-				"within the TTL before the delete; stalls then: %s", s, fmtTime(s.From), fmtTime(s.To), margin.Seconds(), ttl, fmtStalls(ss))
+			return fmt.Sprintf("the process stalled for %v (until %s), at least the lease's margin of %.3fs (TTL %v minus the keepalive interval), "+
+				"within the TTL before the delete; stalls then: %s", s, fmtTime(s.To), margin.Seconds(), ttl, fmtStalls(ss))
 		}
 	}
-	return ""
+	if e.StallTimeout == 0 || len(ss) == 0 {
+		return ""
+	}
+	// The library promises Lost before the earliest expiry: a Lost that
+	// came after the delete is the library's failure, however slow the
+	// cluster.
+	told := slices.IndexFunc(e.LostAt, func(at time.Duration) bool { return at >= lo-ttl && at <= hi })
+	if told < 0 {
+		return ""
+	}
+	attempt := min(e.StallTimeout, interval)
+	slow, ps := slowCluster(h, e.Member, attempt, lo-ttl, hi)
+	if slow.Len() < margin {
+		return ""
+	}
+	var took []string
+	for _, p := range ps {
+		took = append(took, fmt.Sprintf("%.3fs", p.Took.Seconds()))
+	}
+	return fmt.Sprintf("from %s to %s (%.3fs, at least the lease's margin of %.3fs) every probe of m%d took at least the owner's %v keepalive attempt "+
+		"(StallTimeout %v) to answer (%s), while the process stalled %.3fs in all within the TTL before the delete (%s); the owner was told Lost at %s",
+		fmtTime(slow.From), fmtTime(slow.To), slow.Len().Seconds(), margin.Seconds(), e.Member, attempt, e.StallTimeout,
+		strings.Join(took, " "), total.Seconds(), fmtStalls(ss), fmtTime(e.LostAt[told]))
 }
 
 // fmtStalls lists stalls, the longest first, at most five.

@@ -305,6 +305,16 @@ func (env *Env) Run(t testing.TB, s *Schedule, workloads []Workload) *Result {
 	run.inj = newInjector(t, run)
 	meter := startStallMeter(run.Rec)
 	defer meter.Stop()
+	raft := startRaftLog(run.Rec, env.cluster.Members())
+	defer raft.Stop()
+	probeCtx, stopProbes := context.WithCancel(context.Background())
+	defer stopProbes()
+	probes := make(chan []Probe, 1)
+	go func() { probes <- probeLoop(probeCtx, run.Rec, env.direct) }()
+	defer func() {
+		stopProbes()
+		<-probes
+	}()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// A failure halfway leaves faults behind: heal them for the next
@@ -372,11 +382,16 @@ func (env *Env) Run(t testing.TB, s *Schedule, workloads []Workload) *Result {
 	if err != nil {
 		t.Fatalf("robustness: read the cluster's history: %v", err)
 	}
-	stalls := meter.Stop()
+	stalls, terms := meter.Stop(), raft.Stop()
+	stopProbes()
+	ps := <-probes
+	probes <- nil // for the deferred wait
 	run.Rec.update(func(h *History) {
+		h.Probes = ps
 		h.FinalRev = finalRev
 		h.Changes = run.Changes()
 		h.Stalls = stalls
+		h.Raft = terms
 	})
 	return &Result{Schedule: s, History: run.Rec.History(), Injected: run.inj.injected, Took: time.Since(began)}
 }

@@ -1,9 +1,13 @@
 package robustness
 
 import (
+	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // StallTick is how often the stall meter asks to be woken. A wake later
@@ -128,4 +132,71 @@ func stalled(h *History, from, to time.Duration) ([]Stall, time.Duration) {
 		total += min(s.To, to) - max(s.From, from)
 	}
 	return out, total
+}
+
+// probeTimeout bounds one probe of the cluster's latency.
+const probeTimeout = 5 * time.Second
+
+// Probe is one linearizable read the latency probe made through a member's
+// direct client: the time the in-process cluster, starved of CPU with the
+// rest of the process, took to serve what a lease keepalive also needs (a
+// round to the leader and its quorum).
+type Probe struct {
+	Member int
+	// At and Took are when the read was sent and how long it took to
+	// answer or fail (a failure counts as its full time).
+	At, Took time.Duration
+	Failed   bool
+}
+
+// probeLoop reads the revision through each member's direct client in
+// turn, with a short pause between reads, until ctx ends, and returns the
+// probes.
+func probeLoop(ctx context.Context, rec *Recorder, direct []*clientv3.Client) []Probe {
+	var ps []Probe
+	for i := 0; ctx.Err() == nil; i = (i + 1) % len(direct) {
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		at := rec.Now()
+		_, err := currentRev(pctx, direct[i])
+		cancel()
+		if ctx.Err() != nil {
+			break // cut short by the end of the schedule: no measure
+		}
+		ps = append(ps, Probe{Member: i, At: at, Took: rec.Now() - at, Failed: err != nil})
+		// The pause keeps the probe from being the load it measures.
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	return ps
+}
+
+// slowCluster returns the longest interval within [from, to] during which
+// every probe of member m took at least d (or failed), as the probes that
+// cover it: a client on m whose requests give up after d got no answer
+// then, however well it behaved.
+func slowCluster(h *History, m int, d, from, to time.Duration) (Stall, []Probe) {
+	var best, cur Stall
+	var bestPs, curPs []Probe
+	for _, p := range h.Probes {
+		if p.Member != m || p.At+p.Took < from || p.At > to {
+			continue
+		}
+		if p.Took < d && !p.Failed {
+			cur, curPs = Stall{}, nil
+			continue
+		}
+		if len(curPs) == 0 {
+			cur.From = p.At
+		}
+		cur.To = p.At + p.Took
+		curPs = append(curPs, p)
+		if cur.Len() > best.Len() {
+			best, bestPs = cur, slices.Clone(curPs)
+		}
+	}
+	return best, bestPs
 }

@@ -70,6 +70,9 @@ func Timeline(h *History, focus ...string) string {
 	for _, n := range h.Notes {
 		ls = append(ls, line{n.At, n.Who, n.Text})
 	}
+	for _, c := range h.Raft {
+		ls = append(ls, line{c.At, "raft", c.String()})
+	}
 	for _, st := range h.Stalls {
 		if st.Len() >= timelineStall {
 			ls = append(ls, line{st.From, "stall", fmt.Sprintf("the process did not run a due goroutine for %.3fs (until %s)", st.Len().Seconds(), fmtTime(st.To))})
