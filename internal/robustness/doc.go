@@ -32,7 +32,11 @@
 //     two permits that increment a counter with GuardedUpdateKeys while
 //     they hold.
 //   - [Lives]: runtime-configuration readers, a Live with a validator on a
-//     writer's key, some restarted from their snapshot during the faults.
+//     writer's key, some restarted from their snapshot during the faults;
+//   - [Fresh]: Prefix watches with the initial state and a Cache with its
+//     subscriptions that start on a prefix where no key exists yet, most
+//     with small buffers, while a writer then creates and deletes keys
+//     there in bursts.
 //
 // After the fault phase the [Env] heals the cluster, waits for a leader and
 // for every workload to converge, and reads the cluster's real history back

@@ -309,11 +309,16 @@ func (env *Env) Run(t testing.TB, s *Schedule, workloads []Workload) *Result {
 	defer raft.Stop()
 	probeCtx, stopProbes := context.WithCancel(context.Background())
 	defer stopProbes()
-	probes := make(chan []Probe, 1)
-	go func() { probes <- probeLoop(probeCtx, run.Rec, env.direct) }()
+	var (
+		probing sync.WaitGroup
+		probes  = make([][]Probe, len(env.direct))
+	)
+	for i, cli := range env.direct {
+		probing.Go(func() { probes[i] = probeLoop(probeCtx, run.Rec, i, cli) })
+	}
 	defer func() {
 		stopProbes()
-		<-probes
+		probing.Wait()
 	}()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -384,10 +389,9 @@ func (env *Env) Run(t testing.TB, s *Schedule, workloads []Workload) *Result {
 	}
 	stalls, terms := meter.Stop(), raft.Stop()
 	stopProbes()
-	ps := <-probes
-	probes <- nil // for the deferred wait
+	probing.Wait()
 	run.Rec.update(func(h *History) {
-		h.Probes = ps
+		h.Probes = slices.Concat(probes...)
 		h.FinalRev = finalRev
 		h.Changes = run.Changes()
 		h.Stalls = stalls

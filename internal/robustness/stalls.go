@@ -149,20 +149,21 @@ type Probe struct {
 	Failed   bool
 }
 
-// probeLoop reads the revision through each member's direct client in
-// turn, with a short pause between reads, until ctx ends, and returns the
-// probes.
-func probeLoop(ctx context.Context, rec *Recorder, direct []*clientv3.Client) []Probe {
+// probeLoop reads the revision through member m's direct client, with a
+// short pause between reads, until ctx ends, and returns the probes. Each
+// member has its own loop, so that a slow one does not thin out the
+// others' probes.
+func probeLoop(ctx context.Context, rec *Recorder, m int, cli *clientv3.Client) []Probe {
 	var ps []Probe
-	for i := 0; ctx.Err() == nil; i = (i + 1) % len(direct) {
+	for ctx.Err() == nil {
 		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 		at := rec.Now()
-		_, err := currentRev(pctx, direct[i])
+		_, err := currentRev(pctx, cli)
 		cancel()
 		if ctx.Err() != nil {
 			break // cut short by the end of the schedule: no measure
 		}
-		ps = append(ps, Probe{Member: i, At: at, Took: rec.Now() - at, Failed: err != nil})
+		ps = append(ps, Probe{Member: m, At: at, Took: rec.Now() - at, Failed: err != nil})
 		// The pause keeps the probe from being the load it measures.
 		t := time.NewTimer(50 * time.Millisecond)
 		select {
