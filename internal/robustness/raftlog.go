@@ -89,25 +89,3 @@ func (l *raftLog) Stop() []RaftChange {
 	<-l.done
 	return l.changes
 }
-
-// elections returns the terms the members entered within [from, to]: how
-// many elections the cluster held then, and the changes themselves.
-func elections(h *History, from, to time.Duration) (int, []RaftChange) {
-	terms := map[int]bool{}
-	var cs []RaftChange
-	for _, c := range h.Raft {
-		if c.At < from || c.At > to {
-			continue
-		}
-		cs = append(cs, c)
-		terms[c.Term] = true
-	}
-	// The first sighting of a member's term at the start of the log is
-	// no election.
-	for _, c := range h.Raft {
-		if c.At < from {
-			delete(terms, c.Term)
-		}
-	}
-	return len(terms), cs
-}
