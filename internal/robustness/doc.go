@@ -73,6 +73,19 @@
 //     revision (or the default while the key was absent), in revision
 //     order, and the Live ends at the key's final good state.
 //
+// # Starvation
+//
+// Each schedule measures the process's own scheduling stalls (a ticker's
+// lateness), records the members' raft terms and leaders, and probes each
+// member's latency with a linearizable read; the summary and the timeline
+// print them. A violation of the ephemeral rule that they explain is
+// reported as starvation, with the evidence, instead of a failure (see
+// Violation.Starved): a stall of the process as long as the lease's margin
+// within the TTL before the delete, or, while the process stalled, probes
+// of the owner's member that outlasted the owner's keepalive attempts for
+// that long, the owner having been told Lost first. Everything else fails.
+// A workload's start-up retries transient failures within StartBudget.
+//
 // A failure report names the seed and prints a timeline of faults, calls and
 // events with times relative to the start of the schedule; the tests replay
 // one schedule with
