@@ -42,8 +42,11 @@ func (cs *Caches) Start(ctx context.Context, run *Run) error {
 			return err
 		}
 		cs.clients = append(cs.clients, c)
-		ca, err := etcdkit.NewPrefix(c, DataPrefix, etcdkit.String()).Cache(ctx)
-		if err != nil {
+		var ca *etcdkit.Cache[string]
+		if err := run.StartStep(ctx, fmt.Sprintf("cache c%d", i), func() (err error) {
+			ca, err = etcdkit.NewPrefix(c, DataPrefix, etcdkit.String()).Cache(ctx)
+			return err
+		}); err != nil {
 			return err
 		}
 		cr := &cacheRun{rec: &CacheRecord{Name: fmt.Sprintf("c%d", i), Prefix: DataPrefix + "/"}, ca: ca}

@@ -21,10 +21,33 @@ type Violation struct {
 	Who string
 	// Msg says what was seen and what was expected.
 	Msg string
+	// Starved is set when the process's own scheduling stalls explain the
+	// violation: a stall that overlaps its window and exceeds the margin
+	// the rule relies on (no timer of the library, nor of the in-process
+	// etcd members, fires in a frozen process). It gives that evidence.
+	// Such a violation is reported as starvation, not as a failure.
+	Starved string
 }
 
-// String formats the violation on one line.
-func (v Violation) String() string { return fmt.Sprintf("[%s] %s: %s", v.Rule, v.Who, v.Msg) }
+// String formats the violation on one line, with the starvation evidence
+// if there is any.
+func (v Violation) String() string {
+	if v.Starved != "" {
+		return fmt.Sprintf("[%s] %s: %s [starvation: %s]", v.Rule, v.Who, v.Msg, v.Starved)
+	}
+	return fmt.Sprintf("[%s] %s: %s", v.Rule, v.Who, v.Msg)
+}
+
+// Failures returns the violations that starvation does not explain.
+func Failures(vs []Violation) []Violation {
+	var out []Violation
+	for _, v := range vs {
+		if v.Starved == "" {
+			out = append(out, v)
+		}
+	}
+	return out
+}
 
 // Check validates h against the guarantees and returns every violation it
 // finds, at most one per subscriber, cache, key or owner. The namespace is

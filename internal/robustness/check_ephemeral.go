@@ -158,9 +158,17 @@ func checkEphemeral(h *History, rc *revClock, e *EphemeralRecord) (Violation, bo
 				nextLo, _ = rc.bounds(hs[i+1].Rev)
 			}
 			if nextLo > o.To {
-				return fail("the owner was cut off from %s to %s (%s), longer than its TTL %v + %v (past %s, after the elections in it), but its key %s "+
+				v, bad := fail("the owner was cut off from %s to %s (%s), longer than its TTL %v + %v (past %s, after the elections in it), but its key %s "+
 					"written at revision %d was not deleted until after %s", fmtTime(o.From), fmtTime(o.To), o.Why,
 					e.TTL, ExpiryGrace, fmtTime(deadline), e.Key, c.Rev, fmtTime(o.To))
+				// The members' lessors run in this process: while it is
+				// frozen, no lease expires. The key was late by o.To -
+				// deadline at most.
+				if ss, total := stalled(h, o.From, o.To); total >= o.To-deadline {
+					v.Starved = fmt.Sprintf("the process stalled %.3fs in all within the outage, more than the %.3fs by which the expiry was late: %s",
+						total.Seconds(), (o.To - deadline).Seconds(), fmtStalls(ss))
+				}
+				return v, bad
 			}
 		}
 	}
@@ -186,10 +194,86 @@ func checkEphemeral(h *History, rc *revClock, e *EphemeralRecord) (Violation, bo
 		lo, hi := rc.bounds(c.Rev)
 		for _, w := range ws {
 			if lo >= w.from && hi <= w.to {
-				return fail("its key %s was deleted at revision %d (between %s and %s) while the owner was connected (%s to %s)",
+				v, bad := fail("its key %s was deleted at revision %d (between %s and %s) while the owner was connected (%s to %s)",
 					e.Key, c.Rev, fmtTime(lo), fmtTime(hi), fmtTime(w.from), fmtTime(w.to))
+				v.Starved = starvedLease(h, e, lo, hi)
+				return v, bad
 			}
 		}
 	}
 	return Violation{}, false
+}
+
+// starvedLease returns the evidence that starvation explains the expiry
+// of a connected owner's lease, committed between lo and hi, or "" if
+// nothing does. The owner sends a keepalive every third of the TTL (the
+// library's default), so its lease lives a TTL minus that interval, its
+// margin, past the last keepalive before trouble. Two kinds of starvation
+// can eat that margin however well the library behaves, within the TTL
+// before the delete:
+//
+//   - the process stalled (no goroutine that was due ran) for at least the
+//     margin: no keepalive could be sent;
+//   - for at least the margin, every latency probe of the owner's member
+//     took longer than the owner's keepalive attempts may (its
+//     StallTimeout, at most the interval: the library's documented bound
+//     on one attempt), while the process stalled: the in-process cluster,
+//     starved of CPU with the rest of the process, answered too late for
+//     any keepalive to count. Without a stall of the process beside it,
+//     a slow cluster proves nothing, nor does it when the owner was not
+//     told Lost before the delete (the library promises Lost first).
+//
+// Anything shorter is the library's to survive.
+func starvedLease(h *History, e *EphemeralRecord, lo, hi time.Duration) string {
+	ttl := e.TTL
+	interval := ttl / 3
+	margin := ttl - interval
+	ss, total := stalled(h, lo-ttl, hi)
+	for _, s := range ss {
+		if s.Len() >= margin {
+			return fmt.Sprintf("the process stalled for %v (until %s), at least the lease's margin of %.3fs (TTL %v minus the keepalive interval), "+
+				"within the TTL before the delete; stalls then: %s", s, fmtTime(s.To), margin.Seconds(), ttl, fmtStalls(ss))
+		}
+	}
+	if e.StallTimeout == 0 || len(ss) == 0 {
+		return ""
+	}
+	// The library promises Lost before the earliest expiry: a Lost that
+	// came after the delete is the library's failure, however slow the
+	// cluster.
+	told := slices.IndexFunc(e.LostAt, func(at time.Duration) bool { return at >= lo-ttl && at <= hi })
+	if told < 0 {
+		return ""
+	}
+	attempt := min(e.StallTimeout, interval)
+	slow, ps := slowCluster(h, e.Member, attempt, lo-ttl, hi)
+	if slow.Len() < margin {
+		return ""
+	}
+	var took []string
+	for _, p := range ps {
+		took = append(took, fmt.Sprintf("%.3fs", p.Took.Seconds()))
+	}
+	return fmt.Sprintf("from %s to %s (%.3fs, at least the lease's margin of %.3fs) every probe of m%d took at least the owner's %v keepalive attempt "+
+		"(StallTimeout %v) to answer (%s), while the process stalled %.3fs in all within the TTL before the delete (%s); the owner was told Lost at %s",
+		fmtTime(slow.From), fmtTime(slow.To), slow.Len().Seconds(), margin.Seconds(), e.Member, attempt, e.StallTimeout,
+		strings.Join(took, " "), total.Seconds(), fmtStalls(ss), fmtTime(e.LostAt[told]))
+}
+
+// fmtStalls lists stalls, the longest first, at most five.
+func fmtStalls(ss []Stall) string {
+	ss = slices.Clone(ss)
+	slices.SortStableFunc(ss, func(a, b Stall) int { return cmp.Compare(b.Len(), a.Len()) })
+	var parts []string
+	for i, s := range ss {
+		if i == 5 {
+			parts = append(parts, fmt.Sprintf("and %d more", len(ss)-i))
+			break
+		}
+		parts = append(parts, s.String())
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
 }

@@ -32,7 +32,11 @@
 //     two permits that increment a counter with GuardedUpdateKeys while
 //     they hold.
 //   - [Lives]: runtime-configuration readers, a Live with a validator on a
-//     writer's key, some restarted from their snapshot during the faults.
+//     writer's key, some restarted from their snapshot during the faults;
+//   - [Fresh]: Prefix watches with the initial state and a Cache with its
+//     subscriptions that start on a prefix where no key exists yet, most
+//     with small buffers, while a writer then creates and deletes keys
+//     there in bursts.
 //
 // After the fault phase the [Env] heals the cluster, waits for a leader and
 // for every workload to converge, and reads the cluster's real history back
@@ -68,6 +72,19 @@
 //   - every value a Live reader saw is a good value the cluster held at its
 //     revision (or the default while the key was absent), in revision
 //     order, and the Live ends at the key's final good state.
+//
+// # Starvation
+//
+// Each schedule measures the process's own scheduling stalls (a ticker's
+// lateness), records the members' raft terms and leaders, and probes each
+// member's latency with a linearizable read; the summary and the timeline
+// print them. A violation of the ephemeral rule that they explain is
+// reported as starvation, with the evidence, instead of a failure (see
+// Violation.Starved): a stall of the process as long as the lease's margin
+// within the TTL before the delete, or, while the process stalled, probes
+// of the owner's member that outlasted the owner's keepalive attempts for
+// that long, the owner having been told Lost first. Everything else fails.
+// A workload's start-up retries transient failures within StartBudget.
 //
 // A failure report names the seed and prints a timeline of faults, calls and
 // events with times relative to the start of the schedule; the tests replay

@@ -74,10 +74,10 @@ func (es *Elections) Start(ctx context.Context, run *Run) error {
 		es.wg.Go(func() { cd.loop(tctx, run, es.rec) })
 	}
 	// The faults should find a leader at work.
-	wctx, cancel := context.WithTimeout(ctx, SettleTimeout)
+	wctx, cancel := run.startContext(ctx)
 	defer cancel()
 	if !waitFor(wctx, func() bool { return run.Rec.leaderships(es.rec) > 0 }, nil) {
-		return fmt.Errorf("no campaigner won election %q within %v", es.rec.Name, SettleTimeout)
+		return fmt.Errorf("no campaigner won election %q within the start budget of %v", es.rec.Name, StartBudget)
 	}
 	return nil
 }

@@ -59,17 +59,23 @@ func (es *Ephemerals) Start(ctx context.Context, run *Run) error {
 			ttl = time.Second
 		}
 		name := fmt.Sprintf("o%d", i)
-		c, err := run.Client(ctx, ClientOptions{Name: name, Members: []int{o.member},
-			StallTimeout: rng.Duration(300*time.Millisecond, time.Second)})
+		stall := rng.Duration(300*time.Millisecond, time.Second)
+		c, err := run.Client(ctx, ClientOptions{Name: name, Members: []int{o.member}, StallTimeout: stall})
 		if err != nil {
 			return err
 		}
 		o.c = c
 		o.key = etcdkit.NewKey(c, fmt.Sprintf("%s/%s", EphemeralPrefix, name), etcdkit.String())
 		o.values = newCandidates(name + ".0")
-		o.rec = &EphemeralRecord{Owner: fmt.Sprintf("%s via m%d", name, o.member), Key: o.key.Name(), TTL: ttl}
-		if o.e, err = etcdkit.NewEphemeral(ctx, o.key, o.values.get()[0], ttl); err != nil {
-			return fmt.Errorf("%s: %w", o.rec.Owner, err)
+		o.rec = &EphemeralRecord{Owner: fmt.Sprintf("%s via m%d", name, o.member), Key: o.key.Name(), TTL: ttl,
+			Member: o.member, StallTimeout: stall}
+		// A put whose answer was lost is overwritten by the next attempt,
+		// under its own lease; a failed attempt revokes its lease.
+		if err := run.StartStep(ctx, o.rec.Owner+": NewEphemeral", func() (err error) {
+			o.e, err = etcdkit.NewEphemeral(ctx, o.key, o.values.get()[0], ttl)
+			return err
+		}); err != nil {
+			return err
 		}
 		o.rec.Created = run.Rec.Now()
 		run.Rec.Ephemeral(o.rec)
@@ -105,6 +111,9 @@ func cutOrder(s *Schedule, first int) []int {
 func (o *owner) watchStates(rec *Recorder) {
 	for st := range o.e.States() {
 		rec.Note("eph", "%s %v", o.rec.Owner, st)
+		if st == etcdkit.SessionLost {
+			o.rec.LostAt = append(o.rec.LostAt, rec.Now())
+		}
 	}
 }
 

@@ -309,6 +309,11 @@ type EphemeralRecord struct {
 	Key string
 	// TTL is the owner's lease TTL.
 	TTL time.Duration
+	// Member is the member whose proxy the owner uses; StallTimeout its
+	// client's Config.StallTimeout, which bounds each keepalive and grant
+	// attempt (0: not known).
+	Member       int
+	StallTimeout time.Duration
 	// Created and Closed bound the owner's life (Closed: when Close was
 	// called; the key is deleted from then on).
 	Created, Closed time.Duration
@@ -317,6 +322,9 @@ type EphemeralRecord struct {
 	// Lost is set when the key was absent at the end although its owner was
 	// connected, or was not the owner's latest value.
 	Lost string
+	// LostAt are the times the owner was told its lease was Lost (from
+	// then on it must presume its key gone, until Recovered).
+	LostAt []time.Duration
 }
 
 // GuardedWrite is one successful write guarded by a leadership token.
@@ -383,6 +391,14 @@ type History struct {
 	Lives                          []*LiveRecord
 	Faults                         []FaultRecord
 	Notes                          []Note
+	// Stalls are the process's own scheduling stalls during the schedule,
+	// as its stall meter measured them.
+	Stalls []Stall
+	// Raft are the changes of the members' raft terms and leaders during
+	// the schedule.
+	Raft []RaftChange
+	// Probes are the latency probes of the cluster during the schedule.
+	Probes []Probe
 }
 
 // Recorder collects a History from concurrent workloads. Its methods are

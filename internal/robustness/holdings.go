@@ -159,14 +159,14 @@ func (hs *holdings) start(ctx context.Context, run *Run, kind string, limit, n i
 		run.Rec.Note(kind, "%s contends via %s, TTL %v", id, via, ttl)
 		hs.wg.Go(func() { ct.loop(tctx, run, hs.rec) })
 	}
-	wctx, cancel := context.WithTimeout(ctx, SettleTimeout)
+	wctx, cancel := run.startContext(ctx)
 	defer cancel()
 	if !waitFor(wctx, func() bool {
 		run.Rec.mu.Lock()
 		defer run.Rec.mu.Unlock()
 		return len(hs.rec.Holdings) > 0
 	}, nil) {
-		return fmt.Errorf("no contender acquired %s %q within %v", kind, hs.rec.Name, SettleTimeout)
+		return fmt.Errorf("no contender acquired %s %q within the start budget of %v", kind, hs.rec.Name, StartBudget)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package robustness
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -16,12 +17,20 @@ import (
 
 	"github.com/etcdkit/etcdkit"
 	"github.com/etcdkit/etcdkit/etcdtest"
+	"github.com/etcdkit/etcdkit/internal/backoff"
 )
 
 // SettleTimeout bounds how long a workload may take to converge with the
 // cluster once everything is healed. It is generous: the machine may be a
 // loaded two-core one running the race detector.
 const SettleTimeout = 30 * time.Second
+
+// StartBudget bounds the start-up of a schedule's workloads, all of them
+// together, before the first fault. A step of a start-up (a client's
+// dial, a lease grant, a first read or write) that fails in a transient
+// way is retried within it (see Run.StartStep): on a loaded machine one
+// request timeout is no measure of the cluster's health.
+const StartBudget = time.Minute
 
 // A Workload is one kind of traffic. A fresh value runs for each schedule;
 // the runner calls its methods in this order, from one goroutine:
@@ -111,6 +120,8 @@ type Run struct {
 	seed      int64
 	sched     *Schedule
 	inj       *injector
+	// startBy is when the start budget runs out.
+	startBy time.Time
 
 	mu       sync.Mutex
 	archived int64 // history is known up to this revision
@@ -138,7 +149,8 @@ type ClientOptions struct {
 }
 
 // Client connects an etcdkit client to the proxied endpoints under the
-// schedule's namespace. The client is closed by the test's cleanup, and
+// schedule's namespace, retrying within the start budget (see StartStep).
+// The client is closed by the test's cleanup, and
 // should be closed by the workload's Close.
 func (r *Run) Client(ctx context.Context, o ClientOptions) (*etcdkit.Client, error) {
 	members := o.Members
@@ -156,19 +168,55 @@ func (r *Run) Client(ctx context.Context, o ClientOptions) (*etcdkit.Client, err
 	if os.Getenv("ETCDKIT_ROBUSTNESS_DEBUG") != "" {
 		log = zaptest.NewLogger(r.t, zaptest.Level(zap.DebugLevel)).Named(o.Name)
 	}
-	c, err := etcdkit.New(ctx, etcdkit.Config{
-		Logger:         log,
-		Endpoints:      eps,
-		Namespace:      r.Namespace,
-		DialTimeout:    2 * time.Second,
-		RequestTimeout: o.RequestTimeout,
-		StallTimeout:   o.StallTimeout,
+	var c *etcdkit.Client
+	err := r.StartStep(ctx, "connect client "+o.Name, func() (err error) {
+		c, err = etcdkit.New(ctx, etcdkit.Config{
+			Logger:         log,
+			Endpoints:      eps,
+			Namespace:      r.Namespace,
+			DialTimeout:    2 * time.Second,
+			RequestTimeout: o.RequestTimeout,
+			StallTimeout:   o.StallTimeout,
+		})
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
 	r.t.Cleanup(func() { _ = c.Close() })
 	return c, nil
+}
+
+// StartStep runs op, one step of a workload's start-up, until it succeeds.
+// A failure that etcdkit.IsRetryable calls transient (a timeout, no
+// leader, an unreachable member), or a write of unknown outcome (start-up
+// writes are all idempotent), is noted on the timeline and retried
+// after a backoff, until ctx ends or the schedule's StartBudget runs out;
+// any other failure, or the last, is returned with what names the step.
+// op must leave nothing behind when it fails (a constructor that fails
+// closes what it made).
+func (r *Run) StartStep(ctx context.Context, what string, op func() error) error {
+	b := backoff.New(50*time.Millisecond, time.Second)
+	for attempt := 1; ; attempt++ {
+		err := op()
+		switch {
+		case err == nil:
+			return nil
+		case !etcdkit.IsRetryable(err) && !errors.Is(err, etcdkit.ErrUnknownOutcome),
+			ctx.Err() != nil, !time.Now().Before(r.startBy):
+			return fmt.Errorf("%s (attempt %d, start budget %v): %w", what, attempt, StartBudget, err)
+		}
+		r.Rec.Note("runner", "%s failed (attempt %d), retrying: %v", what, attempt, err)
+		if !b.Wait(ctx) {
+			return fmt.Errorf("%s (attempt %d): %w", what, attempt, err)
+		}
+	}
+}
+
+// startContext returns ctx bounded by the schedule's start budget, for the
+// waits of a start-up.
+func (r *Run) startContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithDeadline(ctx, r.startBy)
 }
 
 // Rev returns the cluster's current revision, read linearizably through a
@@ -255,6 +303,23 @@ func (env *Env) Run(t testing.TB, s *Schedule, workloads []Workload) *Result {
 	run := &Run{env: env, t: t, seed: s.Seed, sched: s, Namespace: fmt.Sprintf("robust/%04d-%x", env.runs, uint64(s.Seed))}
 	run.Rec = NewRecorder(s.Seed, run.Namespace)
 	run.inj = newInjector(t, run)
+	meter := startStallMeter(run.Rec)
+	defer meter.Stop()
+	raft := startRaftLog(run.Rec, env.cluster.Members())
+	defer raft.Stop()
+	probeCtx, stopProbes := context.WithCancel(context.Background())
+	defer stopProbes()
+	var (
+		probing sync.WaitGroup
+		probes  = make([][]Probe, len(env.direct))
+	)
+	for i, cli := range env.direct {
+		probing.Go(func() { probes[i] = probeLoop(probeCtx, run.Rec, i, cli) })
+	}
+	defer func() {
+		stopProbes()
+		probing.Wait()
+	}()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// A failure halfway leaves faults behind: heal them for the next
@@ -272,6 +337,7 @@ func (env *Env) Run(t testing.TB, s *Schedule, workloads []Workload) *Result {
 	run.archived = startRev
 	run.Rec.update(func(h *History) { h.StartRev = startRev })
 
+	run.startBy = time.Now().Add(StartBudget)
 	for _, w := range workloads {
 		t.Cleanup(w.Close)
 		if err := w.Start(ctx, run); err != nil {
@@ -321,9 +387,15 @@ func (env *Env) Run(t testing.TB, s *Schedule, workloads []Workload) *Result {
 	if err != nil {
 		t.Fatalf("robustness: read the cluster's history: %v", err)
 	}
+	stalls, terms := meter.Stop(), raft.Stop()
+	stopProbes()
+	probing.Wait()
 	run.Rec.update(func(h *History) {
+		h.Probes = slices.Concat(probes...)
 		h.FinalRev = finalRev
 		h.Changes = run.Changes()
+		h.Stalls = stalls
+		h.Raft = terms
 	})
 	return &Result{Schedule: s, History: run.Rec.History(), Injected: run.inj.injected, Took: time.Since(began)}
 }

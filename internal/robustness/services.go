@@ -74,16 +74,20 @@ func (ss *Services) Start(ctx context.Context, run *Run) error {
 	for i := range 1 + rng.IntN(2) {
 		id := fmt.Sprintf("i%d", i)
 		in := &instance{member: order[(i+1)%3], addr: fmt.Sprintf("127.0.0.1:%d", 9000+i), metas: newCandidates(id + ".0")}
-		c, err := run.Client(ctx, ClientOptions{Name: id, Members: []int{in.member},
-			StallTimeout: rng.Duration(300*time.Millisecond, time.Second)})
+		stall := rng.Duration(300*time.Millisecond, time.Second)
+		c, err := run.Client(ctx, ClientOptions{Name: id, Members: []int{in.member}, StallTimeout: stall})
 		if err != nil {
 			return err
 		}
 		in.c = c
 		svc := etcdkit.NewService(c, ServiceName, etcdkit.JSON[string]())
-		in.rec = &EphemeralRecord{Owner: fmt.Sprintf("%s via m%d", id, in.member), Key: servicePrefix(ServiceName) + id, TTL: ttl}
-		if in.reg, err = svc.Register(ctx, etcdkit.Instance[string]{ID: id, Addr: in.addr, Meta: in.metas.get()[0]}, ttl); err != nil {
-			return fmt.Errorf("register %s: %w", id, err)
+		in.rec = &EphemeralRecord{Owner: fmt.Sprintf("%s via m%d", id, in.member), Key: servicePrefix(ServiceName) + id, TTL: ttl,
+			Member: in.member, StallTimeout: stall}
+		if err := run.StartStep(ctx, "register "+id, func() (err error) {
+			in.reg, err = svc.Register(ctx, etcdkit.Instance[string]{ID: id, Addr: in.addr, Meta: in.metas.get()[0]}, ttl)
+			return err
+		}); err != nil {
+			return err
 		}
 		in.rec.Created = run.Rec.Now()
 		run.Rec.Ephemeral(in.rec)
@@ -91,6 +95,9 @@ func (ss *Services) Start(ctx context.Context, run *Run) error {
 		ss.wg.Go(func() {
 			for st := range in.reg.States() {
 				run.Rec.Note("svc", "%s %v", in.rec.Owner, st)
+				if st == etcdkit.SessionLost {
+					in.rec.LostAt = append(in.rec.LostAt, run.Rec.Now())
+				}
 			}
 		})
 		urng := run.Rand("instance " + id)
@@ -106,8 +113,11 @@ func (ss *Services) Start(ctx context.Context, run *Run) error {
 		if err != nil {
 			return err
 		}
-		t, err := etcdkit.NewService(c, ServiceName, etcdkit.JSON[string]()).Track(ctx)
-		if err != nil {
+		var t *etcdkit.Tracker[string]
+		if err := run.StartStep(ctx, "track "+name, func() (err error) {
+			t, err = etcdkit.NewService(c, ServiceName, etcdkit.JSON[string]()).Track(ctx)
+			return err
+		}); err != nil {
 			return err
 		}
 		tr := &tracker{rec: &TrackerRecord{Name: name, Prefix: servicePrefix(ServiceName)}, c: c, t: t, done: make(chan struct{})}

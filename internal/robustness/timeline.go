@@ -70,6 +70,14 @@ func Timeline(h *History, focus ...string) string {
 	for _, n := range h.Notes {
 		ls = append(ls, line{n.At, n.Who, n.Text})
 	}
+	for _, c := range h.Raft {
+		ls = append(ls, line{c.At, "raft", c.String()})
+	}
+	for _, st := range h.Stalls {
+		if st.Len() >= timelineStall {
+			ls = append(ls, line{st.From, "stall", fmt.Sprintf("the process did not run a due goroutine for %.3fs (until %s)", st.Len().Seconds(), fmtTime(st.To))})
+		}
+	}
 	for _, op := range h.Ops {
 		ls = append(ls, line{op.Invoke, fmt.Sprintf("w%d", op.Client), op.describe()})
 	}
@@ -90,6 +98,7 @@ func Timeline(h *History, focus ...string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "timeline of seed %d (namespace %s, revisions %d..%d, settled at %d):\n",
 		h.Seed, h.Namespace, h.StartRev, h.FinalRev, h.SettledRev)
+	fmt.Fprintf(&b, "  process stalls: %v\n", h.StallSummary())
 	for _, s := range h.Subscribers {
 		fmt.Fprintf(&b, "  subscriber %s: %d events\n", s.Name, len(s.Events))
 	}
@@ -110,12 +119,19 @@ func Timeline(h *History, focus ...string) string {
 	return b.String()
 }
 
-// Report formats a failed schedule: the seed, how to replay it (replay is
-// the command line), the violations and the timeline focused on the
-// subscribers they name.
+// timelineStall is the shortest stall of the process a timeline shows.
+const timelineStall = 100 * time.Millisecond
+
+// Report formats a schedule whose history has violations: the seed, how to
+// replay it (replay is the command line), the violations (those explained
+// by starvation with their evidence), the process's stalls and the
+// timeline focused on the subscribers they name.
 func Report(r *Result, vs []Violation, replay string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed %d: %d violation(s); replay with: %s\n", r.Schedule.Seed, len(vs), replay)
+	starved := len(vs) - len(Failures(vs))
+	fmt.Fprintf(&b, "seed %d: %d violation(s), %d of them explained by starvation; replay with: %s\n",
+		r.Schedule.Seed, len(vs), starved, replay)
+	fmt.Fprintf(&b, "process stalls: %v\n", r.History.StallSummary())
 	var focus []string
 	for _, v := range vs {
 		fmt.Fprintf(&b, "  %v\n", v)

@@ -82,7 +82,11 @@ func (sw *watcher) waitReady(ctx context.Context, run *Run) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	rev, err := run.Rev(ctx)
+	var rev int64
+	err := run.StartStep(ctx, sw.rec.Name+": read the revision", func() (err error) {
+		rev, err = run.Rev(ctx)
+		return err
+	})
 	sw.rec.mu.Lock()
 	sw.rec.After = rev
 	sw.rec.mu.Unlock()
@@ -159,8 +163,11 @@ func (ws *Watchers) Start(ctx context.Context, run *Run) error {
 		if rng.Chance(0.25) {
 			slow = rng.Duration(time.Millisecond, 8*time.Millisecond)
 		}
-		rev, err := run.Rev(ctx)
-		if err != nil {
+		var rev int64
+		if err := run.StartStep(ctx, "read the revision", func() (err error) {
+			rev, err = run.Rev(ctx)
+			return err
+		}); err != nil {
 			return err
 		}
 		switch rec.Start {

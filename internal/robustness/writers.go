@@ -70,8 +70,12 @@ func (w *Writers) Start(ctx context.Context, run *Run) error {
 		w.writers = append(w.writers, wr)
 	}
 	for k := range w.keys {
-		if op := w.writers[0].call(ctx, run.Rec, k, OpPut, time.Minute); op.Outcome != OK {
-			return fmt.Errorf("first write of %s: %s", dataKey(k), op.Err)
+		// Every attempt is recorded as a call, with its outcome.
+		if err := run.StartStep(ctx, "first write of "+dataKey(k), func() error {
+			_, err := w.writers[0].call(ctx, run.Rec, k, OpPut, 10*time.Second)
+			return err
+		}); err != nil {
+			return err
 		}
 	}
 	tctx, cancel := context.WithCancel(ctx)
@@ -108,8 +112,9 @@ func (wr *writer) loop(ctx context.Context, rec *Recorder) {
 	}
 }
 
-// call makes one call, records it and returns the record.
-func (wr *writer) call(ctx context.Context, rec *Recorder, key int, kind OpKind, timeout time.Duration) Op {
+// call makes one call, records it and returns the record and the call's
+// error.
+func (wr *writer) call(ctx context.Context, rec *Recorder, key int, kind OpKind, timeout time.Duration) (Op, error) {
 	k := wr.keys[key]
 	wr.seq++
 	op := Op{Client: wr.id, Key: k.Name(), Kind: kind}
@@ -180,7 +185,7 @@ func (wr *writer) call(ctx context.Context, rec *Recorder, key int, kind OpKind,
 		op.Rev, op.Found, op.Result = 0, false, ""
 	}
 	rec.Op(op)
-	return op
+	return op, err
 }
 
 // Quiesce stops the traffic; calls in flight end as unknown.
@@ -196,7 +201,7 @@ func (w *Writers) Settle(ctx context.Context, run *Run) error {
 	wr := w.writers[0]
 	for k := range w.keys {
 		for {
-			op := wr.call(ctx, run.Rec, k, OpPut, 2*time.Second)
+			op, _ := wr.call(ctx, run.Rec, k, OpPut, 2*time.Second)
 			if op.Outcome == OK {
 				break
 			}
