@@ -69,7 +69,11 @@ type Config struct {
 	// re-dials the only one). It is what notices a silent link long before
 	// gRPC keepalive would. It also bounds each attempt of a request on one
 	// member: a read that gets no answer within it moves to the next
-	// member, a write fails with ErrUnknownOutcome. It must be at least MinStallTimeout (100ms):
+	// member, a write fails with ErrUnknownOutcome. A lease keepalive that
+	// ran out of it is tried again with twice the time, and so on up to
+	// the time left before the session would be Lost, so that members
+	// that answer, only more slowly than StallTimeout, keep the lease.
+	// It must be at least MinStallTimeout (100ms):
 	// the engines' timers are fractions of it, and a link cannot answer
 	// faster. Default: 2s.
 	StallTimeout time.Duration

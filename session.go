@@ -318,6 +318,10 @@ func (s *Session) lostAtLocked() time.Time {
 // when the session's life ends, so that Done means the keys are gone.
 func (s *Session) run() {
 	retry := backoff.New(50*time.Millisecond, 500*time.Millisecond)
+	// slow is how many times the attempt's time has been doubled: once for
+	// each attempt that ran out of time, undone one step at a time by
+	// attempts that took under half of theirs (see keepAliveDeadline).
+	slow := 0
 	for {
 		st, _ := s.feed.get()
 		if st == SessionLost {
@@ -334,6 +338,7 @@ func (s *Session) run() {
 				return
 			}
 			retry.Reset()
+			slow = 0
 			continue
 		}
 
@@ -355,10 +360,8 @@ func (s *Session) run() {
 			continue
 		}
 
-		deadline := time.Now().Add(s.o.attempt)
-		if deadline.After(lostAt) {
-			deadline = lostAt
-		}
+		start := time.Now()
+		deadline := keepAliveDeadline(start, s.o.attempt, slow, lostAt)
 		sent, err := s.keepAlive(id, deadline)
 		switch {
 		case err == nil:
@@ -366,6 +369,9 @@ func (s *Session) run() {
 			s.lastSent = sent
 			s.mu.Unlock()
 			retry.Reset()
+			if slow > 0 && time.Since(start) < deadline.Sub(start)/2 {
+				slow--
+			}
 			s.feed.enter(SessionLive, 0)
 		case s.ctx.Err() != nil:
 			s.revokeAtEnd()
@@ -376,12 +382,35 @@ func (s *Session) run() {
 			s.mu.Unlock()
 			s.lose("the server no longer knows the lease: it was revoked (by another client, or etcdctl lease revoke) or expired")
 		default:
+			if errors.Is(err, context.DeadlineExceeded) {
+				slow++
+			}
 			if st == SessionLive {
 				s.c.log.Info("session suspended", zap.Int64("lease", int64(id)), zap.Error(err))
 			}
 			s.feed.enter(SessionSuspended, 0)
 		}
 	}
+}
+
+// keepAliveDeadline is the deadline of a keepalive attempt started at now,
+// after slow attempts in a row ran out of time: attempt, doubled for each,
+// and never past lostAt. StallTimeout (attempt) is how long a member may be
+// silent before the session moves to the next one; but when the members
+// answer, only more slowly than that (a loaded machine, a long link), an
+// attempt cut at StallTimeout every time would never get through while the
+// lease still lives, so the session would lose a lease the cluster would
+// have kept. The doubling gives a slow member the time it needs, up to the
+// whole of what is left before Lost, while a silent one is still left after
+// StallTimeout the first time; the session keeps the longer time while
+// answers stay slow, so that it does not turn Suspended at every keepalive,
+// and gives it back as they speed up.
+func keepAliveDeadline(now time.Time, attempt time.Duration, slow int, lostAt time.Time) time.Time {
+	d := attempt << min(slow, 16)
+	if deadline := now.Add(d); deadline.Before(lostAt) {
+		return deadline
+	}
+	return lostAt
 }
 
 // sleepUntil waits until t, a poke or the end of the session's life, and
