@@ -109,11 +109,11 @@ type target struct {
 	i int
 }
 
-func (t target) conn() (*clientv3.Client, error) {
+func (t target) conn(ctx context.Context) (*clientv3.Client, error) {
 	if t.i == wrapped {
 		return t.c.raw, nil
 	}
-	return t.c.streams.Request(t.i)
+	return t.c.streams.Request(ctx, t.i)
 }
 
 func (t target) state() conn.State {
@@ -142,10 +142,14 @@ func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op reques
 	t := target{c, i}
 	actx, cancel := context.WithTimeout(ctx, c.cfg.StallTimeout)
 	defer cancel()
-	cli, err := t.conn()
+	cli, err := t.conn(actx)
 	if err != nil {
-		if errors.Is(err, ErrClosed) {
+		switch {
+		case errors.Is(err, ErrClosed):
 			return ErrClosed
+		case ctx.Err() != nil:
+			// The caller's deadline, not the member, cut the dial short.
+			return &attemptError{member: t.state(), cause: "was still being dialled", err: ctx.Err()}
 		}
 		t.sick(err)
 		return &attemptError{member: t.state(), cause: "could not be dialled", err: err}

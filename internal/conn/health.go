@@ -1,6 +1,7 @@
 package conn
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"time"
@@ -184,9 +185,10 @@ func (s *Pool) Order() []int {
 }
 
 // Request returns the request connection pinned to endpoint i, making it
-// on first use. The dial does not wait for the connection: the caller checks
-// its state before sending.
-func (s *Pool) Request(i int) (*clientv3.Client, error) {
+// on first use, bounded by ctx (the attempt's, so that a dial that with auth
+// on waits for a token ends with the attempt). Without auth the dial does
+// not wait for the connection: the caller checks its state before sending.
+func (s *Pool) Request(ctx context.Context, i int) (*clientv3.Client, error) {
 	s.mu.Lock()
 	if s.done {
 		s.mu.Unlock()
@@ -197,8 +199,15 @@ func (s *Pool) Request(i int) (*clientv3.Client, error) {
 		return r, nil
 	}
 	s.mu.Unlock()
-	r, err := s.cfg.DialRequest(s.cfg.Life, s.eps[i].addr)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(s.cfg.Life, cancel)
+	defer stop()
+	r, err := s.cfg.DialRequest(ctx, s.eps[i].addr)
 	if err != nil {
+		if s.cfg.Life.Err() != nil {
+			return nil, s.cfg.Closed
+		}
 		return nil, err
 	}
 	s.mu.Lock()
