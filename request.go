@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/status"
 
 	"github.com/etcdkit/etcdkit/internal/backoff"
 	"github.com/etcdkit/etcdkit/internal/conn"
@@ -186,6 +187,10 @@ func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op reques
 		return &attemptError{member: t.state(), cause: "has no leader"}
 	case ctx.Err() != nil:
 		return c.unknown(kind, member, "was cut short by the caller's context", err)
+	case refusedBeforeSending(err):
+		// gRPC's own size limit: the member never saw the request, which
+		// says nothing of its health.
+		return err
 	case answered(err):
 		// The member refused the request (a compaction, a size limit, an
 		// auth error...): it is healthy, and the error is the caller's.
@@ -255,6 +260,15 @@ func answered(err error) bool {
 		return false
 	}
 	return true
+}
+
+// refusedBeforeSending reports gRPC's refusal of a request over the
+// call's send limit, which it makes in the client before anything is
+// sent. (A message over the server's receive limit fails with the same
+// code, but "received message larger than max": the member answered.)
+func refusedBeforeSending(err error) bool {
+	s, ok := status.FromError(err)
+	return ok && s.Code() == codes.ResourceExhausted && strings.Contains(s.Message(), "trying to send message larger than max")
 }
 
 // awaitReady waits, until ctx ends, for cli's connection to be up, so that a

@@ -323,11 +323,7 @@ func (s *Pool) attempt(ctx context.Context, attempt time.Duration, op func(conte
 		s.Failed(ctx, gen, err)
 		return err
 	}
-	s.mu.Lock()
-	if s.cur != nil && s.gen == gen {
-		s.eps[s.curIdx].okAt = time.Now()
-	}
-	s.mu.Unlock()
+	s.Alive(gen)
 	return nil
 }
 

@@ -92,6 +92,20 @@ func (s *Pool) Succeeded(i int, id uint64, sent time.Time) {
 	e.okAt = time.Now()
 }
 
+// Alive records that the stream connection of generation gen answered: a
+// keepalive succeeded, a watch received a response. Its endpoint is healthy,
+// as after a request's success, so that a member marked sick becomes
+// healthy again through whatever path reaches it. Reports about an older
+// generation are ignored: a connection dropped since proves nothing about
+// its endpoint now.
+func (s *Pool) Alive(gen uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur != nil && s.gen == gen {
+		s.eps[s.curIdx].okAt = time.Now()
+	}
+}
+
 // Identify records that endpoint i reaches member id.
 func (s *Pool) Identify(i int, id uint64) {
 	s.mu.Lock()
