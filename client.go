@@ -117,6 +117,9 @@ func newClient(raw *clientv3.Client, owned bool, cfg Config) *Client {
 		Dial: func(ctx context.Context, ep string) (*clientv3.Client, error) {
 			return dialRaw(ctx, cfg, []string{ep})
 		},
+		// A dial is an attempt like a request's: with auth on it fetches a
+		// token, which a silent member does not give.
+		DialTimeout: min(cfg.DialTimeout, cfg.StallTimeout),
 		DialRequest: func(ctx context.Context, ep string) (*clientv3.Client, error) {
 			return dialRaw(ctx, cfg, []string{ep}, func(rc *clientv3.Config) {
 				// The request runner moves a request to another member
@@ -190,8 +193,23 @@ func sendLimit(cfg Config) int {
 // keepalive, a send limit that fits MaxValueSize and a reconnect backoff
 // short enough that a healed link is used again within a fraction of a
 // second, then cfg.DialOptions; tweaks adjust the clientv3 configuration
-// last.
+// last. ctx bounds the dial, not the client's life. With credentials,
+// clientv3 fetches a token before it returns, bounded by DialTimeout; ctx
+// bounds that too, and a single endpoint that refuses connections fails at
+// once rather than after the whole wait, so that the caller moves on to the
+// next member.
 func dialRaw(ctx context.Context, cfg Config, endpoints []string, tweaks ...func(*clientv3.Config)) (*clientv3.Client, error) {
+	if cfg.Username != "" && len(endpoints) == 1 {
+		// clientv3's token request waits for a connection that a refused
+		// one never becomes; one plain dial tells at once.
+		if err := dialOnce(ctx, cfg, endpoints[0]); err != nil {
+			return nil, errorf("connect to %v: %w", endpoints, err)
+		}
+	}
+	// The client's life is base's; base ends with ctx only while the
+	// client is being made, which bounds the token request.
+	base, abort := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, abort)
 	rc := clientv3.Config{
 		Endpoints:            endpoints,
 		MaxCallSendMsgSize:   sendLimit(cfg),
@@ -206,7 +224,7 @@ func dialRaw(ctx context.Context, cfg Config, endpoints []string, tweaks ...func
 		Username:            cfg.Username,
 		Password:            cfg.Password,
 		Logger:              cfg.Logger.Named("clientv3"),
-		Context:             context.WithoutCancel(ctx),
+		Context:             base,
 		DialOptions: []grpc.DialOption{
 			grpc.WithConnectParams(grpc.ConnectParams{
 				Backoff: grpcbackoff.Config{
@@ -224,6 +242,13 @@ func dialRaw(ctx context.Context, cfg Config, endpoints []string, tweaks ...func
 		tweak(&rc)
 	}
 	raw, err := clientv3.New(rc)
+	if !stop() {
+		// ctx ended while the client was made: its life has ended too.
+		if err == nil {
+			_ = raw.Close()
+		}
+		err = context.Cause(ctx)
+	}
 	if err != nil {
 		return nil, errorf("connect to %v: %w", endpoints, err)
 	}
@@ -275,7 +300,7 @@ func diagnoseEndpoints(cfg Config) error {
 	var wg sync.WaitGroup
 	for i, ep := range cfg.Endpoints {
 		wg.Go(func() {
-			if err := dialOnce(cfg, ep); err != nil {
+			if err := dialOnce(context.Background(), cfg, ep); err != nil {
 				errs[i] = fmt.Errorf("%s: %w", ep, err)
 			}
 		})
@@ -298,14 +323,14 @@ func diagnoseEndpoints(cfg Config) error {
 // host fails at once, a silent endpoint has had its chance.
 const diagnoseTimeout = time.Second
 
-// dialOnce connects to ep as the client would, bounded by DialTimeout and
-// diagnoseTimeout, and closes the connection.
-func dialOnce(cfg Config, ep string) error {
+// dialOnce connects to ep as the client would, bounded by ctx, DialTimeout
+// and diagnoseTimeout, and closes the connection.
+func dialOnce(ctx context.Context, cfg Config, ep string) error {
 	network, addr, err := endpointAddr(ep)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), min(cfg.DialTimeout, diagnoseTimeout))
+	ctx, cancel := context.WithTimeout(ctx, min(cfg.DialTimeout, diagnoseTimeout))
 	defer cancel()
 	conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 	if err != nil {

@@ -46,7 +46,9 @@ type Config struct {
 	Namespace string
 
 	// DialTimeout bounds New's first contact with the cluster and every
-	// re-dial of the connection the watch and lease engines use.
+	// re-dial of the connection the watch and lease engines use (together
+	// with StallTimeout: a re-dial is an attempt on one member, and a
+	// silent member's turn ends after the shorter of the two).
 	// Default: 5s.
 	DialTimeout time.Duration
 
@@ -79,6 +81,11 @@ type Config struct {
 	StallTimeout time.Duration
 
 	// Username and Password authenticate the client when etcd auth is on.
+	// Every connection fetches a token when it is made: that fetch is part
+	// of the attempt on that member, bounded like any by StallTimeout and the
+	// caller's deadline, after which the next member is tried. A user needs
+	// read and write permission on the namespace only: the library's own
+	// keys live under it, and leases and the member list need none.
 	// Default: no authentication.
 	Username string
 	Password string

@@ -123,9 +123,11 @@
 // the compaction erased are never seen, so never applied). [Live.Synced]
 // is closed once the key's state has come from the cluster;
 // [Live.Stale] reports true before that, and while the watch's link is
-// suspended. A Live ends only with its ctx, Close or Client.Close: a watch
-// that fails for good (a permission denied) is logged and started again,
-// and Get keeps serving.
+// suspended. A Live ends only with its ctx, Close or Client.Close: a read
+// or watch that fails for good (a permission denied) is logged and started
+// again, and Get keeps serving. While the cluster refuses to let the
+// client read the key, [Live.Rejected] reports the refusal (Revision 0),
+// it is logged once, and [LiveReadiness] fails with it.
 //
 // [WithSnapshot] keeps the last good state in a file, written atomically
 // (temporary file, fsync, rename, fsync of the directory) each time a

@@ -154,6 +154,30 @@ func SessionReadiness(h interface {
 	})
 }
 
+// LiveReadiness is the ReadinessCheck of a Live: ready while it is not
+// Stale. Stale, the reason is its Err once it has ended, the cluster's
+// refusal to let it read its key (a Rejection with Revision 0, such as a
+// permission denied) while there is one, and otherwise that the value may
+// be out of date.
+func LiveReadiness(h interface {
+	Stale() bool
+	Err() error
+	Rejected() (Rejection, bool)
+}) ReadinessCheck {
+	return ReadinessFunc(func() error {
+		if !h.Stale() {
+			return nil
+		}
+		if err := h.Err(); err != nil {
+			return err
+		}
+		if r, ok := h.Rejected(); ok && r.Revision == 0 {
+			return fmt.Errorf("etcdkit: live value stale: %w", r.Err)
+		}
+		return errors.New("etcdkit: live value stale")
+	})
+}
+
 // namedCheck is a ReadinessCheck with the name it is reported under.
 type namedCheck struct {
 	name  string

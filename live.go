@@ -89,10 +89,13 @@ type Rejection struct {
 	// Name is the key's name for a Live, the entry's name (relative to the
 	// prefix) for a LiveMap.
 	Name string
-	// Revision is the mod revision of the refused value.
+	// Revision is the mod revision of the refused value; 0 when the
+	// cluster refused to let the client read the key, so no value was seen.
 	Revision int64
 	// Err says why: a *DecodeError, a *ValidationError, or
-	// ErrOlderThanSnapshot.
+	// ErrOlderThanSnapshot; or, with Revision 0, the error of the refused
+	// read, such as etcd's permission denied (rpctypes.ErrPermissionDenied)
+	// for a user whose role may not read the key.
 	Err error
 	// At is when the value was refused.
 	At time.Time
@@ -228,6 +231,7 @@ type Live[T any] struct {
 
 	w        atomic.Pointer[Watch[[]byte]]
 	rejected atomic.Pointer[Rejection]
+	refused  refusal
 	synced   chan struct{}
 	syncOnce sync.Once
 	isSynced atomic.Bool
@@ -326,8 +330,15 @@ func (l *Live[T]) Stale() bool {
 
 // Rejected returns the last value that was refused, and false if none was.
 // It stays set after a good value is applied: compare its Revision with
-// Current's to know whether it is still the key's value.
+// Current's to know whether it is still the key's value. While the cluster
+// refuses to let the client read the key (a permission denied, for a user
+// whose role may not read it), Rejected returns that refusal instead, with
+// Revision 0, until a read succeeds; the Live keeps trying meanwhile, and
+// stays Stale.
 func (l *Live[T]) Rejected() (Rejection, bool) {
+	if r := l.refused.get(); r != nil {
+		return *r, true
+	}
 	if r := l.rejected.Load(); r != nil {
 		return *r, true
 	}
@@ -399,10 +410,15 @@ func (l *Live[T]) run() {
 			if ctx.Err() != nil {
 				return
 			}
-			c.log.Debug("live read failed, retrying", zap.String("key", l.key.name), zap.Error(err))
+			if l.refused.set(l.key.name, err) {
+				c.log.Warn("live value cannot be read, retrying", zap.String("key", l.key.name), zap.Error(err))
+			} else {
+				c.log.Debug("live read failed, retrying", zap.String("key", l.key.name), zap.Error(err))
+			}
 			retry.Wait(ctx)
 			continue
 		}
+		l.refused.clear()
 		w := l.raw.Watch(ctx, AfterRevision(rev))
 		l.w.Store(w)
 		for ev := range w.Events() {
@@ -519,3 +535,27 @@ func (l *Live[T]) reject(rev int64, err error) {
 // send hands a change to Changes without blocking: with the buffer full,
 // the oldest change waiting is dropped.
 func (l *Live[T]) send(ch LiveChange[T]) { lossy[LiveChange[T]](l.events).send(ch) }
+
+// refusal is the cluster's refusal to let a Live read its key, which no
+// retry mends until an operator changes the user's role: a permission
+// denied, an auth failure. A Live shows it as its Rejection while it
+// lasts, and logs it once.
+type refusal struct{ p atomic.Pointer[Rejection] }
+
+// set records err, a failed read of name, if it is a refusal, and reports
+// whether it is a new one (none, or another error, was recorded), which the
+// caller logs. A transient failure (a member that does not answer, no
+// leader) is not a refusal: Stale covers it.
+func (r *refusal) set(name string, err error) bool {
+	if IsRetryable(err) || errors.Is(err, ErrClosed) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	old := r.p.Swap(&Rejection{Name: name, Err: err, At: time.Now()})
+	return old == nil || old.Err.Error() != err.Error()
+}
+
+// clear forgets the refusal once a read succeeded.
+func (r *refusal) clear() { r.p.Store(nil) }
+
+// get returns the refusal in force, nil if none is.
+func (r *refusal) get() *Rejection { return r.p.Load() }

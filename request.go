@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/etcdkit/etcdkit/internal/backoff"
 	"github.com/etcdkit/etcdkit/internal/conn"
@@ -113,11 +114,11 @@ type target struct {
 	i int
 }
 
-func (t target) conn() (*clientv3.Client, error) {
+func (t target) conn(ctx context.Context) (*clientv3.Client, error) {
 	if t.i == wrapped {
 		return t.c.raw, nil
 	}
-	return t.c.streams.Request(t.i)
+	return t.c.streams.Request(ctx, t.i)
 }
 
 func (t target) state() conn.State {
@@ -146,10 +147,14 @@ func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op reques
 	t := target{c, i}
 	actx, cancel := context.WithTimeout(ctx, c.cfg.StallTimeout)
 	defer cancel()
-	cli, err := t.conn()
+	cli, err := t.conn(actx)
 	if err != nil {
-		if errors.Is(err, ErrClosed) {
+		switch {
+		case errors.Is(err, ErrClosed):
 			return ErrClosed
+		case ctx.Err() != nil:
+			// The caller's deadline, not the member, cut the dial short.
+			return &attemptError{member: t.state(), cause: "was still being dialled", err: ctx.Err()}
 		}
 		t.sick(err)
 		return &attemptError{member: t.state(), cause: "could not be dialled", err: err}
@@ -186,6 +191,10 @@ func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op reques
 		return &attemptError{member: t.state(), cause: "has no leader"}
 	case ctx.Err() != nil:
 		return c.unknown(kind, member, "was cut short by the caller's context", err)
+	case refusedBeforeSending(err):
+		// gRPC's own size limit: the member never saw the request, which
+		// says nothing of its health.
+		return err
 	case answered(err):
 		// The member refused the request (a compaction, a size limit, an
 		// auth error...): it is healthy, and the error is the caller's.
@@ -296,6 +305,15 @@ func answered(err error) bool {
 		return false
 	}
 	return true
+}
+
+// refusedBeforeSending reports gRPC's refusal of a request over the
+// call's send limit, which it makes in the client before anything is
+// sent. (A message over the server's receive limit fails with the same
+// code, but "received message larger than max": the member answered.)
+func refusedBeforeSending(err error) bool {
+	s, ok := status.FromError(err)
+	return ok && s.Code() == codes.ResourceExhausted && strings.Contains(s.Message(), "trying to send message larger than max")
 }
 
 // awaitReady waits, until ctx ends, for cli's connection to be up, so that a

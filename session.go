@@ -446,6 +446,7 @@ func (s *Session) keepAlive(id clientv3.LeaseID, deadline time.Time) (time.Time,
 		s.c.streams.Failed(s.ctx, gen, err)
 		return sent, err
 	}
+	s.c.streams.Alive(gen)
 	return sent, nil
 }
 

@@ -48,6 +48,19 @@
 // advertised peer addresses, so that stopping a member or the cluster ends
 // every peer connection at once instead of leaving etcd's to time out.
 //
+// # Authentication
+//
+// [WithAuth] turns etcd authentication on once the members are ready, with
+// a root user ([RootUser], [RootPassword]) that etcdtest's own clients use.
+// [Cluster.AddUser] (or [Server.AddUser]) adds a user with a password and a
+// role that may read and write one key prefix only, the way a service is
+// usually confined to its namespace:
+//
+//	c := etcdtest.StartCluster(t, 3, etcdtest.WithAuth())
+//	c.AddUser(t, "app", "secret", "/app/")
+//	// ... etcdkit.Config{Endpoints: c.Endpoints(), Namespace: "/app/",
+//	//	Username: "app", Password: "secret"} ...
+//
 // # Members as etcd processes
 //
 // [WithBinary] makes the members processes of an etcd executable (3.5, 3.6

@@ -25,6 +25,7 @@ type group struct {
 	mu        sync.Mutex
 	closed    bool
 	clientTLS *transport.TLSInfo // as configured, by WithClientTLS or WithConfig
+	authOn    bool               // WithAuth has turned auth on
 
 	shutdownOnce sync.Once
 	// release, when set, runs once after the group closed: it frees what a
@@ -106,6 +107,11 @@ func tryStartGroup(t testing.TB, n int, o *options) (*group, error) {
 	deadline := time.Now().Add(readyTimeout)
 	for _, m := range g.members {
 		if err := m.waitReady(deadline); err != nil {
+			t.Fatalf("etcdtest: start %d member(s): %v", n, err)
+		}
+	}
+	if o.auth {
+		if err := g.enableAuth(); err != nil {
 			t.Fatalf("etcdtest: start %d member(s): %v", n, err)
 		}
 	}
@@ -211,10 +217,13 @@ func (g *group) newClient(endpoints []string) (*clientv3.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client TLS config: %w", err)
 	}
+	user, password := g.credentials()
 	return clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
 		TLS:         tc,
+		Username:    user,
+		Password:    password,
 		Logger:      zap.NewNop(),
 	})
 }

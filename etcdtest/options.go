@@ -50,6 +50,7 @@ type options struct {
 	quota          int64
 	clientTLS      *transport.TLSInfo
 	withProxy      bool
+	auth           bool
 	logs           bool
 	configs        []func(*embed.Config)
 	// binary is the etcd executable members run as, "" for in-process

@@ -80,6 +80,7 @@ func (s *Server) processArgs() []string {
 			args = append(args, "--client-cert-auth")
 		}
 	}
+	args = append(args, o.authFlags()...)
 	return append(args, o.flags...)
 }
 
@@ -195,18 +196,19 @@ func (s *Server) stopProcess(p *process, hard bool) {
 // the same point at which an in-process member reports itself ready, and
 // learns the member's ID.
 func (s *Server) waitProcessReady(p *process, deadline time.Time) error {
-	cli, err := s.control()
-	if err != nil {
-		return err
-	}
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err = cli.Get(ctx, "etcdtest/ready")
+		// With WithAuth, making the control client authenticates, which
+		// fails until the member serves: it is retried like the reads.
+		cli, err := s.control()
 		var resp *pb.StatusResponse
 		if err == nil {
-			resp, err = pb.NewMaintenanceClient(cli.ActiveConnection()).Status(ctx, &pb.StatusRequest{})
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_, err = cli.Get(ctx, "etcdtest/ready")
+			if err == nil {
+				resp, err = pb.NewMaintenanceClient(cli.ActiveConnection()).Status(ctx, &pb.StatusRequest{})
+			}
+			cancel()
 		}
-		cancel()
 		if err == nil {
 			s.mu.Lock()
 			s.id = resp.Header.MemberId
@@ -228,13 +230,23 @@ func (s *Server) waitProcessReady(p *process, deadline time.Time) error {
 // connected to it alone and kept for the group's life.
 func (s *Server) control() (*clientv3.Client, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.ctl != nil {
+		defer s.mu.Unlock()
 		return s.ctl, nil
 	}
+	s.mu.Unlock()
+	// Made unlocked: WithAuth makes it authenticate, which waits for the
+	// member.
 	cli, err := s.g.newClient([]string{s.Endpoint()})
 	if err != nil {
 		return nil, fmt.Errorf("member %s: %w", s.name, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctl != nil {
+		// Made by another caller meanwhile: keep one.
+		cli.Close()
+		return s.ctl, nil
 	}
 	s.ctl = cli
 	return cli, nil

@@ -131,7 +131,9 @@ func (s *Server) Running() bool {
 // Client returns a raw clientv3 client connected directly to this member
 // (never through its proxy), using the member's client TLS if it has any.
 // The client is closed by t.Cleanup. Creating it does not wait for a
-// connection, so it works on a stopped member too.
+// connection, so it works on a stopped member too; except WithAuth, where
+// the client authenticates as RootUser when it is made, which needs the
+// member running.
 func (s *Server) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
 	return s.g.client(t, []string{s.Endpoint()})
@@ -413,6 +415,9 @@ func (s *Server) config() *embed.Config {
 	cfg.TickMs = uint(o.tick / time.Millisecond)
 	cfg.ElectionMs = uint(o.election / time.Millisecond)
 	cfg.QuotaBackendBytes = o.quota
+	if o.auth {
+		cfg.BcryptCost = minBcryptCost
+	}
 	// Tests never survive a machine crash, and fsync is the slowest thing a
 	// member does on a shared disk.
 	cfg.UnsafeNoFsync = true

@@ -33,7 +33,8 @@ type Pool struct {
 	// curLife ends when cur is dropped or closed; endCur ends it.
 	curLife context.Context
 	endCur  context.CancelFunc
-	dialing chan struct{}
+	dialing *dial // the dial in progress, nil if none
+	dials   sync.WaitGroup
 	done    bool
 	// eps is the one record of every endpoint's standing, which the
 	// stream connection, the request runner and the health monitor all
@@ -49,11 +50,18 @@ type Pool struct {
 type Config struct {
 	// Endpoints are the members, dialled one at a time.
 	Endpoints []string
-	// Dial connects to one endpoint; Life bounds the dial.
+	// Dial connects to one endpoint; ctx bounds the dial, and with it the
+	// auth token fetch that clientv3 makes when a connection is made, but
+	// not the life of the connection.
 	Dial func(ctx context.Context, endpoint string) (*clientv3.Client, error)
 	// DialRequest makes the connection of unary requests to one endpoint,
-	// without waiting for it to connect; Life bounds it.
+	// bounded by ctx as Dial is; without auth it does not wait for the
+	// connection.
 	DialRequest func(ctx context.Context, endpoint string) (*clientv3.Client, error)
+	// DialTimeout bounds each dial of the stream connection, a dial that
+	// waits for no caller: one to a silent endpoint ends after it, and the
+	// next goes to the next endpoint. Zero means no bound but Life.
+	DialTimeout time.Duration
 	// Life ends when the client closes.
 	Life context.Context
 	Log  *zap.Logger
@@ -92,10 +100,22 @@ func (s *Pool) pickLocked() int {
 	return best
 }
 
+// dial is one dial of the stream connection; err is set before done is
+// closed.
+type dial struct {
+	done chan struct{}
+	err  error
+}
+
 // Get returns the current stream connection and its generation, dialling one
-// if there is none. It blocks while a dial is in progress, until ctx ends. A
-// failed dial is returned; the next call tries the next endpoint, and the
-// caller decides how long to back off.
+// if there is none. The dial runs on its own, bounded by DialTimeout and the
+// pool's life, not by ctx: Get waits for it until ctx ends, so that a caller
+// with a short deadline (a keepalive) is never held past it by a dial of a
+// silent endpoint, and the dial, which with auth on includes fetching a
+// token, is not wasted when that caller gives up. A failed dial is returned
+// to every caller that waited for it, and marks its endpoint failed: the
+// next call dials the next endpoint, and the caller decides how long to
+// back off.
 func (s *Pool) Get(ctx context.Context) (*clientv3.Client, uint64, error) {
 	for {
 		s.mu.Lock()
@@ -108,46 +128,57 @@ func (s *Pool) Get(ctx context.Context) (*clientv3.Client, uint64, error) {
 			s.mu.Unlock()
 			return cur, gen, nil
 		}
-		if s.dialing != nil {
-			wait := s.dialing
-			s.mu.Unlock()
-			select {
-			case <-wait:
-				continue
-			case <-ctx.Done():
-				return nil, 0, ctx.Err()
-			}
+		d := s.dialing
+		if d == nil {
+			d = &dial{done: make(chan struct{})}
+			s.dialing = d
+			idx := s.pickLocked()
+			s.dials.Add(1)
+			go s.dial(d, idx)
 		}
-		idx := s.pickLocked()
-		ep := s.cfg.Endpoints[idx]
-		s.dialing = make(chan struct{})
 		s.mu.Unlock()
-
-		raw, err := s.cfg.Dial(s.cfg.Life, ep)
-
-		s.mu.Lock()
-		close(s.dialing)
-		s.dialing = nil
-		if err != nil {
-			s.eps[idx].fail(fmt.Errorf("dial: %w", err))
-			s.mu.Unlock()
-			s.cfg.Log.Debug("stream connection dial failed", zap.String("endpoint", ep), zap.Error(err))
-			if s.cfg.Life.Err() != nil {
-				return nil, 0, s.cfg.Closed
+		select {
+		case <-d.done:
+			if d.err != nil {
+				return nil, 0, d.err
 			}
-			return nil, 0, err
+		case <-ctx.Done():
+			return nil, 0, ctx.Err()
 		}
-		if s.done {
-			s.mu.Unlock()
-			_ = raw.Close()
-			return nil, 0, s.cfg.Closed
-		}
+	}
+}
+
+// dial connects to endpoint idx for d and installs the connection.
+func (s *Pool) dial(d *dial, idx int) {
+	defer s.dials.Done()
+	ep := s.cfg.Endpoints[idx]
+	ctx, cancel := s.cfg.Life, context.CancelFunc(func() {})
+	if s.cfg.DialTimeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, s.cfg.DialTimeout)
+	}
+	raw, err := s.cfg.Dial(ctx, ep)
+	cancel()
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer close(d.done)
+	s.dialing = nil
+	switch {
+	case err != nil && s.cfg.Life.Err() != nil:
+		d.err = s.cfg.Closed
+	case err != nil:
+		s.eps[idx].fail(fmt.Errorf("dial: %w", err))
+		s.cfg.Log.Debug("stream connection dial failed", zap.String("endpoint", ep), zap.Error(err))
+		d.err = err
+	case s.done:
+		_ = raw.Close()
+		d.err = s.cfg.Closed
+	default:
 		s.cur = raw
 		s.curLife, s.endCur = context.WithCancel(context.Background())
 		s.curIdx = idx
 		s.gen++
 		s.cfg.Log.Debug("stream connection up", zap.String("endpoint", ep), zap.Uint64("generation", s.gen))
-		s.mu.Unlock()
 	}
 }
 
@@ -211,10 +242,13 @@ func (s *Pool) dropLocked() *clientv3.Client {
 }
 
 // Close closes the stream connection and the request connections, and
-// refuses new ones.
+// refuses new ones. It waits for a dial in progress, which ends with Life.
 func (s *Pool) Close() {
 	s.mu.Lock()
 	s.done = true
+	s.mu.Unlock()
+	s.dials.Wait()
+	s.mu.Lock()
 	old := s.dropLocked()
 	var reqs []*clientv3.Client
 	for _, e := range s.eps {
@@ -289,11 +323,7 @@ func (s *Pool) attempt(ctx context.Context, attempt time.Duration, op func(conte
 		s.Failed(ctx, gen, err)
 		return err
 	}
-	s.mu.Lock()
-	if s.cur != nil && s.gen == gen {
-		s.eps[s.curIdx].okAt = time.Now()
-	}
-	s.mu.Unlock()
+	s.Alive(gen)
 	return nil
 }
 

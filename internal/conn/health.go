@@ -1,6 +1,7 @@
 package conn
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"time"
@@ -89,6 +90,20 @@ func (s *Pool) Succeeded(i int, id uint64, sent time.Time) {
 		return
 	}
 	e.okAt = time.Now()
+}
+
+// Alive records that the stream connection of generation gen answered: a
+// keepalive succeeded, a watch received a response. Its endpoint is healthy,
+// as after a request's success, so that a member marked sick becomes
+// healthy again through whatever path reaches it. Reports about an older
+// generation are ignored: a connection dropped since proves nothing about
+// its endpoint now.
+func (s *Pool) Alive(gen uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur != nil && s.gen == gen {
+		s.eps[s.curIdx].okAt = time.Now()
+	}
 }
 
 // Identify records that endpoint i reaches member id.
@@ -189,9 +204,10 @@ func (s *Pool) AppendOrder(dst []int) []int {
 }
 
 // Request returns the request connection pinned to endpoint i, making it
-// on first use. The dial does not wait for the connection: the caller checks
-// its state before sending.
-func (s *Pool) Request(i int) (*clientv3.Client, error) {
+// on first use, bounded by ctx (the attempt's, so that a dial that with auth
+// on waits for a token ends with the attempt). Without auth the dial does
+// not wait for the connection: the caller checks its state before sending.
+func (s *Pool) Request(ctx context.Context, i int) (*clientv3.Client, error) {
 	s.mu.Lock()
 	if s.done {
 		s.mu.Unlock()
@@ -202,8 +218,15 @@ func (s *Pool) Request(i int) (*clientv3.Client, error) {
 		return r, nil
 	}
 	s.mu.Unlock()
-	r, err := s.cfg.DialRequest(s.cfg.Life, s.eps[i].addr)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(s.cfg.Life, cancel)
+	defer stop()
+	r, err := s.cfg.DialRequest(ctx, s.eps[i].addr)
 	if err != nil {
+		if s.cfg.Life.Err() != nil {
+			return nil, s.cfg.Closed
+		}
 		return nil, err
 	}
 	s.mu.Lock()

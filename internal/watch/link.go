@@ -90,6 +90,8 @@ func (l *link) monitor() {
 	since := l.h.now() // start of the current not-ready spell
 	var sentAt int64 = -1
 	pinged := false // a ping backs up the current progress request
+	// alive is when the link last told the pool its member answers.
+	alive := l.lastRecv.Load()
 	for {
 		// Waiting for a state change doubles as the monitor's tick. A change
 		// away from Ready counts even if the connection is back by the time
@@ -122,6 +124,11 @@ func (l *link) monitor() {
 		last := l.lastRecv.Load()
 		if sentAt >= 0 && last >= sentAt {
 			sentAt = -1
+		}
+		if last > alive && time.Duration(now-alive) >= idle {
+			// What the member sent counts in the one view of its health.
+			alive = now
+			cfg.Conns.Alive(l.gen)
 		}
 		if sentAt >= 0 {
 			if time.Duration(now-sentAt) >= stall {
