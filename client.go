@@ -119,7 +119,8 @@ func newClient(raw *clientv3.Client, owned bool, cfg Config) *Client {
 		},
 		// A dial is an attempt like a request's: with auth on it fetches a
 		// token, which a silent member does not give.
-		DialTimeout: min(cfg.DialTimeout, cfg.StallTimeout),
+		DialTimeout:    min(cfg.DialTimeout, cfg.StallTimeout),
+		MaxDialTimeout: cfg.DialTimeout,
 		DialRequest: func(ctx context.Context, ep string) (*clientv3.Client, error) {
 			return dialRaw(ctx, cfg, []string{ep}, func(rc *clientv3.Config) {
 				// The request runner moves a request to another member

@@ -48,7 +48,9 @@ type Config struct {
 	// DialTimeout bounds New's first contact with the cluster and every
 	// re-dial of the connection the watch and lease engines use (together
 	// with StallTimeout: a re-dial is an attempt on one member, and a
-	// silent member's turn ends after the shorter of the two).
+	// silent member's turn ends after the shorter of the two; a re-dial
+	// that ran out of time makes the next one twice as long, up to
+	// DialTimeout, so that members slower than StallTimeout are reached).
 	// Default: 5s.
 	DialTimeout time.Duration
 
@@ -74,7 +76,8 @@ type Config struct {
 	// member, a write fails with ErrUnknownOutcome. A lease keepalive that
 	// ran out of it is tried again with twice the time, and so on up to
 	// the time left before the session would be Lost, so that members
-	// that answer, only more slowly than StallTimeout, keep the lease.
+	// that answer, only more slowly than StallTimeout, keep the lease;
+	// the attempts of a lease grant grow the same way.
 	// It must be at least MinStallTimeout (100ms):
 	// the engines' timers are fractions of it, and a link cannot answer
 	// faster. Default: 2s.

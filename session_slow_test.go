@@ -1,10 +1,12 @@
 package etcdkit_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/etcdkit/etcdkit"
 	"github.com/etcdkit/etcdkit/etcdtest"
@@ -45,4 +47,29 @@ func TestSessionKeepsItsLeaseOnASlowMember(t *testing.T) {
 	assert.Zero(t, states.first(etcdkit.SessionLost, slow), "the session was Lost on a member that answered every request")
 	assert.Equal(t, id, s.Lease(), "the same lease")
 	assert.Greater(t, lsLeaseTTL(t, raw, id), int64(0), "the lease lives on the server")
+}
+
+// The same slow member, met by a client that must dial it and grant a
+// lease: a dial or a grant that ran out of StallTimeout is tried again with
+// more time, so that NewSession succeeds. (Each was once cut at
+// StallTimeout however often that failed, so NewSession never did.)
+func TestSessionGrantedOnASlowMember(t *testing.T) {
+	const ttl = 3 * time.Second
+	srv := etcdtest.Start(t, etcdtest.WithProxy())
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.ProxyEndpoint()}, Logger: lsLogger(t),
+		StallTimeout: 200 * time.Millisecond})
+	raw := srv.Client(t)
+
+	srv.Proxy().SetLatency(proxy.Both, 150*time.Millisecond, 0)
+	t.Cleanup(func() { srv.Proxy().SetLatency(proxy.Both, 0, 0) })
+	srv.Proxy().ResetConns() // every connection is dialled again, slowly
+
+	ctx, cancel := context.WithTimeout(lsContext(t), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	s, err := c.NewSession(ctx, ttl)
+	require.NoError(t, err, "NewSession on a member that answers in 300 ms, StallTimeout 200 ms")
+	t.Cleanup(func() { _ = s.Close() })
+	t.Logf("granted after %v", time.Since(start))
+	assert.Greater(t, lsLeaseTTL(t, raw, s.Lease()), int64(0), "the lease lives on the server")
 }

@@ -35,7 +35,10 @@ type Pool struct {
 	endCur  context.CancelFunc
 	dialing *dial // the dial in progress, nil if none
 	dials   sync.WaitGroup
-	done    bool
+	// slowDials counts the dials in a row that ran out of time: each next
+	// one gets twice the time, up to MaxDialTimeout (see dialTimeout).
+	slowDials int
+	done      bool
 	// eps is the one record of every endpoint's standing, which the
 	// stream connection, the request runner and the health monitor all
 	// read and feed (see health.go). A move of the stream connection goes
@@ -60,8 +63,11 @@ type Config struct {
 	DialRequest func(ctx context.Context, endpoint string) (*clientv3.Client, error)
 	// DialTimeout bounds each dial of the stream connection, a dial that
 	// waits for no caller: one to a silent endpoint ends after it, and the
-	// next goes to the next endpoint. Zero means no bound but Life.
-	DialTimeout time.Duration
+	// next goes to the next endpoint. Zero means no bound but Life. A dial
+	// that ran out of it makes the next one twice as long, up to
+	// MaxDialTimeout, so that members that answer, only more slowly than
+	// DialTimeout (a loaded machine, a long link), can still be reached.
+	DialTimeout, MaxDialTimeout time.Duration
 	// Life ends when the client closes.
 	Life context.Context
 	Log  *zap.Logger
@@ -153,16 +159,26 @@ func (s *Pool) dial(d *dial, idx int) {
 	defer s.dials.Done()
 	ep := s.cfg.Endpoints[idx]
 	ctx, cancel := s.cfg.Life, context.CancelFunc(func() {})
-	if s.cfg.DialTimeout > 0 {
-		ctx, cancel = context.WithTimeout(ctx, s.cfg.DialTimeout)
+	s.mu.Lock()
+	timeout := dialTimeout(s.cfg.DialTimeout, s.cfg.MaxDialTimeout, s.slowDials)
+	s.mu.Unlock()
+	if timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, timeout)
 	}
 	raw, err := s.cfg.Dial(ctx, ep)
+	timedOut := ctx.Err() == context.DeadlineExceeded
 	cancel()
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	defer close(d.done)
 	s.dialing = nil
+	switch {
+	case err == nil:
+		s.slowDials = 0
+	case timedOut:
+		s.slowDials++
+	}
 	switch {
 	case err != nil && s.cfg.Life.Err() != nil:
 		d.err = s.cfg.Closed
@@ -180,6 +196,18 @@ func (s *Pool) dial(d *dial, idx int) {
 		s.gen++
 		s.cfg.Log.Debug("stream connection up", zap.String("endpoint", ep), zap.Uint64("generation", s.gen))
 	}
+}
+
+// dialTimeout is the bound of a dial after slow dials in a row ran out of
+// time: base, doubled for each, up to max (when set and larger than base).
+func dialTimeout(base, limit time.Duration, slow int) time.Duration {
+	if base <= 0 || limit <= base {
+		return base
+	}
+	if d := base << min(slow, 16); d < limit {
+		return d
+	}
+	return limit
 }
 
 // Life returns a context that ends when the connection of generation gen
@@ -283,14 +311,19 @@ func (s *Pool) Endpoint() string {
 // the stream connection to the next member before the next attempt; one
 // whose connection is replaced meanwhile (by another request or the watch
 // engine) stops at once. Either way the next attempt goes to the live
-// connection, after a backoff. It logs nothing: the caller reports the
-// outcome.
+// connection, after a backoff. An attempt that ran out of its time makes
+// the next one twice as long, so that members that answer, only more
+// slowly than attempt, are still heard before ctx ends. It logs nothing:
+// the caller reports the outcome.
 func (s *Pool) Do(ctx context.Context, attempt time.Duration, op func(context.Context, *clientv3.Client) error) error {
 	retry := backoff.New(50*time.Millisecond, 500*time.Millisecond)
-	for {
-		err := s.attempt(ctx, attempt, op)
+	for slow := 0; ; {
+		err := s.attempt(ctx, attempt<<min(slow, 16), op)
 		if err == nil || !s.cfg.Retryable(err) && !errors.Is(err, ErrReplaced) {
 			return err
+		}
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			slow++
 		}
 		if ctx.Err() != nil || !retry.Wait(ctx) {
 			return fmt.Errorf("%w (last attempt: %v)", context.Cause(ctx), err)
