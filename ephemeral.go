@@ -40,9 +40,8 @@ type Ephemeral[T any] struct {
 	// lands after one under a newer lease, and guards the fields below.
 	mu    sync.Mutex
 	value []byte
-	rev   int64            // mod revision of our last write, 0 if none is known
-	lease clientv3.LeaseID // lease of our last write
-	seen  int64            // revision at which the key was last found ours
+	rev   int64 // mod revision of our last write, 0 if none is known
+	seen  int64 // revision at which the key was last found ours
 
 	// Owned by the run goroutine.
 	restorePace *backoff.Backoff
@@ -330,12 +329,14 @@ func (e *Ephemeral[T]) reconcile(epoch context.Context, lease clientv3.LeaseID) 
 	}
 	kv := res.cur
 	if e.oursLocked(kv, lease) {
-		e.rev, e.lease = kv.ModRevision, lease
+		e.rev = kv.ModRevision
 		return false, nil
 	}
-	if e.s.o.createOnly && kv != nil && kv.Lease != 0 && kv.Lease != int64(lease) && kv.Lease != int64(e.lease) {
+	if e.s.o.createOnly && kv != nil && kv.Lease != 0 && !e.s.heldLease(clientv3.LeaseID(kv.Lease)) {
 		// Another owner created the key under a lease of its own while ours
-		// was lost: a create-only key is theirs now, never taken back.
+		// was lost: a create-only key is theirs now, never taken back. A
+		// lease our session held before is ours: a write of ours under it,
+		// whose answer was lost, applied after the session had moved on.
 		return false, e.key.conflict(ErrExists, 0, res)
 	}
 	return e.writeLocked(ctx, lease, modRevision(kv))
@@ -391,9 +392,9 @@ func (e *Ephemeral[T]) putLocked(ctx context.Context, lease clientv3.LeaseID, ex
 	case err != nil:
 		return res, false, err
 	case res.ok:
-		e.rev, e.lease = res.rev, lease
+		e.rev = res.rev
 	case e.oursLocked(res.cur, lease):
-		e.rev, e.lease = res.cur.ModRevision, lease
+		e.rev = res.cur.ModRevision
 	default:
 		return res, false, nil
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -103,6 +104,23 @@ type Session struct {
 	// gone is set when the server said lease no longer exists: revoked by
 	// someone else (etcdctl lease revoke), or expired. A new lease clears it.
 	gone bool
+	// past are the leases the session held before the current one, the
+	// most recent last (at most maxPastLeases): a key found under one of
+	// them was written by the session's owner (see heldLease).
+	past []clientv3.LeaseID
+}
+
+// maxPastLeases bounds Session.past: a lease that many recoveries old has
+// long expired, and so has anything written under it.
+const maxPastLeases = 16
+
+// heldLease reports whether id is the session's lease or one it held
+// before: a write under it came from the session's owner, even one whose
+// answer was lost and which applied after the session had moved on.
+func (s *Session) heldLease(id clientv3.LeaseID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return id == s.lease || slices.Contains(s.past, id)
 }
 
 // errSessionClosed is the cause of a session ended by its Close.
@@ -460,6 +478,10 @@ func (s *Session) recover() bool {
 		if err == nil {
 			s.mu.Lock()
 			old := s.lease
+			s.past = append(s.past, old)
+			if len(s.past) > maxPastLeases {
+				s.past = slices.Delete(s.past, 0, len(s.past)-maxPastLeases)
+			}
 			s.lease, s.lastSent = id, sent
 			s.gone = false
 			s.mu.Unlock()
