@@ -460,9 +460,8 @@ func (requireLeaderCall) RequireTransportSecurity() bool { return false }
 // at most MaxValueSize, which sendLimit always leaves room for. Nor the
 // StaticMethod marker of gRPC's generated stubs, which only tells stats
 // plugins that the method name is safe as a label. clientv3's interceptor
-// appends the options one by one to a slice of its own on every call, which
-// grows once for the second, third and fifth: three cost one allocation
-// fewer than five.
+// copies the options into a slice of its own on every call, growing it as
+// it goes: three options cost one allocation fewer than five.
 func kvCallOptions() []grpc.CallOption {
 	return []grpc.CallOption{
 		grpc.WaitForReady(true),
