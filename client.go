@@ -37,6 +37,10 @@ type Client struct {
 	streams *conn.Pool // the stream connection: watches, keepalives
 	hub     *watch.Hub // shared etcd watches
 
+	// kvOpts are the call options of the requests that invoke sends
+	// (kvCallOptions).
+	kvOpts []grpc.CallOption
+
 	// spawnMu orders spawn against Close so that no goroutine starts after
 	// Close began waiting for them.
 	spawnMu sync.Mutex
@@ -108,7 +112,7 @@ func Wrap(raw *clientv3.Client, cfg Config) (*Client, error) {
 }
 
 func newClient(raw *clientv3.Client, owned bool, cfg Config) *Client {
-	c := &Client{raw: raw, owned: owned, cfg: cfg, log: cfg.Logger}
+	c := &Client{raw: raw, owned: owned, cfg: cfg, log: cfg.Logger, kvOpts: kvCallOptions()}
 	// withDefaults validated the namespace.
 	c.ns, _ = keyPrefix(cfg.Namespace)
 	c.life, c.cancel = context.WithCancel(context.Background())

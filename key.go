@@ -46,6 +46,7 @@ type Key[T any] struct {
 	c     *Client
 	name  string
 	path  string
+	key   []byte // path, as requests send it; never written to
 	codec Codec[T]
 	err   error
 }
@@ -57,6 +58,7 @@ func NewKey[T any](c *Client, name string, codec Codec[T]) *Key[T] {
 	k := &Key[T]{c: c, name: name, codec: codec}
 	if k.err = checkHandle(c, "NewKey", name, codec == nil); k.err == nil {
 		k.path = c.path(name)
+		k.key = []byte(k.path)
 	}
 	return k
 }
@@ -87,7 +89,7 @@ func (k *Key[T]) Get(ctx context.Context) (Value[T], error) {
 		return zero, k.fail("get", err)
 	}
 	defer cancel()
-	resp, err := k.c.read(ctx, k.path)
+	resp, err := k.c.getKey(ctx, k.key)
 	if err != nil {
 		return zero, k.fail("get", err)
 	}
@@ -110,7 +112,7 @@ func (k *Key[T]) Put(ctx context.Context, v T) (int64, error) {
 		return 0, k.fail("put", err)
 	}
 	defer cancel()
-	resp, err := k.c.put(ctx, k.path, string(data))
+	resp, err := k.c.putKey(ctx, k.key, data)
 	if err != nil {
 		return 0, k.fail("put", err)
 	}
@@ -234,7 +236,7 @@ func (k *Key[T]) Delete(ctx context.Context) error {
 		return k.fail("delete", err)
 	}
 	defer cancel()
-	if _, err := k.c.del(ctx, k.path); err != nil {
+	if _, err := k.c.deleteKey(ctx, k.key); err != nil {
 		return k.fail("delete", err)
 	}
 	return nil

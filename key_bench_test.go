@@ -166,3 +166,42 @@ func pairedRatio(b *testing.B, typedOp, rawOp func(), op string) {
 	b.ReportMetric(float64(rawT.Nanoseconds())/float64(b.N), "raw-ns/"+op)
 	b.ReportMetric(float64(rawT)/float64(typed), "typed-throughput/raw")
 }
+
+// BenchmarkKeyPutShortDeadline and BenchmarkRawPutShortDeadline give each
+// Put a context of its own whose deadline (1s) comes before the end of the
+// attempt's StallTimeout (2s by default), as a caller with a tight deadline
+// would: the attempt then needs no timer of its own.
+func BenchmarkKeyPutShortDeadline(b *testing.B) {
+	srv := etcdtest.Start(b)
+	c := testClient(b, []string{srv.Endpoint()}, "bench")
+	k := etcdkit.NewKey(c, "put", etcdkit.JSON[limits]())
+	ctx := benchContext(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		octx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := k.Put(octx, benchValue)
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkRawPutShortDeadline(b *testing.B) {
+	srv := etcdtest.Start(b)
+	raw := srv.Client(b)
+	ctx := benchContext(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		data, err := json.Marshal(benchValue)
+		if err != nil {
+			b.Fatal(err)
+		}
+		octx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err = raw.Put(octx, "bench/put", string(data))
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -48,6 +48,24 @@ func TestTooLargeIsNotRetryable(t *testing.T) {
 	})
 }
 
+// TestGetAboveReceiveLimit reads a value larger than gRPC's default 4 MiB
+// receive limit, within MaxValueSize and the server's limit. Without the
+// client's receive limit raised on every request, gRPC refuses the answer
+// with ResourceExhausted ("received message larger than max") and the Get
+// fails with ErrTooLarge for a value the Put stored.
+func TestGetAboveReceiveLimit(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.WithConfig(func(cfg *embed.Config) { cfg.MaxRequestBytes = 10 << 20 }))
+	c := testClientConfig(t, etcdkit.Config{Endpoints: []string{srv.Endpoint()}, MaxValueSize: 8 << 20})
+	ctx := testContext(t, 30*time.Second)
+	k := etcdkit.NewKey(c, "big", etcdkit.String())
+	big := strings.Repeat("x", 5<<20)
+	_, err := k.Put(ctx, big)
+	require.NoError(t, err)
+	v, err := k.Get(ctx)
+	require.NoError(t, err)
+	assert.Len(t, v.Data, len(big))
+}
+
 // TestIsRetryableTooLarge checks the predicate on its own: too large is
 // never retryable, whatever else the chain holds.
 func TestIsRetryableTooLarge(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"strings"
 	"time"
@@ -11,6 +12,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
@@ -45,14 +47,42 @@ type requestOp func(ctx context.Context, cli *clientv3.Client) (*pb.ResponseHead
 // the shared view of the members' health. ctx, already bounded by
 // opContext, bounds the whole request. The error names each member tried
 // and why it failed.
+//
+// op sends its request through clientv3's API: each attempt passes it a ctx
+// whose outgoing metadata carries the require-leader flag
+// (withRequireLeader).
 func (c *Client) request(ctx context.Context, kind requestKind, op requestOp) error {
+	return c.run(ctx, kind, op, flagInContext)
+}
+
+// requestKV is request for an op that sends its request with c.invoke,
+// whose call options carry the require-leader flag (requireLeaderCall): the
+// ctx an attempt passes op does not.
+func (c *Client) requestKV(ctx context.Context, kind requestKind, op requestOp) error {
+	return c.run(ctx, kind, op, flagInCall)
+}
+
+// leaderFlag says how the requests of an op carry etcd's require-leader
+// flag.
+type leaderFlag bool
+
+const (
+	// flagInContext: in the outgoing metadata of the ctx the attempt passes
+	// op, for requests sent through clientv3's API.
+	flagInContext leaderFlag = false
+	// flagInCall: in the call options of c.invoke, which op sends with.
+	flagInCall leaderFlag = true
+)
+
+// run is request and requestKV.
+func (c *Client) run(ctx context.Context, kind requestKind, op requestOp, flag leaderFlag) error {
 	var retry *backoff.Backoff // made on the first round that fails
 	start := time.Now()
 	var room [8]int // the endpoints, without an allocation for up to 8
 	for {
 		var failures []string
 		for _, i := range c.targets(room[:0]) {
-			err := c.attempt(ctx, kind, i, op)
+			err := c.attempt(ctx, kind, i, op, flag)
 			if err == nil {
 				return nil
 			}
@@ -143,9 +173,9 @@ func (t target) succeeded(id uint64, sent time.Time) {
 // attempt sends op to the member behind endpoint i. It returns nil, an
 // *attemptError when the next member may be tried, or the error that ends
 // the request.
-func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op requestOp) error {
+func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op requestOp, flag leaderFlag) error {
 	t := target{c, i}
-	actx, cancel := context.WithTimeout(ctx, c.cfg.StallTimeout)
+	actx, cancel := c.attemptContext(ctx)
 	defer cancel()
 	cli, err := t.conn(actx)
 	if err != nil {
@@ -177,7 +207,11 @@ func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op reques
 		}
 	}
 	sent := time.Now()
-	hdr, err := op(withRequireLeader(actx), cli)
+	sctx := actx
+	if flag == flagInContext {
+		sctx = withRequireLeader(actx)
+	}
+	hdr, err := op(sctx, cli)
 	if err == nil {
 		t.succeeded(hdr.GetMemberId(), sent)
 		return nil
@@ -210,6 +244,18 @@ func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op reques
 		return c.unknown(kind, t.state(), cause, err)
 	}
 	return &attemptError{member: t.state(), cause: cause, err: err}
+}
+
+// attemptContext bounds an attempt by StallTimeout. A ctx whose deadline
+// comes first bounds it already: the attempt then runs on ctx itself, as
+// cancelling it would not end the attempt sooner. (context.WithTimeout
+// would make a cancellable child of ctx all the same: five allocations, the
+// map in which gRPC's context for the call registers included.)
+func (c *Client) attemptContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if d, ok := ctx.Deadline(); ok && time.Until(d) <= c.cfg.StallTimeout {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, c.cfg.StallTimeout)
 }
 
 // withRequireLeader is clientv3.WithRequireLeader without its cost per
@@ -402,4 +448,108 @@ func (c *Client) txn(ctx context.Context, cmps []clientv3.Cmp, then, els []clien
 		return r.Header, nil
 	})
 	return resp, err
+}
+
+// requireLeaderCall carries etcd's require-leader flag (the header that
+// clientv3.WithRequireLeader puts in the outgoing metadata) as a per-call
+// credential. clientv3's interceptor copies a context's outgoing metadata
+// twice on every call to add its own version header; a credential is added
+// by gRPC itself, when it writes the call's headers.
+type requireLeaderCall struct{}
+
+// requireLeaderHeader is the flag. gRPC only reads the map a credential
+// returns, so every call shares this one.
+var requireLeaderHeader = map[string]string{rpctypes.MetadataRequireLeaderKey: rpctypes.MetadataHasLeader}
+
+func (requireLeaderCall) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return requireLeaderHeader, nil
+}
+
+// RequireTransportSecurity is false: the flag is no secret, and it is sent
+// on connections without TLS too.
+func (requireLeaderCall) RequireTransportSecurity() bool { return false }
+
+// kvCallOptions are the call options of a request that c.invoke sends on a
+// request connection: those clientv3 gives every call on a connection that
+// dialRaw made, that matter to these requests (wait for the connection, and
+// its receive limit: a value may be larger than gRPC's 4 MiB default), and
+// the require-leader flag. Not its send limit: the three requests invoke
+// sends are a key of at most maxNameLen under the namespace and a value of
+// at most MaxValueSize, which sendLimit always leaves room for. Nor the
+// StaticMethod marker of gRPC's generated stubs, which only tells stats
+// plugins that the method name is safe as a label. clientv3's interceptor
+// copies the options into a slice of its own on every call, growing it as
+// it goes: three options cost one allocation fewer than five.
+func kvCallOptions() []grpc.CallOption {
+	return []grpc.CallOption{
+		grpc.WaitForReady(true),
+		grpc.MaxCallRecvMsgSize(math.MaxInt32),
+		grpc.PerRPCCredentials(requireLeaderCall{}),
+	}
+}
+
+// invoke sends req, one etcdserverpb KV request, on cli's connection and
+// decodes the answer into resp, as clientv3's KV does (its interceptors,
+// auth token included, stay on the connection) but without its copies of
+// the key and value and its call options per request. Errors are clientv3's
+// (rpctypes.Error, then the context's own error if it ended the call).
+// Only the request connections of a Client made by New take it: a client
+// made by Wrap keeps the caller's KV, which may have been wrapped (a
+// namespace, say).
+func (c *Client) invoke(ctx context.Context, cli *clientv3.Client, method string, req, resp any) error {
+	return clientv3.ContextError(ctx, cli.ActiveConnection().Invoke(ctx, method, req, resp, c.kvOpts...))
+}
+
+// getKey is a linearizable Get of one key through the request runner.
+func (c *Client) getKey(ctx context.Context, key []byte) (*clientv3.GetResponse, error) {
+	if !c.owned {
+		return c.read(ctx, string(key))
+	}
+	var resp *pb.RangeResponse
+	err := c.requestKV(ctx, readRequest, func(ctx context.Context, cli *clientv3.Client) (*pb.ResponseHeader, error) {
+		r := new(pb.RangeResponse)
+		if err := c.invoke(ctx, cli, pb.KV_Range_FullMethodName, &pb.RangeRequest{Key: key}, r); err != nil {
+			return nil, err
+		}
+		resp = r
+		return r.Header, nil
+	})
+	return (*clientv3.GetResponse)(resp), err
+}
+
+// putKey is a Put of one key through the request runner. key and val are
+// sent as they are, not copied: they must not change until it returns. The
+// call has no send limit of its own (see kvCallOptions): val must be within
+// MaxValueSize, as encodeValue makes it.
+func (c *Client) putKey(ctx context.Context, key, val []byte) (*clientv3.PutResponse, error) {
+	if !c.owned {
+		return c.put(ctx, string(key), string(val))
+	}
+	var resp *pb.PutResponse
+	err := c.requestKV(ctx, writeRequest, func(ctx context.Context, cli *clientv3.Client) (*pb.ResponseHeader, error) {
+		r := new(pb.PutResponse)
+		if err := c.invoke(ctx, cli, pb.KV_Put_FullMethodName, &pb.PutRequest{Key: key, Value: val}, r); err != nil {
+			return nil, err
+		}
+		resp = r
+		return r.Header, nil
+	})
+	return (*clientv3.PutResponse)(resp), err
+}
+
+// deleteKey is a Delete of one key through the request runner.
+func (c *Client) deleteKey(ctx context.Context, key []byte) (*clientv3.DeleteResponse, error) {
+	if !c.owned {
+		return c.del(ctx, string(key))
+	}
+	var resp *pb.DeleteRangeResponse
+	err := c.requestKV(ctx, writeRequest, func(ctx context.Context, cli *clientv3.Client) (*pb.ResponseHeader, error) {
+		r := new(pb.DeleteRangeResponse)
+		if err := c.invoke(ctx, cli, pb.KV_DeleteRange_FullMethodName, &pb.DeleteRangeRequest{Key: key}, r); err != nil {
+			return nil, err
+		}
+		resp = r
+		return r.Header, nil
+	})
+	return (*clientv3.DeleteResponse)(resp), err
 }

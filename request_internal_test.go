@@ -8,6 +8,9 @@ import (
 	"testing"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 )
 
@@ -69,5 +72,32 @@ func TestWithRequireLeader(t *testing.T) {
 				t.Fatalf("got metadata %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestRequireLeaderCall checks that the requests invoke sends ask for a
+// leader with the very header clientv3.WithRequireLeader sets: their call
+// options hold the per-call credential, and it returns that header.
+func TestRequireLeaderCall(t *testing.T) {
+	want, _ := metadata.FromOutgoingContext(clientv3.WithRequireLeader(context.Background()))
+	var creds credentials.PerRPCCredentials
+	for _, o := range kvCallOptions() {
+		if o, ok := o.(grpc.PerRPCCredsCallOption); ok {
+			creds = o.Creds
+		}
+	}
+	if creds == nil {
+		t.Fatalf("got call options %v, want one that carries the require-leader flag", kvCallOptions())
+	}
+	hdr, err := creds.GetRequestMetadata(context.Background(), "https://example/etcdserverpb.KV")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := metadata.New(hdr)
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got header %v, want %v", got, want)
+	}
+	if creds.RequireTransportSecurity() {
+		t.Fatal("got a flag that needs TLS, want it sent on plain connections too")
 	}
 }
