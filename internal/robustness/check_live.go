@@ -9,7 +9,12 @@ import (
 // checkLives checks every Live's readers: each state a reader saw is one
 // the cluster held (a good value at the revision of its write, or the key
 // absent, served as the default), in revision order, and the Live ends at
-// the key's final state (see liveFinal).
+// the key's final state (see liveFinal). An entry of a LiveMap is checked
+// as a Live of its key, and a present entry must also still be the key's
+// state at the revision the map reflected when it was read (MapRev): a
+// map that has passed a key's deletion no longer serves it. That rule
+// takes every value written as one the map must serve, which holds for
+// keys written only good values (see Fresh).
 func checkLives(h *History) []Violation {
 	var vs []Violation
 	for _, l := range h.Lives {
@@ -50,6 +55,14 @@ func checkLive(h *History, l *LiveRecord) (Violation, bool) {
 			return fmt.Sprintf("serves %q at revision %d, where the key was written %q", s.Value, s.Rev, v)
 		case LiveValid(v) != nil:
 			return fmt.Sprintf("serves %q at revision %d, a value the validator refuses (%v)", v, s.Rev, LiveValid(v))
+		}
+		if s.MapRev > 0 {
+			switch kv, ok := stateAt(hs, s.MapRev)[l.Key]; {
+			case !ok:
+				return fmt.Sprintf("serves %s, where the key is absent", s)
+			case kv.Rev != s.Rev:
+				return fmt.Sprintf("serves %s, where the key holds %s", s, kv)
+			}
 		}
 		return ""
 	}

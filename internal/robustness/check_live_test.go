@@ -10,7 +10,8 @@ import (
 // TestCheckerLives checks the Live rule on forged histories: data/k0 gets
 // a good value at 11, a refused one (ending in 3) at 12, good ones at 13,
 // deleted at 14, good again at 15, and, in the "refused at the end"
-// cases, a refused value at 16.
+// cases, a refused value at 16. The "map entry" cases are reads of a
+// LiveMap's entry, with the revision the map reflected.
 func TestCheckerLives(t *testing.T) {
 	seen := func(rev int64, v string) robustness.LiveSeen {
 		return robustness.LiveSeen{At: ms(int(rev)), Rev: rev, Value: v, Present: true}
@@ -19,6 +20,8 @@ func TestCheckerLives(t *testing.T) {
 		return robustness.LiveSeen{At: ms(int(rev)), Rev: rev, Value: robustness.LiveDefault}
 	}
 	final := func(s robustness.LiveSeen) *robustness.LiveSeen { return &s }
+	// inMap is s read from a LiveMap's entry while the map reflected rev.
+	inMap := func(s robustness.LiveSeen, rev int64) robustness.LiveSeen { s.MapRev = rev; return s }
 	cases := []struct {
 		name       string
 		refusedEnd bool
@@ -45,6 +48,13 @@ func TestCheckerLives(t *testing.T) {
 			want: `serves "w1.2" while the key is absent, not the default "-"`},
 		{name: "stale at the end", readers: [][]robustness.LiveSeen{{seen(13, "w1.2")}}, final: final(seen(13, "w1.2")),
 			want: `ends serving "w1.2"@13, the key's final state (revision 15) is "w0.4"@15`},
+		{name: "map entry, every state", readers: [][]robustness.LiveSeen{{absent(0), inMap(seen(11, "w0.1"), 11),
+			inMap(seen(13, "w1.2"), 13), inMap(absent(14), 14), inMap(seen(15, "w0.4"), 15)}},
+			final: final(inMap(seen(15, "w0.4"), 15))},
+		{name: "map entry kept after its deletion", readers: [][]robustness.LiveSeen{{inMap(seen(13, "w1.2"), 13), inMap(seen(13, "w1.2"), 14)}},
+			want: `read #1 at +0.013s: serves "w1.2"@13 in map@14, where the key is absent`},
+		{name: "map entry behind its map", readers: [][]robustness.LiveSeen{{inMap(seen(11, "w0.1"), 13)}},
+			want: `serves "w0.1"@11 in map@13, where the key holds "w1.2"@13`},
 		{name: "refused at the end: the last good kept", refusedEnd: true,
 			readers: [][]robustness.LiveSeen{{seen(13, "w1.2")}}, final: final(seen(15, "w0.4"))},
 		{name: "refused at the end: an older good than seen", refusedEnd: true,

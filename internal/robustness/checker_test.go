@@ -172,6 +172,32 @@ func TestCheckerRejects(t *testing.T) {
 			s := sub(h)
 			s.Events = slices.Delete(s.Events, 2, 3) // the put at 13
 		}, "watch", `lost event: the cluster made Put data/k0="w0.2" @13, but the subscriber's next event after revision 12 was #2 Delete data/k1 @14`},
+		{"resync that finds nothing changed", func(h *robustness.History) {
+			// k1 comes and goes in revisions a compaction at 17 removes
+			// while the subscriber is at 15: its resync finds the state it
+			// holds and delivers nothing, and the next change follows.
+			h.Changes = append(h.Changes, put(16, "data/k1", "w1.9"), del(17, "data/k1"), put(18, "data/k0", "w0.9"))
+			h.FinalRev = 18
+			h.Compactions = []robustness.Compaction{{Rev: 17, At: ms(55)}}
+			h.Caches[0].Final = map[string]robustness.KV{"data/k0": {Value: "w0.9", Rev: 18}}
+			s := sub(h)
+			s.Events = append(s.Events, robustness.Delivery{At: ms(70), Type: etcdkit.Put, Key: "data/k0", Value: "w0.9", Rev: 18})
+		}, "", ""},
+		{"gap over a compaction that changed the state", func(h *robustness.History) {
+			// As above, but k1 is still there at 17: a resync had to
+			// deliver it.
+			h.Changes = append(h.Changes, put(16, "data/k1", "w1.9"), put(17, "data/k0", "w0.8"), put(18, "data/k0", "w0.9"))
+			h.FinalRev = 18
+			h.Compactions = []robustness.Compaction{{Rev: 17, At: ms(55)}}
+			s := sub(h)
+			s.Events = append(s.Events, robustness.Delivery{At: ms(70), Type: etcdkit.Put, Key: "data/k0", Value: "w0.9", Rev: 18})
+		}, "watch", `lost event: the cluster made Put data/k1="w1.9" @16, but the subscriber's next event after revision 15 was #5 Put data/k0="w0.9" @18`},
+		{"gap without a compaction", func(h *robustness.History) {
+			h.Changes = append(h.Changes, put(16, "data/k1", "w1.9"), del(17, "data/k1"), put(18, "data/k0", "w0.9"))
+			h.FinalRev = 18
+			s := sub(h)
+			s.Events = append(s.Events, robustness.Delivery{At: ms(70), Type: etcdkit.Put, Key: "data/k0", Value: "w0.9", Rev: 18})
+		}, "watch", `lost event: the cluster made Put data/k1="w1.9" @16, but the subscriber's next event after revision 15 was #5 Put data/k0="w0.9" @18`},
 		{"watch from now that starts late enough", func(h *robustness.History) {
 			// A read returned revision 12 before Watch; Ready closed at 14:
 			// starting with the change at 13 is allowed.

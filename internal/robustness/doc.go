@@ -33,10 +33,13 @@
 //     they hold.
 //   - [Lives]: runtime-configuration readers, a Live with a validator on a
 //     writer's key, some restarted from their snapshot during the faults;
-//   - [Fresh]: Prefix watches with the initial state and a Cache with its
-//     subscriptions that start on a prefix where no key exists yet, most
-//     with small buffers, while a writer then creates and deletes keys
-//     there in bursts.
+//   - [Fresh]: Prefix watches with the initial state, a LiveMap and a
+//     Cache with its subscriptions that start on a prefix where no key
+//     exists yet, most watches with small buffers, while a writer then
+//     creates and deletes keys there in bursts; and trackers of a service
+//     that start before its first instance registers, while instances then
+//     come and go in bursts. More of them start during the faults, each
+//     right after the prefix or the service has been emptied.
 //
 // After the fault phase the [Env] heals the cluster, waits for a leader and
 // for every workload to converge, and reads the cluster's real history back
@@ -51,7 +54,10 @@
 //   - every subscriber's events are ordered, unique, start where asked and
 //     match the cluster's real history, with Resync events only after a
 //     compaction of revisions the subscriber had not yet received, and only
-//     bringing it to a state the cluster had;
+//     bringing it to a state the cluster had (a resync that finds the state
+//     the subscriber holds delivers nothing: the gap it leaves must then
+//     follow such a compaction and end at a revision where the cluster held
+//     that state);
 //   - every cache ends equal to the cluster's final state;
 //   - single-key operations are linearizable against a register with
 //     revisions, checked with porcupine, and every acknowledged write is in
@@ -71,7 +77,9 @@
 //     order, and its last is the service's final state;
 //   - every value a Live reader saw is a good value the cluster held at its
 //     revision (or the default while the key was absent), in revision
-//     order, and the Live ends at the key's final good state.
+//     order, and the Live ends at the key's final good state; so is every
+//     entry of a LiveMap, which must also still be its key's state at the
+//     revision the map reflected when it was read.
 //
 // # Starvation
 //

@@ -16,14 +16,27 @@ const FreshPrefix = "fresh"
 
 // Fresh is the workload of subscribers that start before the first key
 // exists: Prefix watches with the initial state (which is empty), from now,
-// and a Cache with its subscriptions, all on FreshPrefix, most with small
-// buffers and slow readers, so that a burst of writes unhooks them and they
-// catch up on their own, across the schedule's compactions. Once they are
-// ready, a writer on its own client creates and deletes a few keys under
-// the prefix in bursts, so that keys come and go within the revisions a
-// compaction removes. The subscribers are checked like the Watchers' and
-// the Caches', against the cluster's history; the writer's calls are not
-// recorded (its keys are no register the linearizability check follows).
+// a LiveMap, and a Cache with its subscriptions, all on FreshPrefix, the
+// watches most with small buffers and slow readers, so that a burst of
+// writes unhooks them and they catch up on their own, across the
+// schedule's compactions; and two trackers of FreshService, which has no
+// instance yet. The LiveMap is on the watches' client and the second
+// tracker on the first's, so that their caches join a feed already open
+// and read their (empty) start themselves. Once they are ready, a writer
+// on its own client creates and deletes a few keys under the prefix in
+// bursts, with values the Lives' validator accepts, and a driver on
+// another client registers and withdraws instances of the service in
+// bursts, so that keys and instances come and go within the revisions a
+// compaction removes. During the fault phase, each time the writer has
+// emptied the prefix another LiveMap and another Prefix watch with the
+// initial state start on the watches' client, and each time the driver has
+// withdrawn every instance another tracker starts (up to freshLater each),
+// while the next burst races their first reads. The subscribers are checked like the Watchers' and
+// the Caches', against the cluster's history; each LiveMap entry like a
+// Live of its key (and it must not serve a key its map has seen deleted);
+// the trackers by the tracker rule, ending with no instance. The writer's
+// and the driver's calls are not recorded (its keys are no register the
+// linearizability check follows; the instances come and go on purpose).
 //
 // An empty initial state is a state: a subscriber that took it for
 // "unknown" would miss the Delete of a key it received and that was then
@@ -32,6 +45,8 @@ type Fresh struct {
 	clients []*etcdkit.Client
 	subs    subscribers
 	caches  []*cacheRun
+	maps    []*freshMap // the first on the empty prefix, then those the writer starts
+	svc     freshService
 	writer  *etcdkit.Client
 	keys    []*etcdkit.Key[string]
 	cancel  context.CancelFunc
@@ -42,8 +57,9 @@ type Fresh struct {
 // Name returns "fresh".
 func (f *Fresh) Name() string { return "fresh" }
 
-// Start makes the subscribers on the empty prefix, waits until each is
-// ready, then starts the writer.
+// Start makes the subscribers on the empty prefix and the trackers of the
+// empty service, waits until each is ready, then starts the writer and the
+// instances' driver.
 func (f *Fresh) Start(ctx context.Context, run *Run) error {
 	rng := run.Rand("fresh")
 	c, err := run.Client(ctx, ClientOptions{Name: "fw", Members: rotate(rng.IntN(3)),
@@ -77,6 +93,12 @@ func (f *Fresh) Start(ctx context.Context, run *Run) error {
 		if err := f.subs[len(f.subs)-1].waitStarted(ctx); err != nil {
 			return err
 		}
+	}
+	// On the watches' client, the LiveMap's cache joins the feed they
+	// opened and reads its start itself.
+	f.maps = append(f.maps, newMap(ctx, run, c, "fl0", freshNames))
+	if err := f.maps[0].waitSynced(ctx, run); err != nil {
+		return err
 	}
 	cc, err := run.Client(ctx, ClientOptions{Name: "fc", Members: rotate(rng.IntN(3)),
 		StallTimeout: rng.Duration(300*time.Millisecond, 2*time.Second)})
@@ -113,20 +135,49 @@ func (f *Fresh) Start(ctx context.Context, run *Run) error {
 		f.subs.add(run, rec, ca.Subscribe(append(o, etcdkit.WithInitial())...), toKey, slow)
 	}
 
+	if err := f.svc.startTrackers(ctx, run, run.Rand("fresh trackers")); err != nil {
+		return err
+	}
+
 	wc, err := run.Client(ctx, ClientOptions{Name: "fwr", StallTimeout: time.Second})
 	if err != nil {
 		return err
 	}
 	f.writer = wc
-	for k := range 3 {
-		f.keys = append(f.keys, etcdkit.NewKey(wc, fmt.Sprintf("%s/k%d", FreshPrefix, k), etcdkit.String()))
+	for _, n := range freshNames {
+		f.keys = append(f.keys, etcdkit.NewKey(wc, FreshPrefix+"/"+n, etcdkit.String()))
 	}
 	tctx, cancelWrites := context.WithCancel(ctx)
 	f.cancel = cancelWrites
 	wrng := run.Rand("fresh writer")
-	f.wg.Go(func() { f.write(tctx, wrng) })
-	return nil
+	lrng := run.Rand("fresh later")
+	later := func() {
+		if len(f.maps) >= 1+freshLater {
+			return
+		}
+		g := len(f.maps)
+		f.maps = append(f.maps, newMap(ctx, run, c, fmt.Sprintf("fl%d", g), freshNames))
+		// Its start is known only as a state the prefix had (After 0).
+		rec := &Subscriber{Name: fmt.Sprintf("fl%d.w prefix %s/ initial small-buffer slow", g, FreshPrefix), Scope: FreshPrefix + "/",
+			Prefix: true, Start: StartInitial}
+		w := etcdkit.NewPrefix(c, FreshPrefix, etcdkit.String()).Watch(ctx,
+			etcdkit.WithInitial(), etcdkit.WithBufferSize(4+lrng.IntN(5)))
+		f.subs.add(run, rec, w, toKey, lrng.Duration(2*time.Millisecond, 8*time.Millisecond))
+	}
+	f.wg.Go(func() { f.write(tctx, wrng, later) })
+	return f.svc.startInstances(ctx, run, run.Rand("fresh instances"))
 }
+
+// freshLater is how many LiveMaps (each with a Prefix watch with the
+// initial state, a small buffer and a slow reader), and how many trackers,
+// the Fresh workload starts during the fault phase, each right after the
+// prefix (the service) has been emptied, as the writer (the driver) goes on
+// with its next burst at once.
+const freshLater = 3
+
+// freshNames are the names of the keys the Fresh writer uses, relative to
+// FreshPrefix.
+var freshNames = []string{"k0", "k1", "k2"}
 
 // startRev reads the current revision within the start budget.
 func startRev(ctx context.Context, run *Run) (int64, error) {
@@ -154,8 +205,13 @@ func (sw *watcher) waitStarted(ctx context.Context) error {
 }
 
 // write creates and deletes the keys in bursts until ctx ends: a burst of
-// puts and deletes back to back, then a pause.
-func (f *Fresh) write(ctx context.Context, rng *RandSource) {
+// puts and deletes back to back, then a pause; or, for some bursts, every
+// key deleted, a call of emptied, and the next burst at once. A subscriber
+// that emptied starts (on the client of the feed it joins) reads its start
+// while that burst races to the feed: when the prefix was still empty for
+// its read and the feed is already past it, it starts behind the feed
+// from an empty state, and catches up through the burst on its own.
+func (f *Fresh) write(ctx context.Context, rng *RandSource, emptied func()) {
 	for ctx.Err() == nil {
 		for range 2 + rng.IntN(10) {
 			k := f.keys[rng.IntN(len(f.keys))]
@@ -163,26 +219,48 @@ func (f *Fresh) write(ctx context.Context, rng *RandSource) {
 			if rng.Chance(0.4) {
 				_ = k.Delete(wctx)
 			} else {
-				_, _ = k.Put(wctx, fmt.Sprintf("f.%d", rng.IntN(1000)))
+				_, _ = k.Put(wctx, freshValue(rng.IntN(1000)))
 			}
 			cancel()
+		}
+		if rng.Chance(0.3) {
+			for _, k := range f.keys {
+				wctx, cancel := context.WithTimeout(ctx, time.Second)
+				_ = k.Delete(wctx)
+				cancel()
+			}
+			emptied()
+			continue
 		}
 		// The pace of the bursts, part of the workload's definition.
 		time.Sleep(rng.Duration(20*time.Millisecond, 120*time.Millisecond))
 	}
 }
 
-// Quiesce stops the writer.
+// freshValue returns the writer's value number n: one the Lives'
+// validator accepts (none ends in "3"), so that every value written is one
+// the LiveMap must serve.
+func freshValue(n int) string {
+	if n%10 == 3 {
+		n++
+	}
+	return fmt.Sprintf("f.%d", n)
+}
+
+// Quiesce stops the writer and the instances' driver, which withdraws
+// the instances.
 func (f *Fresh) Quiesce(*Run) {
 	if f.cancel != nil {
 		f.cancel()
 	}
 	f.wg.Wait()
+	f.svc.quiesce()
 }
 
 // Settle puts a sentinel in every key, so that the last change in scope is
-// a put every subscriber must receive.
-func (f *Fresh) Settle(ctx context.Context, _ *Run) error {
+// a put every subscriber must receive, and waits until the service has no
+// instance left.
+func (f *Fresh) Settle(ctx context.Context, run *Run) error {
 	for _, k := range f.keys {
 		for {
 			wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -196,11 +274,11 @@ func (f *Fresh) Settle(ctx context.Context, _ *Run) error {
 			}
 		}
 	}
-	return nil
+	return f.svc.settle(ctx, run)
 }
 
-// Converge waits until the cache holds the settled state and every
-// subscriber has caught up.
+// Converge waits until the cache and the LiveMap hold the settled state,
+// every subscriber has caught up, and every tracker's view is empty.
 func (f *Fresh) Converge(ctx context.Context, run *Run) {
 	hs := scoped(run.Changes(), FreshPrefix+"/", true)
 	want := stateAt(hs, run.Rec.History().SettledRev)
@@ -212,7 +290,11 @@ func (f *Fresh) Converge(ctx context.Context, run *Run) {
 			cr.rec.Stuck = fmt.Sprintf("the cache is at revision %d, state %v, err %v", cr.ca.Revision(), cr.ca.State(), cr.ca.Err())
 		}
 	}
+	for _, m := range f.maps {
+		m.converge(ctx, run)
+	}
 	f.subs.converge(ctx, run, "fresh")
+	convergeTrackers(ctx, run, f.svc.trackers, FreshService, "fresh")
 }
 
 // prefixState returns a cache's contents as names relative to the
@@ -225,7 +307,8 @@ func prefixState(ca *etcdkit.Cache[string], prefix string) map[string]KV {
 	return st
 }
 
-// Close closes the subscribers, the cache, the writer and the clients.
+// Close closes the subscribers, the cache, the LiveMap, the trackers, the
+// instances, the writer and the clients.
 func (f *Fresh) Close() {
 	f.once.Do(func() {
 		f.Quiesce(nil)
@@ -233,6 +316,10 @@ func (f *Fresh) Close() {
 		for _, cr := range f.caches {
 			_ = cr.ca.Close()
 		}
+		for _, m := range f.maps {
+			m.close()
+		}
+		f.svc.close()
 		if f.writer != nil {
 			_ = f.writer.Close()
 		}

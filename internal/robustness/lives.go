@@ -41,21 +41,31 @@ type LiveRecord struct {
 	Stuck string
 }
 
-// LiveSeen is one state read from a Live (Live.Current).
+// LiveSeen is one state read from a Live (Live.Current), or from one entry
+// of a LiveMap (LiveMap.Lookup).
 type LiveSeen struct {
 	At       time.Duration
 	Rev      int64
 	Value    string
 	Present  bool
 	Snapshot bool // the state came from the snapshot file
+	// MapRev is, for an entry of a LiveMap, the revision the map reflected
+	// when the entry was read (LiveMap.Revision): the entry must be the
+	// key's state there. 0 for a Live, and for a map not synced yet.
+	MapRev int64
 }
 
-// String formats the state as "value"@rev, or absent("default")@rev.
+// String formats the state as "value"@rev, or absent("default")@rev, with
+// " in map@rev" for an entry of a LiveMap.
 func (s LiveSeen) String() string {
+	out := fmt.Sprintf("%q@%d", s.Value, s.Rev)
 	if !s.Present {
-		return fmt.Sprintf("absent(%q)@%d", s.Value, s.Rev)
+		out = fmt.Sprintf("absent(%q)@%d", s.Value, s.Rev)
 	}
-	return fmt.Sprintf("%q@%d", s.Value, s.Rev)
+	if s.MapRev > 0 {
+		out += fmt.Sprintf(" in map@%d", s.MapRev)
+	}
+	return out
 }
 
 // Live adds a Live record to the history.

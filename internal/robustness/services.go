@@ -113,29 +113,52 @@ func (ss *Services) Start(ctx context.Context, run *Run) error {
 		if err != nil {
 			return err
 		}
-		var t *etcdkit.Tracker[string]
-		if err := run.StartStep(ctx, "track "+name, func() (err error) {
-			t, err = etcdkit.NewService(c, ServiceName, etcdkit.JSON[string]()).Track(ctx)
-			return err
-		}); err != nil {
-			return err
+		tr, err := startTracker(ctx, run, c, name, ServiceName)
+		if tr != nil {
+			ss.trackers = append(ss.trackers, tr)
 		}
-		tr := &tracker{rec: &TrackerRecord{Name: name, Prefix: servicePrefix(ServiceName)}, c: c, t: t, done: make(chan struct{})}
-		ss.trackers = append(ss.trackers, tr)
-		run.Rec.Tracker(tr.rec)
-		go tr.read(run.Rec)
-		timer := time.NewTimer(SettleTimeout)
-		select {
-		case <-t.Synced():
-			timer.Stop()
-		case <-timer.C:
-			return fmt.Errorf("tracker %s not synced after %v (state %v)", name, SettleTimeout, t.State())
-		case <-ctx.Done():
-			timer.Stop()
-			return ctx.Err()
+		if err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// startTracker starts a tracker of service on c (see newTracker) and
+// waits until it is synced. The tracker it returns, if any, even with an
+// error, is to be closed (see closeTrackers).
+func startTracker(ctx context.Context, run *Run, c *etcdkit.Client, name, service string) (*tracker, error) {
+	tr, err := newTracker(ctx, run, c, name, service)
+	if err != nil {
+		return nil, err
+	}
+	timer := time.NewTimer(SettleTimeout)
+	defer timer.Stop()
+	select {
+	case <-tr.t.Synced():
+		return tr, nil
+	case <-timer.C:
+		return tr, fmt.Errorf("tracker %s not synced after %v (state %v)", name, SettleTimeout, tr.t.State())
+	case <-ctx.Done():
+		return tr, ctx.Err()
+	}
+}
+
+// newTracker starts a tracker of service on c and records its views; it
+// returns at once, the tracker syncing on its own. c is not the tracker's
+// to close.
+func newTracker(ctx context.Context, run *Run, c *etcdkit.Client, name, service string) (*tracker, error) {
+	var t *etcdkit.Tracker[string]
+	if err := run.StartStep(ctx, "track "+name, func() (err error) {
+		t, err = etcdkit.NewService(c, service, etcdkit.JSON[string]()).Track(ctx)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	tr := &tracker{rec: &TrackerRecord{Name: name, Prefix: servicePrefix(service)}, c: c, t: t, done: make(chan struct{})}
+	run.Rec.Tracker(tr.rec)
+	go tr.read(run.Rec)
+	return tr, nil
 }
 
 // read records every view the tracker delivers.
@@ -194,11 +217,18 @@ func (ss *Services) Settle(ctx context.Context, run *Run) error {
 // Converge waits until every tracker's view is the service's state at the
 // settled revision (every instance withdrawn by then), and records it.
 func (ss *Services) Converge(ctx context.Context, run *Run) {
-	want, err := serviceState(stateAt(scoped(run.Changes(), servicePrefix(ServiceName), true), run.Rec.History().SettledRev), servicePrefix(ServiceName))
+	convergeTrackers(ctx, run, ss.trackers, ServiceName, "svc")
+}
+
+// convergeTrackers waits until every tracker of service has the service's
+// state at the settled revision as its view, and records its final view.
+func convergeTrackers(ctx context.Context, run *Run, trackers []*tracker, service, who string) {
+	prefix := servicePrefix(service)
+	want, err := serviceState(stateAt(scoped(run.Changes(), prefix, true), run.Rec.History().SettledRev), prefix)
 	if err != nil {
-		run.Rec.Note("svc", "final state: %v", err)
+		run.Rec.Note(who, "final state: %v", err)
 	}
-	for _, tr := range ss.trackers {
+	for _, tr := range trackers {
 		ok := waitFor(ctx, func() bool { return maps.Equal(viewOf(tr.t.Instances()), want) }, tr.t.Done())
 		run.Rec.update(func(*History) {
 			tr.rec.Final = viewOf(tr.t.Instances())
@@ -206,6 +236,14 @@ func (ss *Services) Converge(ctx context.Context, run *Run) {
 				tr.rec.Stuck = fmt.Sprintf("the tracker's state is %v, stale %v, err %v", tr.t.State(), tr.t.Stale(), tr.t.Err())
 			}
 		})
+	}
+}
+
+// closeTrackers closes the trackers and waits for their readers.
+func closeTrackers(trackers []*tracker) {
+	for _, tr := range trackers {
+		_ = tr.t.Close()
+		<-tr.done
 	}
 }
 
@@ -217,10 +255,7 @@ func (ss *Services) Close() {
 			_ = in.reg.Close()
 		}
 		ss.wg.Wait()
-		for _, tr := range ss.trackers {
-			_ = tr.t.Close()
-			<-tr.done
-		}
+		closeTrackers(ss.trackers)
 		for _, in := range ss.instances {
 			_ = in.c.Close()
 		}
