@@ -94,9 +94,16 @@
 // that long, the owner having been told Lost first. Everything else fails.
 // A workload's start-up retries transient failures within StartBudget.
 //
+// TestRobustness runs its schedules on two clusters side by side (-lanes);
+// the second has etcd auth on, and its workloads' clients log in as a user
+// whose role may read and write NamespaceRoot only (Env.Authenticate), so
+// that auth is a configuration every run covers.
+//
 // A failure report names the seed and prints a timeline of faults, calls and
 // events with times relative to the start of the schedule; the tests replay
 // one schedule with
-// "go test ./internal/robustness -run TestRobustness -seed N". In -short mode
-// TestRobustness runs ten schedules instead of two hundred.
+// "go test ./internal/robustness -run TestRobustness -seed N" (with -long
+// for the long profile and -auth for the auth lane, as the report says). In
+// -short mode TestRobustness runs ten schedules instead of the CI share of
+// 120.
 package robustness

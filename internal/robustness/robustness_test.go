@@ -76,10 +76,26 @@ func TestRobustness(t *testing.T) {
 	}
 	t.Run("lanes", func(t *testing.T) {
 		for lane := range lanes {
-			t.Run(fmt.Sprintf("lane%d", lane), func(t *testing.T) {
+			// Lane 1 runs with etcd auth on, its clients as a user that
+			// may read and write the schedules' namespaces only, so that
+			// auth is a configuration the suite always covers.
+			auth := lane == 1 || *seedFlag != 0 && *authFlag
+			name := fmt.Sprintf("lane%d", lane)
+			if auth {
+				name += "-auth"
+			}
+			t.Run(name, func(t *testing.T) {
 				t.Parallel()
-				c := etcdtest.StartCluster(t, 3, etcdtest.WithProxy())
+				opts := []etcdtest.Option{etcdtest.WithProxy()}
+				if auth {
+					opts = append(opts, etcdtest.WithAuth())
+				}
+				c := etcdtest.StartCluster(t, 3, opts...)
 				env := robustness.NewEnv(t, c)
+				if auth {
+					c.AddUser(t, authUser, authPassword, robustness.NamespaceRoot)
+					env.Authenticate(authUser, authPassword)
+				}
 				for {
 					seed, profile, ok := claim()
 					if !ok {
@@ -89,7 +105,7 @@ func TestRobustness(t *testing.T) {
 					if profile == robustness.LongProfile {
 						name += "/long"
 					}
-					if !t.Run(name, func(t *testing.T) { runSchedule(t, env, seed, profile, &st) }) {
+					if !t.Run(name, func(t *testing.T) { runSchedule(t, env, seed, profile, auth, &st) }) {
 						failures.Add(1)
 					}
 				}
@@ -120,8 +136,15 @@ const shortSchedules = 10
 // above the settle timeouts, which end a schedule that converges too slowly.
 const scheduleWatchdog = 3 * time.Minute
 
-// runSchedule runs and checks the schedule of seed.
-func runSchedule(t *testing.T, env *robustness.Env, seed int64, profile robustness.Profile, st *stats) {
+// The user of the auth lane's clients.
+const (
+	authUser     = "robust"
+	authPassword = "robust-password"
+)
+
+// runSchedule runs and checks the schedule of seed; auth says the cluster
+// has etcd auth on.
+func runSchedule(t *testing.T, env *robustness.Env, seed int64, profile robustness.Profile, auth bool, st *stats) {
 	// A schedule that hangs is a finding too: say where everything stands
 	// long before the test binary's own timeout kills the evidence.
 	watchdog := time.AfterFunc(scheduleWatchdog, func() {
@@ -145,6 +168,9 @@ func runSchedule(t *testing.T, env *robustness.Env, seed int64, profile robustne
 		replay := fmt.Sprintf("go test ./internal/robustness -run TestRobustness -seed %d", seed)
 		if profile == robustness.LongProfile {
 			replay += " -long"
+		}
+		if auth {
+			replay += " -auth"
 		}
 		if len(robustness.Failures(vs)) > 0 {
 			t.Errorf("%s", robustness.Report(r, vs, replay))

@@ -68,7 +68,17 @@ type Env struct {
 	// direct are raw clients, one per member, that bypass the proxies.
 	direct []*clientv3.Client
 	runs   int
+	// user and password authenticate the workloads' clients, when set.
+	user, password string
 }
+
+// NamespaceRoot is the prefix of every schedule's namespace: a user that
+// may read and write it can run the workloads (see Env.Authenticate).
+const NamespaceRoot = "robust/"
+
+// Authenticate makes the workloads' clients log in as user, for a cluster
+// with etcd auth on; the user needs read and write access to NamespaceRoot.
+func (env *Env) Authenticate(user, password string) { env.user, env.password = user, password }
 
 // NewEnv prepares a cluster started with etcdtest.WithProxy for schedules.
 // Its direct clients are closed by t.Cleanup.
@@ -177,6 +187,8 @@ func (r *Run) Client(ctx context.Context, o ClientOptions) (*etcdkit.Client, err
 			DialTimeout:    2 * time.Second,
 			RequestTimeout: o.RequestTimeout,
 			StallTimeout:   o.StallTimeout,
+			Username:       r.env.user,
+			Password:       r.env.password,
 		})
 		return err
 	})
@@ -300,7 +312,7 @@ func (env *Env) Run(t testing.TB, s *Schedule, workloads []Workload) *Result {
 	began := time.Now()
 	env.healAll(t)
 	env.runs++
-	run := &Run{env: env, t: t, seed: s.Seed, sched: s, Namespace: fmt.Sprintf("robust/%04d-%x", env.runs, uint64(s.Seed))}
+	run := &Run{env: env, t: t, seed: s.Seed, sched: s, Namespace: fmt.Sprintf("%s%04d-%x", NamespaceRoot, env.runs, uint64(s.Seed))}
 	run.Rec = NewRecorder(s.Seed, run.Namespace)
 	run.inj = newInjector(t, run)
 	meter := startStallMeter(run.Rec)
