@@ -35,6 +35,7 @@ type Client struct {
 	cancel context.CancelFunc
 
 	streams *conn.Pool // the stream connection: watches, keepalives
+	kas     keepAlives // the sessions' shared keepalive stream
 	hub     *watch.Hub // shared etcd watches
 
 	// kvOpts are the call options of the requests that invoke sends

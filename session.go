@@ -460,7 +460,7 @@ func (s *Session) keepAlive(id clientv3.LeaseID, deadline time.Time) (time.Time,
 		return time.Time{}, err
 	}
 	sent := time.Now()
-	if _, err := cli.KeepAliveOnce(ctx, id); err != nil {
+	if err := s.c.keepAliveOnce(ctx, cli, gen, id); err != nil {
 		s.c.streams.Failed(s.ctx, gen, err)
 		return sent, err
 	}
