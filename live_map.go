@@ -349,7 +349,18 @@ func (l *LiveMap[T]) follow(ctx context.Context, retry *backoff.Backoff) error {
 				}
 				return ca.Err()
 			}
-			l.applyEvents(waiting(w.Events(), ev), rc)
+			batch := waiting(w.Events(), ev)
+			// A re-read after a compaction is applied whole: half of it
+			// is the state of no revision, and the map's Revision would
+			// be wrong for it.
+			for last := batch[len(batch)-1]; last.moreResync; last = batch[len(batch)-1] {
+				next, ok := <-w.Events()
+				if !ok {
+					break
+				}
+				batch = append(batch, next)
+			}
+			l.applyEvents(batch, rc)
 		case <-flushC:
 			flushC = nil
 			l.flush()
@@ -421,7 +432,9 @@ func (l *LiveMap[T]) applyEvents(evs []Event[[]byte], rc int64) {
 		if ch, ok := l.offerLocked(ev.Name, ev.Type == Put, ev.Value, ev.Revision, ev.Revision, ev.Err); ok {
 			changes = append(changes, ch)
 		}
-		top = max(top, ev.Revision)
+		// A re-read, applied whole, leaves the state at its read
+		// revision, above the mod revisions of its puts.
+		top = max(top, ev.Revision, ev.readRev)
 	}
 	l.advanceLocked(top)
 	l.mu.Unlock()

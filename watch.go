@@ -67,6 +67,14 @@ type Event[T any] struct {
 	// The event is still delivered (Value is then the zero value), so that
 	// nothing is lost and revisions stay contiguous.
 	Err error
+
+	// moreResync marks a Resync event that more Resync events of the same
+	// re-read follow: a reader that publishes a revision with its state
+	// (LiveMap) applies a re-read whole, since until its last event the
+	// state is that of no revision; readRev is the revision the re-read was
+	// made at, the state's once it is applied.
+	moreResync bool
+	readRev    int64
 }
 
 // WatchState is the state of the stream behind a Watch or Cache.
@@ -276,16 +284,19 @@ type chanSink[T any] struct {
 func (k *chanSink[T]) Room() int    { return cap(k.ch) - len(k.ch) }
 func (k *chanSink[T]) Waiting() int { return len(k.ch) }
 
+// The engine hands a sink whole batches (all the events of a revision, or
+// of a re-read), which is how the sink knows where a re-read ends.
+
 func (k *chanSink[T]) Put(evs []*watch.Event) {
-	for _, e := range evs {
-		k.ch <- k.decode(e)
+	for i, e := range evs {
+		k.ch <- k.event(evs, i, e)
 	}
 }
 
 func (k *chanSink[T]) Send(ctx context.Context, evs []*watch.Event) bool {
-	for _, e := range evs {
+	for i, e := range evs {
 		select {
-		case k.ch <- k.decode(e):
+		case k.ch <- k.event(evs, i, e):
 		case <-ctx.Done():
 			return false
 		}
@@ -293,10 +304,18 @@ func (k *chanSink[T]) Send(ctx context.Context, evs []*watch.Event) bool {
 	return true
 }
 
+// event decodes evs[i], e, marking a Resync event that more of its batch's
+// Resync events follow.
+func (k *chanSink[T]) event(evs []*watch.Event, i int, e *watch.Event) Event[T] {
+	ev := k.decode(e)
+	ev.moreResync = e.Resync && i+1 < len(evs) && evs[i+1].Resync
+	return ev
+}
+
 // decodeEvent makes a typed event; name is the key's name for errors.
 func decodeEvent[T any](codec Codec[T], name string, re *watch.Event) Event[T] {
 	e := Event[T]{Type: EventType(re.Type), Name: re.Name, Revision: re.Rev, CreateRevision: re.Create,
-		Version: re.Version, Lease: re.Lease, Initial: re.Initial, Resync: re.Resync}
+		Version: re.Version, Lease: re.Lease, Initial: re.Initial, Resync: re.Resync, readRev: re.ReadRev}
 	if re.Type == watch.Put {
 		v, err := codec.Decode(re.Value)
 		if err != nil {

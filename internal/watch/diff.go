@@ -104,15 +104,15 @@ func diffState(t Target, old state, kvs []*mvccpb.KeyValue, rev, from int64) (Ba
 			continue
 		}
 		puts = append(puts, &Event{Type: Put, Name: name, Value: kv.Value, Rev: kv.ModRevision,
-			Create: kv.CreateRevision, Version: kv.Version, Lease: kv.Lease, Resync: true})
+			Create: kv.CreateRevision, Version: kv.Version, Lease: kv.Lease, Resync: true, ReadRev: rev})
 	}
 	switch {
 	case !t.Prefix && len(kvs) == 0:
-		dels = append(dels, &Event{Type: Delete, Name: t.name([]byte(t.Key)), Rev: rev, Resync: true})
+		dels = append(dels, &Event{Type: Delete, Name: t.name([]byte(t.Key)), Rev: rev, Resync: true, ReadRev: rev})
 	case old.known:
 		for name := range prev {
 			if _, ok := cur[name]; !ok {
-				dels = append(dels, &Event{Type: Delete, Name: name, Rev: rev, Resync: true})
+				dels = append(dels, &Event{Type: Delete, Name: name, Rev: rev, Resync: true, ReadRev: rev})
 			}
 		}
 	}

@@ -13,6 +13,9 @@ type Event struct {
 	Rev                    int64
 	Create, Version, Lease int64
 	Resync, Initial        bool
+	// ReadRev is, for a Resync event, the revision the state was read at:
+	// once the whole resync is applied, the receiver holds that state.
+	ReadRev int64
 	// Typed is the decoded event, set only on the initial events a Cache
 	// subscription takes from the cache's contents, which keep values
 	// decoded rather than their bytes.
