@@ -343,9 +343,14 @@
 // A [Session] refreshes its lease with one keepalive request every third of
 // the TTL (at most every 5s; [WithKeepAliveInterval]), on the client's
 // stream connection, each bounded by [Config.StallTimeout] (or the interval,
-// if shorter). A keepalive that fails or stalls makes the session Suspended
-// at once and moves the stream connection (and the watches on it) to the
-// next member, where it retries within a fraction of a second.
+// if shorter). The sessions of a Client share one keepalive stream per
+// connection, so that with etcd auth on a keepalive costs no login (clientv3
+// fetches a token for every stream it opens). A keepalive that fails or
+// stalls makes the session Suspended at once and moves the stream
+// connection (and the watches on it) to the next member, where it retries
+// within a fraction of a second; one that ran out of time is retried with
+// twice the time, up to what is left before Lost, so that members that
+// answer, only more slowly than StallTimeout, keep the lease.
 //
 // The server expires a lease TTL after the leader last renewed it, and it
 // can only have renewed it after the client sent the request, so the lease
