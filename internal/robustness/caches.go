@@ -120,14 +120,9 @@ func (cs *Caches) Converge(ctx context.Context, run *Run) {
 	cs.subs.converge(ctx, run, "caches")
 }
 
-// cacheState returns a cache's contents as names relative to the namespace.
-func cacheState(ca *etcdkit.Cache[string]) map[string]KV {
-	st := map[string]KV{}
-	for _, e := range ca.List() {
-		st[DataPrefix+"/"+e.Name] = KV{Value: e.Data, Rev: e.Revision}
-	}
-	return st
-}
+// cacheState returns the contents of a cache on DataPrefix as names
+// relative to the namespace.
+func cacheState(ca *etcdkit.Cache[string]) map[string]KV { return prefixState(ca, DataPrefix) }
 
 // Close closes the subscriptions, the caches and their clients.
 func (cs *Caches) Close() {
