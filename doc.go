@@ -349,8 +349,10 @@
 // stalls makes the session Suspended at once and moves the stream
 // connection (and the watches on it) to the next member, where it retries
 // within a fraction of a second; one that ran out of time is retried with
-// twice the time, up to what is left before Lost, so that members that
-// answer, only more slowly than StallTimeout, keep the lease.
+// twice the time, up to what is left before Lost, and stays on its member
+// if that member answered anything meanwhile (it is slow, not silent), so
+// that members that answer, only more slowly than StallTimeout, keep the
+// lease without a new connection per attempt.
 //
 // The server expires a lease TTL after the leader last renewed it, and it
 // can only have renewed it after the client sent the request, so the lease

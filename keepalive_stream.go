@@ -36,6 +36,7 @@ type keepAlives struct {
 // generation gen.
 type keepAliveStream struct {
 	gen   uint64
+	alive func() // marks the connection's member as having answered
 	ready chan struct{} // closed once the stream is open, or failed to
 	// Set before ready is closed.
 	stream pb.Lease_LeaseKeepAliveClient
@@ -101,7 +102,8 @@ func (c *Client) keepAliveStream(cli *clientv3.Client, gen uint64) (*keepAliveSt
 	if ks := c.kas.cur; ks != nil && ks.gen == gen && !ks.isBroken() {
 		return ks, nil
 	}
-	ks := &keepAliveStream{gen: gen, ready: make(chan struct{}), waiters: make(map[int64][]*keepAliveWaiter)}
+	ks := &keepAliveStream{gen: gen, ready: make(chan struct{}), waiters: make(map[int64][]*keepAliveWaiter),
+		alive: func() { c.streams.Alive(gen) }}
 	ctx, cancel := context.WithCancel(c.life)
 	stop := context.AfterFunc(c.streams.Life(gen), cancel)
 	if !c.spawn(func() {
@@ -137,6 +139,7 @@ func (ks *keepAliveStream) run(ctx context.Context, cli *clientv3.Client) {
 			ks.fail(clientv3.ContextError(ctx, err))
 			return
 		}
+		ks.alive()
 		ks.answer(resp)
 	}
 }

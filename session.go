@@ -461,7 +461,13 @@ func (s *Session) keepAlive(id clientv3.LeaseID, deadline time.Time) (time.Time,
 	}
 	sent := time.Now()
 	if err := s.c.keepAliveOnce(ctx, cli, gen, id); err != nil {
-		s.c.streams.Failed(s.ctx, gen, err)
+		// A member that answered anything meanwhile (a late answer to an
+		// earlier keepalive included) is slow, not silent: moving to
+		// another member would cost a new connection (and with auth on, a
+		// login) for nothing. The next attempt has more time instead.
+		if !errors.Is(err, context.DeadlineExceeded) || !s.c.streams.AnsweredSince(gen, sent) {
+			s.c.streams.Failed(s.ctx, gen, err)
+		}
 		return sent, err
 	}
 	s.c.streams.Alive(gen)

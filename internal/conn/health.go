@@ -106,6 +106,15 @@ func (s *Pool) Alive(gen uint64) {
 	}
 }
 
+// AnsweredSince reports whether the member of the stream connection of
+// generation gen answered anything (a request, a watch, a keepalive) at or
+// after t: a member that did is slow, not silent.
+func (s *Pool) AnsweredSince(gen uint64, t time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur != nil && s.gen == gen && !s.eps[s.curIdx].okAt.Before(t)
+}
+
 // Identify records that endpoint i reaches member id.
 func (s *Pool) Identify(i int, id uint64) {
 	s.mu.Lock()
