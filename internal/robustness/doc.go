@@ -94,10 +94,15 @@
 // that long, the owner having been told Lost first. Everything else fails.
 // A workload's start-up retries transient failures within StartBudget.
 //
-// TestRobustness runs its schedules on two clusters side by side (-lanes);
-// the second has etcd auth on, and its workloads' clients log in as a user
-// whose role may read and write NamespaceRoot only (Env.Authenticate), so
-// that auth is a configuration every run covers.
+// TestRobustness runs its schedules on two clusters side by side (-lanes).
+// In a soak (or with -auth) the second has etcd auth on, and its workloads'
+// clients log in as a user whose role may read and write NamespaceRoot
+// only (Env.Authenticate). The CI share leaves it out for now: under the
+// race detector on a busy two-core machine, making a connection with auth
+// on (clientv3 logs in through raft for every connection and stream) can
+// take longer than the workloads' two-second leases allow, and the read
+// probes that tell starvation apart do not measure it; the compatibility
+// run's TestAuth tests cover auth in CI.
 //
 // A failure report names the seed and prints a timeline of faults, calls and
 // events with times relative to the start of the schedule; the tests replay

@@ -18,7 +18,7 @@ var (
 	soakFlag      = flag.Duration("soak", 0, "run schedules for this long instead (also ETCDKIT_SOAK=30m)")
 	lanesFlag     = flag.Int("lanes", 2, "clusters running schedules side by side")
 	longFlag      = flag.Bool("long", false, "with -seed: replay the seed under the long profile")
-	authFlag      = flag.Bool("auth", false, "with -seed: replay the seed on a cluster with etcd auth on (lane 1 of a run has it)")
+	authFlag      = flag.Bool("auth", false, "run lane 1 with etcd auth on (a soak always does); with -seed: replay the seed on a cluster with auth on")
 )
 
 // soakDuration returns the soak duration asked for by -soak or

@@ -76,10 +76,13 @@ func TestRobustness(t *testing.T) {
 	}
 	t.Run("lanes", func(t *testing.T) {
 		for lane := range lanes {
-			// Lane 1 runs with etcd auth on, its clients as a user that
-			// may read and write the schedules' namespaces only, so that
-			// auth is a configuration the suite always covers.
-			auth := lane == 1 || *seedFlag != 0 && *authFlag
+			// In a soak, or with -auth, lane 1 runs with etcd auth on, its
+			// clients as a user that may read and write the schedules'
+			// namespaces only. Not in the CI share yet: under the race
+			// detector on a busy two-core machine, a connection made with
+			// auth on (a login through raft) can take longer than the
+			// two-second leases of the workloads (see doc.go).
+			auth := lane == 1 && (soak > 0 || *authFlag) || *seedFlag != 0 && *authFlag
 			name := fmt.Sprintf("lane%d", lane)
 			if auth {
 				name += "-auth"
