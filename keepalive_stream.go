@@ -36,7 +36,7 @@ type keepAlives struct {
 // generation gen.
 type keepAliveStream struct {
 	gen   uint64
-	alive func() // marks the connection's member as having answered
+	alive func()        // marks the connection's member as having answered
 	ready chan struct{} // closed once the stream is open, or failed to
 	// Set before ready is closed.
 	stream pb.Lease_LeaseKeepAliveClient
