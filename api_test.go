@@ -22,7 +22,7 @@ var updateAPI = goflag.Bool("update-api", false, "rewrite the files in api/ from
 // apiPackages are the packages whose exported surface is written down in
 // api/, one file each.
 var apiPackages = map[string]string{
-	"github.com/etcdkit/etcdkit":         "etcdkit.txt",
+	"github.com/etcdkit/etcdkit":          "etcdkit.txt",
 	"github.com/etcdkit/etcdkit/proxy":    "proxy.txt",
 	"github.com/etcdkit/etcdkit/etcdtest": "etcdtest.txt",
 }
@@ -70,6 +70,22 @@ func TestAPI(t *testing.T) {
 // compiler's.
 func loadTypes(t *testing.T, paths []string) map[string]*types.Package {
 	t.Helper()
+	imp := exportImporter(t, paths...)
+	pkgs := map[string]*types.Package{}
+	for _, p := range paths {
+		pkg, err := imp.Import(p)
+		if err != nil {
+			t.Fatalf("import %s: %v", p, err)
+		}
+		pkgs[p] = pkg
+	}
+	return pkgs
+}
+
+// exportImporter imports the packages at paths, and everything they
+// depend on, from the export data go list -export builds.
+func exportImporter(t *testing.T, paths ...string) types.Importer {
+	t.Helper()
 	goBin := goCommand(t)
 	args := append([]string{"list", "-export", "-deps", "-json=ImportPath,Export"}, paths...)
 	cmd := exec.Command(goBin, args...)
@@ -90,23 +106,13 @@ func loadTypes(t *testing.T, paths []string) map[string]*types.Package {
 		}
 		exports[p.ImportPath] = p.Export
 	}
-	fset := token.NewFileSet()
-	imp := importer.ForCompiler(fset, "gc", func(path string) (io.ReadCloser, error) {
+	return importer.ForCompiler(token.NewFileSet(), "gc", func(path string) (io.ReadCloser, error) {
 		f, ok := exports[path]
 		if !ok || f == "" {
 			return nil, fmt.Errorf("no export data for %s", path)
 		}
 		return os.Open(f)
 	})
-	pkgs := map[string]*types.Package{}
-	for _, p := range paths {
-		pkg, err := imp.Import(p)
-		if err != nil {
-			t.Fatalf("import %s: %v", p, err)
-		}
-		pkgs[p] = pkg
-	}
-	return pkgs
 }
 
 // goCommand is the go binary of the toolchain that runs the test.

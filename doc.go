@@ -27,7 +27,7 @@
 //			}
 //			return nil
 //		}),
-//		etcdkit.WithSnapshot("/var/lib/billing/limits.snapshot")) // serve the last good value while etcd is down
+//		etcdkit.WithSnapshot[Limits]("/var/lib/billing/limits.snapshot")) // serve the last good value while etcd is down
 //	defer limits.Close()
 //	maxConns := limits.Get().MaxConns // on every request: one atomic load
 //

@@ -9,23 +9,25 @@ import (
 // minStepDownMargin is the floor of the default step-down margin.
 const minStepDownMargin = 250 * time.Millisecond
 
-// ElectionOption configures NewElection. Options are made by the With...
-// functions of this package; the interface is sealed. A nil option (or a nil
-// SessionOption given to WithSessionOptions) is an error, as is an invalid
-// one: the Election is unusable and Validate returns it.
+// An ElectionOption configures NewElection; every one configures NewMutex
+// and NewSemaphore too (they are elections of their own kinds), and every
+// SessionOption is one. Options are made by the With... functions of this
+// package; the interface is sealed. A nil option is an error, as is an
+// invalid one: the Election is unusable and Validate returns it.
 type ElectionOption interface {
+	HolderOption
 	applyElection(*electionOptions)
 }
 
-type electionOptionFunc func(*electionOptions)
+type electionOption func(*electionOptions)
 
-func (f electionOptionFunc) applyElection(o *electionOptions) { f(o) }
+func (f electionOption) applyElection(o *electionOptions) { f(o) }
+func (f electionOption) applyHolder(o *holderOptions)     { o.election = append(o.election, f) }
 
 type electionOptions struct {
 	stepDown    time.Duration
 	stepDownSet bool
 	session     []SessionOption
-	errs        []error
 }
 
 // WithStepDownMargin sets how long before its session would declare the
@@ -39,23 +41,7 @@ type electionOptions struct {
 // below that room, or a leader would step down between two healthy
 // keepalives.
 func WithStepDownMargin(d time.Duration) ElectionOption {
-	return electionOptionFunc(func(o *electionOptions) { o.stepDown, o.stepDownSet = d, true })
-}
-
-// WithSessionOptions passes options to the session of every candidate (see
-// Client.NewSession): WithKeepAliveInterval and WithLostMargin. Candidates'
-// sessions are always made WithoutRecovery: a lost lease ends a candidacy or
-// a leadership for good, and Campaign must be called again.
-func WithSessionOptions(opts ...SessionOption) ElectionOption {
-	return electionOptionFunc(func(o *electionOptions) {
-		for _, opt := range opts {
-			if opt == nil {
-				o.errs = append(o.errs, errors.New("etcdkit: election: WithSessionOptions: nil option"))
-				continue
-			}
-			o.session = append(o.session, opt)
-		}
-	})
+	return electionOption(func(o *electionOptions) { o.stepDown, o.stepDownSet = d, true })
 }
 
 // buildElectionOptions applies opts and fills in the defaults derived from
@@ -67,9 +53,6 @@ func buildElectionOptions(ttl, stall time.Duration, opts []ElectionOption) (elec
 			return o, errors.New("etcdkit: election: nil option")
 		}
 		opt.applyElection(&o)
-	}
-	if len(o.errs) > 0 {
-		return o, o.errs[0]
 	}
 	o.session = append(o.session, WithoutRecovery())
 	so, err := buildSessionOptions(ttl, stall, o.session)

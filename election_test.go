@@ -217,7 +217,7 @@ func TestElectionInvalidArguments(t *testing.T) {
 		{"step-down margin too large", etcdkit.NewElection(c, "x", 2*time.Second, etcdkit.WithStepDownMargin(2*time.Second)), nil},
 		{"negative step-down margin", etcdkit.NewElection(c, "x", 2*time.Second, etcdkit.WithStepDownMargin(-time.Second)), nil},
 		{"nil option", etcdkit.NewElection(c, "x", 2*time.Second, nil), nil},
-		{"nil session option", etcdkit.NewElection(c, "x", 2*time.Second, etcdkit.WithSessionOptions(nil)), nil},
+		{"nil session option", etcdkit.NewElection(c, "x", 2*time.Second, etcdkit.SessionOption(nil)), nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

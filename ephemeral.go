@@ -56,7 +56,7 @@ type Ephemeral[T any] struct {
 // ctx bounds the first write and the Ephemeral's life: when ctx ends, the
 // lease is revoked, which deletes the key, and the Ephemeral ends with Err
 // wrapping ctx's error.
-func NewEphemeral[T any](ctx context.Context, key *Key[T], value T, ttl time.Duration, opts ...SessionOption) (*Ephemeral[T], error) {
+func NewEphemeral[T any](ctx context.Context, key *Key[T], value T, ttl time.Duration, opts ...EphemeralOption) (*Ephemeral[T], error) {
 	if key == nil {
 		return nil, errors.New("etcdkit: NewEphemeral: nil key")
 	}
@@ -64,7 +64,14 @@ func NewEphemeral[T any](ctx context.Context, key *Key[T], value T, ttl time.Dur
 	if err != nil {
 		return nil, err
 	}
-	s, err := key.c.NewSession(ctx, ttl, opts...)
+	if err := validateTTL(ttl); err != nil {
+		return nil, errorf("ephemeral %q: %w", key.name, err)
+	}
+	o, err := buildSessionOptions(ttl, key.c.cfg.StallTimeout, opts)
+	if err != nil {
+		return nil, errorf("ephemeral %q: %w", key.name, err)
+	}
+	s, err := key.c.newSession(ctx, ttl, o)
 	if err != nil {
 		return nil, errorf("ephemeral %q: %w", key.name, err)
 	}

@@ -1,7 +1,6 @@
 package etcdkit_test
 
 import (
-	"context"
 	"errors"
 	"testing"
 	"time"
@@ -55,11 +54,6 @@ func TestEphemeralCreateOnly(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = e2.Close() })
 	lsHolds(t, raw, e2, "app/svc/x", "two", lsWait)
-
-	// The option is NewEphemeral's; a session ignores it.
-	s, err := c1.NewSession(context.Background(), 2*time.Second, etcdkit.WithCreateOnly())
-	require.NoError(t, err)
-	require.NoError(t, s.Close())
 }
 
 // TestEphemeralCreateOnlyNotTakenBack: the owner of a create-only key is cut

@@ -19,7 +19,7 @@ import (
 )
 
 // lsEphemeral puts value at name for the test, closing it at cleanup.
-func lsEphemeral(t testing.TB, c *etcdkit.Client, name, value string, ttl time.Duration, opts ...etcdkit.SessionOption) *etcdkit.Ephemeral[string] {
+func lsEphemeral(t testing.TB, c *etcdkit.Client, name, value string, ttl time.Duration, opts ...etcdkit.EphemeralOption) *etcdkit.Ephemeral[string] {
 	t.Helper()
 	e, err := etcdkit.NewEphemeral(lsContext(t), etcdkit.NewKey(c, name, etcdkit.String()), value, ttl, opts...)
 	require.NoError(t, err)

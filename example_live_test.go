@@ -29,7 +29,7 @@ func followLiveLimits(ctx context.Context, endpoints []string, snapshot string) 
 			}
 			return nil
 		}),
-		etcdkit.WithSnapshot(snapshot)) // serve the last good value while etcd is down
+		etcdkit.WithSnapshot[Limits](snapshot)) // serve the last good value while etcd is down
 	return limits, func() { _ = limits.Close(); _ = c.Close() }, nil
 }
 

@@ -26,8 +26,8 @@ const (
 	rvInterval = 20 * time.Second
 )
 
-func rvSession() etcdkit.ElectionOption {
-	return etcdkit.WithSessionOptions(etcdkit.WithKeepAliveInterval(rvInterval))
+func rvSession() etcdkit.SessionOption {
+	return etcdkit.WithKeepAliveInterval(rvInterval)
 }
 
 // rvRevoke revokes the lease key is attached to and returns it.
@@ -81,7 +81,7 @@ func TestMutexLeaseRevokedElsewhere(t *testing.T) {
 		ttl  time.Duration
 		opts []etcdkit.HolderOption
 	}{
-		{"rare keepalives", rvTTL, []etcdkit.HolderOption{etcdkit.WithElectionOptions(rvSession())}},
+		{"rare keepalives", rvTTL, []etcdkit.HolderOption{rvSession()}},
 		{"default keepalives", 2 * time.Second, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -124,7 +124,7 @@ func TestMutexLeaseRevokedWhileWaiting(t *testing.T) {
 	c := testClient(t, []string{srv.Endpoint()}, "mx")
 	prefix := mxPrefix("mx", "wait")
 	a := mxLock(t, etcdkit.NewMutex(c, "wait", rvTTL))
-	b := etcdkit.NewMutex(c, "wait", rvTTL, etcdkit.WithElectionOptions(rvSession()))
+	b := etcdkit.NewMutex(c, "wait", rvTTL, rvSession())
 	ch := mxLockAsync(t, b)
 	elWaitCandidates(t, raw, prefix, 2)
 	waiting := elCandidates(t, raw, prefix)[1]
@@ -148,7 +148,7 @@ func TestSemaphoreLeaseRevokedElsewhere(t *testing.T) {
 	srv := etcdtest.Start(t)
 	raw := srv.Client(t)
 	c := testClient(t, []string{srv.Endpoint()}, "sm")
-	s := etcdkit.NewSemaphore(c, "cron", 2, rvTTL, etcdkit.WithElectionOptions(rvSession()))
+	s := etcdkit.NewSemaphore(c, "cron", 2, rvTTL, rvSession())
 	ctx := testContext(t, 2*elWait)
 
 	var revoked []clientv3.LeaseID

@@ -243,7 +243,7 @@ type Live[T any] struct {
 // the cluster answers. ctx bounds the life of the Live, not the call. A nil
 // or invalid key, an invalid option, a closed Client or an ended ctx gives
 // a Live that has already ended with the error and serves the default.
-func NewLive[T any](ctx context.Context, key *Key[T], opts ...LiveOption) *Live[T] {
+func NewLive[T any](ctx context.Context, key *Key[T], opts ...LiveOption[T]) *Live[T] {
 	l := &Live[T]{synced: make(chan struct{})}
 	if key == nil {
 		return l.endNow(errors.New("etcdkit: NewLive: nil key"))
@@ -251,7 +251,7 @@ func NewLive[T any](ctx context.Context, key *Key[T], opts ...LiveOption) *Live[
 	if key.err != nil {
 		return l.endNow(key.err)
 	}
-	set, err := typedLive(newLiveConfig(opts), key.codec, false)
+	set, err := newLiveConfig(opts, LiveOption[T].applyLive).check(key.codec)
 	l.def = set.def // the default, if it was valid, even when another option is not
 	if err != nil {
 		return l.endNow(err)

@@ -83,7 +83,7 @@ type liveEntry[T any] struct {
 // the LiveMap, not the call. A nil or invalid prefix, an invalid option, a
 // closed Client or an ended ctx gives a LiveMap that has already ended
 // with the error and serves the defaults.
-func NewLiveMap[T any](ctx context.Context, p *Prefix[T], opts ...LiveOption) *LiveMap[T] {
+func NewLiveMap[T any](ctx context.Context, p *Prefix[T], opts ...LiveMapOption[T]) *LiveMap[T] {
 	l := &LiveMap[T]{synced: make(chan struct{}), entries: map[string]liveEntry[T]{}}
 	if p == nil {
 		return l.endNow(errors.New("etcdkit: NewLiveMap: nil prefix"))
@@ -91,7 +91,7 @@ func NewLiveMap[T any](ctx context.Context, p *Prefix[T], opts ...LiveOption) *L
 	if p.err != nil {
 		return l.endNow(p.err)
 	}
-	set, err := typedLive(newLiveConfig(opts), p.codec, true)
+	set, err := newLiveConfig(opts, LiveMapOption[T].applyLiveMap).check(p.codec)
 	l.def, l.defs = set.def, set.defs
 	if err != nil {
 		return l.endNow(err)

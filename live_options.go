@@ -3,36 +3,47 @@ package etcdkit
 import (
 	"errors"
 	"fmt"
-	"reflect"
 )
 
-// A LiveOption configures a Live or a LiveMap: its default, its validation,
-// its snapshot file. Pass options to NewLive and NewLiveMap. The interface is
-// sealed: only this package provides options. WithDefault, WithDefaults and
-// WithValidator carry a value of the handle's type; one of another type, a
-// nil option or an invalid one makes the handle end at once with the error.
-type LiveOption interface {
-	applyLive(*liveConfig)
+// A LiveOption configures a Live or a LiveMap of values of type T: its
+// default, its validation, its snapshot file. Pass options to NewLive and
+// NewLiveMap. An option carries the handle's type, so that a default or a
+// validator of another type does not compile; the options whose argument
+// does not name the type take it in brackets: WithSnapshot[Limits](path).
+// The interface is sealed: only this package provides options. A nil option
+// or an invalid one (given twice, an empty path, a nil function) makes the
+// handle end at once with the error.
+type LiveOption[T any] interface {
+	LiveMapOption[T]
+	applyLive(*liveConfig[T])
 }
 
-type liveOptionFunc func(*liveConfig)
-
-func (f liveOptionFunc) applyLive(cfg *liveConfig) { f(cfg) }
-
-// liveConfig holds the options untyped; typed checks them against the
-// handle's type.
-type liveConfig struct {
-	def      any    // WithDefault: a T
-	defs     any    // WithDefaults: a map[string]T
-	validate any    // WithValidator: a func(T) error
-	snapshot string // WithSnapshot: a file path, "" for none
-	merge    bool   // MergeDefault
-	setDef   bool   // WithDefault was given
-	errs     []error
-	names    map[string]int // option name -> times given
+// A LiveMapOption configures a LiveMap. Every LiveOption is one; WithDefaults
+// is one only, so that a Live does not accept it.
+type LiveMapOption[T any] interface {
+	applyLiveMap(*liveConfig[T])
 }
 
-func (cfg *liveConfig) once(name string) {
+// liveOption is an option for both Live and LiveMap.
+type liveOption[T any] func(*liveConfig[T])
+
+func (f liveOption[T]) applyLive(cfg *liveConfig[T])    { f(cfg) }
+func (f liveOption[T]) applyLiveMap(cfg *liveConfig[T]) { f(cfg) }
+
+// liveMapOption is an option for a LiveMap only.
+type liveMapOption[T any] func(*liveConfig[T])
+
+func (f liveMapOption[T]) applyLiveMap(cfg *liveConfig[T]) { f(cfg) }
+
+// liveConfig collects the options of a handle of values of type T.
+type liveConfig[T any] struct {
+	liveSettings[T]
+	setDef bool // WithDefault was given
+	errs   []error
+	names  map[string]int // option name -> times given
+}
+
+func (cfg *liveConfig[T]) once(name string) {
 	if cfg.names == nil {
 		cfg.names = map[string]int{}
 	}
@@ -46,8 +57,8 @@ func (cfg *liveConfig) once(name string) {
 // LiveMap serves for a name it does not hold (unless WithDefaults names
 // it). Without it, the default is T's zero value. The value is shared with
 // every reader: do not modify it after the call.
-func WithDefault[T any](v T) LiveOption {
-	return liveOptionFunc(func(cfg *liveConfig) {
+func WithDefault[T any](v T) LiveOption[T] {
+	return liveOption[T](func(cfg *liveConfig[T]) {
 		cfg.once("WithDefault")
 		cfg.def, cfg.setDef = v, true
 	})
@@ -55,9 +66,9 @@ func WithDefault[T any](v T) LiveOption {
 
 // WithDefaults sets per-name defaults for a LiveMap: a name in m that the
 // prefix does not hold reads as m[name] and is listed by All. It is refused
-// by NewLive. Names must be valid names; m is copied.
-func WithDefaults[T any](m map[string]T) LiveOption {
-	return liveOptionFunc(func(cfg *liveConfig) {
+// by NewLive at compile time. Names must be valid names; m is copied.
+func WithDefaults[T any](m map[string]T) LiveMapOption[T] {
+	return liveMapOption[T](func(cfg *liveConfig[T]) {
 		cfg.once("WithDefaults")
 		for name := range m {
 			if err := validateName(name); err != nil {
@@ -83,8 +94,8 @@ func WithDefaults[T any](m map[string]T) LiveOption {
 // error, not a Rejection: the snapshot is ignored as a damaged one is
 // (MetricLiveSnapshotErrors, one warning) and the handle starts from its
 // default. The default accepts every value that decodes.
-func WithValidator[T any](fn func(T) error) LiveOption {
-	return liveOptionFunc(func(cfg *liveConfig) {
+func WithValidator[T any](fn func(T) error) LiveOption[T] {
+	return liveOption[T](func(cfg *liveConfig[T]) {
 		cfg.once("WithValidator")
 		if fn == nil {
 			cfg.errs = append(cfg.errs, errors.New("etcdkit: live: WithValidator: nil function"))
@@ -104,9 +115,10 @@ func WithValidator[T any](fn func(T) error) LiveOption {
 // another key or type, or unreadable is logged, counted
 // (MetricLiveSnapshotErrors) and ignored, never applied. See "Live
 // configuration" in the package documentation for which of a snapshot and
-// the cluster wins. The default is no snapshot.
-func WithSnapshot(path string) LiveOption {
-	return liveOptionFunc(func(cfg *liveConfig) {
+// the cluster wins. The default is no snapshot. T is the handle's value
+// type: WithSnapshot[Limits]("/var/lib/billing/limits.snapshot").
+func WithSnapshot[T any](path string) LiveOption[T] {
+	return liveOption[T](func(cfg *liveConfig[T]) {
 		cfg.once("WithSnapshot")
 		if path == "" {
 			cfg.errs = append(cfg.errs, errors.New("etcdkit: live: WithSnapshot: empty path"))
@@ -123,26 +135,29 @@ func WithSnapshot(path string) LiveOption {
 // struct. It needs the key's codec to be JSON and a default
 // (WithDefault or WithDefaults). Without it, missing fields are zero, as the
 // codec decodes them.
-func MergeDefault() LiveOption {
-	return liveOptionFunc(func(cfg *liveConfig) {
+// T is the handle's value type: MergeDefault[Limits]().
+func MergeDefault[T any]() LiveOption[T] {
+	return liveOption[T](func(cfg *liveConfig[T]) {
 		cfg.once("MergeDefault")
 		cfg.merge = true
 	})
 }
 
-func newLiveConfig(opts []LiveOption) *liveConfig {
-	cfg := &liveConfig{}
+// newLiveConfig applies the options of a handle with apply (applyLive for a
+// Live, applyLiveMap for a LiveMap).
+func newLiveConfig[T any, O LiveMapOption[T]](opts []O, apply func(O, *liveConfig[T])) *liveConfig[T] {
+	cfg := &liveConfig[T]{}
 	for _, o := range opts {
-		if o == nil {
+		if any(o) == nil {
 			cfg.errs = append(cfg.errs, errors.New("etcdkit: live: nil option"))
 			continue
 		}
-		o.applyLive(cfg)
+		apply(o, cfg)
 	}
 	return cfg
 }
 
-// liveSettings are the options checked against the handle's type T.
+// liveSettings are a handle's options once applied.
 type liveSettings[T any] struct {
 	def      T
 	defs     map[string]T
@@ -151,51 +166,21 @@ type liveSettings[T any] struct {
 	merge    bool
 }
 
-// typedLive checks the options against T and the codec. forMap says
-// whether the handle is a LiveMap. On an error, the defaults found valid
-// so far are set in the returned settings.
-func typedLive[T any](cfg *liveConfig, codec Codec[T], forMap bool) (liveSettings[T], error) {
-	var s liveSettings[T]
-	want := reflect.TypeFor[T]()
-	if cfg.setDef && cfg.def != nil {
-		// A nil interface T is its own zero value, which s.def holds.
-		v, ok := cfg.def.(T)
-		if !ok {
-			return s, fmt.Errorf("etcdkit: live: WithDefault of type %T for values of type %v", cfg.def, want)
-		}
-		s.def = v
-	}
-	if cfg.defs != nil {
-		if !forMap {
-			return s, errors.New("etcdkit: live: WithDefaults is for a LiveMap; use WithDefault")
-		}
-		m, ok := cfg.defs.(map[string]T)
-		if !ok {
-			return s, fmt.Errorf("etcdkit: live: WithDefaults of type %T for values of type %v", cfg.defs, want)
-		}
-		s.defs = m
-	}
-	// The defaults are known by now, so that a handle ended by an invalid
-	// option still serves them.
+// check checks the options against each other and the codec. On an error,
+// the defaults given are set in the returned settings, so that a handle
+// ended by an invalid option still serves them.
+func (cfg *liveConfig[T]) check(codec Codec[T]) (liveSettings[T], error) {
+	s := cfg.liveSettings
 	if len(cfg.errs) > 0 {
 		return s, cfg.errs[0]
 	}
-	if cfg.validate != nil {
-		fn, ok := cfg.validate.(func(T) error)
-		if !ok {
-			return s, fmt.Errorf("etcdkit: live: WithValidator of type %T for values of type %v", cfg.validate, want)
-		}
-		s.validate = fn
-	}
-	if cfg.merge {
+	if s.merge {
 		if _, ok := codec.(jsonCodec[T]); !ok {
 			return s, errors.New("etcdkit: live: MergeDefault needs the JSON codec")
 		}
-		if !cfg.setDef && cfg.defs == nil {
+		if !cfg.setDef && s.defs == nil {
 			return s, errors.New("etcdkit: live: MergeDefault needs WithDefault or WithDefaults")
 		}
-		s.merge = true
 	}
-	s.snapshot = cfg.snapshot
 	return s, nil
 }

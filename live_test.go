@@ -225,7 +225,7 @@ func TestLiveMergeDefaultFillsMissingFields(t *testing.T) {
 	def := cfg{Rate: 7, Tags: map[string]int{"a": 1}}
 	key := etcdkit.NewKey(e.c, "merge", etcdkit.JSON[cfg]())
 	e.put(t, "merge", `{"tags":{"b":2}}`)
-	live := etcdkit.NewLive(ctx, key, etcdkit.WithDefault(def), etcdkit.MergeDefault())
+	live := etcdkit.NewLive(ctx, key, etcdkit.WithDefault(def), etcdkit.MergeDefault[cfg]())
 	t.Cleanup(func() { _ = live.Close() })
 	waitLiveSynced(t, live.Synced())
 	assert.Equal(t, cfg{Rate: 7, Tags: map[string]int{"a": 1, "b": 2}}, live.Get())
@@ -316,7 +316,7 @@ func TestLiveColdStartFromSnapshotWithEveryMemberDown(t *testing.T) {
 	key1 := etcdkit.NewKey(c1, "limits", etcdkit.JSON[liveLimits]())
 	v1rev, err := key1.Put(ctx, liveLimits{Rate: 1, Burst: 1})
 	require.NoError(t, err)
-	prev := etcdkit.NewLive(ctx, key1, etcdkit.WithSnapshot(snap))
+	prev := etcdkit.NewLive(ctx, key1, etcdkit.WithSnapshot[liveLimits](snap))
 	waitLiveSynced(t, prev.Synced())
 	require.Equal(t, liveLimits{Rate: 1, Burst: 1}, prev.Get())
 	require.NoError(t, prev.Close())
@@ -346,7 +346,7 @@ func TestLiveColdStartFromSnapshotWithEveryMemberDown(t *testing.T) {
 	nctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	start := time.Now()
-	live := etcdkit.NewLive(nctx, etcdkit.NewKey(c2, "limits", etcdkit.JSON[liveLimits]()), etcdkit.WithSnapshot(snap))
+	live := etcdkit.NewLive(nctx, etcdkit.NewKey(c2, "limits", etcdkit.JSON[liveLimits]()), etcdkit.WithSnapshot[liveLimits](snap))
 	t.Cleanup(func() { _ = live.Close() })
 	took := time.Since(start)
 	t.Logf("NewLive returned after %v with every member down", took)
@@ -373,7 +373,7 @@ func TestLiveColdStartFromSnapshotWithEveryMemberDown(t *testing.T) {
 	require.NoError(t, live.Close())
 
 	// The snapshot now holds the newer value: a third run reads it.
-	after := etcdkit.NewLive(ctx, etcdkit.NewKey(c2, "limits", etcdkit.JSON[liveLimits]()), etcdkit.WithSnapshot(snap))
+	after := etcdkit.NewLive(ctx, etcdkit.NewKey(c2, "limits", etcdkit.JSON[liveLimits]()), etcdkit.WithSnapshot[liveLimits](snap))
 	t.Cleanup(func() { _ = after.Close() })
 	assert.Equal(t, v2rev, after.Current().Revision)
 	assert.Equal(t, liveLimits{Rate: 2, Burst: 2}, after.Get())
@@ -393,14 +393,14 @@ func TestLiveKeepsASnapshotNewerThanTheCluster(t *testing.T) {
 		a.put(t, "pad", fmt.Sprint(i))
 	}
 	aRev := a.put(t, "cfg", `{"rate":9}`)
-	la := etcdkit.NewLive(ctx, etcdkit.NewKey(a.c, "cfg", etcdkit.JSON[liveLimits]()), etcdkit.WithSnapshot(snap))
+	la := etcdkit.NewLive(ctx, etcdkit.NewKey(a.c, "cfg", etcdkit.JSON[liveLimits]()), etcdkit.WithSnapshot[liveLimits](snap))
 	waitLiveSynced(t, la.Synced())
 	require.NoError(t, la.Close())
 
 	b := startLiveEnv(t, "restored") // the "restored" cluster: same key, fewer revisions
 	old := b.put(t, "cfg", `{"rate":1}`)
 	require.Less(t, old, aRev)
-	lb := etcdkit.NewLive(ctx, etcdkit.NewKey(b.c, "cfg", etcdkit.JSON[liveLimits]()), etcdkit.WithSnapshot(snap))
+	lb := etcdkit.NewLive(ctx, etcdkit.NewKey(b.c, "cfg", etcdkit.JSON[liveLimits]()), etcdkit.WithSnapshot[liveLimits](snap))
 	t.Cleanup(func() { _ = lb.Close() })
 	require.Eventually(t, func() bool { r, ok := lb.Rejected(); return ok && r.Revision == old }, liveWait, 5*time.Millisecond)
 	r, _ := lb.Rejected()
@@ -428,7 +428,7 @@ func TestLiveRefusesBadSnapshots(t *testing.T) {
 	ctx := testContext(t, 2*time.Minute)
 	good := filepath.Join(t.TempDir(), "good")
 	e.put(t, "cfg", `{"rate":5}`)
-	l := etcdkit.NewLive(ctx, etcdkit.NewKey(e.c, "cfg", etcdkit.JSON[liveLimits]()), etcdkit.WithSnapshot(good))
+	l := etcdkit.NewLive(ctx, etcdkit.NewKey(e.c, "cfg", etcdkit.JSON[liveLimits]()), etcdkit.WithSnapshot[liveLimits](good))
 	waitLiveSynced(t, l.Synced())
 	require.NoError(t, l.Close())
 	data, err := os.ReadFile(good)
@@ -453,12 +453,12 @@ func TestLiveRefusesBadSnapshots(t *testing.T) {
 		{name: "a directory", write: func(p string) { require.NoError(t, os.Mkdir(p, 0o700)) }, reason: "not a regular file"},
 		{name: "another key", write: func(p string) { require.NoError(t, os.WriteFile(p, data, 0o600)) }, reason: `"badsnap/other"`,
 			open: func(p string) (etcdkit.LiveValue[liveLimits], func()) {
-				l := etcdkit.NewLive(ctx, etcdkit.NewKey(e.c, "other", etcdkit.JSON[liveLimits]()), etcdkit.WithSnapshot(p))
+				l := etcdkit.NewLive(ctx, etcdkit.NewKey(e.c, "other", etcdkit.JSON[liveLimits]()), etcdkit.WithSnapshot[liveLimits](p))
 				return l.Current(), func() { _ = l.Close() }
 			}},
 		{name: "another type", write: func(p string) { require.NoError(t, os.WriteFile(p, data, 0o600)) }, reason: "not for key",
 			open: func(p string) (etcdkit.LiveValue[liveLimits], func()) {
-				l := etcdkit.NewLive(ctx, etcdkit.NewKey(e.c, "cfg", etcdkit.JSON[other]()), etcdkit.WithSnapshot(p))
+				l := etcdkit.NewLive(ctx, etcdkit.NewKey(e.c, "cfg", etcdkit.JSON[other]()), etcdkit.WithSnapshot[other](p))
 				cur := l.Current()
 				return etcdkit.LiveValue[liveLimits]{Present: cur.Present, Revision: cur.Revision, Source: cur.Source}, func() { _ = l.Close() }
 			}},
@@ -466,7 +466,7 @@ func TestLiveRefusesBadSnapshots(t *testing.T) {
 		// snapshot error, not a Rejection: the handle starts as without one.
 		{name: "refused by the validator", write: func(p string) { require.NoError(t, os.WriteFile(p, data, 0o600)) }, reason: "too slow",
 			open: func(p string) (etcdkit.LiveValue[liveLimits], func()) {
-				l := etcdkit.NewLive(ctx, etcdkit.NewKey(e.c, "cfg", etcdkit.JSON[liveLimits]()), etcdkit.WithSnapshot(p),
+				l := etcdkit.NewLive(ctx, etcdkit.NewKey(e.c, "cfg", etcdkit.JSON[liveLimits]()), etcdkit.WithSnapshot[liveLimits](p),
 					etcdkit.WithValidator(func(v liveLimits) error {
 						if v.Rate < 10 {
 							return errors.New("too slow")
@@ -489,7 +489,7 @@ func TestLiveRefusesBadSnapshots(t *testing.T) {
 				cur, stop = tc.open(p)
 				defer stop()
 			} else {
-				l := etcdkit.NewLive(ctx, etcdkit.NewKey(e.c, "cfg", etcdkit.JSON[liveLimits]()), etcdkit.WithSnapshot(p),
+				l := etcdkit.NewLive(ctx, etcdkit.NewKey(e.c, "cfg", etcdkit.JSON[liveLimits]()), etcdkit.WithSnapshot[liveLimits](p),
 					etcdkit.WithDefault(defaultLimits))
 				defer l.Close()
 				cur = l.Current()
@@ -615,13 +615,10 @@ func TestLiveInvalidInput(t *testing.T) {
 		{"nil key", etcdkit.NewLive[liveLimits](ctx, nil), "nil key"},
 		{"invalid key", etcdkit.NewLive(ctx, etcdkit.NewKey(e.c, "../x", etcdkit.JSON[liveLimits]())), "invalid name"},
 		{"nil option", etcdkit.NewLive(ctx, key, nil), "nil option"},
-		{"default of another type", etcdkit.NewLive(ctx, key, etcdkit.WithDefault("x")), "WithDefault of type string"},
-		{"validator of another type", etcdkit.NewLive(ctx, key, etcdkit.WithValidator(func(string) error { return nil })), "WithValidator of type"},
 		{"nil validator", etcdkit.NewLive(ctx, key, etcdkit.WithValidator[liveLimits](nil)), "nil function"},
-		{"WithDefaults", etcdkit.NewLive(ctx, key, etcdkit.WithDefaults(map[string]liveLimits{"a": {}})), "WithDefaults is for a LiveMap"},
-		{"empty snapshot path", etcdkit.NewLive(ctx, key, etcdkit.WithSnapshot("")), "empty path"},
-		{"option twice", etcdkit.NewLive(ctx, key, etcdkit.WithSnapshot("a"), etcdkit.WithSnapshot("b")), "given twice"},
-		{"MergeDefault without a default", etcdkit.NewLive(ctx, key, etcdkit.MergeDefault()), "needs WithDefault"},
+		{"empty snapshot path", etcdkit.NewLive(ctx, key, etcdkit.WithSnapshot[liveLimits]("")), "empty path"},
+		{"option twice", etcdkit.NewLive(ctx, key, etcdkit.WithSnapshot[liveLimits]("a"), etcdkit.WithSnapshot[liveLimits]("b")), "given twice"},
+		{"MergeDefault without a default", etcdkit.NewLive(ctx, key, etcdkit.MergeDefault[liveLimits]()), "needs WithDefault"},
 		{"ended ctx", etcdkit.NewLive(ended, key, etcdkit.WithDefault(defaultLimits)), "context canceled"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -639,7 +636,7 @@ func TestLiveInvalidInput(t *testing.T) {
 		})
 	}
 	sk := etcdkit.NewKey(e.c, "s", etcdkit.String())
-	l := etcdkit.NewLive(ctx, sk, etcdkit.WithDefault("d"), etcdkit.MergeDefault())
+	l := etcdkit.NewLive(ctx, sk, etcdkit.WithDefault("d"), etcdkit.MergeDefault[string]())
 	require.ErrorContains(t, l.Err(), "needs the JSON codec")
 	assert.Equal(t, "d", l.Get())
 }

@@ -100,7 +100,7 @@ func TestMutexInvalidArguments(t *testing.T) {
 		{"bad name", etcdkit.NewMutex(c, "a/../b", 2*time.Second), etcdkit.ErrInvalidName},
 		{"bad ttl", etcdkit.NewMutex(c, "m", 1500*time.Millisecond), etcdkit.ErrInvalidTTL},
 		{"nil option", etcdkit.NewMutex(c, "m", 2*time.Second, nil), nil},
-		{"nil election option", etcdkit.NewMutex(c, "m", 2*time.Second, etcdkit.WithElectionOptions(nil)), nil},
+		{"nil election option", etcdkit.NewMutex(c, "m", 2*time.Second, etcdkit.ElectionOption(nil)), nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			require.Error(t, tc.m.Err())

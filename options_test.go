@@ -75,8 +75,8 @@ func TestNilOptions(t *testing.T) {
 	})
 	t.Run("ElectionOption", func(t *testing.T) {
 		for name, e := range map[string]*etcdkit.Election{
-			"nil ElectionOption":                      etcdkit.NewElection(c, "e", ttl, nil),
-			"nil SessionOption in WithSessionOptions": etcdkit.NewElection(c, "e", ttl, etcdkit.WithSessionOptions(nil)),
+			"nil ElectionOption": etcdkit.NewElection(c, "e", ttl, nil),
+			"nil SessionOption":  etcdkit.NewElection(c, "e", ttl, etcdkit.SessionOption(nil)),
 		} {
 			t.Run(name, func(t *testing.T) {
 				require.Error(t, e.Validate())

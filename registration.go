@@ -3,7 +3,6 @@ package etcdkit
 import (
 	"context"
 	"errors"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -52,8 +51,11 @@ func (s *Service[M]) Register(ctx context.Context, inst Instance[M], ttl time.Du
 	if _, err := encodeValue(s.c, inst.ID, s.p.codec, rec); err != nil {
 		return nil, errorf("register %q in service %q: %w", inst.ID, s.name, err)
 	}
-	opts = append(slices.Clone(opts), WithCreateOnly())
-	e, err := NewEphemeral(ctx, s.p.Key(inst.ID), rec, ttl, opts...)
+	eopts := []EphemeralOption{WithCreateOnly()}
+	for _, o := range opts {
+		eopts = append(eopts, o)
+	}
+	e, err := NewEphemeral(ctx, s.p.Key(inst.ID), rec, ttl, eopts...)
 	if err != nil {
 		var ce *ConflictError[record[M]]
 		if errors.As(err, &ce) {

@@ -143,6 +143,11 @@ func (c *Client) NewSession(ctx context.Context, ttl time.Duration, opts ...Sess
 	if err != nil {
 		return nil, err
 	}
+	return c.newSession(ctx, ttl, o)
+}
+
+// newSession is NewSession once the options are built.
+func (c *Client) newSession(ctx context.Context, ttl time.Duration, o sessionOptions) (*Session, error) {
 	s := &Session{c: c, ttl: ttl, o: o}
 	gctx, cancel, err := c.opContext(ctx)
 	if err != nil {

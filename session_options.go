@@ -14,17 +14,37 @@ const maxKeepAliveInterval = 5 * time.Second
 // more; shorter TTLs get a quarter of the TTL.
 const maxLostMargin = 500 * time.Millisecond
 
-// SessionOption configures Client.NewSession, NewEphemeral and
-// Service.Register. Options are made by the With... functions of this
-// package; the interface is sealed. A nil option is an error, as is an
-// invalid one: the call fails with it before anything is sent.
+// A SessionOption configures a Session's lease and keepalives. Every handle
+// that holds a session takes it too: Client.NewSession, NewEphemeral,
+// Service.Register, NewElection, NewMutex and NewSemaphore. Options are made
+// by the With... functions of this package; the interface is sealed. A nil
+// option is an error, as is an invalid one: the call fails with it before
+// anything is sent (an Election, Mutex or Semaphore reports it from
+// Validate and every method).
 type SessionOption interface {
+	EphemeralOption
+	ElectionOption
 	applySession(*sessionOptions)
 }
 
-type sessionOptionFunc func(*sessionOptions)
+// An EphemeralOption configures NewEphemeral: every SessionOption is one,
+// and WithCreateOnly is one only.
+type EphemeralOption interface {
+	applyEphemeral(*sessionOptions)
+}
 
-func (f sessionOptionFunc) applySession(o *sessionOptions) { f(o) }
+// sessionOption is an option of a session, wherever the session is.
+type sessionOption func(*sessionOptions)
+
+func (f sessionOption) applySession(o *sessionOptions)   { f(o) }
+func (f sessionOption) applyEphemeral(o *sessionOptions) { f(o) }
+func (f sessionOption) applyElection(o *electionOptions) { o.session = append(o.session, f) }
+func (f sessionOption) applyHolder(o *holderOptions)     { o.election = append(o.election, f) }
+
+// ephemeralOption is an option of an Ephemeral's own.
+type ephemeralOption func(*sessionOptions)
+
+func (f ephemeralOption) applyEphemeral(o *sessionOptions) { f(o) }
 
 type sessionOptions struct {
 	noRecovery bool
@@ -42,7 +62,7 @@ type sessionOptions struct {
 // protected cannot be re-established by the owner (a lock whose holder must
 // restart its work from scratch).
 func WithoutRecovery() SessionOption {
-	return sessionOptionFunc(func(o *sessionOptions) { o.noRecovery = true })
+	return sessionOption(func(o *sessionOptions) { o.noRecovery = true })
 }
 
 // WithCreateOnly makes NewEphemeral's first write create the key only if it
@@ -53,15 +73,15 @@ func WithoutRecovery() SessionOption {
 // is put back. But if, after its lease was lost, it finds the key held under
 // another owner's lease, it does not take it back: it ends, revoking its own
 // lease, with Err matching ErrExists. NewSession ignores the option.
-func WithCreateOnly() SessionOption {
-	return sessionOptionFunc(func(o *sessionOptions) { o.createOnly = true })
+func WithCreateOnly() EphemeralOption {
+	return ephemeralOption(func(o *sessionOptions) { o.createOnly = true })
 }
 
 // WithKeepAliveInterval sets how often the session refreshes its lease while
 // Live. The default is a third of the TTL, at most 5s. It must be positive
 // and leave time for a retry before Lost (below TTL minus the Lost margin).
 func WithKeepAliveInterval(d time.Duration) SessionOption {
-	return sessionOptionFunc(func(o *sessionOptions) { o.interval, o.intervalSet = d, true })
+	return sessionOption(func(o *sessionOptions) { o.interval, o.intervalSet = d, true })
 }
 
 // WithLostMargin sets how long before the earliest moment the server may
@@ -70,18 +90,18 @@ func WithKeepAliveInterval(d time.Duration) SessionOption {
 // package documentation says why under Sessions: keepalives and Lost. It
 // must be at least 0 and at most half the TTL.
 func WithLostMargin(d time.Duration) SessionOption {
-	return sessionOptionFunc(func(o *sessionOptions) { o.margin, o.marginSet = d, true })
+	return sessionOption(func(o *sessionOptions) { o.margin, o.marginSet = d, true })
 }
 
-// buildSessionOptions applies opts and fills in the defaults derived from
-// ttl and the client's StallTimeout.
-func buildSessionOptions(ttl, stall time.Duration, opts []SessionOption) (sessionOptions, error) {
+// buildSessionOptions applies opts (SessionOptions or EphemeralOptions) and
+// fills in the defaults derived from ttl and the client's StallTimeout.
+func buildSessionOptions[O EphemeralOption](ttl, stall time.Duration, opts []O) (sessionOptions, error) {
 	var o sessionOptions
 	for _, opt := range opts {
-		if opt == nil {
+		if any(opt) == nil {
 			return o, errors.New("etcdkit: session: nil option")
 		}
-		opt.applySession(&o)
+		opt.applyEphemeral(&o)
 	}
 	if !o.marginSet {
 		o.margin = max(ttl/10, min(maxLostMargin, ttl/4))

@@ -61,8 +61,8 @@ func validate(s Settings) error {
 // and a snapshot file for cold starts.
 func follow(ctx context.Context, c *etcdkit.Client, snapshot string) *etcdkit.Live[Settings] {
 	return etcdkit.NewLive(ctx, etcdkit.NewKey(c, "settings", etcdkit.JSON[Settings]()),
-		etcdkit.WithDefault(defaults), etcdkit.MergeDefault(),
-		etcdkit.WithValidator(validate), etcdkit.WithSnapshot(snapshot))
+		etcdkit.WithDefault(defaults), etcdkit.MergeDefault[Settings](),
+		etcdkit.WithValidator(validate), etcdkit.WithSnapshot[Settings](snapshot))
 }
 
 // connect makes a client that does not wait for the cluster, so that the

@@ -126,8 +126,8 @@ func liveSection(ctx context.Context, tr *tour, c *etcdkit.Client) error {
 	defer os.RemoveAll(dir)
 	snapshot := filepath.Join(dir, "limits.snapshot")
 	key := etcdkit.NewKey(c, "config/limits", etcdkit.JSON[Limits]())
-	opts := []etcdkit.LiveOption{etcdkit.WithDefault(Limits{MaxConns: 10, Mode: "lenient"}),
-		etcdkit.WithValidator(validLimits), etcdkit.WithSnapshot(snapshot)}
+	opts := []etcdkit.LiveOption[Limits]{etcdkit.WithDefault(Limits{MaxConns: 10, Mode: "lenient"}),
+		etcdkit.WithValidator(validLimits), etcdkit.WithSnapshot[Limits](snapshot)}
 
 	live := etcdkit.NewLive(ctx, key, opts...)
 	defer live.Close()

@@ -144,11 +144,11 @@ func (ls *Lives) Start(ctx context.Context, run *Run) error {
 
 // start makes generation gen of the run's Live with n readers.
 func (lr *liveRun) start(ctx context.Context, run *Run, gen, n int) {
-	var opts []etcdkit.LiveOption
+	var opts []etcdkit.LiveOption[string]
 	opts = append(opts, etcdkit.WithDefault(LiveDefault), etcdkit.WithValidator(LiveValid))
 	name := fmt.Sprintf("%s.%d live %s", lr.name, gen, lr.key.Name())
 	if lr.snapshot != "" {
-		opts = append(opts, etcdkit.WithSnapshot(lr.snapshot))
+		opts = append(opts, etcdkit.WithSnapshot[string](lr.snapshot))
 		name += " snapshot"
 	}
 	l := &liveLife{live: etcdkit.NewLive(ctx, lr.key, opts...), stop: make(chan struct{}),
