@@ -7,7 +7,7 @@ import (
 	"github.com/stretchr/testify/assert"
 
 	"github.com/etcdkit/etcdkit/etcdtest"
-	"github.com/etcdkit/etcdkit/internal/robustness"
+	"github.com/etcdkit/etcdkit/tests/robustness"
 )
 
 // TestHoldingsUnderSchedules runs the Mutexes and Semaphores workloads

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/etcdkit/etcdkit"
-	"github.com/etcdkit/etcdkit/internal/robustness"
+	"github.com/etcdkit/etcdkit/tests/robustness"
 )
 
 func ms(n int) time.Duration { return time.Duration(n) * time.Millisecond }

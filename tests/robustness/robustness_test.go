@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/etcdkit/etcdkit/etcdtest"
-	"github.com/etcdkit/etcdkit/internal/robustness"
+	"github.com/etcdkit/etcdkit/tests/robustness"
 )
 
 // TestRobustness runs random fault schedules against proxied three-member
@@ -25,7 +25,7 @@ import (
 // the long profile), and -soak (or ETCDKIT_SOAK) runs schedules, one in four
 // under the long profile, for a duration:
 //
-//	ETCDKIT_SOAK=30m go test -race ./internal/robustness -run TestRobustness -timeout 40m
+//	cd tests && go test -count=1 -v -run TestRobustness ./robustness/ -soak 60m -timeout 80m
 //
 // It stops starting schedules 90s before the test binary's -timeout.
 func TestRobustness(t *testing.T) {
@@ -168,7 +168,7 @@ func runSchedule(t *testing.T, env *robustness.Env, seed int64, profile robustne
 	}
 	t.Logf("seed %d: %d faults in %v; process stalls: %v", seed, r.Injected, r.Took.Round(time.Millisecond), r.History.StallSummary())
 	if vs := robustness.Check(r.History); len(vs) > 0 {
-		replay := fmt.Sprintf("go test ./internal/robustness -run TestRobustness -seed %d", seed)
+		replay := fmt.Sprintf("cd tests && go test ./robustness -run TestRobustness -seed %d", seed)
 		if profile == robustness.LongProfile {
 			replay += " -long"
 		}

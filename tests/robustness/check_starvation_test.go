@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/etcdkit/etcdkit"
-	"github.com/etcdkit/etcdkit/internal/robustness"
+	"github.com/etcdkit/etcdkit/tests/robustness"
 )
 
 // starvedHistory is a history where a connected owner's key (TTL 2s, its

@@ -15,8 +15,8 @@ import (
 
 	"github.com/etcdkit/etcdkit"
 	"github.com/etcdkit/etcdkit/etcdtest"
-	"github.com/etcdkit/etcdkit/internal/robustness"
 	"github.com/etcdkit/etcdkit/proxy"
+	"github.com/etcdkit/etcdkit/tests/robustness"
 )
 
 // TestElectionRandomizedFaults runs three candidates, each on its own

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/etcdkit/etcdkit/internal/robustness"
+	"github.com/etcdkit/etcdkit/tests/robustness"
 )
 
 // TestCheckerLives checks the Live rule on forged histories: data/k0 gets

@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/etcdkit/etcdkit/internal/robustness"
 	"github.com/etcdkit/etcdkit/proxy"
+	"github.com/etcdkit/etcdkit/tests/robustness"
 )
 
 // TestGenerate checks the schedule rules on many seeds: the same seed gives

@@ -107,7 +107,7 @@
 // A failure report names the seed and prints a timeline of faults, calls and
 // events with times relative to the start of the schedule; the tests replay
 // one schedule with
-// "go test ./internal/robustness -run TestRobustness -seed N" (with -long
+// "cd tests && go test ./robustness -run TestRobustness -seed N" (with -long
 // for the long profile and -auth for the auth lane, as the report says). In
 // -short mode TestRobustness runs ten schedules instead of the CI share of
 // 120.
