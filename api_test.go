@@ -86,15 +86,7 @@ func loadTypes(t *testing.T, paths []string) map[string]*types.Package {
 // depend on, from the export data go list -export builds.
 func exportImporter(t *testing.T, paths ...string) types.Importer {
 	t.Helper()
-	goBin := goCommand(t)
-	args := append([]string{"list", "-export", "-deps", "-json=ImportPath,Export"}, paths...)
-	cmd := exec.Command(goBin, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("go list -export: %v\n%s", err, stderr.String())
-	}
+	out := runGo(t, append([]string{"list", "-export", "-deps", "-json=ImportPath,Export"}, paths...)...)
 	exports := map[string]string{}
 	dec := json.NewDecoder(bytes.NewReader(out))
 	for {

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -65,16 +64,7 @@ func TestRootModuleRequirements(t *testing.T) {
 // package's folder, and returns its standard output.
 func runGo(t *testing.T, args ...string) []byte {
 	t.Helper()
-	goCmd, err := exec.LookPath("go")
-	if err != nil {
-		t.Skipf("no go command: %v", err)
-	}
-	out, err := exec.Command(goCmd, "env", "GOROOT").Output()
-	if err != nil {
-		t.Fatalf("go env GOROOT: %v", err)
-	}
-	goBin := filepath.Join(strings.TrimSpace(string(out)), "bin", "go")
-	out, err = exec.Command(goBin, args...).Output()
+	out, err := exec.Command(goCommand(t), args...).Output()
 	if err != nil {
 		var stderr string
 		var ee *exec.ExitError
