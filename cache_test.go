@@ -15,11 +15,6 @@ import (
 	"github.com/etcdkit/etcdkit/proxy"
 )
 
-func waitSynced[T any](t testing.TB, ca *etcdkit.Cache[T]) {
-	t.Helper()
-	waitDone(t, ca.Synced(), "cache sync")
-}
-
 // contents returns a cache's entries as a name -> value map.
 func contents(ca *etcdkit.Cache[string]) map[string]string {
 	m := map[string]string{}

@@ -149,7 +149,7 @@ func elObserve(t testing.TB, ctx context.Context, e *etcdkit.Election) *observed
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for li := range o.h.Events() {
+		for li := range o.h.Updates() {
 			o.mu.Lock()
 			o.vals = append(o.vals, li)
 			o.mu.Unlock()
@@ -174,7 +174,7 @@ func elEnded(t testing.TB, o *etcdkit.Observation) error {
 	case <-time.After(elWait):
 		t.Fatalf("observation did not end within %v", elWait)
 	}
-	_, ok := <-o.Events()
+	_, ok := <-o.Updates()
 	assert.False(t, ok, "Events is closed once Done is")
 	require.Error(t, o.Err(), "an ended observation has a cause")
 	return o.Err()
@@ -239,7 +239,7 @@ func TestElectionInvalidArguments(t *testing.T) {
 				t.Fatal("the Observation of an invalid election has not ended")
 			}
 			assert.Equal(t, e.Validate(), o.Err(), "Observe")
-			_, ok := <-o.Events()
+			_, ok := <-o.Updates()
 			assert.False(t, ok, "Events of an invalid election's Observation is closed")
 			assert.NoError(t, o.Close())
 		})
@@ -661,7 +661,7 @@ func TestObserveEndCauses(t *testing.T) {
 	first := func(t *testing.T, o *etcdkit.Observation) {
 		t.Helper()
 		select {
-		case li, ok := <-o.Events():
+		case li, ok := <-o.Updates():
 			require.True(t, ok, "Events closed before the first state: %v", o.Err())
 			assert.False(t, li.Present, "first value: got %v, want no leader", li)
 			assert.Positive(t, li.Revision, "no leader is stated at a revision")

@@ -99,13 +99,6 @@ var (
 	ErrUnknownOutcome = errors.New("etcdkit: outcome unknown")
 )
 
-// ErrNoLeader is the name ErrNoCandidate had before this release; it is the
-// same error.
-//
-// Deprecated: use ErrNoCandidate; ErrNoLeader was one letter away from
-// ErrNotLeader, which means something else.
-var ErrNoLeader = ErrNoCandidate
-
 // notHeldError is ErrNotLeader's type: it matches ErrNotHeld as well, so
 // that code that takes any Fence tests for one sentinel.
 type notHeldError struct{ msg string }

@@ -64,7 +64,7 @@ func ExampleNewLive() {
 	if _, err := key.Put(ctx, Limits{MaxConns: 200}); err != nil {
 		log.Fatal(err)
 	}
-	ch := <-limits.Changes()
+	ch := <-limits.Events()
 	fmt.Println("changed:", ch.Old.MaxConns, "->", ch.New.MaxConns)
 
 	bad, err := key.Put(ctx, Limits{MaxConns: -1})
@@ -80,7 +80,7 @@ func ExampleNewLive() {
 	if err := key.Delete(ctx); err != nil {
 		log.Fatal(err)
 	}
-	ch = <-limits.Changes()
+	ch = <-limits.Events()
 	fmt.Println("deleted:", ch.Deleted, "- back to", limits.Get().MaxConns)
 	// Output:
 	// absent: 10

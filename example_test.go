@@ -124,7 +124,7 @@ func ExampleKey_Watch() {
 	// The watch starts in the background; Ready says its start is fixed.
 	w := mode.Watch(ctx, etcdkit.WithInitial())
 	defer w.Close()
-	<-w.Ready()
+	<-w.Synced()
 	if _, err := mode.Put(ctx, "strict"); err != nil {
 		log.Fatal(err)
 	}
@@ -170,7 +170,7 @@ func ExamplePrefix_Cache() {
 
 	changes := cache.Subscribe()
 	defer changes.Close()
-	<-changes.Ready()
+	<-changes.Synced()
 	if _, err := routes.Key("api").Put(ctx, "backend-b"); err != nil {
 		log.Fatal(err)
 	}

@@ -27,7 +27,7 @@ func TestHealthSharedView(t *testing.T) {
 	ctx := testContext(t, 60*time.Second)
 	w := k.Watch(ctx)
 	t.Cleanup(func() { _ = w.Close() })
-	<-w.Ready()
+	<-w.Synced()
 	_, err := k.Put(ctx, "before")
 	require.NoError(t, err)
 	ev := <-w.Events()
@@ -91,7 +91,7 @@ func TestHealthReadinessChecks(t *testing.T) {
 			return nil
 		})))
 	waitHealth(t, hm, "healthy", isStatus(etcdkit.Healthy))
-	<-w.Ready()
+	<-w.Synced()
 
 	code, h := serve(t, hm)
 	require.Equal(t, http.StatusServiceUnavailable, code)

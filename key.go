@@ -70,12 +70,6 @@ func (k *Key[T]) Name() string { return k.name }
 // name, a nil codec), or nil. Every method returns it too.
 func (k *Key[T]) Validate() error { return k.err }
 
-// Err returns what Validate returns.
-//
-// Deprecated: use Validate. Err names why a long-running handle ended
-// (Watch.Err, Session.Err...); a Key never ends.
-func (k *Key[T]) Err() error { return k.err }
-
 // Get reads the key's current value (a linearizable read). It fails with
 // ErrNotFound if the key is absent and with a *DecodeError if the stored bytes
 // do not decode.

@@ -150,26 +150,24 @@ func (l *lifetime) closeWith(cause error) error {
 	return nil
 }
 
-// lifecycle is a lifetime whose handle delivers values of type E on events
-// (Watch, Observation), closed after Err is set and before Done.
-type lifecycle[E any] struct {
-	lifetime
-	events chan E
-}
-
-// init begins the handle, with an events channel of the given buffer.
-func (l *lifecycle[E]) init(ctx context.Context, c *Client, buffer int) bool {
+// beginEvents begins the handle l, which delivers values of type E on the
+// channel *events (Watch, Observation, Live, LiveMap): it makes the channel
+// with the given buffer, and closes it once Err is set, before Done.
+func beginEvents[E any](l *lifetime, events *chan E, ctx context.Context, c *Client, buffer int) bool {
 	if !l.begin(ctx, c, ErrClosed) {
 		return false
 	}
-	l.events = make(chan E, buffer)
-	l.closing = func() { close(l.events) }
+	ch := make(chan E, buffer)
+	*events = ch
+	l.closing = func() { close(ch) }
 	return true
 }
 
-// ended makes a handle that has already ended with err.
-func (l *lifecycle[E]) ended(err error) {
-	l.events = make(chan E)
-	l.closing = func() { close(l.events) }
-	l.lifetime.ended(err)
+// endedEvents makes a handle that delivers values on *events, and that has
+// already ended with err: its channel is closed.
+func endedEvents[E any](l *lifetime, events *chan E, err error) {
+	ch := make(chan E)
+	*events = ch
+	l.closing = func() { close(ch) }
+	l.ended(err)
 }

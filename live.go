@@ -15,7 +15,7 @@ import (
 )
 
 // liveChangesBuffer is how many changes a Live or LiveMap holds for a slow
-// reader of Changes before the oldest are dropped.
+// reader of Events before the oldest are dropped.
 const liveChangesBuffer = 64
 
 // ErrOlderThanSnapshot is the error of a Rejection whose value is older
@@ -69,8 +69,8 @@ type LiveValue[T any] struct {
 	Source LiveSource
 }
 
-// LiveChange is one change of the value a Live or LiveMap serves.
-type LiveChange[T any] struct {
+// LiveEvent is one change of the value a Live or LiveMap serves.
+type LiveEvent[T any] struct {
 	// Name is the key's name for a Live, the entry's name (relative to the
 	// prefix) for a LiveMap.
 	Name string
@@ -206,7 +206,7 @@ func keyName(name, entry string) string {
 // The value follows the key through the client's watch engine
 // ([Key.Watch]), with its guarantees: every change is seen in revision
 // order, across broken and silent links, restarted servers and failed
-// members, and after a compaction the current state is read again. Changes
+// members, and after a compaction the current state is read again. Events
 // delivers every change of the served value; Synced says when the value
 // has come from the cluster, and Stale when it may be out of date.
 //
@@ -214,12 +214,13 @@ func keyName(name, entry string) string {
 // Client.Close is called; never because of the network, and not when the
 // watch beneath it fails for another reason (such as a permission
 // denied): that is logged and the watch is started again, with backoff,
-// while Get keeps serving. Once it has ended, Err says why, Changes and
+// while Get keeps serving. Once it has ended, Err says why, Events and
 // Done are closed, and Get keeps returning the last value it had. A Live
 // is safe for concurrent use. Values are shared between readers: do not
 // modify a value returned by Get.
 type Live[T any] struct {
-	lifecycle[LiveChange[T]]
+	lifetime
+	events   chan LiveEvent[T] // closed after Err is set, before Done
 	cur      atomic.Pointer[LiveValue[T]]
 	key      *Key[T]
 	raw      *Key[[]byte] // the same key, undecoded: the snapshot keeps the stored bytes
@@ -268,7 +269,7 @@ func NewLive[T any](ctx context.Context, key *Key[T], opts ...LiveOption[T]) *Li
 	if l.snapPath != "" {
 		l.restore()
 	}
-	if !startLife(&l.lifecycle, ctx, key.c, l.run) {
+	if !startLife(&l.lifetime, &l.events, ctx, key.c, l.run) {
 		l.markSynced()
 	}
 	return l
@@ -278,13 +279,13 @@ func NewLive[T any](ctx context.Context, key *Key[T], opts ...LiveOption[T]) *Li
 // they set up their lifecycle: bounded by ctx and c, with run as the
 // goroutine that sends the changes. It reports whether run was started;
 // if not, the handle has ended with ErrClosed.
-func startLife[E any](lc *lifecycle[E], ctx context.Context, c *Client, run func()) bool {
-	if !lc.init(ctx, c, liveChangesBuffer) {
-		lc.ended(ErrClosed)
+func startLife[E any](l *lifetime, events *chan E, ctx context.Context, c *Client, run func()) bool {
+	if !beginEvents(l, events, ctx, c, liveChangesBuffer) {
+		endedEvents(l, events, ErrClosed)
 		return false
 	}
-	lc.spawn(run)
-	lc.arm()
+	l.spawn(run)
+	l.arm()
 	return true
 }
 
@@ -293,7 +294,7 @@ func (l *Live[T]) endNow(err error) *Live[T] {
 	if l.cur.Load() == nil {
 		l.cur.Store(&LiveValue[T]{Data: l.def, Source: SourceDefault})
 	}
-	l.ended(err)
+	endedEvents(&l.lifetime, &l.events, err)
 	l.markSynced()
 	return l
 }
@@ -345,14 +346,14 @@ func (l *Live[T]) Rejected() (Rejection, bool) {
 	return Rejection{}, false
 }
 
-// Changes returns the channel of changes of the served value, in revision
+// Events returns the channel of changes of the served value, in revision
 // order: one when a good value is applied or the key is deleted, none for
 // a rejected value. It holds 64 changes; a reader further behind loses the
 // oldest ones, never the latest, so the last change received is always
 // the current state. It is closed when the Live ends, after Err is set.
-func (l *Live[T]) Changes() <-chan LiveChange[T] { return l.events }
+func (l *Live[T]) Events() <-chan LiveEvent[T] { return l.events }
 
-// Done is closed when the Live has ended, after Err is set and Changes is
+// Done is closed when the Live has ended, after Err is set and Events is
 // closed.
 func (l *Live[T]) Done() <-chan struct{} { return l.done }
 
@@ -498,7 +499,7 @@ func (l *Live[T]) offer(present bool, data []byte, rev int64) {
 	l.synced1()
 	if present || cur.Present {
 		c.cfg.Metrics.Add(MetricLiveUpdates, 1)
-		l.send(LiveChange[T]{Name: l.key.name, Old: cur.Data, New: next.Data, Deleted: !present, Revision: rev})
+		l.send(LiveEvent[T]{Name: l.key.name, Old: cur.Data, New: next.Data, Deleted: !present, Revision: rev})
 	}
 	if l.snapPath != "" && rev > l.snapRev {
 		s := &snapshot{Format: snapshotFormat, Kind: l.snapID.kind, Path: l.snapID.path, Type: l.snapID.typ, Revision: rev}
@@ -532,9 +533,9 @@ func (l *Live[T]) reject(rev int64, err error) {
 		zap.Int64("revision", rev), zap.Error(err))
 }
 
-// send hands a change to Changes without blocking: with the buffer full,
+// send hands a change to Events without blocking: with the buffer full,
 // the oldest change waiting is dropped.
-func (l *Live[T]) send(ch LiveChange[T]) { lossy[LiveChange[T]](l.events).send(ch) }
+func (l *Live[T]) send(ch LiveEvent[T]) { lossy[LiveEvent[T]](l.events).send(ch) }
 
 // refusal is the cluster's refusal to let a Live read its key, which no
 // retry mends until an operator changes the user's role: a permission

@@ -39,11 +39,12 @@ const liveMapSnapshotEvery = time.Second
 // Client.Close is called; never because of the network, and not when the
 // cache beneath it fails for another reason: that is logged and a new
 // cache is started, with backoff, while Get keeps serving. Once it has
-// ended, Err says why, Changes and Done are closed, and the map stays
+// ended, Err says why, Events and Done are closed, and the map stays
 // readable. A LiveMap is safe for concurrent use; values are shared
 // between readers and must not be modified.
 type LiveMap[T any] struct {
-	lifecycle[LiveChange[T]]
+	lifetime
+	events   chan LiveEvent[T] // closed after Err is set, before Done
 	p        *Prefix[T]
 	raw      *Prefix[[]byte] // the same prefix, undecoded: the snapshot keeps the stored bytes
 	dec      *liveDecoder[T]
@@ -107,14 +108,14 @@ func NewLiveMap[T any](ctx context.Context, p *Prefix[T], opts ...LiveMapOption[
 	if l.snapPath != "" {
 		l.restore()
 	}
-	if !startLife(&l.lifecycle, ctx, p.c, l.run) {
+	if !startLife(&l.lifetime, &l.events, ctx, p.c, l.run) {
 		l.markSynced()
 	}
 	return l
 }
 
 func (l *LiveMap[T]) endNow(err error) *LiveMap[T] {
-	l.ended(err)
+	endedEvents(&l.lifetime, &l.events, err)
 	l.markSynced()
 	return l
 }
@@ -226,13 +227,13 @@ func (l *LiveMap[T]) Rejected() (Rejection, bool) {
 	return Rejection{}, false
 }
 
-// Changes returns the channel of changes of the served entries, in
+// Events returns the channel of changes of the served entries, in
 // revision order, one per entry that changed, each with the entry's name.
 // It holds 64 changes; a reader further behind loses the oldest ones. It
 // is closed when the LiveMap ends, after Err is set.
-func (l *LiveMap[T]) Changes() <-chan LiveChange[T] { return l.events }
+func (l *LiveMap[T]) Events() <-chan LiveEvent[T] { return l.events }
 
-// Done is closed when the LiveMap has ended, after Err is set and Changes
+// Done is closed when the LiveMap has ended, after Err is set and Events
 // is closed.
 func (l *LiveMap[T]) Done() <-chan struct{} { return l.done }
 
@@ -389,7 +390,7 @@ func waiting[E any](ch <-chan E, first E) []E {
 // applyContents applies the cache's contents at revision rc: every entry,
 // and the absence of every served name it does not hold.
 func (l *LiveMap[T]) applyContents(contents []liveContent, rc int64) {
-	var changes []LiveChange[T]
+	var changes []LiveEvent[T]
 	l.mu.Lock()
 	// Only names served before (from the snapshot, or before a restart of
 	// the cache) can have gone: note which are still there.
@@ -422,7 +423,7 @@ func (l *LiveMap[T]) applyContents(contents []liveContent, rc int64) {
 // applyEvents applies changes of the cache, skipping those at or below
 // rc, which its contents already held.
 func (l *LiveMap[T]) applyEvents(evs []Event[[]byte], rc int64) {
-	var changes []LiveChange[T]
+	var changes []LiveEvent[T]
 	l.mu.Lock()
 	top := l.rev
 	for _, ev := range evs {
@@ -453,18 +454,18 @@ func (l *LiveMap[T]) advanceLocked(rev int64) {
 	}
 }
 
-func (l *LiveMap[T]) publish(changes []LiveChange[T]) {
+func (l *LiveMap[T]) publish(changes []LiveEvent[T]) {
 	if len(changes) > 0 {
 		l.p.c.cfg.Metrics.Add(MetricLiveUpdates, float64(len(changes)))
 	}
-	// Changes keeps only the newest cap(l.events) changes a reader has not
+	// Events keeps only the newest cap(l.events) changes a reader has not
 	// taken: the older ones of a large batch (the first sync of a big
 	// prefix) would only be sent to be dropped.
 	if n := cap(l.events); len(changes) > n {
 		changes = changes[len(changes)-n:]
 	}
 	for _, ch := range changes {
-		lossy[LiveChange[T]](l.events).send(ch)
+		lossy[LiveEvent[T]](l.events).send(ch)
 	}
 }
 
@@ -472,14 +473,14 @@ func (l *LiveMap[T]) publish(changes []LiveChange[T]) {
 // key, and returns the change it made, if any: present with data (or the
 // decoding error derr) at mod revision rev, or absent at rev, as the
 // cluster held it at revision at. The caller holds l.mu.
-func (l *LiveMap[T]) offerLocked(name string, present bool, data []byte, rev, at int64, derr error) (LiveChange[T], bool) {
+func (l *LiveMap[T]) offerLocked(name string, present bool, data []byte, rev, at int64, derr error) (LiveEvent[T], bool) {
 	cur, had := l.entries[name]
 	old := l.defaultOf(name)
 	if !had && present && at < l.needRev {
 		// The snapshot did not hold the entry, and the cluster is behind
 		// the snapshot: restored from a backup.
 		l.reject(name, rev, errorf("%w: entry %q at revision %d, snapshot at %d", ErrOlderThanSnapshot, name, rev, l.needRev))
-		return LiveChange[T]{}, false
+		return LiveEvent[T]{}, false
 	}
 	if had {
 		old = cur.v
@@ -488,35 +489,35 @@ func (l *LiveMap[T]) offerLocked(name string, present bool, data []byte, rev, at
 			if present {
 				l.reject(name, rev, errorf("%w: entry %q at revision %d, snapshot at %d", ErrOlderThanSnapshot, name, rev, cur.rev))
 			}
-			return LiveChange[T]{}, false
+			return LiveEvent[T]{}, false
 		case rev == cur.rev && present:
 			if cur.src != SourceCluster {
 				cur.src = SourceCluster
 				l.entries[name] = cur
 			}
-			return LiveChange[T]{}, false
+			return LiveEvent[T]{}, false
 		}
 	}
 	if !present {
 		if !had {
-			return LiveChange[T]{}, false
+			return LiveEvent[T]{}, false
 		}
 		delete(l.entries, name)
 		l.dirty = l.snapPath != ""
-		return LiveChange[T]{Name: name, Old: old, New: l.defaultOf(name), Deleted: true, Revision: rev}, true
+		return LiveEvent[T]{Name: name, Old: old, New: l.defaultOf(name), Deleted: true, Revision: rev}, true
 	}
 	if derr != nil {
 		l.reject(name, rev, derr)
-		return LiveChange[T]{}, false
+		return LiveEvent[T]{}, false
 	}
 	v, err := l.dec.decode(l.p.name, name, rev, data)
 	if err != nil {
 		l.reject(name, rev, err)
-		return LiveChange[T]{}, false
+		return LiveEvent[T]{}, false
 	}
 	l.entries[name] = liveEntry[T]{v: v, rev: rev, raw: data, src: SourceCluster}
 	l.dirty = l.snapPath != ""
-	return LiveChange[T]{Name: name, Old: old, New: v, Revision: rev}, true
+	return LiveEvent[T]{Name: name, Old: old, New: v, Revision: rev}, true
 }
 
 func (l *LiveMap[T]) reject(name string, rev int64, err error) {

@@ -38,7 +38,7 @@ func TestLiveMapKeepsTheLastGoodValuePerEntry(t *testing.T) {
 		etcdkit.WithDefault(flag{Percent: 1}), etcdkit.WithDefaults(map[string]flag{"c": {On: true, Percent: 50}}),
 		etcdkit.WithValidator(validFlag))
 	t.Cleanup(func() { _ = m.Close() })
-	changes := recordChanges(t, m.Changes())
+	changes := recordChanges(t, m.Events())
 	waitLiveSynced(t, m.Synced())
 	require.Eventually(t, func() bool { return !m.Stale() }, liveWait, 5*time.Millisecond)
 
@@ -74,7 +74,7 @@ func TestLiveMapKeepsTheLastGoodValuePerEntry(t *testing.T) {
 	untilGet(t, func() flag { return m.Get("b") }, flag{On: true, Percent: 100})
 
 	got := changes.until(t, 4)
-	assert.Equal(t, []etcdkit.LiveChange[flag]{
+	assert.Equal(t, []etcdkit.LiveEvent[flag]{
 		{Name: "a", Old: flag{Percent: 1}, New: flag{On: true, Percent: 10}, Revision: aRev},
 		{Name: "c", Old: flag{On: true, Percent: 50}, New: flag{Percent: 5}, Revision: cRev},
 		{Name: "c", Old: flag{Percent: 5}, New: flag{On: true, Percent: 50}, Deleted: true, Revision: delRev},

@@ -88,11 +88,11 @@ func (e *liveEnv) del(t testing.TB, name string) int64 {
 // changeLog collects what a Changes channel delivers until it closes.
 type changeLog[T any] struct {
 	mu   sync.Mutex
-	all  []etcdkit.LiveChange[T]
+	all  []etcdkit.LiveEvent[T]
 	done chan struct{}
 }
 
-func recordChanges[T any](t testing.TB, ch <-chan etcdkit.LiveChange[T]) *changeLog[T] {
+func recordChanges[T any](t testing.TB, ch <-chan etcdkit.LiveEvent[T]) *changeLog[T] {
 	l := &changeLog[T]{done: make(chan struct{})}
 	stop := make(chan struct{})
 	go func() {
@@ -115,13 +115,13 @@ func recordChanges[T any](t testing.TB, ch <-chan etcdkit.LiveChange[T]) *change
 	return l
 }
 
-func (l *changeLog[T]) list() []etcdkit.LiveChange[T] {
+func (l *changeLog[T]) list() []etcdkit.LiveEvent[T] {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return append([]etcdkit.LiveChange[T](nil), l.all...)
+	return append([]etcdkit.LiveEvent[T](nil), l.all...)
 }
 
-func (l *changeLog[T]) until(t testing.TB, n int) []etcdkit.LiveChange[T] {
+func (l *changeLog[T]) until(t testing.TB, n int) []etcdkit.LiveEvent[T] {
 	t.Helper()
 	require.Eventually(t, func() bool { return len(l.list()) >= n }, liveWait, 5*time.Millisecond,
 		"want %d changes, got %+v", n, l.list())
@@ -154,7 +154,7 @@ func TestLiveRejectsBadValuesAndKeepsTheLastGood(t *testing.T) {
 	key := etcdkit.NewKey(e.c, "config/limits", etcdkit.JSON[liveLimits]())
 	live := etcdkit.NewLive(ctx, key, etcdkit.WithDefault(defaultLimits), etcdkit.WithValidator(validLimits))
 	t.Cleanup(func() { _ = live.Close() })
-	changes := recordChanges(t, live.Changes())
+	changes := recordChanges(t, live.Events())
 
 	waitLiveSynced(t, live.Synced())
 	require.Equal(t, defaultLimits, live.Get(), "absent key: the default")
@@ -198,7 +198,7 @@ func TestLiveRejectsBadValuesAndKeepsTheLastGood(t *testing.T) {
 	untilGet(t, live.Get, liveLimits{Rate: 3, Burst: 4, Mode: "strict"})
 
 	got := changes.until(t, 3)
-	assert.Equal(t, []etcdkit.LiveChange[liveLimits]{
+	assert.Equal(t, []etcdkit.LiveEvent[liveLimits]{
 		{Name: "config/limits", Old: defaultLimits, New: liveLimits{Rate: 1, Burst: 2}, Revision: good1},
 		{Name: "config/limits", Old: liveLimits{Rate: 1, Burst: 2}, New: defaultLimits, Deleted: true, Revision: deleted},
 		{Name: "config/limits", Old: defaultLimits, New: liveLimits{Rate: 3, Burst: 4, Mode: "strict"}, Revision: good2},
@@ -207,7 +207,7 @@ func TestLiveRejectsBadValuesAndKeepsTheLastGood(t *testing.T) {
 
 	require.NoError(t, live.Close())
 	require.ErrorIs(t, live.Err(), etcdkit.ErrClosed)
-	_, open := <-live.Changes()
+	_, open := <-live.Events()
 	assert.False(t, open, "Changes closed at the end")
 	assert.Equal(t, liveLimits{Rate: 3, Burst: 4, Mode: "strict"}, live.Get(), "the last value stays readable")
 	assert.True(t, live.Stale(), "an ended Live is stale")
@@ -260,7 +260,7 @@ func TestLiveSurvivesBlackholeWritesAndCompaction(t *testing.T) {
 			first := e.put(t, "cfg", `{"rate":1,"burst":1}`)
 			live := etcdkit.NewLive(ctx, etcdkit.NewKey(e.c, "cfg", etcdkit.JSON[liveLimits]()), etcdkit.WithValidator(validLimits))
 			t.Cleanup(func() { _ = live.Close() })
-			changes := recordChanges(t, live.Changes())
+			changes := recordChanges(t, live.Events())
 			waitLiveSynced(t, live.Synced())
 			changes.until(t, 1)
 			require.Equal(t, liveLimits{Rate: 1, Burst: 1}, live.Get())
@@ -281,14 +281,14 @@ func TestLiveSurvivesBlackholeWritesAndCompaction(t *testing.T) {
 				require.Eventually(t, func() bool { return !live.Stale() }, liveWait, 5*time.Millisecond)
 				assert.Equal(t, tc.want, live.Get(), "the refused latest value is not applied")
 				assert.Equal(t, first, live.Current().Revision)
-				assert.Equal(t, []etcdkit.LiveChange[liveLimits]{{Name: "cfg", New: liveLimits{Rate: 1, Burst: 1}, Revision: first}},
+				assert.Equal(t, []etcdkit.LiveEvent[liveLimits]{{Name: "cfg", New: liveLimits{Rate: 1, Burst: 1}, Revision: first}},
 					changes.list(), "nothing applied after the first value")
 				return
 			}
 			untilGet(t, live.Get, tc.want)
 			require.Eventually(t, func() bool { return !live.Stale() }, liveWait, 5*time.Millisecond)
 			assert.Equal(t, last, live.Current().Revision)
-			assert.Equal(t, []etcdkit.LiveChange[liveLimits]{
+			assert.Equal(t, []etcdkit.LiveEvent[liveLimits]{
 				{Name: "cfg", New: liveLimits{Rate: 1, Burst: 1}, Revision: first},
 				{Name: "cfg", Old: liveLimits{Rate: 1, Burst: 1}, New: tc.want, Revision: last},
 			}, changes.until(t, 2), "only the latest value, never the refused one")
@@ -630,7 +630,7 @@ func TestLiveInvalidInput(t *testing.T) {
 			require.ErrorContains(t, tc.live.Err(), tc.want)
 			<-tc.live.Synced()
 			assert.True(t, tc.live.Stale())
-			_, open := <-tc.live.Changes()
+			_, open := <-tc.live.Events()
 			assert.False(t, open)
 			assert.NoError(t, tc.live.Close())
 		})

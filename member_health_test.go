@@ -67,7 +67,7 @@ func TestMemberHealthFromStreams(t *testing.T) {
 			k := etcdkit.NewKey(c, "w", etcdkit.String())
 			w := k.Watch(testContext(t, time.Minute))
 			t.Cleanup(func() { _ = w.Close() })
-			<-w.Ready()
+			<-w.Synced()
 			return func() {
 				_, err := srv.Client(t).Put(testContext(t, 20*time.Second), c.KeyPrefix()+"w", "after")
 				require.NoError(t, err)

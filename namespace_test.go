@@ -82,7 +82,7 @@ func TestNamespaceExistingLayouts(t *testing.T) {
 			t.Cleanup(func() { _ = pw.Close() })
 			// Changes made by the other tool reach both watches with names
 			// relative to the namespace and the prefix.
-			for _, ready := range []<-chan struct{}{kw.Ready(), pw.Ready()} {
+			for _, ready := range []<-chan struct{}{kw.Synced(), pw.Synced()} {
 				select {
 				case <-ready:
 				case <-ctx.Done():

@@ -31,7 +31,8 @@ const observeBacklog = 64
 // behind loses the oldest undelivered ones, so the last value received is
 // always the latest state known. An Observation is safe for concurrent use.
 type Observation struct {
-	lifecycle[LeaderInfo]
+	lifetime
+	events chan LeaderInfo // closed after Err is set, before Done
 }
 
 // Observe starts an Observation of the election and returns at once. ctx
@@ -41,11 +42,11 @@ type Observation struct {
 func (e *Election) Observe(ctx context.Context) *Observation {
 	o := &Observation{}
 	if e.err != nil {
-		o.ended(e.err)
+		endedEvents(&o.lifetime, &o.events, e.err)
 		return o
 	}
-	if !o.init(ctx, e.c, observeBacklog) {
-		o.ended(ErrClosed)
+	if !beginEvents(&o.lifetime, &o.events, ctx, e.c, observeBacklog) {
+		endedEvents(&o.lifetime, &o.events, ErrClosed)
 		return o
 	}
 	// Events reads as closed as soon as the Observation ends: the changes
@@ -56,9 +57,11 @@ func (e *Election) Observe(ctx context.Context) *Observation {
 	return o
 }
 
-// Events returns the channel of leader states. It is closed when the
-// Observation ends, after Err has been set.
-func (o *Observation) Events() <-chan LeaderInfo { return o.events }
+// Updates returns the channel of the election's leader states: the current
+// one first, then each change. It holds the newest states a slow reader
+// has not taken, so the last state received is always the latest known.
+// It is closed when the Observation ends, after Err has been set.
+func (o *Observation) Updates() <-chan LeaderInfo { return o.events }
 
 // Done is closed when the Observation has ended, after Err is set and
 // Events is closed.

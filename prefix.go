@@ -50,12 +50,6 @@ func (p *Prefix[T]) Name() string { return p.name }
 // name, a nil codec), or nil. Every method returns it too.
 func (p *Prefix[T]) Validate() error { return p.err }
 
-// Err returns what Validate returns.
-//
-// Deprecated: use Validate. Err names why a long-running handle ended
-// (Watch.Err, Session.Err...); a Prefix never ends.
-func (p *Prefix[T]) Err() error { return p.err }
-
 // Key returns the handle of the key name under the prefix. Its name is
 // validated like any key name.
 func (p *Prefix[T]) Key(name string) *Key[T] {

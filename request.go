@@ -189,7 +189,7 @@ func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op reques
 		t.sick(err)
 		return &attemptError{member: t.state(), cause: "could not be dialled", err: err}
 	}
-	if cause := awaitReady(actx, cli); cause != "" {
+	if cause := awaitSynced(actx, cli); cause != "" {
 		if ctx.Err() != nil {
 			// The caller's deadline, not the member, cut the wait short.
 			return &attemptError{member: t.state(), cause: "was still connecting", err: ctx.Err()}
@@ -362,11 +362,11 @@ func refusedBeforeSending(err error) bool {
 	return ok && s.Code() == codes.ResourceExhausted && strings.Contains(s.Message(), "trying to send message larger than max")
 }
 
-// awaitReady waits, until ctx ends, for cli's connection to be up, so that a
+// awaitSynced waits, until ctx ends, for cli's connection to be up, so that a
 // request is sent only on a connection that is: one that cannot connect
 // proves that a write never left. It returns "" when the connection is up,
 // else why the member is not reachable.
-func awaitReady(ctx context.Context, cli *clientv3.Client) string {
+func awaitSynced(ctx context.Context, cli *clientv3.Client) string {
 	cc := cli.ActiveConnection()
 	for {
 		switch st := cc.GetState(); st {

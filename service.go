@@ -80,12 +80,6 @@ func (s *Service[M]) Name() string { return s.name }
 // or codec, an invalid name), or nil. Every method returns it too.
 func (s *Service[M]) Validate() error { return s.err }
 
-// Err returns what Validate returns.
-//
-// Deprecated: use Validate. Err names why a long-running handle ended
-// (Tracker.Err, Registration.Err...); a Service never ends.
-func (s *Service[M]) Err() error { return s.err }
-
 // List reads the service's instances at one revision and returns them
 // sorted by ID, with that revision. An instance that does not decode does
 // not hide the others: List returns every instance that did, and an error

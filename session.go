@@ -43,18 +43,6 @@ const (
 	SessionRestored
 )
 
-// The session states' names before this release. Live itself is gone: it is
-// the name of the Live handle now.
-//
-// Deprecated: use SessionSuspended, SessionLost, SessionRecovered and
-// SessionRestored.
-const (
-	Suspended = SessionSuspended
-	Lost      = SessionLost
-	Recovered = SessionRecovered
-	Restored  = SessionRestored
-)
-
 // String returns the state's name in lower case ("live", "suspended"...).
 func (s SessionState) String() string {
 	switch s {

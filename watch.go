@@ -126,9 +126,10 @@ func (s WatchState) String() string {
 //
 // A Watch is safe for concurrent use.
 type Watch[T any] struct {
-	lifecycle[Event[T]]
-	ready <-chan struct{}
-	state func() WatchState
+	lifetime
+	events chan Event[T] // closed after Err is set, before Done
+	ready  <-chan struct{}
+	state  func() WatchState
 }
 
 // eventsBuffer is the capacity of a Watch's Events channel; the rest of its
@@ -140,15 +141,17 @@ const eventsBuffer = 16
 // after Err has been set.
 func (w *Watch[T]) Events() <-chan Event[T] { return w.events }
 
-// Ready is closed once the watch's start revision is fixed. A watch from now
-// starts after the revision of a linearizable read made when Watch is
-// called: no change the caller could have read before calling Watch, nor any
-// older one, is delivered, even when the member the watch streams from lags
-// behind the cluster; every change committed after Ready is closed is
-// delivered (a change committed between Watch and Ready may or may not be).
-// With AfterRevision or WithInitial the start is exact anyway. Ready is also
-// closed when the watch ends.
-func (w *Watch[T]) Ready() <-chan struct{} { return w.ready }
+// Synced is closed once the watch is in step with the cluster: its start
+// revision is fixed and, with WithInitial, the current state it starts from
+// has been read (as Cache.Synced and Live.Synced mark a first complete
+// view). A watch from now starts after the revision of a linearizable read
+// made when Watch is called: no change the caller could have read before
+// calling Watch, nor any older one, is delivered, even when the member the
+// watch streams from lags behind the cluster; every change committed after
+// Synced is closed is delivered (a change committed between Watch and Synced
+// may or may not be). With AfterRevision or WithInitial the start is exact
+// anyway. Synced is also closed when the watch ends.
+func (w *Watch[T]) Synced() <-chan struct{} { return w.ready }
 
 // Done is closed when the watch has ended, after Err is set and Events is
 // closed.
@@ -183,7 +186,7 @@ func (w *Watch[T]) Close() error {
 // with ErrClosed, and false. Set producers, ready and state, then call arm.
 func newWatch[T any](ctx context.Context, c *Client, buffer int) (*Watch[T], bool) {
 	w := &Watch[T]{}
-	if !w.init(ctx, c, buffer) {
+	if !beginEvents(&w.lifetime, &w.events, ctx, c, buffer) {
 		return endedWatch[T](ErrClosed), false
 	}
 	return w, true
@@ -192,7 +195,7 @@ func newWatch[T any](ctx context.Context, c *Client, buffer int) (*Watch[T], boo
 // endedWatch returns a Watch that has already ended with err.
 func endedWatch[T any](err error) *Watch[T] {
 	w := &Watch[T]{state: func() WatchState { return WatchClosed }}
-	w.ended(err)
+	endedEvents(&w.lifetime, &w.events, err)
 	ready := make(chan struct{})
 	close(ready)
 	w.ready = ready

@@ -67,7 +67,7 @@ func BenchmarkWatchLatency(b *testing.B) {
 	ctx := benchContext(b)
 	typed := etcdkit.NewKey(c, "lat", etcdkit.String()).Watch(ctx)
 	b.Cleanup(func() { _ = typed.Close() })
-	waitReady(b, typed)
+	waitSynced(b, typed)
 	wch := raw.Watch(ctx, "bench/lat")
 	benchPut(b, raw, "bench/lat", "warm-up")
 	nextTyped(b, typed)
@@ -101,7 +101,7 @@ func BenchmarkWatchEventTyped(b *testing.B) {
 	raw := srv.Client(b)
 	w := etcdkit.NewKey(c, "ev", etcdkit.String()).Watch(benchContext(b))
 	b.Cleanup(func() { _ = w.Close() })
-	waitReady(b, w)
+	waitSynced(b, w)
 	benchPut(b, raw, "bench/ev", "warm-up")
 	nextTyped(b, w)
 	b.ReportAllocs()
@@ -164,7 +164,7 @@ func newFanOut(b *testing.B, c *etcdkit.Client, raw *clientv3.Client, name strin
 		}()
 	}
 	for _, w := range f.ws {
-		waitReady(b, w)
+		waitSynced(b, w)
 	}
 	b.Cleanup(f.close)
 	f.round() // the first event after a watch starts waits for etcd's sync loop
@@ -304,7 +304,7 @@ func BenchmarkWatchResumeAfterFIN(b *testing.B) {
 	ctx := benchContext(b)
 	typed := etcdkit.NewKey(c, "heal", etcdkit.String()).Watch(ctx)
 	b.Cleanup(func() { _ = typed.Close() })
-	waitReady(b, typed)
+	waitSynced(b, typed)
 	wch := viaProxy.Watch(ctx, "bench/heal")
 	benchPut(b, direct, "bench/heal", "warm-up")
 	nextTyped(b, typed)

@@ -46,7 +46,7 @@ func BenchmarkWatchFailoverAfterBlackhole(b *testing.B) {
 
 	typed := etcdkit.NewKey(c, "failover", etcdkit.String()).Watch(ctx)
 	b.Cleanup(func() { _ = typed.Close() })
-	waitReady(b, typed)
+	waitSynced(b, typed)
 	rch := raw.Watch(clientv3.WithRequireLeader(ctx), "bench/failover")
 
 	var typedTotal, rawTotal time.Duration

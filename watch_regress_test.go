@@ -103,13 +103,13 @@ func TestWatchAfterRevisionAheadOfLaggingFeed(t *testing.T) {
 	p := etcdkit.NewPrefix(c, "p", etcdkit.String())
 
 	first := collect(t, p.Watch(ctx))
-	waitReady(t, first.w)
+	waitSynced(t, first.w)
 	// Everything the client sends or receives is dropped from here on: the
 	// start of the watch below needs no request.
 	srv.Proxy().Blackhole(proxy.Both)
 	put := wr.put("p/x", "1")
 	w := collect(t, p.Watch(ctx, etcdkit.AfterRevision(put)))
-	waitReady(t, w.w)
+	waitSynced(t, w.w)
 	del := wr.del("p/x")
 	compacted := srv.Compact(t)
 	require.Equal(t, del, compacted)
@@ -133,7 +133,7 @@ func TestWatchAheadOfLaggingFeedResync(t *testing.T) {
 	s.wr.put("p/a", "1")
 	s.wr.put("p/b", "1")
 	first := collect(t, p.Watch(ctx))
-	waitReady(t, first.w)
+	waitSynced(t, first.w)
 	s.cut(t, first.w)
 
 	put := s.wr.put("p/x", "1")
@@ -172,7 +172,7 @@ func TestWatchKeyAheadOfLaggingFeedResync(t *testing.T) {
 	ctx := testContext(t, time.Minute)
 	k := etcdkit.NewKey(s.c, "k", etcdkit.String())
 	first := collect(t, k.Watch(ctx))
-	waitReady(t, first.w)
+	waitSynced(t, first.w)
 	s.cut(t, first.w)
 
 	put := s.wr.put("k", "1")
@@ -202,7 +202,7 @@ func TestWatchWithInitialAheadOfLaggingFeedResync(t *testing.T) {
 	p := etcdkit.NewPrefix(s.c, "p", etcdkit.String())
 	a := s.wr.put("p/a", "1")
 	first := collect(t, p.Watch(ctx))
-	waitReady(t, first.w)
+	waitSynced(t, first.w)
 	s.cut(t, first.w)
 
 	x := s.wr.put("p/x", "1")
@@ -235,7 +235,7 @@ func TestCacheAheadOfLaggingFeedResync(t *testing.T) {
 	p := etcdkit.NewPrefix(s.c, "p", etcdkit.String())
 	a := s.wr.put("p/a", "1")
 	first := collect(t, p.Watch(ctx))
-	waitReady(t, first.w)
+	waitSynced(t, first.w)
 	s.cut(t, first.w)
 
 	x := s.wr.put("p/x", "1")
@@ -276,7 +276,7 @@ func TestWatchBehindFeedAcrossCompaction(t *testing.T) {
 	ctx := testContext(t, time.Minute)
 	p := etcdkit.NewPrefix(s.c, "p", etcdkit.String())
 	first := collect(t, p.Watch(ctx))
-	waitReady(t, first.w)
+	waitSynced(t, first.w)
 	start := s.wr.put("p/a", "1")
 	b := s.wr.put("p/b", "1")
 	first.untilRev(t, b)
@@ -321,12 +321,12 @@ func TestWatchAheadJoinsFeedFromHistory(t *testing.T) {
 	ctx := testContext(t, time.Minute)
 	p := etcdkit.NewPrefix(s.c, "p", etcdkit.String())
 	first := collect(t, p.Watch(ctx))
-	waitReady(t, first.w)
+	waitSynced(t, first.w)
 	s.cut(t, first.w)
 
 	x := s.wr.put("p/x", "1")
 	w := collect(t, p.Watch(ctx, etcdkit.AfterRevision(x)))
-	waitReady(t, w.w)
+	waitSynced(t, w.w)
 	s.wr.put("p/y", "1")
 	s.wr.del("p/x")
 	s.srv.Proxy().Unblackhole()
@@ -351,7 +351,7 @@ func TestWatchResyncAtCompactionRevision(t *testing.T) {
 	key := collect(t, etcdkit.NewKey(f.c, "k", etcdkit.String()).Watch(ctx))
 	prefix := collect(t, etcdkit.NewPrefix(f.c, "p", etcdkit.String()).Watch(ctx))
 	for _, col := range []*collector{key, prefix} {
-		waitReady(t, col.w)
+		waitSynced(t, col.w)
 		untilState(t, "watch", col.w.State, etcdkit.WatchConnected)
 	}
 	f.wr.put("k", "1")
@@ -402,7 +402,7 @@ func TestWatchKeyResyncOfAKeyThatCameAndWent(t *testing.T) {
 	ctx := testContext(t, time.Minute)
 	k := etcdkit.NewKey(f.c, "cfg/x", etcdkit.String())
 	col := collect(t, k.Watch(ctx))
-	waitReady(t, col.w)
+	waitSynced(t, col.w)
 	untilState(t, "watch", col.w.State, etcdkit.WatchConnected)
 	f.wr.put("cfg/x", "1")
 	rev := f.wr.del("cfg/x")

@@ -82,7 +82,7 @@ func TestWatchCatchUpWaitsForRoomForTheNextRevision(t *testing.T) {
 
 	w := etcdkit.NewPrefix(c, "p", etcdkit.String()).Watch(ctx, etcdkit.WithBufferSize(16))
 	t.Cleanup(func() { _ = w.Close() })
-	waitReady(t, w)
+	waitSynced(t, w)
 	start := currentRev(t, srv.Client(t))
 	for i := range 16 {
 		wr.put(fmt.Sprintf("p/a%02d", i), "v")
@@ -134,7 +134,7 @@ func TestWatchCatchUpRejoinsWithCallerMetadata(t *testing.T) {
 	t.Cleanup(func() { _ = ca.Close() })
 	gate := make(chan struct{})
 	w := collectAfter(t, p.Watch(ctx, etcdkit.WithBufferSize(4)), gate)
-	waitReady(t, w.w)
+	waitSynced(t, w.w)
 	start := currentRev(t, srv.Client(t))
 	var last int64
 	for i := range 12 {
@@ -167,7 +167,7 @@ func TestWatchFromNowStartsAfterWhatTheCallerRead(t *testing.T) {
 	k := etcdkit.NewKey(s.c, "x", etcdkit.String())
 
 	feed := collect(t, k.Watch(ctx))
-	waitReady(t, feed.w)
+	waitSynced(t, feed.w)
 	s.cut(t, feed.w)
 	s.wr.put("x", "old")
 	s.wr.put("x", "current")
@@ -176,7 +176,7 @@ func TestWatchFromNowStartsAfterWhatTheCallerRead(t *testing.T) {
 	require.Equal(t, "current", v.Data)
 
 	w := collect(t, k.Watch(ctx))
-	waitReady(t, w.w)
+	waitSynced(t, w.w)
 	s.srv.Proxy().Unblackhole()
 	after := s.wr.put("x", "after")
 

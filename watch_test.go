@@ -148,13 +148,10 @@ func (col *collector) quiet(t testing.TB, d time.Duration, n int) {
 	}
 }
 
-func waitReady(t testing.TB, w interface{ Ready() <-chan struct{} }) {
+// waitSynced waits until a Watch, Cache, Live or LiveMap is synced.
+func waitSynced(t testing.TB, w interface{ Synced() <-chan struct{} }) {
 	t.Helper()
-	select {
-	case <-w.Ready():
-	case <-time.After(waitTimeout):
-		t.Fatalf("watch not ready within %v", waitTimeout)
-	}
+	waitDone(t, w.Synced(), "sync")
 }
 
 func waitDone(t testing.TB, done <-chan struct{}, what string) {
@@ -284,7 +281,7 @@ func TestWatchKeyFromNow(t *testing.T) {
 	k := etcdkit.NewKey(c, "cfg", etcdkit.String())
 	w := k.Watch(testContext(t, time.Minute))
 	col := collect(t, w)
-	waitReady(t, w)
+	waitSynced(t, w)
 	eventually(t, "watch connected", func() bool { return w.State() == etcdkit.WatchConnected })
 
 	wr.put("cfg", "a")
@@ -315,7 +312,7 @@ func TestWatchPrefixNamesAndTransactions(t *testing.T) {
 	p := etcdkit.NewPrefix(c, "svc", etcdkit.String())
 	w := p.Watch(testContext(t, time.Minute))
 	col := collect(t, w)
-	waitReady(t, w)
+	waitSynced(t, w)
 
 	wr.put("svc/a", "1")
 	wr.put("svc2/a", "neighbour") // shares the bytes, not the boundary
@@ -350,7 +347,7 @@ func TestWatchAfterRevision(t *testing.T) {
 	// One watch joins a shared stream that is already ahead of its start:
 	// it catches up from history on its own first.
 	ahead := collect(t, p.Watch(ctx))
-	waitReady(t, ahead.w)
+	waitSynced(t, ahead.w)
 
 	for _, from := range []int64{0, revs[1], revs[3], revs[4], revs[4] + 10} {
 		wp := collect(t, p.Watch(ctx, etcdkit.AfterRevision(from)))
@@ -447,7 +444,7 @@ func TestWatchEndings(t *testing.T) {
 	t.Run("ctx cancelled", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		w := k.Watch(ctx)
-		waitReady(t, w)
+		waitSynced(t, w)
 		require.NoError(t, w.Err(), "no error while running")
 		cancel()
 		checkEnded(t, w, context.Canceled)
@@ -467,7 +464,7 @@ func TestWatchEndings(t *testing.T) {
 		w := k.Watch(context.Background(), etcdkit.WithInitial())
 		_, err := k.Put(context.Background(), "x")
 		require.NoError(t, err)
-		waitReady(t, w)
+		waitSynced(t, w)
 		require.NoError(t, w.Close())
 		for range w.Events() {
 		}
@@ -487,7 +484,7 @@ func TestWatchEndings(t *testing.T) {
 		ws := []*etcdkit.Watch[string]{k2.Watch(context.Background()), k2.Watch(context.Background(), etcdkit.WithInitial()),
 			p2.Watch(context.Background(), etcdkit.AfterRevision(1))}
 		for _, w := range ws {
-			waitReady(t, w)
+			waitSynced(t, w)
 		}
 		require.NoError(t, c2.Close())
 		for _, w := range ws {
@@ -508,7 +505,7 @@ func TestWatchDecodeError(t *testing.T) {
 	k := etcdkit.NewKey(c, "limits", etcdkit.JSON[limits]())
 	w := k.Watch(testContext(t, time.Minute))
 	t.Cleanup(func() { _ = w.Close() })
-	waitReady(t, w)
+	waitSynced(t, w)
 
 	bad := wr.put("limits", "{not json")
 	good, err := k.Put(testContext(t, time.Minute), limits{Max: 7})
@@ -551,7 +548,7 @@ func TestWatchSharesOneEtcdWatch(t *testing.T) {
 		cols[i] = collect(t, k.Watch(ctx))
 	}
 	for _, col := range cols {
-		waitReady(t, col.w)
+		waitSynced(t, col.w)
 	}
 	eventually(t, "one etcd watch", func() bool { return etcdkit.EtcdWatches(c) == 1 })
 	assert.Equal(t, 1, etcdkit.WatchFeeds(c))
@@ -660,7 +657,7 @@ func TestWatchSurvivesLinkFaults(t *testing.T) {
 			key := etcdkit.NewKey(f.c, "cfg/a", etcdkit.String()).Watch(ctx)
 			pre := etcdkit.NewPrefix(f.c, "cfg", etcdkit.String()).Watch(ctx, etcdkit.AfterRevision(start))
 			kc, pc := collect(t, key), collect(t, pre)
-			waitReady(t, key)
+			waitSynced(t, key)
 			untilState(t, "key watch", key.State, etcdkit.WatchConnected)
 
 			f.wr.put("cfg/a", "1")
@@ -724,7 +721,7 @@ func TestWatchReconnectWithoutWrites(t *testing.T) {
 	f.wr.put("k", "before")
 	w := etcdkit.NewKey(f.c, "k", etcdkit.String()).Watch(ctx)
 	col := collect(t, w)
-	waitReady(t, w)
+	waitSynced(t, w)
 	untilState(t, "watch", w.State, etcdkit.WatchConnected)
 	for round := range 3 {
 		f.srv.Proxy().CloseConns()
@@ -857,7 +854,7 @@ func TestWatchResyncAfterCompaction(t *testing.T) {
 	keyA := collect(t, etcdkit.NewKey(f.c, "cfg/a", etcdkit.String()).Watch(ctx))
 	keyB := collect(t, etcdkit.NewKey(f.c, "cfg/b", etcdkit.String()).Watch(ctx))
 	for _, col := range []*collector{initial, fromNow, keyA, keyB} {
-		waitReady(t, col.w)
+		waitSynced(t, col.w)
 		untilState(t, "watch", col.w.State, etcdkit.WatchConnected)
 	}
 	rev := f.wr.put("cfg/a", "2")
@@ -965,8 +962,8 @@ func TestWatchSlowConsumer(t *testing.T) {
 	fast := collect(t, p.Watch(ctx, etcdkit.WithBufferSize(buffer)))
 	slow := p.Watch(ctx, etcdkit.WithBufferSize(buffer))
 	t.Cleanup(func() { _ = slow.Close() })
-	waitReady(t, fast.w)
-	waitReady(t, slow)
+	waitSynced(t, fast.w)
+	waitSynced(t, slow)
 	stopSampling := sampleMaxQueued(t, c)
 
 	var last int64
@@ -1005,8 +1002,8 @@ func TestWatchSlowConsumerResync(t *testing.T) {
 	slow := p.Watch(ctx, etcdkit.WithInitial(), etcdkit.WithBufferSize(8))
 	t.Cleanup(func() { _ = slow.Close() })
 	fast := collect(t, p.Watch(ctx))
-	waitReady(t, slow)
-	waitReady(t, fast.w)
+	waitSynced(t, slow)
+	waitSynced(t, fast.w)
 	for i := range 100 {
 		wr.put(fmt.Sprintf("q/k%d", i%10), fmt.Sprint(i))
 		if i%7 == 0 {

@@ -106,7 +106,7 @@ func tryStartGroup(t testing.TB, n int, o *options) (*group, error) {
 	t.Cleanup(func() { g.cleanup(t) })
 	deadline := time.Now().Add(readyTimeout)
 	for _, m := range g.members {
-		if err := m.waitReady(deadline); err != nil {
+		if err := m.waitSynced(deadline); err != nil {
 			t.Fatalf("etcdtest: start %d member(s): %v", n, err)
 		}
 	}

@@ -289,7 +289,7 @@ func (s *Server) Restart() error {
 	if s.isPartitioned() || !s.g.hasQuorum() {
 		return nil
 	}
-	if err := s.waitReady(time.Now().Add(readyTimeout)); err != nil {
+	if err := s.waitSynced(time.Now().Add(readyTimeout)); err != nil {
 		return fmt.Errorf("etcdtest: restart %s: %w", s.name, err)
 	}
 	return nil
@@ -358,8 +358,8 @@ func (s *Server) start() error {
 	return nil
 }
 
-// waitReady waits until the running member is ready to serve clients.
-func (s *Server) waitReady(deadline time.Time) error {
+// waitSynced waits until the running member is ready to serve clients.
+func (s *Server) waitSynced(deadline time.Time) error {
 	if s.Binary() != "" {
 		s.mu.Lock()
 		p := s.proc

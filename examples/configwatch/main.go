@@ -116,7 +116,7 @@ func serve(endpoints []string, namespace, snapshot string, duration time.Duratio
 	defer tick.Stop()
 	for {
 		select {
-		case ch, ok := <-live.Changes():
+		case ch, ok := <-live.Events():
 			if !ok {
 				if errors.Is(live.Err(), context.DeadlineExceeded) {
 					return nil
@@ -255,7 +255,7 @@ func demo(namespace string, timeout time.Duration, out io.Writer) error {
 // nextChange prints the next change of the served settings.
 func nextChange(ctx context.Context, out io.Writer, live *etcdkit.Live[Settings]) error {
 	select {
-	case ch, ok := <-live.Changes():
+	case ch, ok := <-live.Events():
 		if !ok {
 			return live.Err()
 		}

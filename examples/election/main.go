@@ -104,7 +104,7 @@ func run(endpoints string, workers int, duration, ttl, term time.Duration, out i
 		defer wg.Done()
 		obs := etcdkit.NewElection(admin, name, ttl).Observe(ctx)
 		defer obs.Close()
-		for li := range obs.Events() {
+		for li := range obs.Updates() {
 			say("observer: %v", li)
 		}
 		if ctx.Err() == nil {

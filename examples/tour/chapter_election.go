@@ -174,7 +174,7 @@ type electionWin struct {
 // electionNext returns the next value of an Observation.
 func electionNext(ctx context.Context, o *etcdkit.Observation) (etcdkit.LeaderInfo, error) {
 	select {
-	case li, ok := <-o.Events():
+	case li, ok := <-o.Updates():
 		if !ok {
 			return li, fmt.Errorf("observation ended: %w", o.Err())
 		}

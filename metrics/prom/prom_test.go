@@ -143,7 +143,7 @@ func TestWatchMetrics(t *testing.T) {
 
 	w := etcdkit.NewKey(c, "k", etcdkit.String()).Watch(ctx)
 	t.Cleanup(func() { _ = w.Close() })
-	<-w.Ready()
+	<-w.Synced()
 	next := func(want func(etcdkit.Event[string]) bool) {
 		t.Helper()
 		for {

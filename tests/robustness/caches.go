@@ -86,7 +86,7 @@ func (cs *Caches) Start(ctx context.Context, run *Run) error {
 			}
 			cs.subs.add(run, rec, ca.Subscribe(opts...), func(name string) string { return DataPrefix + "/" + name }, slow)
 			if rec.Start == StartNow {
-				if err := cs.subs[len(cs.subs)-1].waitReady(ctx, run); err != nil {
+				if err := cs.subs[len(cs.subs)-1].waitSynced(ctx, run); err != nil {
 					return err
 				}
 			}

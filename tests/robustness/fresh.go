@@ -195,7 +195,7 @@ func (sw *watcher) waitStarted(ctx context.Context) error {
 	timer := time.NewTimer(SettleTimeout)
 	defer timer.Stop()
 	select {
-	case <-sw.w.Ready():
+	case <-sw.w.Synced():
 		return nil
 	case <-timer.C:
 		return fmt.Errorf("%s: Ready not closed after %v (watch state %v)", sw.rec.Name, SettleTimeout, sw.w.State())

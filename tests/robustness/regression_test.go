@@ -32,7 +32,7 @@ func TestRegressionAfterRevisionAheadOfLaggingFeed(t *testing.T) {
 
 	first := p.Watch(ctx) // starts the shared feed
 	defer first.Close()
-	<-first.Ready()
+	<-first.Synced()
 
 	// The feed's link goes silent.
 	srv.Proxy().Blackhole(proxy.Both)
@@ -41,7 +41,7 @@ func TestRegressionAfterRevisionAheadOfLaggingFeed(t *testing.T) {
 	// The subscriber holds p/x at this revision, and must see it go.
 	w := p.Watch(ctx, etcdkit.AfterRevision(put.Header.Revision))
 	defer w.Close()
-	<-w.Ready()
+	<-w.Synced()
 	del, err := raw.Delete(ctx, "p/x")
 	require.NoError(t, err)
 	srv.Compact(t)

@@ -70,13 +70,13 @@ func (sw *watcher) read(rec *Recorder, toKey func(string) string, slow time.Dura
 	}
 }
 
-// waitReady waits until the watch's start is fixed, then records as its
+// waitSynced waits until the watch's start is fixed, then records as its
 // start the current revision: every change above it must be delivered.
-func (sw *watcher) waitReady(ctx context.Context, run *Run) error {
+func (sw *watcher) waitSynced(ctx context.Context, run *Run) error {
 	timer := time.NewTimer(SettleTimeout)
 	defer timer.Stop()
 	select {
-	case <-sw.w.Ready():
+	case <-sw.w.Synced():
 	case <-timer.C:
 		return fmt.Errorf("%s: Ready not closed after %v (watch state %v)", sw.rec.Name, SettleTimeout, sw.w.State())
 	case <-ctx.Done():
@@ -209,7 +209,7 @@ func (ws *Watchers) Start(ctx context.Context, run *Run) error {
 		}
 		ws.subs.add(run, rec, w, toKey, slow)
 		if rec.Start == StartNow {
-			if err := ws.subs[len(ws.subs)-1].waitReady(ctx, run); err != nil {
+			if err := ws.subs[len(ws.subs)-1].waitSynced(ctx, run); err != nil {
 				return err
 			}
 		}
