@@ -131,20 +131,14 @@ func (e *HeldError) Error() string {
 	for i, h := range e.Holders {
 		ids[i] = fmt.Sprintf("%q (token %d)", h.ID, h.Token)
 	}
-	what := "locked"
-	if e.Kind == "semaphore" {
-		what = "no permit available"
-	}
-	return fmt.Sprintf("etcdkit: %s %q: %s: held by %s at revision %d", e.Kind, e.Name, what, strings.Join(ids, ", "), e.Revision)
+	return fmt.Sprintf("etcdkit: %s %q: %s: held by %s at revision %d", e.Kind, e.Name, heldKind(e.Kind).busyText,
+		strings.Join(ids, ", "), e.Revision)
 }
 
 // Is reports whether target is ErrLocked (for a mutex) or ErrNoPermit (for
 // a semaphore).
 func (e *HeldError) Is(target error) bool {
-	if e.Kind == "semaphore" {
-		return target == ErrNoPermit
-	}
-	return target == ErrLocked
+	return target == heldKind(e.Kind).busy
 }
 
 // ConflictError reports that a conditional write did not apply because the key

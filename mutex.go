@@ -44,8 +44,8 @@ type Mutex struct {
 // rules of Client.NewSession apply; see NewElection for what the TTL
 // trades).
 func NewMutex(c *Client, name string, ttl time.Duration, opts ...HolderOption) *Mutex {
-	o, err := buildHolderOptions("mutex", opts)
-	e := newContest(c, "mutex", mutexRoot, name, ttl, 1, ErrNotHeld, o.election)
+	o, err := buildHolderOptions(mutexKind.name, opts)
+	e := newContest(c, mutexKind, name, ttl, 1, o.election)
 	if err != nil && e.err == nil {
 		e.err = errorf("mutex %q: %w", name, err)
 	}
@@ -168,7 +168,7 @@ func (h *holder) Close() error { return h.l.Close() }
 // held is the error of a try that found the holding taken: it names the
 // holders, the oldest keys at revision rev.
 func (e *Election) held(rev int64, holders []*mvccpb.KeyValue) error {
-	he := &HeldError{Kind: e.kind, Name: e.name, Revision: rev}
+	he := &HeldError{Kind: e.kind.name, Name: e.name, Revision: rev}
 	for _, kv := range holders {
 		he.Holders = append(he.Holders, LeaderInfo{Present: true, ID: string(kv.Value), Token: kv.CreateRevision,
 			Lease: kv.Lease, Revision: rev})
