@@ -386,3 +386,14 @@ func (e *Election) Run(ctx context.Context, id string, fn func(ctx context.Conte
 		}
 	}
 }
+
+// held is the error of a try that found the holding taken: it names the
+// holders, the oldest keys at revision rev.
+func (e *Election) held(rev int64, holders []*mvccpb.KeyValue) error {
+	he := &HeldError{Kind: e.kind.name, Name: e.name, Revision: rev}
+	for _, kv := range holders {
+		he.Holders = append(he.Holders, LeaderInfo{Present: true, ID: string(kv.Value), Token: kv.CreateRevision,
+			Lease: kv.Lease, Revision: rev})
+	}
+	return he
+}

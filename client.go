@@ -406,6 +406,19 @@ func (c *Client) spawn(f func()) bool {
 	return true
 }
 
+// hold registers a handle whose end Client.Close waits for, as spawn does for
+// a goroutine; the handle calls c.wg.Done when it has ended. It reports false
+// if the client is closed.
+func (c *Client) hold() bool {
+	c.spawnMu.Lock()
+	defer c.spawnMu.Unlock()
+	if c.closed() {
+		return false
+	}
+	c.wg.Add(1)
+	return true
+}
+
 // closed reports whether Close was called.
 func (c *Client) closed() bool { return c.life.Err() != nil }
 

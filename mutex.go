@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"time"
-
-	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
 // mutexRoot is the reserved name, under the client's namespace, below which
@@ -164,17 +162,6 @@ func (h *holder) Err() error { return h.l.Err() }
 // Close releases the holding, with no deadline of its own, and waits for
 // its goroutine. It is idempotent: later calls return the same error.
 func (h *holder) Close() error { return h.l.Close() }
-
-// held is the error of a try that found the holding taken: it names the
-// holders, the oldest keys at revision rev.
-func (e *Election) held(rev int64, holders []*mvccpb.KeyValue) error {
-	he := &HeldError{Kind: e.kind.name, Name: e.name, Revision: rev}
-	for _, kv := range holders {
-		he.Holders = append(he.Holders, LeaderInfo{Present: true, ID: string(kv.Value), Token: kv.CreateRevision,
-			Lease: kv.Lease, Revision: rev})
-	}
-	return he
-}
 
 // unwrapHeld returns the *HeldError err wraps, which names the mutex or
 // semaphore itself, or err.
