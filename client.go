@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"strings"
@@ -418,6 +419,19 @@ func (c *Client) hold() bool {
 	c.wg.Add(1)
 	return true
 }
+
+// String describes the client by its Config (defaults applied), without
+// its secrets, as Config.String does.
+func (c *Client) String() string {
+	if c == nil {
+		return "<nil>"
+	}
+	return "etcdkit.Client" + c.cfg.String()
+}
+
+// Format prints c with String for every verb, %+v and %#v included, which
+// would otherwise print its fields, its Config's Password among them.
+func (c *Client) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, c.String()) }
 
 // closed reports whether Close was called.
 func (c *Client) closed() bool { return c.life.Err() != nil }
