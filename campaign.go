@@ -45,13 +45,13 @@ func (e *Election) campaign(ctx context.Context, id string, try bool) (*Leadersh
 		return nil, e.err
 	}
 	if len(id) > e.c.cfg.MaxValueSize {
-		return nil, e.fail(e.verb(), fmt.Errorf("%w: id of %d bytes, limit %d", ErrTooLarge, len(id), e.c.cfg.MaxValueSize))
+		return nil, e.fail(e.kind.verb, fmt.Errorf("%w: id of %d bytes, limit %d", ErrTooLarge, len(id), e.c.cfg.MaxValueSize))
 	}
 	if e.c.closed() {
-		return nil, e.fail(e.verb(), ErrClosed)
+		return nil, e.fail(e.kind.verb, ErrClosed)
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, e.fail(e.verb(), context.Cause(ctx))
+		return nil, e.fail(e.kind.verb, context.Cause(ctx))
 	}
 
 	var (
@@ -63,7 +63,7 @@ func (e *Election) campaign(ctx context.Context, id string, try bool) (*Leadersh
 		var err error
 		cd, err = e.newCandidate(ctx, id, try)
 		if err != nil {
-			return nil, e.fail(e.verb(), err)
+			return nil, e.fail(e.kind.verb, err)
 		}
 		l, err = cd.campaign(ctx)
 		if err == nil && !cd.unhook() {
@@ -92,24 +92,24 @@ func (e *Election) campaign(ctx context.Context, id string, try bool) (*Leadersh
 			_ = cd.abandon()
 		}
 		if !again {
-			return nil, e.fail(e.verb(), err)
+			return nil, e.fail(e.kind.verb, err)
 		}
-		e.c.log.Info(e.kind+"'s lease was revoked or expired, taking a new one", zap.String(e.kind, e.name),
+		e.c.log.Info(e.kind.name+"'s lease was revoked or expired, taking a new one", zap.String(e.kind.name, e.name),
 			zap.String("id", id), zap.Int64("lease", int64(cd.lease)), zap.Error(err))
 		// The first retry goes at once; a lease revoked again and again
 		// (a script) is not fought at network speed.
 		if retry == nil {
 			retry = backoff.New(100*time.Millisecond, 2*time.Second)
 		} else if !retry.Wait(ctx) {
-			return nil, e.fail(e.verb(), fmt.Errorf("%w (%w)", context.Cause(ctx), err))
+			return nil, e.fail(e.kind.verb, fmt.Errorf("%w (%w)", context.Cause(ctx), err))
 		}
 	}
 	if !l.start() {
 		_ = cd.abandon()
-		return nil, e.fail(e.verb(), ErrClosed)
+		return nil, e.fail(e.kind.verb, ErrClosed)
 	}
 	e.countChange()
-	e.c.log.Info(e.holding()+" won", zap.String(e.kind, e.name), zap.String("id", id), zap.Int64("token", l.token))
+	e.c.log.Info(e.kind.noun+" won", zap.String(e.kind.name, e.name), zap.String("id", id), zap.Int64("token", l.token))
 	return l, nil
 }
 
@@ -302,7 +302,7 @@ func (cd *candidate) standing(ctx context.Context) (bool, error) {
 	for _, en := range entries {
 		if en.Name == cd.name {
 			if en.CreateRevision != cd.token || en.Lease != int64(cd.lease) {
-				return false, fmt.Errorf("%w: candidate key %q was replaced by someone else by revision %d", cd.e.lost, cd.key, rev)
+				return false, fmt.Errorf("%w: candidate key %q was replaced by someone else by revision %d", cd.e.kind.lost, cd.key, rev)
 			}
 			mine = true
 		}
@@ -312,7 +312,7 @@ func (cd *candidate) standing(ctx context.Context) (bool, error) {
 			return false, fmt.Errorf("%w: candidate key %q was deleted by revision %d with its lease (revoked by another client, or expired)",
 				ErrLeaseLost, cd.key, rev)
 		}
-		return false, fmt.Errorf("%w: candidate key %q was deleted by revision %d", cd.e.lost, cd.key, rev)
+		return false, fmt.Errorf("%w: candidate key %q was deleted by revision %d", cd.e.kind.lost, cd.key, rev)
 	}
 	older := 0
 	for _, en := range entries {
@@ -385,4 +385,15 @@ func (e *Election) Run(ctx context.Context, id string, fn func(ctx context.Conte
 			return ferr
 		}
 	}
+}
+
+// held is the error of a try that found the holding taken: it names the
+// holders, the oldest keys at revision rev.
+func (e *Election) held(rev int64, holders []*mvccpb.KeyValue) error {
+	he := &HeldError{Kind: e.kind.name, Name: e.name, Revision: rev}
+	for _, kv := range holders {
+		he.Holders = append(he.Holders, LeaderInfo{Present: true, ID: string(kv.Value), Token: kv.CreateRevision,
+			Lease: kv.Lease, Revision: rev})
+	}
+	return he
 }

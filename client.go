@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"strings"
@@ -405,6 +406,32 @@ func (c *Client) spawn(f func()) bool {
 	}()
 	return true
 }
+
+// hold registers a handle whose end Client.Close waits for, as spawn does for
+// a goroutine; the handle calls c.wg.Done when it has ended. It reports false
+// if the client is closed.
+func (c *Client) hold() bool {
+	c.spawnMu.Lock()
+	defer c.spawnMu.Unlock()
+	if c.closed() {
+		return false
+	}
+	c.wg.Add(1)
+	return true
+}
+
+// String describes the client by its Config (defaults applied), without
+// its secrets, as Config.String does.
+func (c *Client) String() string {
+	if c == nil {
+		return "<nil>"
+	}
+	return "etcdkit.Client" + c.cfg.String()
+}
+
+// Format prints c with String for every verb, %+v and %#v included, which
+// would otherwise print its fields, its Config's Password among them.
+func (c *Client) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, c.String()) }
 
 // closed reports whether Close was called.
 func (c *Client) closed() bool { return c.life.Err() != nil }

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -89,13 +90,16 @@ type Config struct {
 	// caller's deadline, after which the next member is tried. A user needs
 	// read and write permission on the namespace only: the library's own
 	// keys live under it, and leases and the member list need none.
+	// Password never prints (see Config.String) and is left out of JSON.
 	// Default: no authentication.
 	Username string
-	Password string
+	Password string `json:"-"`
 
-	// TLS, when set, is used for every connection to the cluster.
+	// TLS, when set, is used for every connection to the cluster. Its
+	// certificates' private keys never print (see Config.String), and it
+	// is left out of JSON.
 	// Default: plain TCP.
-	TLS *tls.Config
+	TLS *tls.Config `json:"-"`
 
 	// Logger receives the library's diagnostics. Default: zap.NewNop().
 	Logger *zap.Logger
@@ -124,6 +128,89 @@ type Config struct {
 	// guarantees that rest on it with it. Default: none.
 	DialOptions []grpc.DialOption
 }
+
+// String describes cfg field by field, in the form of %+v, without its
+// secrets: a set Password reads [redacted] (an unset one reads empty), TLS
+// reads set or <nil> (a tls.Config holds private keys), and Logger,
+// Metrics and DialOptions read whether they are set (Metrics its type,
+// DialOptions their number), not what they hold.
+func (cfg Config) String() string { return cfg.describe(false) }
+
+// GoString describes cfg as String does, in the form of %#v.
+func (cfg Config) GoString() string { return cfg.describe(true) }
+
+// Format prints cfg with String for every verb but %#v, which prints
+// GoString, so that no verb (%d, %x included) prints its secrets.
+func (cfg Config) Format(f fmt.State, verb rune) {
+	switch {
+	case verb == 'v' && f.Flag('#'):
+		_, _ = io.WriteString(f, cfg.GoString())
+	case verb == 'q':
+		_, _ = fmt.Fprintf(f, "%q", cfg.String())
+	default:
+		_, _ = io.WriteString(f, cfg.String())
+	}
+}
+
+// describe writes cfg's fields in the form of %+v, or of %#v with
+// goSyntax; see String for what it leaves out.
+func (cfg Config) describe(goSyntax bool) string {
+	var b strings.Builder
+	verb, sep := "%v", " "
+	if goSyntax {
+		verb, sep = "%#v", ", "
+		b.WriteString("etcdkit.Config")
+	}
+	b.WriteByte('{')
+	first := true
+	field := func(name string, v any) {
+		if !first {
+			b.WriteString(sep)
+		}
+		first = false
+		fmt.Fprintf(&b, "%s:"+verb, name, v)
+	}
+	set := func(isSet bool) any {
+		if !isSet {
+			return opaque("<nil>")
+		}
+		return opaque("set")
+	}
+	password := cfg.Password
+	if password != "" {
+		password = "[redacted]"
+	}
+	metrics := opaque("<nil>")
+	if cfg.Metrics != nil {
+		metrics = opaque(fmt.Sprintf("%T", cfg.Metrics))
+	}
+	dialOptions := opaque("[]")
+	if len(cfg.DialOptions) > 0 {
+		dialOptions = opaque(fmt.Sprintf("[%d options]", len(cfg.DialOptions)))
+	}
+	field("Endpoints", cfg.Endpoints)
+	field("Namespace", cfg.Namespace)
+	field("DialTimeout", cfg.DialTimeout)
+	field("RequestTimeout", cfg.RequestTimeout)
+	field("KeepAliveTime", cfg.KeepAliveTime)
+	field("KeepAliveTimeout", cfg.KeepAliveTimeout)
+	field("StallTimeout", cfg.StallTimeout)
+	field("Username", cfg.Username)
+	field("Password", password)
+	field("TLS", set(cfg.TLS != nil))
+	field("Logger", set(cfg.Logger != nil))
+	field("MaxValueSize", cfg.MaxValueSize)
+	field("Metrics", metrics)
+	field("DialOptions", dialOptions)
+	b.WriteByte('}')
+	return b.String()
+}
+
+// opaque is a field that Config.String shows only as a description: it
+// prints as it is with every verb, %#v included.
+type opaque string
+
+func (o opaque) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, string(o)) }
 
 // withDefaults returns cfg with zero fields set to their defaults, or an error
 // naming the first invalid field.

@@ -1,6 +1,7 @@
 package etcdkit_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -8,7 +9,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -19,6 +22,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/etcdkit/etcdkit"
 	"github.com/etcdkit/etcdkit/etcdtest"
@@ -171,5 +176,89 @@ func TestAuth(t *testing.T) {
 		_, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{srv.Endpoint()}})
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "user name is empty", "got %v", err)
+	})
+}
+
+// TestConfigPrintsNoSecrets prints a Config, and a Client made with it,
+// every way a program might log them: the password must read [redacted],
+// and the TLS config, whose certificates carry private keys, only whether
+// it is set, while the endpoints and the namespace still show.
+func TestConfigPrintsNoSecrets(t *testing.T) {
+	const password = "pa55-w0rd-do-not-print"
+	ca := newTestCA(t, "print-ca")
+	certPEM, keyPEM := ca.issue(t, "print-client", 2)
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	require.NoError(t, err)
+	key, ok := cert.PrivateKey.(*ecdsa.PrivateKey)
+	require.True(t, ok, "got private key %T, want *ecdsa.PrivateKey", cert.PrivateKey)
+	scalar, err := key.Bytes()
+	require.NoError(t, err)
+	d := new(big.Int).SetBytes(scalar)
+	block, _ := pem.Decode(keyPEM)
+	require.NotNil(t, block)
+	// The forms key material takes when printed: the scalar in decimal
+	// (%v of a big.Int) or hex, and the PEM or DER bytes.
+	secrets := []string{password, d.String(), d.Text(16), string(keyPEM),
+		fmt.Sprint(block.Bytes), fmt.Sprintf("%x", block.Bytes)}
+
+	cfg := etcdkit.Config{
+		Endpoints: []string{"127.0.0.1:23790", "127.0.0.1:23791"},
+		Namespace: "/printed-ns/",
+		Username:  "printer",
+		Password:  password,
+		TLS:       &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+	}
+	noTLS := cfg
+	noTLS.TLS = nil
+
+	var zapOut bytes.Buffer
+	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(&zapOut), zap.DebugLevel))
+	log.Info("config", zap.Any("cfg", cfg), zap.Any("ptr", &cfg), zap.Reflect("reflected", cfg))
+	cfgJSON, err := json.Marshal(cfg)
+	require.NoError(t, err)
+
+	printed := map[string]string{
+		"%v":                fmt.Sprintf("%v", cfg),
+		"%+v":               fmt.Sprintf("%+v", cfg),
+		"%#v":               fmt.Sprintf("%#v", cfg),
+		"%s":                fmt.Sprintf("%s", cfg),
+		"%d":                fmt.Sprintf("%d", cfg),
+		"%+v pointer":       fmt.Sprintf("%+v", &cfg),
+		"%#v pointer":       fmt.Sprintf("%#v", &cfg),
+		"Sprint":            fmt.Sprint(cfg),
+		"Sprint in a slice": fmt.Sprint([]etcdkit.Config{cfg}),
+		"String":            cfg.String(),
+		"GoString":          cfg.GoString(),
+		"zap.Any":           zapOut.String(),
+		"json.Marshal":      string(cfgJSON),
+	}
+	for name, out := range printed {
+		t.Run(name, func(t *testing.T) {
+			for _, s := range secrets {
+				assert.NotContains(t, out, s, "got %s, want no secret in it", out)
+			}
+			for _, s := range []string{"127.0.0.1:23790", "127.0.0.1:23791", "/printed-ns/"} {
+				assert.Contains(t, out, s, "got %s, want %q in it", out, s)
+			}
+		})
+	}
+	// An unset password reads empty, not [redacted]: whoever reads the log
+	// learns whether one was configured.
+	assert.Contains(t, fmt.Sprint(cfg), "Password:[redacted]")
+	assert.Contains(t, fmt.Sprint(etcdkit.Config{}), "Password: ")
+	assert.NotContains(t, fmt.Sprint(etcdkit.Config{}), "[redacted]")
+	assert.Contains(t, fmt.Sprint(cfg), "TLS:set")
+	assert.Contains(t, fmt.Sprint(noTLS), "TLS:<nil>")
+
+	t.Run("Client", func(t *testing.T) {
+		srv := etcdtest.Start(t)
+		c, err := etcdkit.Wrap(srv.Client(t), noTLS)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = c.Close() })
+		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%d"} {
+			out := fmt.Sprintf(verb, c)
+			assert.NotContains(t, out, password, "got %s with %s, want no password in it", out, verb)
+			assert.Contains(t, out, "/printed-ns/", "got %s with %s, want the namespace in it", out, verb)
+		}
 	})
 }

@@ -36,17 +36,12 @@ type Election struct {
 	err   error
 
 	// A Mutex and a Semaphore are elections of their own kind (see
-	// newContest): kind names them in errors, the oldest slots candidates
-	// hold, and lost is the sentinel a holding that ends wraps.
-	kind  string
+	// holdKind), whose oldest slots candidates hold.
+	kind  *holdKind
 	slots int
-	lost  error
 	// share is the session a Mutex's or a Semaphore's holders share; an
 	// election's candidates have a session each.
 	share *leaseShare
-	// resigned is the cause of a holding ended by Resign (Unlock,
-	// Release) or Close.
-	resigned error
 	// guard, if not empty, is a key every candidate key's put requires to
 	// hold guardValue, recording it when absent (see casOp.guard), and
 	// mismatch the error of a put that found it holding another: a
@@ -65,36 +60,35 @@ type Election struct {
 // a few seconds one keepalive stalled for a third of it is enough to step
 // down.
 func NewElection(c *Client, name string, ttl time.Duration, opts ...ElectionOption) *Election {
-	return newContest(c, "election", electionRoot, name, ttl, 1, ErrNotLeader, opts)
+	return newContest(c, electionKind, name, ttl, 1, opts)
 }
 
-// newContest makes an election of the given kind, whose candidate keys live
-// under root and whose oldest slots candidates hold at once.
-func newContest(c *Client, kind, root, name string, ttl time.Duration, slots int, lost error, opts []ElectionOption) *Election {
-	e := &Election{c: c, name: name, ttl: ttl, kind: kind, slots: slots, lost: lost, resigned: errResigned}
+// newContest makes an election of the given kind, whose oldest slots
+// candidates hold at once.
+func newContest(c *Client, kind *holdKind, name string, ttl time.Duration, slots int, opts []ElectionOption) *Election {
+	e := &Election{c: c, name: name, ttl: ttl, kind: kind, slots: slots}
 	if c == nil {
-		e.err = fmt.Errorf("etcdkit: new %s: nil client", kind)
+		e.err = fmt.Errorf("etcdkit: new %s: nil client", kind.name)
 		return e
 	}
 	if err := validateName(name); err != nil {
-		e.err = errorf("%s: %w", kind, err)
+		e.err = errorf("%s: %w", kind.name, err)
 		return e
 	}
 	if err := validateTTL(ttl); err != nil {
-		e.err = errorf("%s %q: %w", kind, name, err)
+		e.err = errorf("%s %q: %w", kind.name, name, err)
 		return e
 	}
 	o, err := buildElectionOptions(ttl, c.cfg.StallTimeout, opts)
 	if err != nil {
-		e.err = errorf("%s %q: %w", kind, name, err)
+		e.err = errorf("%s %q: %w", kind.name, name, err)
 		return e
 	}
 	e.o = o
-	e.cands = NewPrefix(c, root+"/"+url.PathEscape(name), Bytes())
+	e.cands = NewPrefix(c, kind.root+"/"+url.PathEscape(name), Bytes())
 	e.err = e.cands.err
-	if kind != "election" {
+	if kind.shared {
 		e.share = &leaseShare{e: e}
-		e.resigned = fmt.Errorf("%w: %s released", ErrClosed, e.keyWord())
 	}
 	return e
 }
@@ -184,5 +178,13 @@ func (e *Election) Leader(ctx context.Context) (LeaderInfo, error) {
 }
 
 func (e *Election) fail(op string, err error) error {
-	return errorf("%s %q: %s: %w", e.kind, e.name, op, err)
+	return errorf("%s %q: %s: %w", e.kind.name, e.name, op, err)
+}
+
+// countChange counts a change of leader, if e's holdings are leaderships
+// (see holdKind.leadershipChange).
+func (e *Election) countChange() {
+	if e.kind.leadershipChange {
+		e.c.cfg.Metrics.Add(MetricLeadershipChanges, 1)
+	}
 }

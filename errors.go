@@ -124,20 +124,14 @@ func (e *HeldError) Error() string {
 	for i, h := range e.Holders {
 		ids[i] = fmt.Sprintf("%q (token %d)", h.ID, h.Token)
 	}
-	what := "locked"
-	if e.Kind == "semaphore" {
-		what = "no permit available"
-	}
-	return fmt.Sprintf("etcdkit: %s %q: %s: held by %s at revision %d", e.Kind, e.Name, what, strings.Join(ids, ", "), e.Revision)
+	return fmt.Sprintf("etcdkit: %s %q: %s: held by %s at revision %d", e.Kind, e.Name, heldKind(e.Kind).busyText,
+		strings.Join(ids, ", "), e.Revision)
 }
 
 // Is reports whether target is ErrLocked (for a mutex) or ErrNoPermit (for
 // a semaphore).
 func (e *HeldError) Is(target error) bool {
-	if e.Kind == "semaphore" {
-		return target == ErrNoPermit
-	}
-	return target == ErrLocked
+	return target == heldKind(e.Kind).busy
 }
 
 // ConflictError reports that a conditional write did not apply because the key
@@ -306,3 +300,37 @@ func detail(err error) error {
 	}
 	return err
 }
+
+// mapServerError turns the size limits of the server ("request is too
+// large") and of gRPC ("message larger than max") into ErrTooLarge. An
+// error that already matches ErrTooLarge is returned as it is.
+func mapServerError(err error) error {
+	if err == nil || errors.Is(err, ErrTooLarge) {
+		return err
+	}
+	if errors.Is(err, rpctypes.ErrRequestTooLarge) {
+		return errorf("%w: %w", ErrTooLarge, err)
+	}
+	if s, ok := status.FromError(err); ok && s.Code() == codes.ResourceExhausted && strings.Contains(s.Message(), "larger than max") {
+		return errorf("%w: %w", ErrTooLarge, err)
+	}
+	return err
+}
+
+// ValidationError reports that the function given to WithValidator refused
+// a value.
+type ValidationError struct {
+	// Key is the name of the key, relative to the namespace.
+	Key string
+	// Revision is the mod revision of the refused value.
+	Revision int64
+	// Err is the validator's error.
+	Err error
+}
+
+func (e *ValidationError) Error() string {
+	return fmt.Sprintf("etcdkit: validate key %q (mod revision %d): %v", e.Key, e.Revision, e.Err)
+}
+
+// Unwrap returns the validator's error.
+func (e *ValidationError) Unwrap() error { return e.Err }

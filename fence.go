@@ -34,47 +34,6 @@ type Fence interface {
 
 func (l *Leadership) fence() *Leadership { return l }
 
-// holding names what the holder of e holds, in messages.
-func (e *Election) holding() string {
-	switch e.kind {
-	case "election":
-		return "leadership"
-	case "semaphore":
-		return "permit"
-	}
-	return e.kind
-}
-
-// verb names the call that acquires a holding, in errors.
-func (e *Election) verb() string {
-	switch e.kind {
-	case "election":
-		return "campaign"
-	case "semaphore":
-		return "acquire"
-	}
-	return "lock"
-}
-
-// countChange counts a change of leader: locks and permits are not
-// leaderships, and the metric is about elections.
-func (e *Election) countChange() {
-	if e.kind == "election" {
-		e.c.cfg.Metrics.Add(MetricLeadershipChanges, 1)
-	}
-}
-
-// keyWord names the holder's key, in messages.
-func (e *Election) keyWord() string {
-	switch e.kind {
-	case "election":
-		return "leader"
-	case "semaphore":
-		return "permit"
-	}
-	return "lock"
-}
-
 // fenceOf returns the holding behind f, or an error for a nil one.
 func fenceOf(f Fence) (*Leadership, error) {
 	if f == nil {
@@ -110,10 +69,10 @@ func (l *Leadership) Txn(ctx context.Context, ops ...clientv3.Op) (*clientv3.Txn
 // ended.
 func (l *Leadership) notHeld(op string) error {
 	cause := context.Cause(l.ctx)
-	if errors.Is(cause, l.e.lost) {
-		return errorf("%s %q: %s: %w", l.e.kind, l.e.name, op, cause)
+	if errors.Is(cause, l.e.kind.lost) {
+		return errorf("%s %q: %s: %w", l.e.kind.name, l.e.name, op, cause)
 	}
-	return errorf("%s %q: %s: %w: %w", l.e.kind, l.e.name, op, l.e.lost, cause)
+	return errorf("%s %q: %s: %w: %w", l.e.kind.name, l.e.name, op, l.e.kind.lost, cause)
 }
 
 // txn is the one guarded transaction: ops apply only if the holder's key
@@ -137,7 +96,7 @@ func (l *Leadership) txn(ctx context.Context, op string, ops []clientv3.Op) (*cl
 			// ctx may derive from Context, which just ended: nothing was sent.
 			return nil, l.notHeld(op)
 		}
-		return nil, errorf("%s %q: %s: %w", l.e.kind, l.e.name, op, err)
+		return nil, errorf("%s %q: %s: %w", l.e.kind.name, l.e.name, op, err)
 	}
 	defer cancel()
 	rctx, abort := context.WithCancel(rctx)
@@ -150,12 +109,12 @@ func (l *Leadership) txn(ctx context.Context, op string, ops []clientv3.Op) (*cl
 		// from it), the end of the holding is what the caller must learn.
 		if l.ctx.Err() != nil && !c.closed() {
 			return nil, errorf("%s %q: %s: %w: the %s ended while the write was in flight, and it may have applied before (%w)",
-				l.e.kind, l.e.name, op, l.e.lost, l.e.holding(), err)
+				l.e.kind.name, l.e.name, op, l.e.kind.lost, l.e.kind.noun, err)
 		}
-		return nil, errorf("%s %q: %s: %w", l.e.kind, l.e.name, op, c.cause(mapServerError(err)))
+		return nil, errorf("%s %q: %s: %w", l.e.kind.name, l.e.name, op, c.cause(mapServerError(err)))
 	}
 	if !resp.Succeeded {
-		l.end(l.deleted(fmt.Sprintf("a guarded write found the %s key gone at revision %d", l.e.keyWord(), resp.Header.Revision)))
+		l.end(l.deleted(fmt.Sprintf("a guarded write found the %s key gone at revision %d", l.e.kind.keyWord, resp.Header.Revision)))
 		return nil, l.notHeld(op)
 	}
 	return resp, nil
@@ -208,7 +167,7 @@ func guardedKey[T any](f Fence, k *Key[T]) (*Leadership, error) {
 	case k.err != nil:
 		return nil, k.err
 	case k.c != l.e.c:
-		return nil, fmt.Errorf("etcdkit: guarded write %q: the key belongs to another Client than the %s", k.name, l.e.kind)
+		return nil, fmt.Errorf("etcdkit: guarded write %q: the key belongs to another Client than the %s", k.name, l.e.kind.name)
 	}
 	return l, nil
 }

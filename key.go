@@ -5,13 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/etcdkit/etcdkit/internal/backoff"
 )
@@ -271,22 +267,6 @@ func decodeKV[T any](name string, codec Codec[T], kv *mvccpb.KeyValue) (Value[T]
 	}
 	v.Data = data
 	return v, nil
-}
-
-// mapServerError turns the size limits of the server ("request is too
-// large") and of gRPC ("message larger than max") into ErrTooLarge. An
-// error that already matches ErrTooLarge is returned as it is.
-func mapServerError(err error) error {
-	if err == nil || errors.Is(err, ErrTooLarge) {
-		return err
-	}
-	if errors.Is(err, rpctypes.ErrRequestTooLarge) {
-		return errorf("%w: %w", ErrTooLarge, err)
-	}
-	if s, ok := status.FromError(err); ok && s.Code() == codes.ResourceExhausted && strings.Contains(s.Message(), "larger than max") {
-		return errorf("%w: %w", ErrTooLarge, err)
-	}
-	return err
 }
 
 // conflictPause waits before the next attempt of an optimistic update that

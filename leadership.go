@@ -12,7 +12,7 @@ import (
 )
 
 // errResigned is the cause of a leadership ended by Resign or Close;
-// Election.resigned gives a Lock's and a Permit's.
+// holdKind.resigned gives a Lock's and a Permit's.
 var errResigned = fmt.Errorf("%w: leadership resigned", ErrClosed)
 
 // Leadership is won by [Election.Campaign] and lasts until it is resigned or
@@ -138,7 +138,7 @@ func (l *Leadership) Err() error { return l.cause() }
 // no longer kept alive). Resigning a leadership that has already ended does
 // nothing more and returns the same error.
 func (l *Leadership) Resign(ctx context.Context) error {
-	l.end(l.e.resigned)
+	l.end(l.e.kind.resigned)
 	if l.ss != nil {
 		// The watchdog, woken by end, gives up the key too: whichever
 		// comes first does. Here ctx bounds the delete, and the call
@@ -154,12 +154,12 @@ func (l *Leadership) Resign(ctx context.Context) error {
 	select {
 	case <-wait:
 	case <-ctx.Done():
-		return errorf("%s %q: resign: %w", l.e.kind, l.e.name, context.Cause(ctx))
+		return errorf("%s %q: resign: %w", l.e.kind.name, l.e.name, context.Cause(ctx))
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.revokeErr != nil {
-		return errorf("%s %q: resign: %w", l.e.kind, l.e.name, l.revokeErr)
+		return errorf("%s %q: resign: %w", l.e.kind.name, l.e.name, l.revokeErr)
 	}
 	return nil
 }
@@ -185,15 +185,15 @@ func (l *Leadership) lostCause() error {
 		if err := l.s.Err(); errors.Is(err, ErrClosed) {
 			return err
 		}
-		return errorf("%w: %w", l.e.lost, l.s.Err())
+		return errorf("%w: %w", l.e.kind.lost, l.s.Err())
 	default:
 	}
 	if st, _ := l.s.feed.get(); st == SessionLost {
-		return errorf("%w: %w", l.e.lost, ErrLeaseLost)
+		return errorf("%w: %w", l.e.kind.lost, ErrLeaseLost)
 	}
 	if rem := l.s.Remaining(); rem <= l.e.o.stepDown {
 		return fmt.Errorf("%w: stepped down: keepalives are failing and the lease may expire in %v",
-			l.e.lost, (rem + l.s.o.margin).Round(time.Millisecond))
+			l.e.kind.lost, (rem + l.s.o.margin).Round(time.Millisecond))
 	}
 	return nil
 }
@@ -227,9 +227,9 @@ func (l *Leadership) eventCause(ev Event[[]byte]) error {
 func (l *Leadership) keyGone(rev int64, exists bool, create, lease int64) error {
 	switch {
 	case !exists:
-		return l.deleted(fmt.Sprintf("the %s key was deleted by revision %d", l.e.keyWord(), rev))
+		return l.deleted(fmt.Sprintf("the %s key was deleted by revision %d", l.e.kind.keyWord, rev))
 	case create != l.token || lease != int64(l.lease):
-		return fmt.Errorf("%w: the %s key was replaced by revision %d", l.e.lost, l.e.keyWord(), rev)
+		return fmt.Errorf("%w: the %s key was replaced by revision %d", l.e.kind.lost, l.e.kind.keyWord, rev)
 	}
 	return nil
 }
@@ -243,12 +243,12 @@ func (l *Leadership) keyGone(rev int64, exists bool, create, lease int64) error 
 // (bounded by StallTimeout): the key is gone already.
 func (l *Leadership) deleted(what string) error {
 	if !l.s.leaseGone(l.ctx, l.lease) {
-		return fmt.Errorf("%w: %s", l.e.lost, what)
+		return fmt.Errorf("%w: %s", l.e.kind.lost, what)
 	}
 	if l.ss != nil {
 		l.ss.retire()
 	}
-	return errorf("%w: %w: %s, with its lease %x (revoked by another client, or expired)", l.e.lost, ErrLeaseLost, what, int64(l.lease))
+	return errorf("%w: %w: %s, with its lease %x (revoked by another client, or expired)", l.e.kind.lost, ErrLeaseLost, what, int64(l.lease))
 }
 
 // keyWatchDelay is how long a holding that held at once goes before it
@@ -296,7 +296,7 @@ func (l *Leadership) run() {
 			l.w = l.e.cands.Key(l.name).Watch(l.life, AfterRevision(l.token))
 		case ev, ok := <-events:
 			if !ok {
-				l.end(errorf("%w: the %s watch ended: %w", l.e.lost, l.e.kind, l.w.Err()))
+				l.end(errorf("%w: the %s watch ended: %w", l.e.kind.lost, l.e.kind.name, l.w.Err()))
 				return
 			}
 			if cause := l.eventCause(ev); cause != nil {
@@ -345,6 +345,6 @@ func (l *Leadership) giveUp() {
 	if errors.Is(cause, ErrClosed) {
 		log = l.e.c.log.Info
 	}
-	log(l.e.holding()+" ended", zap.String(l.e.kind, l.e.name), zap.String("id", l.id),
+	log(l.e.kind.noun+" ended", zap.String(l.e.kind.name, l.e.name), zap.String("id", l.id),
 		zap.Int64("token", l.token), zap.NamedError("cause", cause), zap.NamedError("revoke", revokeErr))
 }

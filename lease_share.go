@@ -213,61 +213,6 @@ func (ss *sharedSession) closeLater() {
 	}
 }
 
-// keyHold is what a candidate, then its Leadership, holds in the cluster: a
-// key under a lease, the candidate's own session's or a shared one's.
-type keyHold struct {
-	s     *Session
-	ss    *sharedSession // s's share, for a Mutex's or a Semaphore's holder; nil for an election's
-	slot  int            // the key's slot in ss
-	lease clientv3.LeaseID
-	name  string // the key's name under the election's prefix
-	key   string // the key's full etcd key
-	token int64  // the key's create revision, once put; 0 if its put failed
-	// clean reports that the put applied on its first attempt, so that no
-	// copy of it given up on can apply later, once the key is gone.
-	clean bool
-	// unput reports that the put was answered on its first attempt and did
-	// not apply (a Semaphore's limit did not match): there is no key, and
-	// there never will be.
-	unput bool
-}
-
-// letGo gives up the key. An election's candidate ends its own session,
-// which revokes its lease and with it the key. A Mutex's or a Semaphore's
-// deletes its key (see deleteOwn), bounded by ctx and
-// Config.RequestTimeout, and hands the shared session back. The key's name
-// is free for a later holding only when nothing of this one can reach the
-// cluster later: the put and the delete each applied on their first
-// attempt. Otherwise the session takes no new holdings, and ends, revoking
-// its lease, with its last one; a delete that failed is retried in the
-// background (see deleteUntilDone). It returns the error of the revoke or
-// the first delete.
-func (h *keyHold) letGo(ctx context.Context, e *Election) error {
-	ss := h.ss
-	if ss == nil {
-		return h.s.Close()
-	}
-	if h.unput {
-		ss.release(h.slot, true)
-		return nil
-	}
-	once, err := e.c.deleteOwn(ctx, h.key, h.token, h.lease)
-	if err == nil && once && h.token != 0 && h.clean {
-		ss.release(h.slot, true)
-		return nil
-	}
-	ss.retire()
-	if err == nil {
-		ss.release(h.slot, false)
-		return nil
-	}
-	key, token, lease := h.key, h.token, h.lease
-	if !e.c.spawn(func() { ss.deleteUntilDone(key, token, lease); ss.release(h.slot, false) }) {
-		ss.release(h.slot, false)
-	}
-	return err
-}
-
 // deleteUntilDone retries deleting a holder's key until it lands, the
 // session ends, or two TTLs have passed: a link down for that long has
 // lost the lease, and a delete that keeps failing with the link up will not
@@ -287,35 +232,4 @@ func (ss *sharedSession) deleteUntilDone(key string, token int64, lease clientv3
 	if ss.s.ctx.Err() == nil {
 		c.log.Warn("a released holder's key could not be deleted; it goes when the lease is revoked", zap.String("key", key))
 	}
-}
-
-// deleteOwn deletes a holder's key on the pinned stream connection,
-// which moves off a member that stalls (see casStreams), within ctx and
-// Config.RequestTimeout: the key created at revision token (a plain
-// delete: no other holding has a key by that name while token's holding
-// has not let go), or, with token 0 (a put that may not have applied), the
-// key if it is under lease. once reports that the first attempt answered,
-// so that no attempt given up on can apply later.
-func (c *Client) deleteOwn(ctx context.Context, key string, token int64, lease clientv3.LeaseID) (once bool, err error) {
-	ctx, cancel, err := c.opContext(ctx)
-	if err != nil {
-		return false, err
-	}
-	defer cancel()
-	var cmps []clientv3.Cmp
-	if token == 0 {
-		cmps = append(cmps, clientv3.Compare(clientv3.LeaseValue(key), "=", lease))
-	}
-	attempts := 0
-	err = c.onStreams(ctx, c.cfg.StallTimeout, func(ctx context.Context, cli *clientv3.Client) error {
-		attempts++
-		var err error
-		if cmps == nil {
-			_, err = cli.Delete(ctx, key)
-		} else {
-			_, err = cli.Txn(ctx).If(cmps...).Then(clientv3.OpDelete(key)).Commit()
-		}
-		return mapServerError(err)
-	})
-	return attempts == 1, err
 }

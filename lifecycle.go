@@ -5,19 +5,22 @@ import (
 	"sync"
 )
 
-// The Close/Done/Err core of every long-running handle (STYLE rule 5) is
-// lifetime, or lifecycle[E] for a handle that also delivers values of type
-// E on a channel. A new handle (a Mutex's Lock, a Semaphore's Permit, a Live
-// value) adopts it in a few lines:
+// Every long-running handle has the same Close/Done/Err shape, and one
+// mechanism behind it: lifetime, or lifecycle[E] for a handle that also
+// delivers values of type E on a channel (Watch, Observation, Live,
+// LiveMap). Session, Leadership, Cache, Tracker, Ephemeral and
+// HealthMonitor embed lifetime; a Lock or a Permit has none of its own, it
+// wraps the Leadership that holds it. A new handle adopts it in a few
+// lines, as Tracker does:
 //
-//	type Lock struct{ lifetime; ... }
-//	l := &Lock{}
-//	if !l.begin(ctx, c, ErrClosed) { l.ended(ErrClosed); return l }
-//	l.spawn(l.run) // run returns once l.ctx ends; l.cancel(err) on failure
-//	l.arm()
-//	func (l *Lock) Done() <-chan struct{} { return l.done }
-//	func (l *Lock) Err() error            { return l.cause() }
-//	func (l *Lock) Close() error          { return l.close() }
+//	type Tracker[M any] struct{ lifetime; ... }
+//	t := &Tracker[M]{...}
+//	if !t.begin(ctx, c, ErrClosed) { return nil, ErrClosed } // c is closed
+//	t.spawn(t.run) // run returns once t.ctx ends; t.cancel(err) on failure
+//	t.arm()
+//	func (t *Tracker[M]) Done() <-chan struct{} { return t.done }
+//	func (t *Tracker[M]) Err() error            { return t.cause() }
+//	func (t *Tracker[M]) Close() error          { return t.close() }
 
 // lifetime is the Close/Done/Err core of a handle. The handle ends when its
 // context does: the ctx it was made with ends, Close or Client.Close is

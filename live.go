@@ -101,24 +101,6 @@ type Rejection struct {
 	At time.Time
 }
 
-// ValidationError reports that the function given to WithValidator refused
-// a value.
-type ValidationError struct {
-	// Key is the name of the key, relative to the namespace.
-	Key string
-	// Revision is the mod revision of the refused value.
-	Revision int64
-	// Err is the validator's error.
-	Err error
-}
-
-func (e *ValidationError) Error() string {
-	return fmt.Sprintf("etcdkit: validate key %q (mod revision %d): %v", e.Key, e.Revision, e.Err)
-}
-
-// Unwrap returns the validator's error.
-func (e *ValidationError) Unwrap() error { return e.Err }
-
 // liveDecoder turns stored bytes into a good value, or says why not.
 type liveDecoder[T any] struct {
 	codec    Codec[T]

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"time"
-
-	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
 // mutexRoot is the reserved name, under the client's namespace, below which
@@ -44,8 +42,8 @@ type Mutex struct {
 // rules of Client.NewSession apply; see NewElection for what the TTL
 // trades).
 func NewMutex(c *Client, name string, ttl time.Duration, opts ...HolderOption) *Mutex {
-	o, err := buildHolderOptions("mutex", opts)
-	e := newContest(c, "mutex", mutexRoot, name, ttl, 1, ErrNotHeld, o.election)
+	o, err := buildHolderOptions(mutexKind.name, opts)
+	e := newContest(c, mutexKind, name, ttl, 1, o.election)
 	if err != nil && e.err == nil {
 		e.err = errorf("mutex %q: %w", name, err)
 	}
@@ -164,17 +162,6 @@ func (h *holder) Err() error { return h.l.Err() }
 // Close releases the holding, with no deadline of its own, and waits for
 // its goroutine. It is idempotent: later calls return the same error.
 func (h *holder) Close() error { return h.l.Close() }
-
-// held is the error of a try that found the holding taken: it names the
-// holders, the oldest keys at revision rev.
-func (e *Election) held(rev int64, holders []*mvccpb.KeyValue) error {
-	he := &HeldError{Kind: e.kind, Name: e.name, Revision: rev}
-	for _, kv := range holders {
-		he.Holders = append(he.Holders, LeaderInfo{Present: true, ID: string(kv.Value), Token: kv.CreateRevision,
-			Lease: kv.Lease, Revision: rev})
-	}
-	return he
-}
 
 // unwrapHeld returns the *HeldError err wraps, which names the mutex or
 // semaphore itself, or err.

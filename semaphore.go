@@ -55,8 +55,8 @@ type Semaphore struct {
 // namespace, with limit permits (at least 1), whose holders and waiters
 // hold leases of the given TTL (the rules of Client.NewSession apply).
 func NewSemaphore(c *Client, name string, limit int, ttl time.Duration, opts ...HolderOption) *Semaphore {
-	o, err := buildHolderOptions("semaphore", opts)
-	e := newContest(c, "semaphore", semaphoreRoot, name, ttl, max(limit, 1), ErrNotHeld, o.election)
+	o, err := buildHolderOptions(semaphoreKind.name, opts)
+	e := newContest(c, semaphoreKind, name, ttl, max(limit, 1), o.election)
 	s := &Semaphore{e: e, id: o.id, limit: limit}
 	switch {
 	case e.err != nil:

@@ -202,19 +202,6 @@ func endedWatch[T any](err error) *Watch[T] {
 	return w
 }
 
-// hold registers a handle whose end Client.Close waits for, as spawn does for
-// a goroutine; the handle calls c.wg.Done when it has ended. It reports false
-// if the client is closed.
-func (c *Client) hold() bool {
-	c.spawnMu.Lock()
-	defer c.spawnMu.Unlock()
-	if c.closed() {
-		return false
-	}
-	c.wg.Add(1)
-	return true
-}
-
 // Watch subscribes to the changes of the key, from now unless an option says
 // otherwise (see AfterRevision, WithInitial, WithBufferSize). It does not
 // block: ctx bounds the life of the returned Watch, not the call. Event
