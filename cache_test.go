@@ -337,7 +337,7 @@ func TestCacheConcurrentReads(t *testing.T) {
 }
 
 // A cache that ends before its first sync closes Synced too, with Err set,
-// as Watch.Ready does: a caller waiting on Synced must not hang. The member
+// as Watch.Synced does: a caller waiting on Synced must not hang. The member
 // is out of reach (proxy Blackhole on the client's only link) so the
 // initial list never completes; then the cache's ctx is cancelled.
 func TestCacheSyncedClosesWhenItEndsFirst(t *testing.T) {

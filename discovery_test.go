@@ -403,7 +403,7 @@ func TestTrackerSlowReader(t *testing.T) {
 
 // TestTrackerEndsBeforeSync closes a tracker whose cluster never answered:
 // its link is silent from the start (proxy Blackhole(Both) before Track), so
-// it never syncs. A caller waiting on Synced, as one waits on Watch.Ready,
+// it never syncs. A caller waiting on Synced, as one waits on Watch.Synced,
 // must be released when the tracker ends, and find Err saying why; before,
 // Synced stayed open for good and such a caller hung.
 func TestTrackerEndsBeforeSync(t *testing.T) {

@@ -104,12 +104,6 @@ func (e *Election) TTL() time.Duration { return e.ttl }
 // too.
 func (e *Election) Validate() error { return e.err }
 
-// Err returns what Validate returns.
-//
-// Deprecated: use Validate. Err names why a long-running handle ended
-// (Session.Err, Leadership.Err...); an Election never ends.
-func (e *Election) Err() error { return e.err }
-
 // LeaderInfo describes who holds an election at a revision. Present tells
 // whether anyone does; when it is false the other fields but Revision are
 // zero.

@@ -335,7 +335,7 @@ func TestLeaderNoLeaderAndCurrent(t *testing.T) {
 	assert.Equal(t, l.Token(), li.Token)
 	assert.Equal(t, int64(l.Lease()), li.Lease)
 	assert.Equal(t, "a", l.ID())
-	assert.Equal(t, fmt.Sprintf("%s%x", elPrefix("el", "svc"), l.Lease()), l.LeaderKey())
+	assert.Equal(t, fmt.Sprintf("%s%x", elPrefix("el", "svc"), l.Lease()), l.HoldingKey())
 
 	require.NoError(t, l.Resign(ctx))
 	_, err = e.Leader(ctx)
@@ -430,7 +430,7 @@ func TestElectionGuardedWrites(t *testing.T) {
 
 	// Someone deletes the leader key: the next guarded write is refused by
 	// the cluster, and the leadership ends.
-	_, err = raw.Delete(ctx, l.LeaderKey())
+	_, err = raw.Delete(ctx, l.HoldingKey())
 	require.NoError(t, err)
 	_, err = etcdkit.GuardedPut(ctx, l, k, "late")
 	assert.ErrorIs(t, err, etcdkit.ErrNotLeader)
@@ -462,7 +462,7 @@ func TestGuardedWriteInterruptedByLossOfLeadership(t *testing.T) {
 			return err
 		}},
 		{"Txn with Context", true, func(ctx context.Context, l *etcdkit.Leadership, k *etcdkit.Key[string]) error {
-			_, err := l.Txn(ctx, clientv3.OpPut(l.LeaderKey()+"-note", "v"))
+			_, err := l.Txn(ctx, clientv3.OpPut(l.HoldingKey()+"-note", "v"))
 			return err
 		}},
 		{"GuardedPut with Background", false, func(ctx context.Context, l *etcdkit.Leadership, k *etcdkit.Key[string]) error {
@@ -593,7 +593,7 @@ func TestElectionLeaderKeyDeletedEndsLeadership(t *testing.T) {
 
 	// An operator deletes the leader key: without the library, the leader
 	// would keep acting while b leads.
-	_, err := raw.Delete(testContext(t, elWait), a.LeaderKey())
+	_, err := raw.Delete(testContext(t, elWait), a.HoldingKey())
 	require.NoError(t, err)
 	b := elResult(t, bCh)
 	require.NoError(t, b.err)
@@ -786,7 +786,7 @@ func TestCampaignSessionRevokedWhileWaiting(t *testing.T) {
 	require.Error(t, r.err)
 	assert.Nil(t, r.l)
 	assert.True(t, errors.Is(r.err, etcdkit.ErrNotLeader) || errors.Is(r.err, etcdkit.ErrLeaseLost), "got %v", r.err)
-	assert.Equal(t, []string{a.LeaderKey()}, elCandidates(t, raw, prefix), "only the leader's key is left")
+	assert.Equal(t, []string{a.HoldingKey()}, elCandidates(t, raw, prefix), "only the leader's key is left")
 	assert.NoError(t, a.Context().Err(), "the leader is unaffected")
 }
 
@@ -811,7 +811,7 @@ func TestCampaignSessionLostWhileWaiting(t *testing.T) {
 	// Its key goes with its lease, which nothing keeps alive any more.
 	elWaitCandidates(t, raw, prefix, 1)
 	srv.Proxy().Unblackhole()
-	assert.Equal(t, []string{a.LeaderKey()}, elCandidates(t, raw, prefix))
+	assert.Equal(t, []string{a.HoldingKey()}, elCandidates(t, raw, prefix))
 	assert.NoError(t, a.Context().Err(), "the leader is unaffected")
 }
 

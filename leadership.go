@@ -104,14 +104,10 @@ func (l *Leadership) Token() int64 { return l.token }
 // Lease returns the ID of the leader's lease, as Session.Lease does.
 func (l *Leadership) Lease() clientv3.LeaseID { return l.lease }
 
-// LeaderKey returns the leader key as a full etcd key, namespace included,
-// for conditions of one's own in raw transactions.
-func (l *Leadership) LeaderKey() string { return l.key }
-
-// Key returns what LeaderKey returns.
-//
-// Deprecated: use LeaderKey. Key names a *Key[T] elsewhere (Ephemeral.Key).
-func (l *Leadership) Key() string { return l.key }
+// HoldingKey returns the leader key as a full etcd key, namespace
+// included, for conditions of one's own in raw transactions (as
+// Lock.HoldingKey and Permit.HoldingKey do).
+func (l *Leadership) HoldingKey() string { return l.key }
 
 // Context returns a context that is cancelled the moment leadership ends or
 // may have ended (see Leadership); context.Cause says why. It is never

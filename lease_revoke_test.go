@@ -103,9 +103,9 @@ func testMutexLeaseRevokedElsewhere(t *testing.T, ttl time.Duration, opts ...etc
 		require.NoError(t, err, "Lock %d", i)
 		t.Cleanup(func() { _ = lk.Close() })
 		for _, old := range revoked {
-			require.NotEqual(t, old, rvLease(t, raw, lk.Key()), "Lock %d holds under a revoked lease", i)
+			require.NotEqual(t, old, rvLease(t, raw, lk.HoldingKey()), "Lock %d holds under a revoked lease", i)
 		}
-		revoked = append(revoked, rvRevoke(t, raw, lk.Key()))
+		revoked = append(revoked, rvRevoke(t, raw, lk.HoldingKey()))
 		cause := rvEnded(t, lk.Context())
 		assert.ErrorIs(t, cause, etcdkit.ErrLeaseLost, "Lock %d", i)
 		assert.ErrorIs(t, cause, etcdkit.ErrNotHeld, "Lock %d", i)
@@ -138,7 +138,7 @@ func TestMutexLeaseRevokedWhileWaiting(t *testing.T) {
 	require.NoError(t, a.Unlock(testContext(t, elWait)))
 	r := mxResult(t, ch)
 	require.NoError(t, r.err)
-	assert.NotEqual(t, old, rvLease(t, raw, r.lk.Key()))
+	assert.NotEqual(t, old, rvLease(t, raw, r.lk.HoldingKey()))
 }
 
 // TestSemaphoreLeaseRevokedElsewhere is TestMutexLeaseRevokedElsewhere for
@@ -157,9 +157,9 @@ func TestSemaphoreLeaseRevokedElsewhere(t *testing.T) {
 		require.NoError(t, err, "Acquire %d", i)
 		t.Cleanup(func() { _ = p.Close() })
 		for _, old := range revoked {
-			require.NotEqual(t, old, rvLease(t, raw, p.Key()), "Acquire %d holds under a revoked lease", i)
+			require.NotEqual(t, old, rvLease(t, raw, p.HoldingKey()), "Acquire %d holds under a revoked lease", i)
 		}
-		revoked = append(revoked, rvRevoke(t, raw, p.Key()))
+		revoked = append(revoked, rvRevoke(t, raw, p.HoldingKey()))
 		cause := rvEnded(t, p.Context())
 		assert.ErrorIs(t, cause, etcdkit.ErrLeaseLost, "Acquire %d", i)
 		assert.ErrorIs(t, cause, etcdkit.ErrNotHeld, "Acquire %d", i)
@@ -185,7 +185,7 @@ func TestLeadershipLeaseRevokedElsewhere(t *testing.T) {
 	r := elResult(t, ch)
 	assert.ErrorIs(t, r.err, etcdkit.ErrLeaseLost)
 
-	old := rvRevoke(t, raw, l.LeaderKey())
+	old := rvRevoke(t, raw, l.HoldingKey())
 	cause := rvEnded(t, l.Context())
 	assert.ErrorIs(t, cause, etcdkit.ErrLeaseLost)
 	assert.ErrorIs(t, cause, etcdkit.ErrNotLeader)

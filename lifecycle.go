@@ -6,11 +6,11 @@ import (
 )
 
 // Every long-running handle has the same Close/Done/Err shape, and one
-// mechanism behind it: lifetime, or lifecycle[E] for a handle that also
-// delivers values of type E on a channel (Watch, Observation, Live,
-// LiveMap). Session, Leadership, Cache, Tracker, Ephemeral and
-// HealthMonitor embed lifetime; a Lock or a Permit has none of its own, it
-// wraps the Leadership that holds it. A new handle adopts it in a few
+// mechanism behind it: lifetime, which every handle embeds. A handle that
+// also delivers values of type E on a channel (Watch, Observation, Live,
+// LiveMap) keeps the channel in a field of its own and begins with
+// beginEvents, which closes it at the right moment. A Lock or a Permit has
+// no lifetime of its own: it wraps the Leadership that holds it. A new handle adopts it in a few
 // lines, as Tracker does:
 //
 //	type Tracker[M any] struct{ lifetime; ... }

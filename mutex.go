@@ -53,9 +53,9 @@ func NewMutex(c *Client, name string, ttl time.Duration, opts ...HolderOption) *
 // Name returns the mutex's name.
 func (m *Mutex) Name() string { return m.e.name }
 
-// Err returns the error that makes the mutex unusable (a nil client, an
-// invalid name, TTL or option), or nil.
-func (m *Mutex) Err() error { return m.e.err }
+// Validate returns the error that makes the mutex unusable (a nil client,
+// an invalid name, TTL or option), or nil. Every method returns it too.
+func (m *Mutex) Validate() error { return m.e.err }
 
 // Lock blocks until it holds the mutex, ctx ends, or it can no longer
 // acquire, and returns the Lock. Waiters are served in arrival order.
@@ -140,9 +140,10 @@ func (h *holder) Token() int64 { return h.l.token }
 // ID returns the holder's id (see WithHolderID).
 func (h *holder) ID() string { return h.l.id }
 
-// Key returns the holder's key as a full etcd key, namespace included, for
-// conditions of one's own in raw transactions.
-func (h *holder) Key() string { return h.l.key }
+// HoldingKey returns the holder's key as a full etcd key, namespace
+// included, for conditions of one's own in raw transactions (as
+// Leadership.HoldingKey does).
+func (h *holder) HoldingKey() string { return h.l.key }
 
 // Context returns a context that is cancelled the moment the holding ends
 // or may have ended; context.Cause says why.

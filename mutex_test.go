@@ -103,14 +103,14 @@ func TestMutexInvalidArguments(t *testing.T) {
 		{"nil election option", etcdkit.NewMutex(c, "m", 2*time.Second, etcdkit.ElectionOption(nil)), nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			require.Error(t, tc.m.Err())
+			require.Error(t, tc.m.Validate())
 			if tc.want != nil {
-				assert.ErrorIs(t, tc.m.Err(), tc.want)
+				assert.ErrorIs(t, tc.m.Validate(), tc.want)
 			}
 			_, err := tc.m.Lock(ctx)
-			assert.Equal(t, tc.m.Err(), err)
+			assert.Equal(t, tc.m.Validate(), err)
 			_, err = tc.m.TryLock(ctx)
-			assert.Equal(t, tc.m.Err(), err)
+			assert.Equal(t, tc.m.Validate(), err)
 		})
 	}
 	k := etcdkit.NewKey(c, "k", etcdkit.String())
@@ -339,7 +339,7 @@ func TestMutexUnlockNeverRemovesAnotherHolder(t *testing.T) {
 	require.NoError(t, err, "d still holds after c's late Unlock")
 	keys := elCandidates(t, raw, prefix)
 	require.Len(t, keys, 1)
-	assert.Equal(t, d.lk.Key(), keys[0])
+	assert.Equal(t, d.lk.HoldingKey(), keys[0])
 }
 
 // The Locks of one Mutex share its lease and use their key names again,
@@ -360,13 +360,13 @@ func TestMutexLocksShareOneLease(t *testing.T) {
 		return resp.Kvs[0].Lease
 	}
 	a := mxLock(t, m)
-	keyA, leaseA, tokenA := a.Key(), lease(a.Key()), a.Token()
+	keyA, leaseA, tokenA := a.HoldingKey(), lease(a.HoldingKey()), a.Token()
 	require.NoError(t, a.Unlock(ctx))
 	assert.ErrorIs(t, context.Cause(a.Context()), etcdkit.ErrClosed)
 	assert.ErrorContains(t, context.Cause(a.Context()), "lock released")
 	b := mxLock(t, m)
-	assert.Equal(t, keyA, b.Key(), "the second Lock uses the first one's key name again")
-	assert.Equal(t, leaseA, lease(b.Key()), "under the same lease")
+	assert.Equal(t, keyA, b.HoldingKey(), "the second Lock uses the first one's key name again")
+	assert.Equal(t, leaseA, lease(b.HoldingKey()), "under the same lease")
 	assert.Greater(t, b.Token(), tokenA)
 	// A second, concurrent holding of the same Mutex gets a name of its own.
 	ch := mxLockAsync(t, m)
@@ -374,8 +374,8 @@ func TestMutexLocksShareOneLease(t *testing.T) {
 	require.NoError(t, b.Unlock(ctx))
 	r := mxResult(t, ch)
 	require.NoError(t, r.err)
-	assert.NotEqual(t, keyA, r.lk.Key())
-	assert.Equal(t, leaseA, lease(r.lk.Key()))
+	assert.NotEqual(t, keyA, r.lk.HoldingKey())
+	assert.Equal(t, leaseA, lease(r.lk.HoldingKey()))
 	require.NoError(t, r.lk.Unlock(ctx))
 
 	// Unused for a TTL, the lease is revoked.
@@ -391,7 +391,7 @@ func TestMutexLocksShareOneLease(t *testing.T) {
 	}
 	// And the next Lock takes a new one.
 	d := mxLock(t, m)
-	assert.NotEqual(t, leaseA, lease(d.Key()))
+	assert.NotEqual(t, leaseA, lease(d.HoldingKey()))
 	require.NoError(t, d.Unlock(ctx))
 }
 
@@ -410,7 +410,7 @@ func TestMutexFailedUnlockRetiresItsLease(t *testing.T) {
 	prefix := mxPrefix("mx", "retire")
 
 	a := mxLock(t, m)
-	keyA := a.Key()
+	keyA := a.HoldingKey()
 	srv.Proxy().Blackhole(proxy.Both)
 	t.Cleanup(srv.Proxy().Unblackhole)
 	uctx, ucancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
@@ -423,7 +423,7 @@ func TestMutexFailedUnlockRetiresItsLease(t *testing.T) {
 	// behind a's key, which the retried delete removes once the link is
 	// back, and holds under a new lease.
 	b := mxLock(t, m)
-	assert.NotEqual(t, keyA, b.Key(), "a new lease, so a new key name")
+	assert.NotEqual(t, keyA, b.HoldingKey(), "a new lease, so a new key name")
 	elWaitCandidates(t, raw, prefix, 1)
 	_, err := etcdkit.GuardedPut(testContext(t, elWait), b, etcdkit.NewKey(c, "k", etcdkit.String()), "b")
 	require.NoError(t, err)

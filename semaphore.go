@@ -77,9 +77,10 @@ func (s *Semaphore) Name() string { return s.e.name }
 // Limit returns the number of permits.
 func (s *Semaphore) Limit() int { return s.limit }
 
-// Err returns the error that makes the semaphore unusable (a nil client, an
-// invalid name, limit, TTL or option), or nil.
-func (s *Semaphore) Err() error { return s.e.err }
+// Validate returns the error that makes the semaphore unusable (a nil
+// client, an invalid name, limit, TTL or option), or nil. Every method
+// returns it too.
+func (s *Semaphore) Validate() error { return s.e.err }
 
 // Acquire blocks until it holds a permit, ctx ends, or it can no longer
 // acquire, and returns the Permit. Waiters are served in arrival order.

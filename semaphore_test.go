@@ -82,9 +82,9 @@ func TestSemaphoreLimitRecordedAndTry(t *testing.T) {
 		etcdkit.NewSemaphore(c, "re", 2, time.Second/2),
 		etcdkit.NewSemaphore(c, "re", 2, 2*time.Second, nil),
 	} {
-		require.Error(t, s.Err())
+		require.Error(t, s.Validate())
 		_, err := s.Acquire(ctx)
-		assert.Equal(t, s.Err(), err)
+		assert.Equal(t, s.Validate(), err)
 	}
 
 	var permits []*etcdkit.Permit
@@ -189,7 +189,7 @@ func TestSemaphoreLimitHoldsUnderFaults(t *testing.T) {
 				rev, err := etcdkit.GuardedPut(ctx, p, markers[i], i)
 				if err == nil {
 					mu.Lock()
-					holdings = append(holdings, smHolding{key: p.Key(), start: rev})
+					holdings = append(holdings, smHolding{key: p.HoldingKey(), start: rev})
 					holding[i] = true
 					mu.Unlock()
 					select {

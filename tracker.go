@@ -88,7 +88,7 @@ func (t *Tracker[M]) Instances() []Instance[M] {
 func (t *Tracker[M]) Updates() <-chan []Instance[M] { return t.updates }
 
 // Synced is closed once the view holds the service's instances, or, like
-// Watch.Ready, when the tracker ends before that: a caller waiting on it is
+// Watch.Synced, when the tracker ends before that: a caller waiting on it is
 // never left hanging. In that case Done is closed first and Err says why the
 // tracker ended; the view stays empty and Stale reports true.
 func (t *Tracker[M]) Synced() <-chan struct{} { return t.synced }

@@ -104,7 +104,7 @@ func (cd *campaigner) loop(ctx context.Context, run *Run, er *ElectionRecord) {
 			continue
 		}
 		idx := rec.leadershipWon(er, LeaderRecord{ID: cd.id, Token: l.Token(), Won: rec.Now()},
-			strings.TrimPrefix(l.LeaderKey(), run.Namespace+"/"))
+			strings.TrimPrefix(l.HoldingKey(), run.Namespace+"/"))
 		recorded := make(chan struct{})
 		stop := context.AfterFunc(l.Context(), func() {
 			rec.leadershipLost(er, idx, rec.Now(), fmt.Sprint(context.Cause(l.Context())))

@@ -194,13 +194,7 @@ func (ct *contender) loop(ctx context.Context, run *Run, hr *HoldingRecord) {
 			time.Sleep(ct.rng.Duration(10*time.Millisecond, 50*time.Millisecond))
 			continue
 		}
-		key := ""
-		switch h := f.(type) {
-		case *etcdkit.Lock:
-			key = h.Key()
-		case *etcdkit.Permit:
-			key = h.Key()
-		}
+		key := f.(interface{ HoldingKey() string }).HoldingKey()
 		idx := rec.holdingWon(hr, LeaderRecord{ID: ct.id, Token: f.Token(), Won: rec.Now()}, strings.TrimPrefix(key, run.Namespace+"/"))
 		recorded := make(chan struct{})
 		stop := context.AfterFunc(f.Context(), func() {
