@@ -263,15 +263,12 @@ func (ca *Cache[T]) stateLocked() map[string]int64 {
 // follows the cache again, as a Watch does. Catching up, it never delivers
 // a change the cache has not applied yet; only the Resync events of a
 // compaction met while catching up may precede the cache's own.
-// AfterRevision is not supported. The Watch ends when the cache ends (with
+// The Watch ends when the cache ends (with
 // the cache's cause) or when it is closed.
-func (ca *Cache[T]) Subscribe(opts ...WatchOption) *Watch[T] {
+func (ca *Cache[T]) Subscribe(opts ...SubscribeOption) *Watch[T] {
 	cfg := newWatchConfig(opts)
 	if err := cfg.err(); err != nil {
 		return endedWatch[T](err)
-	}
-	if cfg.setAfter {
-		return endedWatch[T](errorf("Cache.Subscribe: AfterRevision is not supported"))
 	}
 	w, ok := newWatch[T](ca.ctx, ca.c, min(cfg.buffer, eventsBuffer))
 	if !ok {

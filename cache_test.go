@@ -250,9 +250,9 @@ func TestCacheEndings(t *testing.T) {
 		ca, err := p.Cache(testContext(t, time.Minute))
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = ca.Close() })
-		w := ca.Subscribe(etcdkit.AfterRevision(1))
+		w := ca.Subscribe(etcdkit.WithBufferSize(0))
 		waitDone(t, w.Done(), "subscription")
-		require.Error(t, w.Err())
+		require.ErrorContains(t, w.Err(), "size must be positive")
 	})
 }
 

@@ -320,6 +320,12 @@ type HealthMonitor struct {
 // c is closed. An invalid option, or a closed c, gives a monitor that has
 // already ended: Done is closed and Err says why.
 func NewHealthMonitor(c *Client, opts ...HealthOption) *HealthMonitor {
+	if c == nil {
+		hm := &HealthMonitor{updates: make(lossy[ClusterHealth], 1), conns: map[string]*clientv3.Client{}}
+		hm.closing, hm.final = hm.stopRecording, hm.closeConns
+		hm.ended(errors.New("etcdkit: NewHealthMonitor: nil client"))
+		return hm
+	}
 	hm := &HealthMonitor{
 		c:        c,
 		opts:     buildHealthOptions(opts),
@@ -404,7 +410,9 @@ func (hm *HealthMonitor) Current() ClusterHealth {
 	hm.mu.Lock()
 	h := hm.current
 	hm.mu.Unlock()
-	h.Endpoints = hm.c.endpointHealth()
+	if hm.c != nil {
+		h.Endpoints = hm.c.endpointHealth()
+	}
 	h.Readiness, _ = hm.readiness()
 	return h
 }

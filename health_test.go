@@ -436,3 +436,17 @@ func ExampleNewHealthMonitor() {
 		}
 	}()
 }
+
+// A monitor made without a Client has ended with an error that says so; its
+// methods answer without a panic.
+func TestHealthMonitorNilClient(t *testing.T) {
+	hm := etcdkit.NewHealthMonitor(nil)
+	waitDone(t, hm.Done(), "monitor")
+	require.ErrorContains(t, hm.Err(), "nil client")
+	_, err := hm.Check(context.Background())
+	require.ErrorContains(t, err, "nil client")
+	_ = hm.Current()
+	_, open := <-hm.Updates()
+	require.False(t, open)
+	require.NoError(t, hm.Close())
+}

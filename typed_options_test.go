@@ -47,6 +47,8 @@ var (
 			`c.NewSession(ctx, time.Second, etcdkit.WithStepDownMargin(time.Second))`, "WithStepDownMargin"},
 		{"holder id on an Election", `etcdkit.NewMutex(c, "m", time.Second, etcdkit.WithHolderID("a"))`,
 			`etcdkit.NewElection(c, "e", time.Second, etcdkit.WithHolderID("a"))`, "WithHolderID"},
+		{"AfterRevision on a subscription", `(*etcdkit.Cache[float64])(nil).Subscribe(etcdkit.WithInitial(), etcdkit.WithBufferSize(8))`,
+			`(*etcdkit.Cache[float64])(nil).Subscribe(etcdkit.AfterRevision(3))`, "AfterRevision"},
 		{"session options on a Semaphore", `etcdkit.NewSemaphore(c, "s", 2, time.Second, etcdkit.WithKeepAliveInterval(time.Second), etcdkit.WithStepDownMargin(time.Second))`,
 			`etcdkit.NewSemaphore(c, "s", 2, time.Second, etcdkit.WithDefault(1))`, "WithDefault"},
 	} {

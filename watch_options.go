@@ -12,11 +12,19 @@ import (
 const DefaultWatchBuffer = 1024
 
 // A WatchOption changes where a watch starts or how much it may buffer. Pass
-// options to Key.Watch, Prefix.Watch and Cache.Subscribe. The interface is
-// sealed: only this package provides options. A nil option is an error, as
-// is an invalid one: the Watch returned has already ended with it.
+// options to Key.Watch and Prefix.Watch. The interface is sealed: only this
+// package provides options. A nil option is an error, as is an invalid one:
+// the Watch returned has already ended with it.
 type WatchOption interface {
 	applyWatch(*watchConfig)
+}
+
+// A SubscribeOption configures Cache.Subscribe: WithInitial and
+// WithBufferSize, which are WatchOptions too. AfterRevision is not one: a
+// subscription follows its cache, which starts where it starts.
+type SubscribeOption interface {
+	WatchOption
+	applySubscribe(*watchConfig)
 }
 
 type watchConfig struct {
@@ -27,10 +35,10 @@ type watchConfig struct {
 	setAfter bool
 }
 
-func newWatchConfig(opts []WatchOption) watchConfig {
+func newWatchConfig[O WatchOption](opts []O) watchConfig {
 	cfg := watchConfig{after: -1, buffer: DefaultWatchBuffer}
 	for _, o := range opts {
-		if o == nil {
+		if any(o) == nil {
 			cfg.errs = append(cfg.errs, errors.New("etcdkit: watch: nil option"))
 			continue
 		}
@@ -55,9 +63,16 @@ func (cfg watchConfig) err() error {
 	return nil
 }
 
-type watchOptionFunc func(*watchConfig)
+// watchOption is an option of watches only.
+type watchOption func(*watchConfig)
 
-func (f watchOptionFunc) applyWatch(cfg *watchConfig) { f(cfg) }
+func (f watchOption) applyWatch(cfg *watchConfig) { f(cfg) }
+
+// subscribeOption is an option of watches and subscriptions.
+type subscribeOption func(*watchConfig)
+
+func (f subscribeOption) applyWatch(cfg *watchConfig)     { f(cfg) }
+func (f subscribeOption) applySubscribe(cfg *watchConfig) { f(cfg) }
 
 // AfterRevision starts the watch after revision rev: it delivers every change
 // whose revision is greater than rev, in order, each once, including changes
@@ -72,7 +87,7 @@ func (f watchOptionFunc) applyWatch(cfg *watchConfig) { f(cfg) }
 // AfterRevision(0) delivers the whole retained history.
 // It cannot be combined with WithInitial.
 func AfterRevision(rev int64) WatchOption {
-	return watchOptionFunc(func(cfg *watchConfig) {
+	return watchOption(func(cfg *watchConfig) {
 		if rev < 0 {
 			cfg.errs = append(cfg.errs, fmt.Errorf("etcdkit: watch: AfterRevision(%d): negative revision", rev))
 			return
@@ -86,8 +101,8 @@ func AfterRevision(rev int64) WatchOption {
 // every change after R. There is no gap and no overlap between the two.
 // For Cache.Subscribe it means the cache's current contents. It cannot be
 // combined with AfterRevision.
-func WithInitial() WatchOption {
-	return watchOptionFunc(func(cfg *watchConfig) { cfg.initial = true })
+func WithInitial() SubscribeOption {
+	return subscribeOption(func(cfg *watchConfig) { cfg.initial = true })
 }
 
 // WithBufferSize sets how many events the subscriber may have waiting, not
@@ -97,8 +112,8 @@ func WithInitial() WatchOption {
 // Watch). The buffer always admits one whole revision, however many events a
 // transaction or a resync holds. n must be positive; the default is
 // DefaultWatchBuffer.
-func WithBufferSize(n int) WatchOption {
-	return watchOptionFunc(func(cfg *watchConfig) {
+func WithBufferSize(n int) SubscribeOption {
+	return subscribeOption(func(cfg *watchConfig) {
 		if n <= 0 {
 			cfg.errs = append(cfg.errs, fmt.Errorf("etcdkit: watch: WithBufferSize(%d): size must be positive", n))
 			return

@@ -64,7 +64,7 @@ func (cs *Caches) Start(ctx context.Context, run *Run) error {
 		}
 		for j := range 1 + rng.IntN(2) {
 			rec := &Subscriber{Scope: DataPrefix + "/", Prefix: true, Start: StartNow}
-			var opts []etcdkit.WatchOption
+			var opts []etcdkit.SubscribeOption
 			if rng.Chance(0.5) {
 				rec.Start, rec.After = StartInitial, ca.Revision()
 				opts = append(opts, etcdkit.WithInitial())

@@ -69,7 +69,7 @@ func (f *Fresh) Start(ctx context.Context, run *Run) error {
 	}
 	f.clients = append(f.clients, c)
 	toKey := func(name string) string { return FreshPrefix + "/" + name }
-	opts := func(rec *Subscriber) (opts []etcdkit.WatchOption, slow time.Duration) {
+	opts := func(rec *Subscriber) (opts []etcdkit.SubscribeOption, slow time.Duration) {
 		if rng.Chance(0.7) {
 			opts = append(opts, etcdkit.WithBufferSize(4+rng.IntN(5)))
 			rec.Name += " small-buffer"
@@ -88,7 +88,11 @@ func (f *Fresh) Start(ctx context.Context, run *Run) error {
 		rec := &Subscriber{Name: fmt.Sprintf("f%d prefix %s/ initial", i, FreshPrefix), Scope: FreshPrefix + "/", Prefix: true,
 			Start: StartInitial, After: rev}
 		o, slow := opts(rec)
-		w := etcdkit.NewPrefix(c, FreshPrefix, etcdkit.String()).Watch(ctx, append(o, etcdkit.WithInitial())...)
+		wo := []etcdkit.WatchOption{etcdkit.WithInitial()}
+		for _, x := range o {
+			wo = append(wo, x)
+		}
+		w := etcdkit.NewPrefix(c, FreshPrefix, etcdkit.String()).Watch(ctx, wo...)
 		f.subs.add(run, rec, w, toKey, slow)
 		if err := f.subs[len(f.subs)-1].waitStarted(ctx); err != nil {
 			return err
