@@ -236,7 +236,7 @@ func observeAll(t testing.TB, o *etcdkit.Observation) *leaderLog {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for li := range o.Events() {
+		for li := range o.Updates() {
 			l.mu.Lock()
 			l.seen = append(l.seen, li)
 			close(l.more)
