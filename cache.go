@@ -13,7 +13,11 @@ import (
 // Cache is a local copy of every key under a prefix, kept up to date by a
 // watch: reads are served from memory, without a request, at the revision
 // given by Revision. Make one with [Prefix.Cache]. It is empty until Synced
-// is closed, then follows every change as [Prefix.Watch] does.
+// is closed, then follows every change as [Prefix.Watch] does: it lists the
+// prefix at one revision and applies every change after it, through the same
+// engine, so it survives broken and silent links and member failures, and
+// after a compaction it applies the differences with the state re-read at
+// the compaction's revision, deletions included.
 //
 // A value that does not decode is not in the cache (Get reports false, List
 // leaves it out) but its change is still delivered to subscribers with

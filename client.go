@@ -24,6 +24,49 @@ import (
 // Client is a connection to an etcd cluster under one namespace. It is safe
 // for concurrent use. Keys, prefixes, watches, sessions and the other handles
 // are made from it and end when it is closed.
+//
+// Requests on a sick member. Reads, writes and transactions of keys and
+// prefixes ([Key.Get], [Key.Put], [Key.Create], [Key.CompareAndSwap],
+// [Key.Update], [Key.Delete], [Prefix.List]) go to one member at a time,
+// through a connection pinned to each configured endpoint: the member the
+// watch and lease streams use while it answers, else the one that answered
+// last. Each attempt is bounded by [Config.StallTimeout] and sent with
+// etcd's require-leader flag, so that a member that lost its leader refuses
+// it at once instead of holding it until its own request timeout. A member
+// that refuses, does not answer in time, or cannot be connected to is
+// recorded as sick, with the cause, and the request moves on to the next
+// member, the healthy ones first. So a request issued while its member is
+// partitioned from its peers (once the member knows it has no leader: an
+// election timeout), blackholed after a failure was recorded, or stopped
+// completes on a healthy member within StallTimeout plus a fraction of a
+// second.
+//
+// A read may be sent anywhere again. A write is sent again only when it
+// provably did not apply: the member refused it before proposing it ("no
+// leader"), or it was never sent (the connection was not up). A write that
+// was sent and got no answer (a silent member, a broken connection, the
+// caller's context ending while it was in flight) fails at once with
+// [ErrUnknownOutcome], naming the member and the cause: it may have
+// applied, or may still. See ErrUnknownOutcome for how to retry a Create,
+// CompareAndSwap or Update safely. When no member serves a request before
+// its context ends, the error lists each member and why ("no member
+// answered within 5s: member m0 (127.0.0.1:2379) is unreachable...; member
+// m1 (...) has no leader; ...").
+//
+// The record of each endpoint's standing is the client's one view of its
+// members' health: the watch and lease streams leave a member the requests
+// found sick and the other way round, and a [HealthMonitor]'s probes feed
+// it and report it in [ClusterHealth].Endpoints. Pinning gives up the load
+// spreading of clientv3's round robin: one client's requests all go to one
+// member while it is healthy. Many clients spread over the members as their
+// endpoint lists and failures do; a client that must spread its own load
+// should list its endpoints in a different order per process. In exchange a
+// sick member costs at most one attempt, where round robin sends one
+// request in n to it until the request times out. [Client.Raw] still
+// round-robins, and calls made through it move nowhere; so, for now, do the
+// guarded writes of a [Leadership] and the reads of an [Election]. A Client
+// made by [Wrap] sends its requests through the wrapped client, which picks
+// the member.
 type Client struct {
 	raw   *clientv3.Client
 	owned bool
@@ -95,7 +138,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 // StallTimeout per attempt and sent with etcd's require-leader flag, a read
 // is retried and a write only when it provably did not apply; but raw picks
 // the member, so they do not follow the client's view of its members'
-// health (see Requests on a sick member in the package documentation).
+// health (see Requests on a sick member, under [Client]).
 func Wrap(raw *clientv3.Client, cfg Config) (*Client, error) {
 	if raw == nil {
 		return nil, errors.New("etcdkit: Wrap: nil client")

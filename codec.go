@@ -10,6 +10,7 @@ import (
 )
 
 // Codec turns values of type T into the bytes stored in etcd and back.
+// [JSON], [String], [Bytes] and [Proto] are provided.
 // Implementations must be safe for concurrent use and must not retain or
 // modify the slice passed to Decode after it returns.
 type Codec[T any] interface {

@@ -115,8 +115,10 @@ type Config struct {
 	MaxValueSize int
 
 	// Metrics receives counters and gauges about the library's own work
-	// (reconnects, resyncs, stalls, session states...). Default: nil, no
-	// metrics are recorded.
+	// (watch reconnects, resyncs, stalls, subscriber lag, session state
+	// changes, ephemeral restores, Live updates and rejections, leadership
+	// changes, health status; see AllMetrics). The metrics/prom package
+	// adapts them to Prometheus. Default: nil, no metrics are recorded.
 	Metrics Metrics
 
 	// DialOptions are passed to gRPC for every connection the Client opens

@@ -22,8 +22,15 @@ const electionRoot = "_etcdkit/election"
 // many. A leader learns it may have lost leadership before another can win,
 // unless someone else deletes its key or revokes its lease (it then learns
 // when it sees its key go, with ErrLeaseLost for a revoke), and its guarded
-// writes apply only while it leads (see [Leadership]); the package
-// documentation gives the candidates' keys under Key layout.
+// writes apply only while it leads (see [Leadership]).
+//
+// Each candidate holds one key, attached to a lease of its own:
+// <namespace>/_etcdkit/election/<name>/<lease in hex>, whose value is the
+// candidate's id; <name> is the election's name path-escaped into one
+// segment, so that election "a" never sees the candidates of election
+// "a/b". The leader is the candidate whose key has the lowest create
+// revision, as in etcd's concurrency.Election; that revision is the
+// leadership's fencing token ([Leadership.Token]).
 //
 // An invalid name, TTL or option does not panic: every method returns the
 // error, as Validate does.

@@ -23,9 +23,15 @@ import (
 // place: if someone deletes or overwrites it, it is put back (sending
 // Restored and counting MetricEphemeralRestores), and after the lease was
 // Lost and a new one granted, the key is put again under the new lease
-// (sending Recovered). Give each owner its own key: two Ephemerals on one
-// key fight over it (see Ephemeral keys and registrations in the package
-// documentation).
+// (sending Recovered).
+//
+// An Ephemeral follows its key through the client's watch engine, as
+// [Key.Watch] does: a broken, silent or leaderless link is noticed and
+// survived as for any [Watch], by the one stall detector every watch of the
+// client shares. Give each owner its own key: two Ephemerals on one key
+// fight over it, each putting its value back; the restores are paced (a
+// restore within 5s of the previous one waits, longer each time, up to 5s)
+// so that the fight stays cheap.
 //
 // An Ephemeral is safe for concurrent use.
 type Ephemeral[T any] struct {

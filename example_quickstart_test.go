@@ -12,18 +12,19 @@ import (
 	"github.com/etcdkit/etcdkit"
 )
 
-// Limits is the configuration value of the quick start.
+// Limits is the configuration value of the quick start, and DefaultLimits
+// what it applies while no value is stored. The README shows both as
+// written here.
 type Limits struct {
 	MaxConns int `json:"max_conns"`
 }
 
-// DefaultLimits is what the quick start applies while no value is stored.
 var DefaultLimits = Limits{MaxConns: 10}
 
-// followLimits is the quick start of the README, as written there but for
-// the endpoints (the package documentation shows it without the Create): it
-// keeps apply fed with the current limits until ctx ends. Keep the three in
-// step.
+// followLimits connects to endpoints and keeps apply fed with the current
+// limits until ctx ends. From the NewKey line on it is the README's Watch
+// quick start, word for word (TestREADMEExamplesCompile checks it); the
+// package documentation shows it without the Create.
 func followLimits(ctx context.Context, endpoints []string, apply func(Limits)) error {
 	c, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: endpoints, Namespace: "billing"})
 	if err != nil {

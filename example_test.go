@@ -121,7 +121,7 @@ func ExampleKey_Watch() {
 		log.Fatal(err)
 	}
 	// The current value first, then every change, with no gap between them.
-	// The watch starts in the background; Ready says its start is fixed.
+	// The watch starts in the background; Synced says its start is fixed.
 	w := mode.Watch(ctx, etcdkit.WithInitial())
 	defer w.Close()
 	<-w.Synced()

@@ -287,10 +287,17 @@ const healthProbeKey = "etcdkit-health-probe"
 // HealthMonitor checks the health of the cluster the client talks to: on
 // demand with Check, and in the background every interval (WithInterval),
 // keeping the latest result for Current, publishing changes on Updates and
-// serving it to readiness probes through ServeHTTP. Each check covers every
-// configured endpoint (see Health and metrics in the package
-// documentation). The Status follows the rules given for Healthy, Degraded
-// and Unhealthy; Reasons say which rule each member broke.
+// serving it to readiness probes through ServeHTTP. The Status follows the
+// rules given for Healthy, Degraded and Unhealthy; Reasons say which rule
+// each member broke.
+//
+// A check probes every member: reachability, linearizable read latency,
+// leader, raft indexes, database size, alarms. It asks every configured
+// endpoint for its member's status and a linearizable read, through a
+// connection pinned to that endpoint, and relates the answers to the
+// cluster's member list: the endpoints may be proxies whose addresses
+// differ from the members'. Its probes also feed the client's view of its
+// members' health (see [Client]), reported in [ClusterHealth].Endpoints.
 //
 // A HealthMonitor ends when Close is called or its Client is closed. Its
 // methods are safe for concurrent use.

@@ -36,6 +36,20 @@ type Value[T any] struct {
 // state besides its name and codec: it is cheap to make and safe for
 // concurrent use.
 //
+// Names are "/"-separated segments under [Config.Namespace]; a name that is
+// empty, has an empty, "." or ".." segment, or holds control characters is
+// refused with [ErrInvalidName], so no name can reach outside its
+// namespace. Values pass through the key's [Codec]. A value larger than
+// [Config.MaxValueSize] is refused with [ErrTooLarge] before anything is
+// sent; a stored value that does not decode is reported as a [*DecodeError]
+// naming the key, never a panic.
+//
+// [Key.Create] writes only if the key is absent, [Key.CompareAndSwap] only
+// if the key still has the expected mod revision, and [Key.Update] runs a
+// read-modify-write function, retrying on conflicts with the value that
+// won. A failed condition is a [*ConflictError] that carries the current
+// value; [AsConflict] reads it without knowing the value's type.
+//
 // An invalid name or a nil codec does not panic: every method returns the
 // error (ErrInvalidName and the like), as Validate does.
 type Key[T any] struct {

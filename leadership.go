@@ -36,8 +36,28 @@ var errResigned = fmt.Errorf("%w: leadership resigned", ErrClosed)
 // Leadership stops keeping its lease alive and revokes it, which deletes
 // its key, so the next candidate takes over at once; if the cluster cannot
 // be reached, the key expires with the lease. (A Lock or a Permit deletes
-// its key instead, as Unlock says.) The package documentation derives the timing
-// under When leadership ends.
+// its key instead, as Unlock says.)
+//
+// When leadership ends. Context is cancelled once no keepalive of the lease
+// has succeeded for so long that the session would declare the lease Lost
+// within the step-down margin, whether the session is Suspended or a
+// keepalive is still in flight. This rule is what makes the leader know
+// before anyone else can win. Another candidate wins only once the leader
+// key is deleted. If nobody deletes it and nobody revokes the lease, that
+// takes the lease expiring, which the server does no earlier than the TTL
+// after the leader sent its last successful keepalive (see [Session]). The
+// session declares Lost the Lost margin before that moment, on the client's
+// monotonic clock, and the leadership ends the step-down margin before
+// Lost: at least the two margins together (1s with a 5s TTL and the
+// defaults) before the earliest moment another candidate can win, which
+// leaves room for late timers and for the leader to stop what it is doing.
+//
+// What the margins cannot cover, a pause longer than them, a key deleted or
+// a lease revoked by someone else, the guarded writes do: [Leadership.Txn],
+// [GuardedPut] and [GuardedDelete] apply only while the leader key still
+// exists with the leadership's token, a condition the cluster checks in the
+// same etcd transaction as the write. Whatever the timing, a deposed
+// leader's late writes are refused by the cluster itself.
 //
 // A Leadership is safe for concurrent use.
 type Leadership struct {

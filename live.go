@@ -21,7 +21,7 @@ const liveChangesBuffer = 64
 // ErrOlderThanSnapshot is the error of a Rejection whose value is older
 // (has a lower revision) than the snapshot the handle serves: the cluster
 // was restored from a backup, or replaced, since the snapshot was written.
-// See "Live configuration" in the package documentation.
+// See Snapshot and cluster, under [Live].
 var ErrOlderThanSnapshot = errors.New("etcdkit: cluster value older than the snapshot")
 
 // LiveSource says where a Live's current value comes from.
@@ -176,21 +176,42 @@ func keyName(name, entry string) string {
 // up to date by a watch and readable at any time, without waiting, by Get.
 // Make one with [NewLive].
 //
-// Get returns the last good value: one that decoded and passed the
-// validator (WithValidator). A value that does not is never served: it is
-// reported by Rejected, logged, and counted (MetricLiveRejections), and Get
+// Get returns the last good value, with one atomic load and no I/O: one
+// that decoded and passed the validator ([WithValidator]). A value that
+// does not is never served: it is reported by Rejected (the error, a
+// [*DecodeError] or a [*ValidationError], its revision and when), logged,
+// and counted ([MetricLiveRejections]), Events never carries it, and Get
 // keeps returning the value before it until a good one is written. While
 // the key is absent, never written or deleted, Get returns the default
-// (WithDefault, else T's zero value); so it does before anything is known,
-// unless a snapshot (WithSnapshot) gives the last good value of a previous
-// run.
+// ([WithDefault], else T's zero value); so it does before anything is
+// known, unless a snapshot ([WithSnapshot]) gives the last good value of a
+// previous run. With [MergeDefault], the fields a stored JSON value leaves
+// out take the default's values.
 //
 // The value follows the key through the client's watch engine
 // ([Key.Watch]), with its guarantees: every change is seen in revision
 // order, across broken and silent links, restarted servers and failed
-// members, and after a compaction the current state is read again. Events
-// delivers every change of the served value; Synced says when the value
-// has come from the cluster, and Stale when it may be out of date.
+// members, and after a compaction the current state is read again, of
+// which only the current value is applied (values the compaction erased are
+// never seen, so never applied). Events delivers every change of the served
+// value; Synced is closed once the key's state has come from the cluster,
+// and Stale reports true before that and while the watch's link is
+// suspended. While the cluster refuses to let the client read the key (a
+// permission denied), Rejected reports the refusal (Revision 0), it is
+// logged once, and [LiveReadiness] fails with it.
+//
+// Snapshot and cluster. The snapshot and the cluster are compared by
+// revision. A cluster state with a higher revision than the snapshot's (a
+// value written, or the key deleted, meanwhile) wins and replaces the file;
+// the same revision confirms it. A lower one cannot come from the same
+// cluster history, whose revisions only grow: it comes from a cluster
+// restored from a backup or rebuilt, and it never replaces the snapshot. It
+// is refused with [ErrOlderThanSnapshot], and the Live keeps serving the
+// snapshot, Stale and not Synced, until the cluster writes the key at a
+// revision above the snapshot's. To avoid that after a restore, restore
+// with etcdutl's --bump-revision (which etcd advises anyway, since every
+// watcher is in the same position) or delete the snapshot files of the
+// services.
 //
 // A Live ends when the ctx given to NewLive ends, or when Close or
 // Client.Close is called; never because of the network, and not when the

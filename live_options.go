@@ -113,9 +113,9 @@ func WithValidator[T any](fn func(T) error) LiveOption[T] {
 // checksum, and the key (or prefix) and type it belongs to. A file that is
 // missing is not an error; one that is corrupt, truncated, written for
 // another key or type, or unreadable is logged, counted
-// (MetricLiveSnapshotErrors) and ignored, never applied. See "Live
-// configuration" in the package documentation for which of a snapshot and
-// the cluster wins. The default is no snapshot. T is the handle's value
+// (MetricLiveSnapshotErrors) and ignored, never applied. See Snapshot and
+// cluster, under [Live], for which of a snapshot and the cluster wins. The
+// default is no snapshot. T is the handle's value
 // type: WithSnapshot[Limits]("/var/lib/billing/limits.snapshot").
 func WithSnapshot[T any](path string) LiveOption[T] {
 	return liveOption[T](func(cfg *liveConfig[T]) {

@@ -85,7 +85,7 @@ func (e *liveEnv) del(t testing.TB, name string) int64 {
 	return resp.Header.Revision
 }
 
-// changeLog collects what a Changes channel delivers until it closes.
+// changeLog collects what an Events channel delivers until it closes.
 type changeLog[T any] struct {
 	mu   sync.Mutex
 	all  []etcdkit.LiveEvent[T]
@@ -147,7 +147,7 @@ func untilGet[T comparable](t testing.TB, get func() T, want T) {
 // written by a raw client (no etcdkit check on the way in): Get keeps the
 // last good value through the first two, serves the default after the
 // delete, and applies the next good write. Each rejection is visible with
-// its error and revision, counted and logged; Changes never carries it.
+// its error and revision, counted and logged; Events never carries it.
 func TestLiveRejectsBadValuesAndKeepsTheLastGood(t *testing.T) {
 	e := startLiveEnv(t, "live-bad")
 	ctx := testContext(t, time.Minute)

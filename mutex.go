@@ -28,10 +28,13 @@ const mutexRoot = "_etcdkit/mutex"
 // the server can expire its lease, so before anyone else can acquire, and
 // writes guarded by it ([GuardedPut], [GuardedTxn]...) apply only while its
 // key stands. Keys live at "_etcdkit/mutex/<name>/<lease in hex>-<slot>"
-// under the namespace (see Key layout in the package documentation).
+// under the namespace; <name> is path-escaped into one segment, as an
+// [Election]'s is, and slot is the lowest number free in that lease, so
+// names are used again (etcd keeps deleted keys in its index until a
+// compaction, and every Lock reads the prefix).
 //
 // An invalid name, TTL or option does not panic: every method returns the
-// error, as Err does.
+// error, as Validate does.
 type Mutex struct {
 	e  *Election
 	id string

@@ -14,7 +14,7 @@ import (
 const observeBacklog = 64
 
 // Observation follows who leads an election; make one with
-// Election.Observe. Its Events channel first receives the current state,
+// Election.Observe. Its Updates channel first receives the current state,
 // once known, then every change of leader: another candidate (a new Token),
 // or no candidate at all, reported as a LeaderInfo that is not Present. It
 // follows a Cache of the candidate keys, so it survives broken and silent
@@ -24,7 +24,7 @@ const observeBacklog = 64
 // An Observation ends when the ctx given to Observe ends, when Close or
 // Client.Close is called, or when it cannot start following the election
 // (an invalid Election gives one that has already ended); never because of
-// the network or a failed watch, which it retries. Then Err is set, Events
+// the network or a failed watch, which it retries. Then Err is set, Updates
 // is closed, and Done is closed, in that order.
 //
 // Sending never blocks the observation: a reader more than 64 changes

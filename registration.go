@@ -14,7 +14,15 @@ import (
 // Ephemeral underneath and shares its shape: State and States say whether
 // the instance is known to be published (Live), may be (Suspended) or must
 // be presumed withdrawn (Lost); Done and Err say when and why it ended;
-// Close withdraws it at once. A Registration is safe for concurrent use.
+// Close withdraws it at once.
+//
+// Being an Ephemeral, a silent process disappears from its service within
+// about the TTL, and an instance whose lease was lost is published again
+// once its link comes back. An ID is taken while its key exists: registered
+// by another live process, or by a crashed predecessor whose lease has not
+// expired yet, which takes at most its TTL.
+//
+// A Registration is safe for concurrent use.
 type Registration[M any] struct {
 	e   *Ephemeral[record[M]]
 	svc string // the service's name

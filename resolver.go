@@ -89,10 +89,24 @@ func (s *Service[M]) DecodeResolved(ri ResolvedInstance) (Instance[M], error) {
 //
 // On every change, each resolver hands gRPC the complete list of endpoints,
 // in ID order, one per instance, each with a [ResolvedInstance] under
-// [ResolverAttributeKey] in its Attributes; failures and a stale view reach
-// gRPC through ReportError (see Discovery: how fresh a view is, in the
-// package documentation). The builder may be used for any number of
-// targets; each resolver ends when gRPC closes it or the Client is closed.
+// [ResolverAttributeKey] in its Attributes. The builder may be used for any
+// number of targets; each resolver ends when gRPC closes it or the Client is
+// closed.
+//
+// Each resolver runs a [Tracker] of the service. It is not generic: it reads
+// each instance's address and the raw bytes of its metadata from the stored
+// object (see [Service]) without decoding them, so it serves services of any
+// metadata type; decode the metadata with [Service.DecodeResolved] where a
+// balancer needs it. An instance whose stored object is unreadable is left
+// out; an empty service resolves to no endpoints, which gRPC reports as a
+// resolver that produced zero addresses. Failures reach gRPC through
+// ReportError: when the resolver cannot get a first view, when its view has
+// been stale for half of [Config.StallTimeout] (the watch itself is
+// declared Suspended after a StallTimeout of silence), and when its tracker
+// ends (the Client was closed). While the view is stale, gRPC keeps using
+// the endpoints it has; once the view is fresh again the resolver sends it
+// again. ResolveNow does nothing: the view follows every change as it is
+// made.
 func (c *Client) ResolverBuilder() resolver.Builder { return resolverBuilder{c: c} }
 
 type resolverBuilder struct{ c *Client }

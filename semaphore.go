@@ -42,7 +42,7 @@ const (
 // "_etcdkit/semaphore/<name>/<lease in hex>-<slot>".
 //
 // An invalid name, limit, TTL or option does not panic: every method
-// returns the error, as Err does.
+// returns the error, as Validate does.
 type Semaphore struct {
 	e     *Election
 	id    string

@@ -37,9 +37,21 @@ type Instance[M any] struct {
 // replacement for hand-rolled "heartbeat key with a TTL, refreshed every few
 // seconds, and a prefix watch" schemes. Instances call Register; clients
 // call Track, List, or dial the service through the gRPC resolver
-// ([Client.ResolverBuilder], target "etcdkit:///<name>"). The package
-// documentation gives the instances' keys and stored format under Key
-// layout.
+// ([Client.ResolverBuilder], target "etcdkit:///<name>").
+//
+// Each instance is one key, attached to a lease of its own:
+// <namespace>/_etcdkit/service/<name>/<ID>, where <name> is the service's
+// name path-escaped into one segment, so that service "a" never sees the
+// instances of service "a/b". Its value is a JSON object:
+//
+//	{"addr":"10.0.0.7:8080","meta":{"zone":"eu-1","weight":3}}
+//
+// "meta" holds the bytes the service's codec produced, verbatim, when they
+// are a JSON value (JSON[M] always). Other bytes (Proto[M], a String that is
+// not JSON, no bytes at all) are stored base64-encoded under "metaBytes"
+// instead. An object with neither (written by another tool) is an instance
+// whose Meta is M's zero value. Readers ignore fields they do not know, so
+// later versions can add some.
 //
 // A Service holds no state besides its configuration: it is cheap to make
 // and safe for concurrent use. An invalid name or a nil codec does not

@@ -65,10 +65,35 @@ func (s SessionState) String() string {
 // as long as the session; an [Ephemeral] does that for one key and puts it
 // back when it goes missing.
 //
-// A keepalive that fails or stalls makes the session Suspended at once. It
-// declares Lost a margin ([WithLostMargin]) before the earliest moment the
-// server may expire the lease; the package documentation derives the
-// keepalive cadence and that moment under Sessions: keepalives and Lost.
+// Keepalives. A Session refreshes its lease with one keepalive request
+// every third of the TTL (at most every 5s; [WithKeepAliveInterval]), on
+// the client's stream connection, each bounded by [Config.StallTimeout] (or
+// the interval, if shorter). The sessions of a Client share one keepalive
+// stream per connection, so that with etcd auth on a keepalive costs no
+// login (clientv3 fetches a token for every stream it opens). A keepalive
+// that fails or stalls makes the session Suspended at once and moves the
+// stream connection (and the watches on it) to the next member, where it
+// retries within a fraction of a second; one that ran out of time is
+// retried with twice the time, up to what is left before Lost, and stays on
+// its member if that member answered anything meanwhile (it is slow, not
+// silent), so that members that answer, only more slowly than StallTimeout,
+// keep the lease without a new connection per attempt.
+//
+// Lost. The server expires a lease TTL after the leader last renewed it,
+// and it can only have renewed it after the client sent the request, so the
+// lease lives at least until TTL after the send time of the last keepalive
+// that succeeded (a new leader only extends leases, by its election
+// timeout, and a keepalive whose answer was lost can only have extended it
+// further). The session declares Lost a margin before that moment, measured
+// on the client's monotonic clock from when the request was sent, not when
+// its answer came back. The margin, a tenth of the TTL but at least 500ms
+// (a quarter of TTLs under 2s; [WithLostMargin]), covers what can make Lost
+// reach the owner late: timers firing late on a loaded machine or during a
+// garbage collection pause, the owner's own reaction to the state, and
+// clock rate differences between client and server (under 0.1% with NTP).
+// The server itself deletes expired leases only on its next half-second
+// sweep and after a raft round, which adds slack that the margin does not
+// rely on.
 //
 // A Session is safe for concurrent use.
 type Session struct {

@@ -86,9 +86,8 @@ func WithKeepAliveInterval(d time.Duration) SessionOption {
 
 // WithLostMargin sets how long before the earliest moment the server may
 // expire the lease the session declares it Lost. The default is a tenth of
-// the TTL, and at least 500ms (a quarter of the TTL for TTLs under 2s); the
-// package documentation says why under Sessions: keepalives and Lost. It
-// must be at least 0 and at most half the TTL.
+// the TTL, and at least 500ms (a quarter of the TTL for TTLs under 2s);
+// [Session] says why. It must be at least 0 and at most half the TTL.
 func WithLostMargin(d time.Duration) SessionOption {
 	return sessionOption(func(o *sessionOptions) { o.margin, o.marginSet = d, true })
 }

@@ -17,8 +17,12 @@ import (
 // Instances returns the current view; Updates delivers each new view as a
 // snapshot. Both are empty until Synced is closed. An instance whose stored
 // value does not decode is left out of the view and reported by Invalid; it
-// never hides the others. Stale reports when the view may be out of date
-// (see Discovery: how fresh a view is, in the package documentation).
+// never hides the others.
+//
+// The view can only be as fresh as the link to the cluster: while that link
+// is down, State is not WatchConnected and Stale reports true, and
+// instances that went away meanwhile are still listed. They are removed as
+// soon as the link is back.
 //
 // A Tracker ends when the ctx given to Track ends, when Close or
 // Client.Close is called, or on a failure that retrying cannot cure (a

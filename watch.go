@@ -113,6 +113,31 @@ func (s WatchState) String() string {
 // once, in revision order, on Events, whatever happens to the link, and
 // turns a compacted gap into Resync events.
 //
+// It starts from now, after a revision ([AfterRevision]) or from the
+// current state ([WithInitial]). From now means after the revision of a
+// linearizable read made when Watch is called, so a watch started after a
+// read never delivers a change older than what was read. Across a closed,
+// reset, silent or leaderless link, a restarted server or a failed member
+// it resumes from the revision after the last one it delivered, on another
+// member when there is one. A silent link is noticed within
+// [Config.StallTimeout] plus a fraction of a second, by asking the server
+// for progress, not after gRPC's keepalive. If the revisions it needs were
+// compacted, it reads the state at the oldest revision etcd kept and sends
+// events flagged Resync (deletes included) that bring the subscriber to it;
+// the changes after that revision follow one by one.
+//
+// Slow subscribers. Watches of one [Client] on the same key, or on the same
+// prefix, share one etcd watch, which hands each event straight to every
+// subscriber's Events channel. Each subscriber has its own bounded buffer
+// ([WithBufferSize], 1024 events by default): a subscriber that does not
+// keep up never slows the others and never makes memory grow. When its
+// buffer is full it is unhooked from the shared stream; once its reader has
+// drained half of the buffer it catches up on its own from the first
+// revision it is missing, through its own etcd watch, or, if that history
+// has been compacted meanwhile, with Resync events; then it rejoins the
+// shared stream. Nothing is dropped. A Watch runs no goroutine of its own
+// while its reader keeps up.
+//
 // A Watch ends when the ctx it was made with ends, when Close or
 // Client.Close is called, or on a failure that retrying cannot cure (such
 // as a permission denied, or [ErrCompacted] for a Prefix watch that must
@@ -120,9 +145,7 @@ func (s WatchState) String() string {
 // network. Then Err is set,
 // Events is closed, and Done is closed, in that order; events already in
 // the Events channel can still be received before its close, the rest of
-// the buffer is dropped. Each Watch has its own bounded buffer
-// ([WithBufferSize]): a reader that falls behind loses nothing and slows no
-// other (see Slow subscribers in the package documentation).
+// the buffer is dropped.
 //
 // A Watch is safe for concurrent use.
 type Watch[T any] struct {

@@ -64,12 +64,12 @@ func leaseChapter(ctx context.Context, tr *tour) error {
 	if _, err := leaseState(ctx, e.States(), etcdkit.SessionRestored); err != nil {
 		return err
 	}
-	tr.say("The owner puts it straight back (%v %+v) and reports Restored; a raw client's key would stay gone.", ev.Type, ev.Value)
+	tr.say("The owner puts it straight back (%v %+v) and reports SessionRestored; a raw client's key would stay gone.", ev.Type, ev.Value)
 
 	if !tr.faults() {
-		tr.say("Against a real cluster the tour cuts no link. When the owner's link goes silent, the Ephemeral reports Suspended")
-		tr.say("within a keepalive interval, then Lost a margin before the server can expire the lease, so the owner knows")
-		tr.say("first; when the link returns it takes a new lease, puts the key back and reports Recovered.")
+		tr.say("Against a real cluster the tour cuts no link. When the owner's link goes silent, the Ephemeral reports SessionSuspended")
+		tr.say("within a keepalive interval, then SessionLost a margin before the server can expire the lease, so the owner knows")
+		tr.say("first; when the link returns it takes a new lease, puts the key back and reports SessionRecovered.")
 		return leaseClose(ctx, tr, e, w)
 	}
 
@@ -113,7 +113,7 @@ func leaseChapter(ctx context.Context, tr *tour) error {
 	if _, err := leaseState(ctx, e.States(), etcdkit.SessionRecovered); err != nil {
 		return err
 	}
-	tr.say("%v later the key is back (%v %+v, new lease %x) and the owner reports Recovered.",
+	tr.say("%v later the key is back (%v %+v, new lease %x) and the owner reports SessionRecovered.",
 		back.Sub(healed).Round(10*time.Millisecond), ev.Type, ev.Value, ev.Lease)
 	return leaseClose(ctx, tr, e, w)
 }
