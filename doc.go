@@ -130,7 +130,7 @@
 //
 // # Guarantees
 //
-// Each line is derived in full where it points:
+// Each is documented in full, with its limits, where it points:
 //
 //   - A [Watch] delivers every change once, in revision order, across closed,
 //     reset, silent and leaderless links and failed members, and after a

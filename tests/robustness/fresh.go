@@ -193,7 +193,7 @@ func startRev(ctx context.Context, run *Run) (int64, error) {
 	return rev, err
 }
 
-// waitStarted waits until the watch has read its start (its Ready is
+// waitStarted waits until the watch has read its start (its Synced is
 // closed), within the start budget.
 func (sw *watcher) waitStarted(ctx context.Context) error {
 	timer := time.NewTimer(SettleTimeout)
@@ -202,7 +202,7 @@ func (sw *watcher) waitStarted(ctx context.Context) error {
 	case <-sw.w.Synced():
 		return nil
 	case <-timer.C:
-		return fmt.Errorf("%s: Ready not closed after %v (watch state %v)", sw.rec.Name, SettleTimeout, sw.w.State())
+		return fmt.Errorf("%s: Synced not closed after %v (watch state %v)", sw.rec.Name, SettleTimeout, sw.w.State())
 	case <-ctx.Done():
 		return ctx.Err()
 	}
