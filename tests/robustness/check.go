@@ -240,7 +240,7 @@ func checkSubscriber(h *History, s *Subscriber) (Violation, bool) {
 	case StartNow:
 		pos = s.After
 		if len(evs) > 0 && !evs[0].Resync && evs[0].Rev <= s.After {
-			// Changes between Watch and Ready may or may not be delivered,
+			// Changes between Watch and Synced may or may not be delivered,
 			// but once one is, every later one must be. A change the caller
 			// could have read before calling Watch must not be.
 			if evs[0].Rev <= s.Before {

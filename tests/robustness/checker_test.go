@@ -199,7 +199,7 @@ func TestCheckerRejects(t *testing.T) {
 			s.Events = append(s.Events, robustness.Delivery{At: ms(70), Type: etcdkit.Put, Key: "data/k0", Value: "w0.9", Rev: 18})
 		}, "watch", `lost event: the cluster made Put data/k1="w1.9" @16, but the subscriber's next event after revision 15 was #5 Put data/k0="w0.9" @18`},
 		{"watch from now that starts late enough", func(h *robustness.History) {
-			// A read returned revision 12 before Watch; Ready closed at 14:
+			// A read returned revision 12 before Watch; Synced closed at 14:
 			// starting with the change at 13 is allowed.
 			s := sub(h)
 			s.Start, s.Before, s.After = robustness.StartNow, 12, 14

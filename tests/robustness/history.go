@@ -134,7 +134,7 @@ type Compaction struct {
 type StartMode int
 
 const (
-	// StartNow: a watch from now; changes after its Ready must be delivered.
+	// StartNow: a watch from now; changes after its Synced must be delivered.
 	StartNow StartMode = iota + 1
 	// StartAfter: AfterRevision(Subscriber.After).
 	StartAfter
@@ -179,7 +179,7 @@ type Subscriber struct {
 	Prefix bool
 	Start  StartMode
 	// After is the start revision for StartAfter, and for StartNow the
-	// revision of a linearizable read made after Ready closed: every change
+	// revision of a linearizable read made after Synced closed: every change
 	// above it must be delivered.
 	After int64
 	// Before is, for a Watch from now, the revision of a linearizable read

@@ -78,7 +78,7 @@ func (sw *watcher) waitSynced(ctx context.Context, run *Run) error {
 	select {
 	case <-sw.w.Synced():
 	case <-timer.C:
-		return fmt.Errorf("%s: Ready not closed after %v (watch state %v)", sw.rec.Name, SettleTimeout, sw.w.State())
+		return fmt.Errorf("%s: Synced not closed after %v (watch state %v)", sw.rec.Name, SettleTimeout, sw.w.State())
 	case <-ctx.Done():
 		return ctx.Err()
 	}
