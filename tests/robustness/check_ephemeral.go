@@ -214,12 +214,16 @@ func checkEphemeral(h *History, rc *revClock, e *EphemeralRecord) (Violation, bo
 //
 //   - the process stalled (no goroutine that was due ran) for at least the
 //     margin: no keepalive could be sent;
-//   - for at least the margin, every latency probe of the owner's member
-//     took longer than the owner's keepalive attempts may (its
-//     StallTimeout, at most the interval: the library's documented bound
-//     on one attempt), while the process stalled: the in-process cluster,
-//     starved of CPU with the rest of the process, answered too late for
-//     any keepalive to count. Without a stall of the process beside it,
+//   - for at least the margin, every latency probe of the owner's member,
+//     or of a member that led the cluster meanwhile, took longer than the
+//     owner's keepalive attempts may (its StallTimeout, at most the
+//     interval: the library's documented bound on one attempt), while the
+//     process stalled: the in-process cluster, starved of CPU with the rest
+//     of the process, answered too late for any keepalive to count. The
+//     leader counts because the lease lives there: it renews a lease only
+//     once its apply loop has caught up, which a linearizable read on it
+//     waits for too, so a leader too slow for a read is too slow for a
+//     renewal whichever member forwarded it. Without a stall of the process beside it,
 //     a slow cluster proves nothing, nor does it when the owner was not
 //     told Lost before the delete (the library promises Lost first).
 //
@@ -247,6 +251,15 @@ func starvedLease(h *History, e *EphemeralRecord, lo, hi time.Duration) string {
 	}
 	attempt := min(e.StallTimeout, interval)
 	slow, ps := slowCluster(h, e.Member, attempt, lo-ttl, hi)
+	who := fmt.Sprintf("m%d", e.Member)
+	for _, m := range leadersIn(h, lo-ttl, hi) {
+		if m == e.Member {
+			continue
+		}
+		if s, p := slowCluster(h, m, attempt, lo-ttl, hi); s.Len() > slow.Len() {
+			slow, ps, who = s, p, fmt.Sprintf("m%d (the leader)", m)
+		}
+	}
 	if slow.Len() < margin {
 		return ""
 	}
@@ -254,10 +267,35 @@ func starvedLease(h *History, e *EphemeralRecord, lo, hi time.Duration) string {
 	for _, p := range ps {
 		took = append(took, fmt.Sprintf("%.3fs", p.Took.Seconds()))
 	}
-	return fmt.Sprintf("from %s to %s (%.3fs, at least the lease's margin of %.3fs) every probe of m%d took at least the owner's %v keepalive attempt "+
+	return fmt.Sprintf("from %s to %s (%.3fs, at least the lease's margin of %.3fs) every probe of %s took at least the owner's %v keepalive attempt "+
 		"(StallTimeout %v) to answer (%s), while the process stalled %.3fs in all within the TTL before the delete (%s); the owner was told Lost at %s",
-		fmtTime(slow.From), fmtTime(slow.To), slow.Len().Seconds(), margin.Seconds(), e.Member, attempt, e.StallTimeout,
+		fmtTime(slow.From), fmtTime(slow.To), slow.Len().Seconds(), margin.Seconds(), who, attempt, e.StallTimeout,
 		strings.Join(took, " "), total.Seconds(), fmtStalls(ss), fmtTime(e.LostAt[told]))
+}
+
+// leadersIn returns the members that some member followed as its leader at
+// some time between from and to, as the raft log saw them.
+func leadersIn(h *History, from, to time.Duration) []int {
+	var out []int
+	add := func(m int) {
+		if m >= 0 && !slices.Contains(out, m) {
+			out = append(out, m)
+		}
+	}
+	before := map[int]int{} // member -> leader it followed at from
+	for _, c := range h.Raft {
+		switch {
+		case c.At <= from:
+			before[c.Member] = c.Leader
+		case c.At <= to:
+			add(c.Leader)
+		}
+	}
+	for _, l := range before {
+		add(l)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // fmtStalls lists stalls, the longest first, at most five.

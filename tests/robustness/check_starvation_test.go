@@ -44,6 +44,16 @@ func slowProbes(m int, from, to, took time.Duration) []robustness.Probe {
 	return ps
 }
 
+// leaderAll is the raft log of three members that all follow leader from
+// at on.
+func leaderAll(leader int, at time.Duration) []robustness.RaftChange {
+	var cs []robustness.RaftChange
+	for m := range 3 {
+		cs = append(cs, robustness.RaftChange{At: at, Member: m, Term: 2, Leader: leader})
+	}
+	return cs
+}
+
 // TestCheckEphemeralStarvation: a connected owner's key that went with its
 // lease is a failure, unless the process stalled for the lease's margin
 // (TTL minus the keepalive interval) within the TTL before the delete, or
@@ -84,6 +94,24 @@ func TestCheckEphemeralStarvation(t *testing.T) {
 			h.Stalls = []robustness.Stall{{From: ms(3000), To: ms(3100)}}
 			h.Probes = append(slowProbes(1, ms(2500), ms(3500), ms(500)), robustness.Probe{Member: 1, At: ms(3500), Took: ms(20)})
 			h.Ephemerals[0].LostAt = []time.Duration{ms(3900)}
+		}, ""},
+		{"the leader slow, the owner's member not", func(h *robustness.History) {
+			h.Stalls = []robustness.Stall{{From: ms(3000), To: ms(3100)}}
+			h.Raft = leaderAll(2, 0)
+			h.Probes = slowProbes(2, ms(2500), ms(4500), ms(500))
+			h.Ephemerals[0].LostAt = []time.Duration{ms(3900)}
+		}, "every probe of m2 (the leader) took at least"},
+		{"a member slow that led before the TTL preceding the delete", func(h *robustness.History) {
+			h.Stalls = []robustness.Stall{{From: ms(3000), To: ms(3100)}}
+			h.Raft = append(leaderAll(2, 0), leaderAll(0, ms(1000))...)
+			h.Probes = slowProbes(2, ms(2500), ms(4500), ms(500))
+			h.Ephemerals[0].LostAt = []time.Duration{ms(3900)}
+		}, ""},
+		{"the leader slow, Lost after the delete", func(h *robustness.History) {
+			h.Stalls = []robustness.Stall{{From: ms(3000), To: ms(3100)}}
+			h.Raft = leaderAll(2, 0)
+			h.Probes = slowProbes(2, ms(2500), ms(4500), ms(500))
+			h.Ephemerals[0].LostAt = []time.Duration{ms(5300)}
 		}, ""},
 		{"another member slow", func(h *robustness.History) {
 			h.Stalls = []robustness.Stall{{From: ms(3000), To: ms(3100)}}
