@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
@@ -261,4 +262,16 @@ func TestConfigPrintsNoSecrets(t *testing.T) {
 			assert.Contains(t, out, "/printed-ns/", "got %s with %s, want the namespace in it", out, verb)
 		}
 	})
+}
+
+// TestConfigPrintsEveryField: Config's String lists its fields by hand, so
+// a field added to Config must be added there too (or it would print
+// nothing, and a secret added later must be redacted on purpose).
+func TestConfigPrintsEveryField(t *testing.T) {
+	cfg := etcdkit.Config{Endpoints: []string{"127.0.0.1:2379"}}
+	s, gs := cfg.String(), cfg.GoString()
+	for f := range reflect.TypeFor[etcdkit.Config]().Fields() {
+		assert.Contains(t, s, f.Name+":", "String")
+		assert.Contains(t, gs, f.Name+":", "GoString")
+	}
 }
