@@ -78,9 +78,10 @@ type Client struct {
 	life   context.Context
 	cancel context.CancelFunc
 
-	streams *conn.Pool // the stream connection: watches, keepalives
-	kas     keepAlives // the sessions' shared keepalive stream
-	hub     *watch.Hub // shared etcd watches
+	streams *conn.Pool  // the stream connection: watches, keepalives
+	tokens  *authTokens // the auth token of every connection; nil without credentials
+	kas     keepAlives  // the sessions' shared keepalive stream
+	hub     *watch.Hub  // shared etcd watches
 
 	// kvOpts are the call options of the requests that invoke sends
 	// (kvCallOptions).
@@ -111,7 +112,8 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	raw, err := dialRaw(ctx, cfg, cfg.Endpoints)
+	tokens := newAuthTokens(cfg)
+	raw, err := dialRaw(ctx, cfg, tokens, cfg.Endpoints)
 	if err != nil {
 		return nil, err
 	}
@@ -120,7 +122,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		_ = raw.Close()
 		return nil, err
 	}
-	c := newClient(raw, true, cfg)
+	c := newClient(raw, true, cfg, tokens)
 	c.streams.SetNames(members)
 	return c, nil
 }
@@ -153,29 +155,31 @@ func Wrap(raw *clientv3.Client, cfg Config) (*Client, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("etcdkit: config: no endpoints")
 	}
-	return newClient(raw, false, cfg), nil
+	return newClient(raw, false, cfg, newAuthTokens(cfg)), nil
 }
 
-func newClient(raw *clientv3.Client, owned bool, cfg Config) *Client {
-	c := &Client{raw: raw, owned: owned, cfg: cfg, log: cfg.Logger, kvOpts: kvCallOptions()}
+func newClient(raw *clientv3.Client, owned bool, cfg Config, tokens *authTokens) *Client {
+	c := &Client{raw: raw, owned: owned, cfg: cfg, log: cfg.Logger, kvOpts: kvCallOptions(), tokens: tokens}
 	// withDefaults validated the namespace.
 	c.ns, _ = keyPrefix(cfg.Namespace)
 	c.life, c.cancel = context.WithCancel(context.Background())
 	c.streams = conn.New(conn.Config{
 		Endpoints: cfg.Endpoints,
 		Dial: func(ctx context.Context, ep string) (*clientv3.Client, error) {
-			return dialRaw(ctx, cfg, []string{ep})
+			return dialRaw(ctx, cfg, tokens, []string{ep})
 		},
-		// A dial is an attempt like a request's: with auth on it fetches a
-		// token, which a silent member does not give.
+		// A dial is an attempt like a request's: with auth on, the first
+		// one fetches the client's token, which a silent member does not
+		// give.
 		DialTimeout:    min(cfg.DialTimeout, cfg.StallTimeout),
 		MaxDialTimeout: cfg.DialTimeout,
 		DialRequest: func(ctx context.Context, ep string) (*clientv3.Client, error) {
-			return dialRaw(ctx, cfg, []string{ep}, func(rc *clientv3.Config) {
+			return dialRaw(ctx, cfg, tokens, []string{ep}, func(rc *clientv3.Config) {
 				// The request runner moves a request to another member
 				// itself; clientv3 retrying it on the same one would spend
-				// the attempt. Two, not one, so that an expired auth token
-				// is still refreshed and the request sent again.
+				// the attempt. Two, not one, so that a request refused
+				// for its auth token twice (a new token refused again, as
+				// the auth store changed meanwhile) is still sent once more.
 				rc.MaxUnaryRetries = 2
 			})
 		},
@@ -239,19 +243,22 @@ func sendLimit(cfg Config) int {
 	return max(cfg.MaxValueSize+requestOverhead, grpcDefaultSendLimit)
 }
 
-// dialRaw builds a raw client for endpoints with cfg's credentials, TLS,
-// keepalive, a send limit that fits MaxValueSize and a reconnect backoff
-// short enough that a healed link is used again within a fraction of a
-// second, then cfg.DialOptions; tweaks adjust the clientv3 configuration
-// last. ctx bounds the dial, not the client's life. With credentials,
-// clientv3 fetches a token before it returns, bounded by DialTimeout; ctx
-// bounds that too, and a single endpoint that refuses connections fails at
-// once rather than after the whole wait, so that the caller moves on to the
-// next member.
-func dialRaw(ctx context.Context, cfg Config, endpoints []string, tweaks ...func(*clientv3.Config)) (*clientv3.Client, error) {
-	if cfg.Username != "" && len(endpoints) == 1 {
-		// clientv3's token request waits for a connection that a refused
-		// one never becomes; one plain dial tells at once.
+// dialRaw builds a raw client for endpoints with cfg's TLS, keepalive, a
+// send limit that fits MaxValueSize and a reconnect backoff short enough
+// that a healed link is used again within a fraction of a second, then
+// cfg.DialOptions; tweaks adjust the clientv3 configuration last. ctx bounds
+// the dial, not the client's life. With credentials, the client sends the
+// token tokens holds (see authTokens), not clientv3's own; when there is
+// none yet, dialRaw fetches it through the new client before it returns,
+// bounded by ctx and DialTimeout, and a single endpoint that refuses
+// connections fails at once rather than after the whole wait, so that the
+// caller moves on to the next member. With a token at hand it does not wait
+// for the connection, as without credentials.
+func dialRaw(ctx context.Context, cfg Config, tokens *authTokens, endpoints []string, tweaks ...func(*clientv3.Config)) (*clientv3.Client, error) {
+	login := tokens != nil && !tokens.has()
+	if login && len(endpoints) == 1 {
+		// The token request waits for a connection that a refused one
+		// never becomes; one plain dial tells at once.
 		if err := dialOnce(ctx, cfg, endpoints[0]); err != nil {
 			return nil, errorf("connect to %v: %w", endpoints, err)
 		}
@@ -271,10 +278,10 @@ func dialRaw(ctx context.Context, cfg Config, endpoints []string, tweaks ...func
 		// streams (GOAWAY too_many_pings), so idle connections do not ping.
 		PermitWithoutStream: false,
 		TLS:                 cfg.TLS,
-		Username:            cfg.Username,
-		Password:            cfg.Password,
-		Logger:              cfg.Logger.Named("clientv3"),
-		Context:             base,
+		// No Username and Password: clientv3 would log in for every
+		// client and every stream; tokens' credentials carry the token.
+		Logger:  cfg.Logger.Named("clientv3"),
+		Context: base,
 		DialOptions: []grpc.DialOption{
 			grpc.WithConnectParams(grpc.ConnectParams{
 				Backoff: grpcbackoff.Config{
@@ -287,11 +294,19 @@ func dialRaw(ctx context.Context, cfg Config, endpoints []string, tweaks ...func
 			}),
 		},
 	}
+	if tokens != nil {
+		rc.DialOptions = append(rc.DialOptions, tokens.dialOptions()...)
+	}
 	rc.DialOptions = append(rc.DialOptions, cfg.DialOptions...)
 	for _, tweak := range tweaks {
 		tweak(&rc)
 	}
 	raw, err := clientv3.New(rc)
+	if err == nil && login {
+		if err = tokens.ensure(base, raw.ActiveConnection()); err != nil {
+			_ = raw.Close()
+		}
+	}
 	if !stop() {
 		// ctx ended while the client was made: its life has ended too.
 		if err == nil {

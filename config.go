@@ -85,9 +85,17 @@ type Config struct {
 	StallTimeout time.Duration
 
 	// Username and Password authenticate the client when etcd auth is on.
-	// Every connection fetches a token when it is made: that fetch is part
-	// of the attempt on that member, bounded like any by StallTimeout and the
-	// caller's deadline, after which the next member is tried. A user needs
+	// The client logs in once, and every connection and stream it opens
+	// (to any member, after any reconnect) sends that one token, so a
+	// reconnect costs no login. It logs in again only when a member
+	// refuses the token (etcd's simple tokens live in each member's memory
+	// and are lost when it restarts or unused for its --auth-token-ttl; a
+	// JWT expires, and is refused once the auth store changed): the
+	// request is then sent once more, and the watch or keepalive stream
+	// opened again, with the new token. A login is part of the attempt that
+	// needs it, bounded like any by StallTimeout and the caller's deadline
+	// (and by DialTimeout), after which the next member is tried; wrong
+	// credentials fail New, and requests, with rpctypes.ErrAuthFailed. A user needs
 	// read and write permission on the namespace only: the library's own
 	// keys live under it, and leases and the member list need none.
 	// Password never prints (see Config.String) and is left out of JSON.

@@ -15,10 +15,12 @@ import (
 // Every session of a Client renews its lease on one LeaseKeepAlive stream
 // per stream connection, kept open while the connection lives, rather than
 // on a stream of its own per keepalive (clientv3's KeepAliveOnce). Opening
-// a stream is not free: with etcd auth on, clientv3 fetches a new token for
+// a stream is not free: clientv3 given credentials fetches a new token for
 // every stream it opens, an Authenticate request that goes through raft, so
 // a stream per keepalive made every keepalive a write, and a session on a
-// busy cluster lost its lease where one without auth kept it.
+// busy cluster lost its lease where one without auth kept it. (The client
+// now shares one token across its connections and streams, see
+// authTokens; a stream still costs its setup.)
 //
 // Answers come back on a stream in the order of its requests (the member
 // renews one request at a time), so the waiters of one lease are answered
@@ -58,8 +60,20 @@ type keepAliveAnswer struct {
 
 // keepAliveOnce renews lease id once on the shared stream of cli, the
 // stream connection of generation gen, bounded by ctx. It fails with
-// rpctypes.ErrLeaseNotFound when the member no longer knows the lease.
+// rpctypes.ErrLeaseNotFound when the member no longer knows the lease. A
+// stream the member ended because it refused the auth token (a restarted
+// member has forgotten it) is opened again at once, with a new token, and
+// the keepalive sent once more.
 func (c *Client) keepAliveOnce(ctx context.Context, cli *clientv3.Client, gen uint64, id clientv3.LeaseID) error {
+	err := c.keepAliveOn(ctx, cli, gen, id)
+	if c.tokens != nil && tokenRefused(err) && ctx.Err() == nil {
+		err = c.keepAliveOn(ctx, cli, gen, id)
+	}
+	return err
+}
+
+// keepAliveOn is one try of keepAliveOnce.
+func (c *Client) keepAliveOn(ctx context.Context, cli *clientv3.Client, gen uint64, id clientv3.LeaseID) error {
 	ks, err := c.keepAliveStream(cli, gen)
 	if err != nil {
 		return err

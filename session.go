@@ -69,8 +69,11 @@ func (s SessionState) String() string {
 // every third of the TTL (at most every 5s; [WithKeepAliveInterval]), on
 // the client's stream connection, each bounded by [Config.StallTimeout] (or
 // the interval, if shorter). The sessions of a Client share one keepalive
-// stream per connection, so that with etcd auth on a keepalive costs no
-// login (clientv3 fetches a token for every stream it opens). A keepalive
+// stream per connection, so that a keepalive costs no new stream. With etcd
+// auth on, every connection and stream of a Client sends its one token (see
+// [Config].Username): a new connection or stream costs no login, and a
+// stream whose token the member refused (a restarted member has forgotten
+// it) is opened again at once with a new one. A keepalive
 // that fails or stalls makes the session Suspended at once and moves the
 // stream connection (and the watches on it) to the next member, where it
 // retries within a fraction of a second; one that ran out of time is
@@ -481,8 +484,8 @@ func (s *Session) keepAlive(id clientv3.LeaseID, deadline time.Time) (time.Time,
 	if err := s.c.keepAliveOnce(ctx, cli, gen, id); err != nil {
 		// A member that answered anything meanwhile (a late answer to an
 		// earlier keepalive included) is slow, not silent: moving to
-		// another member would cost a new connection (and with auth on, a
-		// login) for nothing. The next attempt has more time instead.
+		// another member would cost a new connection and new streams for
+		// nothing. The next attempt has more time instead.
 		if !errors.Is(err, context.DeadlineExceeded) || !s.c.streams.AnsweredSince(gen, sent) {
 			s.c.streams.Failed(s.ctx, gen, err)
 		}

@@ -54,12 +54,12 @@ type Config struct {
 	// Endpoints are the members, dialled one at a time.
 	Endpoints []string
 	// Dial connects to one endpoint; ctx bounds the dial, and with it the
-	// auth token fetch that clientv3 makes when a connection is made, but
+	// auth token fetch the dial makes when the client has no token yet, but
 	// not the life of the connection.
 	Dial func(ctx context.Context, endpoint string) (*clientv3.Client, error)
 	// DialRequest makes the connection of unary requests to one endpoint,
-	// bounded by ctx as Dial is; without auth it does not wait for the
-	// connection.
+	// bounded by ctx as Dial is; unless it must fetch an auth token it does
+	// not wait for the connection.
 	DialRequest func(ctx context.Context, endpoint string) (*clientv3.Client, error)
 	// DialTimeout bounds each dial of the stream connection, a dial that
 	// waits for no caller: one to a silent endpoint ends after it, and the
@@ -117,7 +117,7 @@ type dial struct {
 // if there is none. The dial runs on its own, bounded by DialTimeout and the
 // pool's life, not by ctx: Get waits for it until ctx ends, so that a caller
 // with a short deadline (a keepalive) is never held past it by a dial of a
-// silent endpoint, and the dial, which with auth on includes fetching a
+// silent endpoint, and the dial, which with auth on may include fetching a
 // token, is not wasted when that caller gives up. A failed dial is returned
 // to every caller that waited for it, and marks its endpoint failed: the
 // next call dials the next endpoint, and the caller decides how long to

@@ -214,8 +214,9 @@ func (s *Pool) AppendOrder(dst []int) []int {
 
 // Request returns the request connection pinned to endpoint i, making it
 // on first use, bounded by ctx (the attempt's, so that a dial that with auth
-// on waits for a token ends with the attempt). Without auth the dial does
-// not wait for the connection: the caller checks its state before sending.
+// on waits for a token ends with the attempt). Unless it fetches a token,
+// the dial does not wait for the connection: the caller checks its state
+// before sending.
 func (s *Pool) Request(ctx context.Context, i int) (*clientv3.Client, error) {
 	s.mu.Lock()
 	if s.done {
