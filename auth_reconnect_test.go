@@ -55,14 +55,7 @@ func keptAliveSince(t *testing.T, s *etcdkit.Session, since time.Time, margin ti
 // connections.
 func TestAuthReconnectKeepsItsToken(t *testing.T) {
 	srv := authServer(t, authNS)
-	var logins atomic.Int64
-	cfg := authConfig(srv.ProxyEndpoint())
-	cfg.DialOptions = []grpc.DialOption{countLogins(&logins)}
-	c := testClientConfig(t, cfg)
-	k := etcdkit.NewKey(c, "x", etcdkit.String())
-	ctx := testContext(t, 2*time.Minute)
-	_, err := k.Put(ctx, "v")
-	require.NoError(t, err)
+	c, k, logins, ctx := loginCounted(t, srv, "v")
 	const ttl, margin = 5 * time.Second, 500 * time.Millisecond
 	s := lsSession(t, c, ttl, etcdkit.WithKeepAliveInterval(200*time.Millisecond), etcdkit.WithLostMargin(margin))
 	keptAliveSince(t, s, time.Now(), margin)
@@ -83,7 +76,7 @@ func TestAuthReconnectKeepsItsToken(t *testing.T) {
 	// Wrong credentials still fail New, with etcd's error.
 	bad := authConfig(srv.ProxyEndpoint())
 	bad.Password = "wrong"
-	_, err = etcdkit.New(ctx, bad)
+	_, err := etcdkit.New(ctx, bad)
 	require.ErrorIs(t, err, rpctypes.ErrAuthFailed, "got %v, want the wrong password refused", err)
 }
 
@@ -96,14 +89,7 @@ func TestAuthReconnectKeepsItsToken(t *testing.T) {
 // after the restart, and every connection shares the one new token.
 func TestAuthMemberRestart(t *testing.T) {
 	srv := authServer(t, authNS)
-	var logins atomic.Int64
-	cfg := authConfig(srv.ProxyEndpoint())
-	cfg.DialOptions = []grpc.DialOption{countLogins(&logins)}
-	c := testClientConfig(t, cfg)
-	k := etcdkit.NewKey(c, "x", etcdkit.String())
-	ctx := testContext(t, 2*time.Minute)
-	_, err := k.Put(ctx, "v1")
-	require.NoError(t, err)
+	c, k, logins, ctx := loginCounted(t, srv, "v1")
 	const ttl, margin = 10 * time.Second, time.Second
 	s := lsSession(t, c, ttl, etcdkit.WithKeepAliveInterval(200*time.Millisecond), etcdkit.WithLostMargin(margin))
 	w := k.Watch(ctx)
@@ -120,7 +106,7 @@ func TestAuthMemberRestart(t *testing.T) {
 	require.NoError(t, srv.Restart())
 
 	// The watch first, before a request refreshes the token.
-	_, err = srv.Client(t).Put(ctx, authNS+"x", "v2")
+	_, err := srv.Client(t).Put(ctx, authNS+"x", "v2")
 	require.NoError(t, err)
 	waitEvent(t, ctx, w, "v2")
 	keptAliveSince(t, s, restarted, margin)
@@ -212,4 +198,19 @@ func TestAuthWatchAfterAuthChange(t *testing.T) {
 	waitEvent(t, ctx, wa, "va")
 	waitEvent(t, ctx, wb, "vb")
 	require.Equal(t, base+1, logins.Load(), "got %d logins after the auth change, want 1", logins.Load()-base)
+}
+
+// loginCounted makes a client with credentials through srv's proxy whose
+// logins are counted, and puts value at its key "x".
+func loginCounted(t *testing.T, srv *etcdtest.Server, value string) (*etcdkit.Client, *etcdkit.Key[string], *atomic.Int64, context.Context) {
+	t.Helper()
+	logins := new(atomic.Int64)
+	cfg := authConfig(srv.ProxyEndpoint())
+	cfg.DialOptions = []grpc.DialOption{countLogins(logins)}
+	c := testClientConfig(t, cfg)
+	k := etcdkit.NewKey(c, "x", etcdkit.String())
+	ctx := testContext(t, 2*time.Minute)
+	_, err := k.Put(ctx, value)
+	require.NoError(t, err)
+	return c, k, logins, ctx
 }
