@@ -319,6 +319,13 @@ func (s *Pool) Do(ctx context.Context, attempt time.Duration, op func(context.Co
 	retry := backoff.New(50*time.Millisecond, 500*time.Millisecond)
 	for slow := 0; ; {
 		err := s.attempt(ctx, attempt<<min(slow, 16), op)
+		if err != nil && ctx.Err() != nil && context.Cause(ctx) != ctx.Err() &&
+			(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			// The attempt ended because ctx did, for a reason of its own
+			// (a session's lost lease...): say that reason, not the bare
+			// "context canceled" clientv3 returns.
+			return fmt.Errorf("%w (last attempt: %v)", context.Cause(ctx), err)
+		}
 		if err == nil || !s.cfg.Retryable(err) && !errors.Is(err, ErrReplaced) {
 			return err
 		}
