@@ -26,10 +26,12 @@ import (
 // in a row), although the member was never silent.
 func TestSlowWriteKeepsTheStreamConnection(t *testing.T) {
 	const (
-		stall = 500 * time.Millisecond
-		// Longer than the first two attempts (500 ms, 1 s), shorter than
-		// the third (2 s): the write gets through on the third.
-		delay = 1500 * time.Millisecond
+		// Long enough that the watch's own stall detector stays quiet on
+		// a loaded machine.
+		stall = time.Second
+		// Longer than the first two attempts (1 s, 2 s), shorter than the
+		// third (4 s): the write gets through on the third.
+		delay = 2500 * time.Millisecond
 		ttl   = 3 * time.Second
 	)
 	srv := etcdtest.Start(t, etcdtest.WithProxy())
