@@ -78,7 +78,14 @@ type Config struct {
 	// ran out of it is tried again with twice the time, and so on up to
 	// the time left before the session would be Lost, so that members
 	// that answer, only more slowly than StallTimeout, keep the lease;
-	// the attempts of a lease grant grow the same way.
+	// the attempts of a lease grant grow the same way, and so do those of
+	// the lease-bound writes (an Ephemeral's or a Registration's key, a
+	// candidate's or a holder's) sent on the connection of the watch and
+	// keepalive streams. Such an attempt that ran out of time while its
+	// member answered anything else meanwhile (a watch response, a
+	// keepalive, another request) leaves the connection in place: the
+	// member is slow, not silent, and the watches and keepalives on it go
+	// on.
 	// It must be at least MinStallTimeout (100ms):
 	// the engines' timers are fractions of it, and a link cannot answer
 	// faster. Default: 2s.

@@ -75,8 +75,9 @@ type Config struct {
 	Closed error
 	// Retryable says whether a request may succeed if tried again.
 	Retryable func(error) bool
-	// OnStall is called when a request on the connection timed out, which
-	// moves the connection to the next member.
+	// OnStall is called when a request on the connection timed out with
+	// its member silent meanwhile, which moves the connection to the next
+	// member.
 	OnStall func()
 }
 
@@ -307,14 +308,19 @@ func (s *Pool) Endpoint() string {
 
 // Do runs op on the stream connection, one attempt at a time, each
 // bounded by attempt, until it succeeds, fails in a way retrying cannot fix,
-// or ctx ends. An attempt that stalls or finds its member unavailable moves
-// the stream connection to the next member before the next attempt; one
-// whose connection is replaced meanwhile (by another request or the watch
-// engine) stops at once. Either way the next attempt goes to the live
-// connection, after a backoff. An attempt that ran out of its time makes
-// the next one twice as long, so that members that answer, only more
-// slowly than attempt, are still heard before ctx ends. It logs nothing:
-// the caller reports the outcome.
+// or ctx ends. An attempt that stalls (runs out of its time with its member
+// silent since it was sent: see AnsweredSince) or finds its member
+// unavailable moves the stream connection to the next member before the
+// next attempt; one whose connection is replaced meanwhile (by another
+// request or the watch engine) stops at once. Either way the next attempt
+// goes to the live connection, after a backoff. An attempt that ran out of
+// its time makes the next one twice as long, so that members that answer,
+// only more slowly than attempt, are still heard before ctx ends; if its
+// member answered anything else meanwhile (a watch response or a
+// keepalive on the connection, another request), the connection stays: the
+// member is slow, not silent, and dropping the connection would end every
+// watch and keepalive stream on it. It logs nothing: the caller reports
+// the outcome.
 func (s *Pool) Do(ctx context.Context, attempt time.Duration, op func(context.Context, *clientv3.Client) error) error {
 	retry := backoff.New(50*time.Millisecond, 500*time.Millisecond)
 	for slow := 0; ; {
@@ -356,11 +362,21 @@ func (s *Pool) attempt(ctx context.Context, attempt time.Duration, op func(conte
 	defer abandon(nil)
 	stop := context.AfterFunc(s.Life(gen), func() { abandon(ErrReplaced) })
 	defer stop()
+	sent := time.Now()
 	if err := op(actx, cli); err != nil {
 		if ctx.Err() == nil && errors.Is(context.Cause(actx), ErrReplaced) {
 			return fmt.Errorf("%w: %w", ErrReplaced, err)
 		}
-		s.Failed(ctx, gen, err)
+		// A member that answered anything meanwhile (a watch response or
+		// a keepalive on the connection, another request) is slow, not
+		// silent: a write waiting on a loaded disk must not drop every
+		// watch and keepalive stream with it. Do gives the next attempt,
+		// on the same connection, twice the time. The watch engine and
+		// the session fail the connection themselves if it does fall
+		// silent.
+		if !errors.Is(err, context.DeadlineExceeded) || !s.AnsweredSince(gen, sent) {
+			s.Failed(ctx, gen, err)
+		}
 		return err
 	}
 	s.Alive(gen)

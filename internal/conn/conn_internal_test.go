@@ -1,10 +1,15 @@
 package conn
 
 import (
+	"context"
 	"errors"
+	"net"
 	"slices"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 func TestPoolPick(t *testing.T) {
@@ -83,5 +88,92 @@ func TestPoolOrder(t *testing.T) {
 	}
 	if got := s.Order(); got[0] != 2 {
 		t.Fatalf("got order %v, want 2 first: the most recent success", got)
+	}
+}
+
+// TestAttemptFailsOnlyASilentConnection: a request attempt on the stream
+// connection that runs out of time moves the connection only if its member
+// answered nothing since the attempt was sent. A member that answered
+// something else meanwhile (here: Alive, as a watch response or a keepalive
+// reports it) is slow, not silent: the next attempt, with twice the time,
+// goes to the same connection, and the watches and keepalives on it live
+// on. Any other retryable failure moves the connection whatever was
+// answered.
+func TestAttemptFailsOnlyASilentConnection(t *testing.T) {
+	errUnavailable := errors.New("unavailable")
+	tests := []struct {
+		name     string
+		answered bool  // the member answers something during the first attempt
+		err      error // how the first attempt fails; nil: it runs out of time
+		moved    bool
+	}{
+		{name: "slow", answered: true, moved: false},
+		{name: "silent", answered: false, moved: true},
+		{name: "unavailable", answered: true, err: errUnavailable, moved: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = ln.Close() })
+			stalls := 0
+			s := New(Config{
+				Endpoints: []string{ln.Addr().String()},
+				Dial: func(_ context.Context, ep string) (*clientv3.Client, error) {
+					return clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
+				},
+				Life:   context.Background(),
+				Log:    zap.NewNop(),
+				Closed: errors.New("closed"),
+				Retryable: func(err error) bool {
+					return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errUnavailable)
+				},
+				OnStall: func() { stalls++ },
+			})
+			t.Cleanup(s.Close)
+
+			var gens []uint64
+			err = s.Do(context.Background(), 50*time.Millisecond, func(ctx context.Context, _ *clientv3.Client) error {
+				_, gen, err := s.Get(ctx)
+				if err != nil {
+					return err
+				}
+				gens = append(gens, gen)
+				if len(gens) > 1 {
+					return nil
+				}
+				if tt.answered {
+					s.Alive(gen)
+				}
+				if tt.err != nil {
+					return tt.err
+				}
+				<-ctx.Done()
+				return ctx.Err()
+			})
+			if err != nil {
+				t.Fatalf("Do: got %v, want nil", err)
+			}
+			if len(gens) != 2 {
+				t.Fatalf("got %d attempts, want 2", len(gens))
+			}
+			if moved := gens[1] != gens[0]; moved != tt.moved {
+				t.Errorf("connection moved: got %v, want %v (generations %v)", moved, tt.moved, gens)
+			}
+			// The second attempt's success made the endpoint healthy
+			// again; a move left its cause.
+			if cause := s.State(0).Cause; (cause != nil) != tt.moved {
+				t.Errorf("endpoint failure recorded: got %v, want one: %v", cause, tt.moved)
+			}
+			wantStalls := 0
+			if tt.moved && tt.err == nil {
+				wantStalls = 1
+			}
+			if stalls != wantStalls {
+				t.Errorf("stalls: got %d, want %d", stalls, wantStalls)
+			}
+		})
 	}
 }
