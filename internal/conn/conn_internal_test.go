@@ -177,3 +177,62 @@ func TestAttemptFailsOnlyASilentConnection(t *testing.T) {
 		})
 	}
 }
+
+// TestDoSaysWhyItsContextEnded: an attempt that clientv3 ends with a bare
+// "context canceled" because the caller's ctx ended for a reason of its
+// own (a session's lost lease) reports that reason; a plain cancel stays
+// plain, and an error that is not the context's passes through.
+func TestDoSaysWhyItsContextEnded(t *testing.T) {
+	errLost := errors.New("lease lost")
+	errOther := errors.New("compacted")
+	tests := []struct {
+		name  string
+		cause error // the ctx's cause; nil: a plain cancel
+		err   error // what the attempt returns; nil: the ctx's error
+		want  []error
+		avoid error
+	}{
+		{name: "cause", cause: errLost, want: []error{errLost}},
+		{name: "plain", want: []error{context.Canceled}},
+		{name: "not the context's", cause: errLost, err: errOther, want: []error{errOther}, avoid: errLost},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = ln.Close() })
+			s := New(Config{
+				Endpoints: []string{ln.Addr().String()},
+				Dial: func(_ context.Context, ep string) (*clientv3.Client, error) {
+					return clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
+				},
+				Life:      context.Background(),
+				Log:       zap.NewNop(),
+				Closed:    errors.New("closed"),
+				Retryable: func(err error) bool { return errors.Is(err, context.DeadlineExceeded) },
+			})
+			t.Cleanup(s.Close)
+
+			ctx, cancel := context.WithCancelCause(context.Background())
+			t.Cleanup(func() { cancel(nil) })
+			err = s.Do(ctx, time.Minute, func(actx context.Context, _ *clientv3.Client) error {
+				cancel(tt.cause)
+				<-actx.Done()
+				if tt.err != nil {
+					return tt.err
+				}
+				return actx.Err()
+			})
+			for _, want := range tt.want {
+				if !errors.Is(err, want) {
+					t.Errorf("Do: got %v, want it to match %v", err, want)
+				}
+			}
+			if tt.avoid != nil && errors.Is(err, tt.avoid) {
+				t.Errorf("Do: got %v, want it not to match %v", err, tt.avoid)
+			}
+		})
+	}
+}
