@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
 
+	"github.com/etcdkit/etcdkit/internal/backoff"
 	"github.com/etcdkit/etcdkit/internal/conn"
 	"github.com/etcdkit/etcdkit/internal/watch"
 )
@@ -103,7 +104,8 @@ type Client struct {
 // of that form) fails at once, before any dial. When no member answers, the
 // error says for each endpoint why it could not be reached ("connection
 // refused", "no such host", a TLS handshake failure). ctx bounds only this
-// call.
+// call. With Config.StartWithoutCluster, New waits for nothing: it fails
+// only on a Config it cannot use, and checks the cluster in the background.
 func New(ctx context.Context, cfg Config) (*Client, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("etcdkit: config: no endpoints")
@@ -113,11 +115,20 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, err
 	}
 	tokens := newAuthTokens(cfg)
-	raw, err := dialRaw(ctx, cfg, tokens, cfg.Endpoints)
+	if cfg.StartWithoutCluster {
+		raw, err := dialRaw(ctx, cfg, tokens, loginLater, cfg.Endpoints)
+		if err != nil {
+			return nil, err
+		}
+		c := newClient(raw, true, cfg, tokens)
+		c.spawn(c.reachCluster)
+		return c, nil
+	}
+	raw, err := dialRaw(ctx, cfg, tokens, loginFirst, cfg.Endpoints)
 	if err != nil {
 		return nil, err
 	}
-	members, err := probe(ctx, raw, cfg)
+	members, err := probe(ctx, raw, cfg, cfg.DialTimeout)
 	if err != nil {
 		_ = raw.Close()
 		return nil, err
@@ -140,7 +151,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 // StallTimeout per attempt and sent with etcd's require-leader flag, a read
 // is retried and a write only when it provably did not apply; but raw picks
 // the member, so they do not follow the client's view of its members'
-// health (see Requests on a sick member, under [Client]).
+// health (see Requests on a sick member, under [Client]). A service that
+// must start while etcd is down and keep that failover uses New with
+// Config.StartWithoutCluster instead.
 func Wrap(raw *clientv3.Client, cfg Config) (*Client, error) {
 	if raw == nil {
 		return nil, errors.New("etcdkit: Wrap: nil client")
@@ -166,7 +179,7 @@ func newClient(raw *clientv3.Client, owned bool, cfg Config, tokens *authTokens)
 	c.streams = conn.New(conn.Config{
 		Endpoints: cfg.Endpoints,
 		Dial: func(ctx context.Context, ep string) (*clientv3.Client, error) {
-			return dialRaw(ctx, cfg, tokens, []string{ep})
+			return dialRaw(ctx, cfg, tokens, loginFirst, []string{ep})
 		},
 		// A dial is an attempt like a request's: with auth on, the first
 		// one fetches the client's token, which a silent member does not
@@ -174,7 +187,7 @@ func newClient(raw *clientv3.Client, owned bool, cfg Config, tokens *authTokens)
 		DialTimeout:    min(cfg.DialTimeout, cfg.StallTimeout),
 		MaxDialTimeout: cfg.DialTimeout,
 		DialRequest: func(ctx context.Context, ep string) (*clientv3.Client, error) {
-			return dialRaw(ctx, cfg, tokens, []string{ep}, func(rc *clientv3.Config) {
+			return dialRaw(ctx, cfg, tokens, loginFirst, []string{ep}, func(rc *clientv3.Config) {
 				// The request runner moves a request to another member
 				// itself; clientv3 retrying it on the same one would spend
 				// the attempt. Two, not one, so that a request refused
@@ -243,6 +256,17 @@ func sendLimit(cfg Config) int {
 	return max(cfg.MaxValueSize+requestOverhead, grpcDefaultSendLimit)
 }
 
+// loginMode says whether dialRaw logs in before it returns.
+type loginMode bool
+
+const (
+	// loginFirst: with credentials and no token at hand, dialRaw fetches
+	// one before it returns, which proves the endpoint and credentials.
+	loginFirst loginMode = true
+	// loginLater: the first call on the client fetches the token.
+	loginLater loginMode = false
+)
+
 // dialRaw builds a raw client for endpoints with cfg's TLS, keepalive, a
 // send limit that fits MaxValueSize and a reconnect backoff short enough
 // that a healed link is used again within a fraction of a second, then
@@ -252,10 +276,11 @@ func sendLimit(cfg Config) int {
 // none yet, dialRaw fetches it through the new client before it returns,
 // bounded by ctx and DialTimeout, and a single endpoint that refuses
 // connections fails at once rather than after the whole wait, so that the
-// caller moves on to the next member. With a token at hand it does not wait
-// for the connection, as without credentials.
-func dialRaw(ctx context.Context, cfg Config, tokens *authTokens, endpoints []string, tweaks ...func(*clientv3.Config)) (*clientv3.Client, error) {
-	login := tokens != nil && !tokens.has()
+// caller moves on to the next member. With a token at hand, or with
+// loginLater, it does not wait for the connection, as without credentials: the
+// first call fetches the token then.
+func dialRaw(ctx context.Context, cfg Config, tokens *authTokens, mode loginMode, endpoints []string, tweaks ...func(*clientv3.Config)) (*clientv3.Client, error) {
+	login := tokens != nil && !tokens.has() && mode == loginFirst
 	if login && len(endpoints) == 1 {
 		// The token request waits for a connection that a refused one
 		// never becomes; one plain dial tells at once.
@@ -324,8 +349,8 @@ func dialRaw(ctx context.Context, cfg Config, tokens *authTokens, endpoints []st
 // or not, and open to every user) to prove that the endpoints, certificates
 // and credentials work. It returns the members' names by ID, which errors
 // use to name a member.
-func probe(ctx context.Context, raw *clientv3.Client, cfg Config) (map[uint64]string, error) {
-	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+func probe(ctx context.Context, raw *clientv3.Client, cfg Config, timeout time.Duration) (map[uint64]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	resp, err := raw.MemberList(ctx, clientv3.WithSerializable())
 	if err != nil {
@@ -342,6 +367,42 @@ func probe(ctx context.Context, raw *clientv3.Client, cfg Config) (map[uint64]st
 		names[m.ID] = m.Name
 	}
 	return names, nil
+}
+
+// reachCluster is New's check of the cluster (see probe) for a Client made
+// with StartWithoutCluster, run in the background: again and again, with
+// backoff, until a member answers or the Client is closed. Each distinct
+// failure is logged once at Warn; once a member answers, the members'
+// names are learned (errors name members by them) and, if a failure was
+// logged, that the cluster was reached is logged at Info.
+func (c *Client) reachCluster() {
+	retry := backoff.New(100*time.Millisecond, 2*time.Second)
+	logged := make(map[string]bool)
+	// Each check is bounded as a re-dial is (see DialTimeout).
+	attempt := min(c.cfg.DialTimeout, c.cfg.StallTimeout)
+	for {
+		members, err := probe(c.life, c.raw, c.cfg, attempt)
+		if err == nil {
+			c.streams.SetNames(members)
+			if len(logged) > 0 {
+				c.log.Info("etcdkit: reached the cluster", zap.Strings("endpoints", c.cfg.Endpoints))
+			}
+			return
+		}
+		if c.life.Err() != nil {
+			return
+		}
+		// The failures of endpoints that stay down read the same every
+		// time; a bound keeps a changing one from growing the set.
+		if msg := err.Error(); !logged[msg] && len(logged) < 16 {
+			logged[msg] = true
+			c.log.Warn("etcdkit: the cluster has not answered yet; requests fail until a member does", zap.Error(err))
+		}
+		if !retry.Wait(c.life) {
+			return
+		}
+		attempt = min(2*attempt, c.cfg.DialTimeout)
+	}
 }
 
 // endpointErrors lists why each endpoint could not be reached.

@@ -55,6 +55,21 @@ type Config struct {
 	// Default: 5s.
 	DialTimeout time.Duration
 
+	// StartWithoutCluster makes New return at once, whether or not any
+	// member answers, so that a service starts on the day etcd is down:
+	// its Live values serve their snapshots or defaults, and
+	// Service.Run, Mutex.Run and Semaphore.Run wait for the cluster
+	// themselves. Until a member answers, requests fail as they do
+	// whenever no member answers (an error naming each member and why),
+	// views wait, and holdings (NewSession, Register, Campaign, Lock...)
+	// fail with their ctx. Wrong endpoints, certificates or credentials
+	// then do not fail New: the client checks the cluster in the
+	// background until a member answers, logs each distinct failure once
+	// at Warn, and then once at Info that it reached the cluster.
+	// Default false: New waits for a member, up to DialTimeout, and
+	// fails if none answers (see New).
+	StartWithoutCluster bool
+
 	// RequestTimeout bounds each request whose context has no deadline,
 	// all its attempts on the members together (see StallTimeout).
 	// Default: 5s.
@@ -208,6 +223,7 @@ func (cfg Config) describe(goSyntax bool) string {
 	field("Endpoints", cfg.Endpoints)
 	field("Namespace", cfg.Namespace)
 	field("DialTimeout", cfg.DialTimeout)
+	field("StartWithoutCluster", cfg.StartWithoutCluster)
 	field("RequestTimeout", cfg.RequestTimeout)
 	field("KeepAliveTime", cfg.KeepAliveTime)
 	field("KeepAliveTimeout", cfg.KeepAliveTimeout)

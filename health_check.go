@@ -111,7 +111,7 @@ func (hm *HealthMonitor) conn(ep string) (*clientv3.Client, error) {
 	}
 	hm.mu.Unlock()
 
-	cli, err := dialRaw(hm.ctx, hm.c.cfg, hm.c.tokens, []string{ep})
+	cli, err := dialRaw(hm.ctx, hm.c.cfg, hm.c.tokens, loginFirst, []string{ep})
 	if err != nil {
 		return nil, err
 	}

@@ -185,6 +185,10 @@ func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op reques
 		case ctx.Err() != nil:
 			// The caller's deadline, not the member, cut the dial short.
 			return &attemptError{member: t.state(), cause: "was still being dialled", err: ctx.Err()}
+		case answered(err):
+			// The member answered, and refused the login (wrong
+			// credentials): every member would.
+			return errorf("%v refused the login: %w", t.state(), err)
 		}
 		t.sick(err)
 		return &attemptError{member: t.state(), cause: "could not be dialled", err: err}

@@ -9,6 +9,8 @@ import (
 
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdkit/etcdkit/proxy"
 )
 
 // leaderTimeout bounds WaitLeader and MoveLeader. Elections take a few
@@ -59,6 +61,21 @@ func (c *Cluster) Endpoints() []string {
 		eps[i] = m.ProxyEndpoint()
 	}
 	return eps
+}
+
+// NewProxies starts a proxy of its own in front of every member (see
+// Server.NewProxy), closed when the test ends, and returns them in member
+// order with their addresses: the endpoints of one client that a test
+// cuts off alone.
+func (c *Cluster) NewProxies(t testing.TB) ([]*proxy.Proxy, []string) {
+	t.Helper()
+	ps := make([]*proxy.Proxy, len(c.g.members))
+	eps := make([]string, len(c.g.members))
+	for i, m := range c.g.members {
+		ps[i] = m.NewProxy(t)
+		eps[i] = ps[i].Addr()
+	}
+	return ps, eps
 }
 
 // DirectEndpoints returns every member's own client address, bypassing any

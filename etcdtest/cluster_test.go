@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/etcdkit/etcdkit/etcdtest"
+	"github.com/etcdkit/etcdkit/proxy"
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -254,4 +255,38 @@ func TestClusterCleanupLeavesNoGoroutines(t *testing.T) {
 	// Every member, proxy, peer connection and client must be gone once the
 	// subtest's cleanup has returned, not merely by the end of the run.
 	goleak.VerifyNone(t, before)
+}
+
+// TestNewProxiesCutOffOneClient: a client on proxies of its own is cut off
+// alone. Its reads fail once its proxies are blackholed, while a client on
+// the cluster's shared proxies goes on, and it reads again once they are
+// healed.
+func TestNewProxiesCutOffOneClient(t *testing.T) {
+	c := etcdtest.StartCluster(t, 3, etcdtest.WithProxy())
+	ps, eps := c.NewProxies(t)
+	require.Len(t, eps, 3)
+	for i, m := range c.Members() {
+		require.Equal(t, ps[i].Addr(), eps[i])
+		require.Equal(t, m.Endpoint(), ps[i].Target())
+		require.NotEqual(t, m.ProxyEndpoint(), eps[i])
+	}
+	alone := proxiedClient(t, eps...)
+	shared := proxiedClient(t, c.Endpoints()...)
+	_, err := alone.Put(ctxT(t), "k", "1")
+	require.NoError(t, err)
+
+	for _, p := range ps {
+		p.Blackhole(proxy.Both)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	_, err = alone.Get(ctx, "k")
+	cancel()
+	require.Error(t, err, "the client on its own proxies is cut off")
+	_, err = shared.Put(ctxT(t), "k", "2")
+	require.NoError(t, err, "the other client is not")
+
+	for _, p := range ps {
+		p.Unblackhole()
+	}
+	requireValue(t, alone, "k", "2", "the healed client")
 }

@@ -103,6 +103,22 @@ func (s *Server) ProxyEndpoint() string {
 // not Close it.
 func (s *Server) Proxy() *proxy.Proxy { return s.proxy }
 
+// NewProxy starts a fault-injection proxy of its own in front of the
+// member's client endpoint, on a free 127.0.0.1 port, and closes it when
+// the test ends. Give one to each client whose link to the member a test
+// cuts off, so that the other clients, on Endpoint or ProxyEndpoint, keep
+// theirs. It works with or without WithProxy, and like ProxyEndpoint's
+// proxy it keeps listening while the member is stopped.
+func (s *Server) NewProxy(t testing.TB) *proxy.Proxy {
+	t.Helper()
+	p, err := proxy.New(s.Endpoint())
+	if err != nil {
+		t.Fatalf("etcdtest: proxy for member %s: %v", s.Name(), err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
 // PeerURL returns the URL the member's peers reach it on,
 // "http://127.0.0.1:PORT". The port is the member's for the test's whole
 // life, across Stop and Restart.
