@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -198,9 +199,10 @@ type ClusterHealth struct {
 	// this monitor's probes. Current and ServeHTTP fill it in as of the
 	// call; Check as of the check's end.
 	Endpoints []EndpointHealth `json:"endpoints,omitempty"`
-	// Readiness are the results of the monitor's WithReadiness checks, in
-	// the order they were given, as of the call to Current or ServeHTTP;
-	// nil from Check, Updates and a monitor without any.
+	// Readiness are the results of the readiness checks as of the call to
+	// Current or ServeHTTP: the cluster's health first, under
+	// ClusterCheckName, then the monitor's WithReadiness checks in the
+	// order they were given. nil from Check and Updates.
 	Readiness []ReadinessResult `json:"readiness,omitempty"`
 }
 
@@ -225,13 +227,19 @@ type EndpointHealth struct {
 	Streams bool `json:"streams,omitempty"`
 }
 
-// ReadinessResult is the answer of one WithReadiness check.
+// ReadinessResult is the answer of one readiness check: the cluster's
+// health (named ClusterCheckName) or a WithReadiness check.
 type ReadinessResult struct {
 	// Name is the name the check was added under.
 	Name string `json:"name"`
-	// Ready reports that the check returned nil.
+	// Ready reports that the check returned nil; for the cluster, that it
+	// is Healthy or Degraded (it serves reads and writes).
 	Ready bool `json:"ready"`
-	// Reason is the check's error, "" when Ready.
+	// Required reports that the check counts in ServeHTTP's answer: every
+	// WithReadiness check, and the cluster's under ClusterRequired.
+	Required bool `json:"required"`
+	// Reason is the check's error, "" when Ready; for the cluster, its
+	// Status and Reasons.
 	Reason string `json:"reason,omitempty"`
 }
 
@@ -248,18 +256,34 @@ func (c *Client) endpointHealth() []EndpointHealth {
 	return out
 }
 
-// readiness runs the WithReadiness checks and reports whether all passed.
-func (hm *HealthMonitor) readiness() ([]ReadinessResult, bool) {
-	if len(hm.opts.checks) == 0 {
-		return nil, true
-	}
-	out := make([]ReadinessResult, len(hm.opts.checks))
-	ready := true
-	for i, c := range hm.opts.checks {
-		out[i] = ReadinessResult{Name: c.name, Ready: true}
-		if err := c.check.Readiness(); err != nil {
-			out[i].Ready, out[i].Reason, ready = false, err.Error(), false
+// ClusterCheckName is the name the cluster's health is reported under in
+// ClusterHealth.Readiness.
+const ClusterCheckName = "etcd"
+
+// readiness judges h, the cluster's health, by the monitor's ClusterPolicy
+// and runs the WithReadiness checks; it reports whether every check that
+// counts passed.
+func (hm *HealthMonitor) readiness(h ClusterHealth) ([]ReadinessResult, bool) {
+	out := make([]ReadinessResult, 0, 1+len(hm.opts.checks))
+	cluster := ReadinessResult{Name: ClusterCheckName, Ready: true, Required: hm.opts.cluster == ClusterRequired}
+	switch h.Status {
+	case Healthy, Degraded:
+	case HealthUnknown:
+		cluster.Ready, cluster.Reason = false, "no check has completed yet"
+	default:
+		cluster.Ready, cluster.Reason = false, h.Status.String()
+		if len(h.Reasons) > 0 {
+			cluster.Reason += ": " + strings.Join(h.Reasons, "; ")
 		}
+	}
+	out = append(out, cluster)
+	ready := cluster.Ready || !cluster.Required
+	for _, c := range hm.opts.checks {
+		r := ReadinessResult{Name: c.name, Ready: true, Required: true}
+		if err := c.check.Readiness(); err != nil {
+			r.Ready, r.Reason, ready = false, err.Error(), false
+		}
+		out = append(out, r)
 	}
 	return out, ready
 }
@@ -420,7 +444,7 @@ func (hm *HealthMonitor) Current() ClusterHealth {
 	if hm.c != nil {
 		h.Endpoints = hm.c.endpointHealth()
 	}
-	h.Readiness, _ = hm.readiness()
+	h.Readiness, _ = hm.readiness(h)
 	return h
 }
 
@@ -445,20 +469,24 @@ func (hm *HealthMonitor) Err() error { return hm.cause() }
 // has exited. The Client stays open. Close is idempotent and returns nil.
 func (hm *HealthMonitor) Close() error { return hm.close() }
 
-// ServeHTTP serves Current as JSON for readiness probes: status 200 when the
-// cluster is Healthy or Degraded (it serves reads and writes) and every
-// WithReadiness check passes, 503 when the cluster is Unhealthy, a check
-// fails, before the first check completes, and after the monitor has ended.
-// It never waits for a check. The body is the JSON form of ClusterHealth,
-// whose Readiness says which checks failed and why.
+// ServeHTTP serves Current as JSON for readiness probes: status 200 when
+// every check that counts passes, 503 when one fails and after the monitor
+// has ended. Under ClusterRequired (the default) the cluster's health
+// counts: 503 while it is Unhealthy and before the first check completes.
+// Under ClusterInformational it is reported and does not count, so that a
+// service serving from its Live values and snapshots stays in rotation
+// while etcd is down. It never waits for a check. The body is the JSON form
+// of ClusterHealth, whose Readiness says which checks failed and why. For
+// a liveness probe, which etcd's state must not fail, see Liveness.
 func (hm *HealthMonitor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := hm.Current()
 	ready := true
 	for _, rr := range h.Readiness {
-		ready = ready && rr.Ready
+		ready = ready && (rr.Ready || !rr.Required)
 	}
 	if err := hm.Err(); err != nil {
 		h = ClusterHealth{Status: HealthUnknown, Reasons: []string{"health monitor ended: " + err.Error()}}
+		ready = false
 	}
 	if h.Members == nil {
 		h.Members = []MemberHealth{}
@@ -469,13 +497,37 @@ func (hm *HealthMonitor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	code := http.StatusServiceUnavailable
-	if ready && (h.Status == Healthy || h.Status == Degraded) {
+	if ready {
 		code = http.StatusOK
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
 	_, _ = w.Write(append(body, '\n'))
+}
+
+// Liveness returns the handler of a liveness probe: 200 while the monitor
+// runs, whatever the cluster's state, 503 once the monitor has ended (it
+// was closed, or its Client was). etcd's state must not fail a liveness
+// probe: restarting a process does not bring etcd back, and a fleet that
+// restarts at once makes an outage worse. The body is JSON,
+// {"alive":true}, or {"alive":false,"reason":"..."}.
+func (hm *HealthMonitor) Liveness() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body := struct {
+			Alive  bool   `json:"alive"`
+			Reason string `json:"reason,omitempty"`
+		}{Alive: true}
+		code := http.StatusOK
+		if err := hm.Err(); err != nil {
+			body.Alive, body.Reason, code = false, "health monitor ended: "+err.Error(), http.StatusServiceUnavailable
+		}
+		b, _ := json.Marshal(body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(code)
+		_, _ = w.Write(append(b, '\n'))
+	})
 }
 
 // record makes h current, unless a check started later has already been

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -27,6 +28,7 @@ type HealthOption interface {
 }
 
 type healthOptions struct {
+	cluster  ClusterPolicy
 	interval time.Duration
 	timeout  time.Duration
 	maxLag   uint64
@@ -84,6 +86,47 @@ func WithProbeTimeout(d time.Duration) HealthOption {
 	})
 }
 
+// ClusterPolicy says whether the cluster's health counts in a
+// HealthMonitor's readiness answer (ServeHTTP).
+type ClusterPolicy int
+
+const (
+	// ClusterRequired: the process is not ready while the cluster is
+	// Unhealthy, nor before the first check completes. The default, for a
+	// service that cannot do its work without etcd.
+	ClusterRequired ClusterPolicy = iota
+	// ClusterInformational: the cluster's health is reported (under
+	// ClusterCheckName in ClusterHealth.Readiness) and does not change the
+	// answer, for a service that serves from Live values, LiveMaps and
+	// their snapshots while etcd is down: an etcd outage then does not
+	// take every replica out of rotation at once. Its own checks
+	// (LiveReadiness with AllowStale, WatchReadiness...) still count.
+	ClusterInformational
+)
+
+// String returns "required" or "informational".
+func (p ClusterPolicy) String() string {
+	switch p {
+	case ClusterRequired:
+		return "required"
+	case ClusterInformational:
+		return "informational"
+	}
+	return fmt.Sprintf("ClusterPolicy(%d)", int(p))
+}
+
+// WithClusterPolicy sets whether the cluster's health counts in the
+// readiness answer; the default is ClusterRequired.
+func WithClusterPolicy(p ClusterPolicy) HealthOption {
+	return healthOptionFunc(func(o *healthOptions) {
+		if p != ClusterRequired && p != ClusterInformational {
+			o.fail(fmt.Errorf("etcdkit: health monitor: WithClusterPolicy(%v): unknown policy", p))
+			return
+		}
+		o.cluster = p
+	})
+}
+
 // WithMaxAppliedLag sets how many raft entries a member may have applied
 // fewer than the leader before the cluster counts as Degraded. Zero means any
 // lag at all; followers of a busy cluster normally trail by a few entries.
@@ -110,18 +153,25 @@ type ReadinessFunc func() error
 func (f ReadinessFunc) Readiness() error { return f() }
 
 // WatchReadiness is the ReadinessCheck of a Watch, Cache or Tracker: ready
-// while it is connected and has not ended. Suspended (its link broke and it
-// is re-establishing it) or still connecting, it is not ready; ended, the
-// reason is its Err.
+// once it is synced (its first complete view: see Synced) and while it is
+// connected and has not ended. Not synced yet, suspended (its link broke
+// and it is re-establishing it) or still connecting, it is not ready;
+// ended, the reason is its Err.
 func WatchReadiness(h interface {
 	State() WatchState
+	Synced() <-chan struct{}
 	Done() <-chan struct{}
 	Err() error
 }) ReadinessCheck {
 	return ReadinessFunc(func() error {
 		switch st := h.State(); st {
 		case WatchConnected:
-			return nil
+			select {
+			case <-h.Synced():
+				return nil
+			default:
+				return errors.New("etcdkit: watch not synced yet")
+			}
 		case WatchClosed:
 			return h.Err()
 		default:
@@ -154,18 +204,28 @@ func SessionReadiness(h interface {
 	})
 }
 
-// LiveReadiness is the ReadinessCheck of a Live: ready while it is not
-// Stale. Stale, the reason is its Err once it has ended, the cluster's
-// refusal to let it read its key (a Rejection with Revision 0, such as a
-// permission denied) while there is one, and otherwise that the value may
-// be out of date.
+// LiveReadiness is the ReadinessCheck of a Live or LiveMap: ready while
+// it is not Stale. Stale, the reason is its Err once it has ended, the
+// cluster's refusal to let it read its key (a Rejection with Revision 0,
+// such as a permission denied) while there is one, and otherwise that the
+// value may be out of date. With AllowStale, a value that is stale only
+// because etcd cannot be reached (not synced yet, or its watch suspended)
+// stays ready for a while or for good; an ended handle and a refusal are
+// never ready.
 func LiveReadiness(h interface {
 	Stale() bool
 	Err() error
 	Rejected() (Rejection, bool)
-}) ReadinessCheck {
+}, opts ...LiveReadinessOption) ReadinessCheck {
+	lr := &liveReadiness{}
+	for _, opt := range opts {
+		if opt != nil {
+			opt(lr)
+		}
+	}
 	return ReadinessFunc(func() error {
 		if !h.Stale() {
+			lr.fresh()
 			return nil
 		}
 		if err := h.Err(); err != nil {
@@ -174,8 +234,50 @@ func LiveReadiness(h interface {
 		if r, ok := h.Rejected(); ok && r.Revision == 0 {
 			return fmt.Errorf("etcdkit: live value stale: %w", r.Err)
 		}
-		return errors.New("etcdkit: live value stale")
+		if d, ok := lr.stale(); !ok {
+			return fmt.Errorf("etcdkit: live value stale for %v", d.Round(time.Millisecond))
+		}
+		return nil
 	})
+}
+
+// A LiveReadinessOption changes what LiveReadiness counts as ready.
+type LiveReadinessOption func(*liveReadiness)
+
+// AllowStale makes LiveReadiness report a stale value ready for d,
+// counted from the first check that found it stale (so probe at least as
+// often as the bound matters); d < 0 keeps it ready for as long as it is
+// stale, for a service that serves its snapshot or defaults for as long as
+// etcd is down. The default, 0, reports a stale value not ready at once.
+func AllowStale(d time.Duration) LiveReadinessOption {
+	return func(lr *liveReadiness) { lr.allow = d }
+}
+
+// liveReadiness is LiveReadiness's record of how long the value has been
+// stale.
+type liveReadiness struct {
+	allow time.Duration
+	mu    sync.Mutex
+	since time.Time // when a check first found the value stale; zero while fresh
+}
+
+func (lr *liveReadiness) fresh() {
+	lr.mu.Lock()
+	lr.since = time.Time{}
+	lr.mu.Unlock()
+}
+
+// stale records a check that found the value stale and returns for how
+// long it has been, and whether that is still allowed.
+func (lr *liveReadiness) stale() (time.Duration, bool) {
+	lr.mu.Lock()
+	defer lr.mu.Unlock()
+	now := time.Now()
+	if lr.since.IsZero() {
+		lr.since = now
+	}
+	d := now.Sub(lr.since)
+	return d, lr.allow < 0 || d < lr.allow
 }
 
 // namedCheck is a ReadinessCheck with the name it is reported under.
@@ -200,6 +302,9 @@ func WithReadiness(name string, check ReadinessCheck) HealthOption {
 		switch {
 		case name == "":
 			o.fail(errors.New("etcdkit: health monitor: WithReadiness: empty name"))
+			return
+		case name == ClusterCheckName:
+			o.fail(fmt.Errorf("etcdkit: health monitor: WithReadiness(%q): the name of the cluster's own check", name))
 			return
 		case check == nil, isNilFunc(check):
 			o.fail(fmt.Errorf("etcdkit: health monitor: WithReadiness(%q): nil check", name))

@@ -96,9 +96,10 @@ func TestHealthReadinessChecks(t *testing.T) {
 	code, h := serve(t, hm)
 	require.Equal(t, http.StatusServiceUnavailable, code)
 	require.Equal(t, []etcdkit.ReadinessResult{
-		{Name: "watch", Ready: true},
-		{Name: "session", Ready: true},
-		{Name: "migrations", Ready: false, Reason: "schema migration pending"},
+		{Name: etcdkit.ClusterCheckName, Ready: true, Required: true},
+		{Name: "watch", Ready: true, Required: true},
+		{Name: "session", Ready: true, Required: true},
+		{Name: "migrations", Ready: false, Required: true, Reason: "schema migration pending"},
 	}, h.Readiness)
 	migrated.Store(true)
 	code, _ = serve(t, hm)
@@ -112,17 +113,17 @@ func TestHealthReadinessChecks(t *testing.T) {
 		}
 	})
 	h = waitHealth(t, hm, "watch and session suspended", func(h etcdkit.ClusterHealth) bool {
-		return len(h.Readiness) == 3 && !h.Readiness[0].Ready && !h.Readiness[1].Ready
+		return len(h.Readiness) == 4 && !h.Readiness[1].Ready && !h.Readiness[2].Ready
 	})
-	require.Equal(t, "etcdkit: watch suspended", h.Readiness[0].Reason)
-	require.Equal(t, "etcdkit: session suspended", h.Readiness[1].Reason)
+	require.Equal(t, "etcdkit: watch suspended", h.Readiness[1].Reason)
+	require.Equal(t, "etcdkit: session suspended", h.Readiness[2].Reason)
 	code, _ = serve(t, hm)
 	require.Equal(t, http.StatusServiceUnavailable, code)
 
 	srv.Proxy().Unblackhole()
 	unblackholed = true
 	waitHealth(t, hm, "ready again", func(h etcdkit.ClusterHealth) bool {
-		return h.Status == etcdkit.Healthy && h.Readiness[0].Ready && h.Readiness[1].Ready
+		return h.Status == etcdkit.Healthy && h.Readiness[1].Ready && h.Readiness[2].Ready
 	})
 	code, _ = serve(t, hm)
 	require.Equal(t, http.StatusOK, code)
@@ -130,8 +131,8 @@ func TestHealthReadinessChecks(t *testing.T) {
 	require.NoError(t, w.Close())
 	code, h = serve(t, hm)
 	require.Equal(t, http.StatusServiceUnavailable, code)
-	require.False(t, h.Readiness[0].Ready)
-	require.Equal(t, w.Err().Error(), h.Readiness[0].Reason)
+	require.False(t, h.Readiness[1].Ready)
+	require.Equal(t, w.Err().Error(), h.Readiness[1].Reason)
 }
 
 // TestWithReadinessRefusesBadInput: a nil check, a nil function, an empty
