@@ -356,23 +356,11 @@ func (e *Election) Run(ctx context.Context, id string, fn func(ctx context.Conte
 	if fn == nil {
 		return fmt.Errorf("etcdkit: election %q: Run: nil function", e.name)
 	}
-	retry := backoff.New(100*time.Millisecond, 2*time.Second)
 	for {
-		l, err := e.Campaign(ctx, id)
+		l, err := retryTake(ctx, e, func(ctx context.Context) (*Leadership, error) { return e.Campaign(ctx, id) })
 		if err != nil {
-			switch {
-			case ctx.Err() != nil:
-				return e.fail("run", context.Cause(ctx))
-			case errors.Is(err, ErrClosed), errors.Is(err, ErrInvalidTTL), errors.Is(err, ErrTooLarge):
-				return err
-			}
-			e.c.log.Info("campaign failed, retrying", zap.String("election", e.name), zap.String("id", id), zap.Error(err))
-			if !retry.Wait(ctx) {
-				return e.fail("run", context.Cause(ctx))
-			}
-			continue
+			return err
 		}
-		retry.Reset()
 		stop := context.AfterFunc(ctx, func() { l.end(fmt.Errorf("%w: Run's context ended", errResigned)) })
 		ferr := fn(l.Context())
 		lost := l.Context().Err() != nil

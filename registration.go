@@ -8,6 +8,9 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/etcdkit/etcdkit/internal/backoff"
 )
 
 // Registration is an instance published by Service.Register. It is an
@@ -73,6 +76,48 @@ func (s *Service[M]) Register(ctx context.Context, inst Instance[M], ttl time.Du
 		return nil, errorf("register %q in service %q: %w", inst.ID, s.name, detail(err))
 	}
 	return &Registration[M]{e: e, svc: s.name, inst: inst}, nil
+}
+
+// Run keeps inst registered until ctx ends, with no loop in the caller,
+// in the shape of Election.Run: it registers, again with backoff while
+// that fails for a reason that may pass (no member answers, which makes Run
+// fit to call while etcd is down, or the ID is still held, by a crashed
+// predecessor whose lease has not expired yet), and registers again
+// whenever the Registration ends before ctx does. Between those, the
+// Registration heals itself across outages and lost leases, as Register's
+// does. registered, if not nil, is called with each new Registration
+// (for its State, Update or a readiness check) before Run waits on it;
+// it must not block.
+//
+// Run blocks; it returns ctx's cause once ctx ends, after the instance is
+// withdrawn, and at once an error no retry can fix: an invalid instance or
+// TTL, Meta too large, a closed Client.
+func (s *Service[M]) Run(ctx context.Context, inst Instance[M], ttl time.Duration, registered func(*Registration[M]), opts ...SessionOption) error {
+	retry := backoff.New(100*time.Millisecond, 2*time.Second)
+	for {
+		r, err := s.Register(ctx, inst, ttl, opts...)
+		switch {
+		case err == nil:
+			retry.Reset()
+			if registered != nil {
+				registered(r)
+			}
+			<-r.Done()
+			if ctx.Err() != nil {
+				return errorf("service %q: run %q: %w", s.name, inst.ID, context.Cause(ctx))
+			}
+			err = r.Err()
+		case ctx.Err() != nil:
+			return errorf("service %q: run %q: %w", s.name, inst.ID, context.Cause(ctx))
+		case errors.Is(err, ErrInvalidInstance), !mayPass(err):
+			return err
+		}
+		s.c.log.Info("registration ended or failed, registering again", zap.String("service", s.name),
+			zap.String("id", inst.ID), zap.Error(err))
+		if !retry.Wait(ctx) {
+			return errorf("service %q: run %q: %w", s.name, inst.ID, context.Cause(ctx))
+		}
+	}
 }
 
 // taken turns the conflict of a refused registration into one about
