@@ -22,6 +22,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,16 +70,45 @@ func follow(ctx context.Context, c *etcdkit.Client, snapshot string) *etcdkit.Li
 // connect makes a client that does not wait for the cluster, so that the
 // service starts (from its snapshot) even while etcd is down.
 func connect(endpoints []string, namespace string) (*etcdkit.Client, func(), error) {
-	raw, err := clientv3.New(clientv3.Config{Endpoints: endpoints, Logger: zap.NewNop()})
+	c, err := etcdkit.New(context.Background(), etcdkit.Config{Endpoints: endpoints, Namespace: namespace,
+		StallTimeout: time.Second, StartWithoutCluster: true, Logger: zap.NewNop()})
 	if err != nil {
 		return nil, nil, err
 	}
-	c, err := etcdkit.Wrap(raw, etcdkit.Config{Namespace: namespace, StallTimeout: time.Second})
+	return c, func() { _ = c.Close() }, nil
+}
+
+// probes serves the service's readiness (/readyz) and liveness (/livez)
+// on addr. The service serves its settings from its snapshot while etcd is
+// down, so etcd's health is reported but does not take it out of
+// rotation (ClusterInformational), and a stale value is still a value to
+// serve (AllowStale(-1)); a value the cluster refuses to let it read does.
+// Liveness never depends on etcd. It returns the address served and a
+// function that stops serving.
+func probes(c *etcdkit.Client, live *etcdkit.Live[Settings], addr string) (string, func(), error) {
+	hm := etcdkit.NewHealthMonitor(c, etcdkit.WithClusterPolicy(etcdkit.ClusterInformational),
+		etcdkit.WithReadiness("settings", etcdkit.LiveReadiness(live, etcdkit.AllowStale(-1))))
+	mux := http.NewServeMux()
+	mux.Handle("/readyz", hm)
+	mux.Handle("/livez", hm.Liveness())
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		_ = raw.Close()
-		return nil, nil, err
+		_ = hm.Close()
+		return "", nil, err
 	}
-	return c, func() { _ = c.Close(); _ = raw.Close() }, nil
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = hs.Serve(ln) }()
+	return ln.Addr().String(), func() { _ = hs.Close(); _ = hm.Close() }, nil
+}
+
+// probe returns the status code of GET http://addr/path.
+func probe(addr, path string) (int, error) {
+	resp, err := http.Get("http://" + addr + path)
+	if err != nil {
+		return 0, err
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode, nil
 }
 
 func main() {
@@ -85,10 +116,11 @@ func main() {
 	namespace := flag.String("namespace", "configwatch", "namespace of the configuration key")
 	snapshot := flag.String("snapshot", filepath.Join(os.TempDir(), "configwatch.snapshot"), "snapshot file for cold starts")
 	duration := flag.Duration("duration", 20*time.Second, "exit after this long")
+	httpAddr := flag.String("http", "", "with -endpoints, serve /readyz and /livez on this address, such as 127.0.0.1:8081")
 	flag.Parse()
 	var err error
 	if *endpoints != "" {
-		err = serve(strings.Split(*endpoints, ","), *namespace, *snapshot, *duration, os.Stdout)
+		err = serve(strings.Split(*endpoints, ","), *namespace, *snapshot, *duration, *httpAddr, os.Stdout)
 	} else {
 		err = demo(*namespace, time.Minute, os.Stdout)
 	}
@@ -99,7 +131,7 @@ func main() {
 }
 
 // serve follows the settings of an existing cluster.
-func serve(endpoints []string, namespace, snapshot string, duration time.Duration, out io.Writer) error {
+func serve(endpoints []string, namespace, snapshot string, duration time.Duration, httpAddr string, out io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), duration)
 	defer cancel()
 	c, closeClient, err := connect(endpoints, namespace)
@@ -109,6 +141,14 @@ func serve(endpoints []string, namespace, snapshot string, duration time.Duratio
 	defer closeClient()
 	live := follow(ctx, c, snapshot)
 	defer live.Close()
+	if httpAddr != "" {
+		addr, stopProbes, err := probes(c, live, httpAddr)
+		if err != nil {
+			return err
+		}
+		defer stopProbes()
+		fmt.Fprintf(out, "probes on http://%s/readyz and /livez\n", addr)
+	}
 	cur := live.Current()
 	fmt.Fprintf(out, "serving %+v (from %v, stale %v)\n", cur.Data, cur.Source, live.Stale())
 	var lastRejected int64
@@ -241,6 +281,20 @@ func demo(namespace string, timeout time.Duration, out io.Writer) error {
 	cur := live.Current()
 	fmt.Fprintf(out, "service: starts while etcd is down and serves %+v from its %v of revision %d (stale %v) after %v\n",
 		cur.Data, cur.Source, cur.Revision, live.Stale(), time.Since(start).Round(time.Microsecond))
+	addr, stopProbes, err := probes(c, live, "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer stopProbes()
+	ready, err := probe(addr, "/readyz")
+	if err != nil {
+		return err
+	}
+	alive, err := probe(addr, "/livez")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "service: stays in rotation while etcd is down: readiness %d, liveness %d\n", ready, alive)
 	fmt.Fprintln(out, "etcd: the member starts again")
 	if err := srv.Restart(); err != nil {
 		return err

@@ -40,6 +40,7 @@ func TestConfigWatch(t *testing.T) {
 		"applies {RateLimit:400 LogLevel:debug}",
 		"stops",
 		"starts while etcd is down and serves {RateLimit:400 LogLevel:debug} from its snapshot",
+		"stays in rotation while etcd is down: readiness 200, liveness 200",
 		"applies {RateLimit:450 LogLevel:debug}",
 	}
 	if len(service) != len(want) {
