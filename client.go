@@ -305,7 +305,7 @@ func dialRaw(ctx context.Context, cfg Config, tokens *authTokens, mode loginMode
 		TLS:                 cfg.TLS,
 		// No Username and Password: clientv3 would log in for every
 		// client and every stream; tokens' credentials carry the token.
-		Logger:  cfg.Logger.Named("clientv3"),
+		Logger:  clientLogger(cfg.Logger),
 		Context: base,
 		DialOptions: []grpc.DialOption{
 			grpc.WithConnectParams(grpc.ConnectParams{

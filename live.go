@@ -434,7 +434,7 @@ func (l *Live[T]) run() {
 			return
 		}
 		l.w.Store(nil)
-		c.log.Warn("live watch ended, starting again", zap.String("key", l.key.name), zap.Error(w.Err()))
+		c.logRestart("live watch ended, starting again", w.Err(), zap.String("key", l.key.name))
 		retry.Wait(ctx)
 	}
 }

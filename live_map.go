@@ -290,7 +290,7 @@ func (l *LiveMap[T]) run() {
 		if ctx.Err() != nil {
 			return
 		}
-		c.log.Warn("live map cache ended, starting again", zap.String("prefix", l.p.name), zap.Error(err))
+		c.logRestart("live map cache ended, starting again", err, zap.String("prefix", l.p.name))
 		retry.Wait(ctx)
 	}
 }
