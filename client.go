@@ -63,11 +63,12 @@ import (
 // endpoint lists and failures do; a client that must spread its own load
 // should list its endpoints in a different order per process. In exchange a
 // sick member costs at most one attempt, where round robin sends one
-// request in n to it until the request times out. [Client.Raw] still
-// round-robins, and calls made through it move nowhere; so, for now, do the
-// guarded writes of a [Leadership] and the reads of an [Election]. A Client
-// made by [Wrap] sends its requests through the wrapped client, which picks
-// the member.
+// request in n to it until the request times out. Every request of the
+// library's handles follows these rules, the guarded writes of a
+// [Leadership], [Lock] or [Permit] included. [Client.Raw] still
+// round-robins, and calls made through it move nowhere. A Client made by
+// [Wrap] sends its requests through the wrapped client, which picks the
+// member.
 type Client struct {
 	raw   *clientv3.Client
 	owned bool
