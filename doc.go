@@ -55,7 +55,8 @@
 // snapshot file it starts, marked stale, while etcd is down. The package
 // example NewLive runs this code.
 //
-//	c, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{"127.0.0.1:2379"}, Namespace: "billing"})
+//	c, err := etcdkit.New(ctx, etcdkit.Config{Endpoints: []string{"127.0.0.1:2379"}, Namespace: "billing",
+//		StartWithoutCluster: true}) // start, and serve the snapshot, while etcd is down
 //	if err != nil {
 //		return err
 //	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log"
+	"net/http"
 	"time"
 
 	"google.golang.org/grpc"
@@ -20,13 +21,15 @@ import (
 var (
 	_ = readmeLive
 	_ = readmeDiscovery
+	_ = readmeDegraded
 )
 
 // readmeLive is the README's Live quick start (ExampleNewLive runs it).
 func readmeLive(ctx context.Context) error {
 	c, err := etcdkit.New(ctx, etcdkit.Config{
-		Endpoints: []string{"127.0.0.1:2379"},
-		Namespace: "billing",
+		Endpoints:           []string{"127.0.0.1:2379"},
+		Namespace:           "billing",
+		StartWithoutCluster: true, // start, and serve the snapshot, while etcd is down
 	})
 	if err != nil {
 		return err
@@ -84,4 +87,42 @@ func readmeDiscovery(ctx context.Context, c *etcdkit.Client) error {
 		log.Printf("search: %d instances", len(view))
 	}
 	return tr.Err()
+}
+
+// readmeDegraded is the README's "When etcd is down" example
+// (TestServiceStartsAndRidesOutEtcdOutages runs the same parts).
+func readmeDegraded(ctx context.Context, endpoints []string, snapshot, id, addr string,
+	reprice func(context.Context, *etcdkit.Lock) error) error {
+	c, err := etcdkit.New(ctx, etcdkit.Config{
+		Endpoints:           endpoints,
+		Namespace:           "pricing",
+		StartWithoutCluster: true, // New returns at once; the client reaches the cluster in the background
+	})
+	if err != nil {
+		return err // only a Config it cannot use
+	}
+	defer c.Close()
+
+	limits := etcdkit.NewLive(ctx, etcdkit.NewKey(c, "limits", etcdkit.JSON[Limits]()),
+		etcdkit.WithDefault(DefaultLimits), etcdkit.WithSnapshot[Limits](snapshot))
+	defer limits.Close()
+
+	// Ready while it serves a value, even a stale one; etcd's health is reported, not required.
+	hm := etcdkit.NewHealthMonitor(c,
+		etcdkit.WithClusterPolicy(etcdkit.ClusterInformational),
+		etcdkit.WithReadiness("limits", etcdkit.LiveReadiness(limits, etcdkit.AllowStale(-1))))
+	defer hm.Close()
+	http.Handle("/readyz", hm)
+	http.Handle("/livez", hm.Liveness()) // 200 whatever etcd's state
+
+	// Registered once etcd answers, and again after every outage or lost lease.
+	svc := etcdkit.NewService(c, "pricing", etcdkit.JSON[string]())
+	go svc.Run(ctx, etcdkit.Instance[string]{ID: id, Addr: addr}, 10*time.Second, nil)
+
+	// Run once, under the lock, whenever etcd lets it.
+	go etcdkit.NewMutex(c, "reprice", 10*time.Second).Run(ctx, func(ctx context.Context, lk *etcdkit.Lock) error {
+		return reprice(ctx, lk) // ctx ends if the lock is lost; GuardedPut(ctx, lk, ...) fences writes
+	})
+	<-ctx.Done()
+	return nil
 }
