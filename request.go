@@ -79,8 +79,12 @@ func (c *Client) run(ctx context.Context, kind requestKind, op requestOp, flag l
 	var retry *backoff.Backoff // made on the first round that fails
 	start := time.Now()
 	var room [8]int // the endpoints, without an allocation for up to 8
+	// The last failure of each member tried, in the order they were first
+	// tried, so that a round cut short by ctx still names every member, and
+	// why it failed when it was last reached.
+	var failed []int
+	var failures map[int]string
 	for {
-		var failures []string
 		for _, i := range c.targets(room[:0]) {
 			err := c.attempt(ctx, kind, i, op, flag)
 			if err == nil {
@@ -90,7 +94,15 @@ func (c *Client) run(ctx context.Context, kind requestKind, op requestOp, flag l
 			if !errors.As(err, &f) {
 				return err
 			}
-			failures = append(failures, f.Error())
+			if failures == nil {
+				failures = make(map[int]string)
+			}
+			if _, ok := failures[i]; !ok {
+				failed = append(failed, i)
+				failures[i] = f.Error()
+			} else if !f.cut {
+				failures[i] = f.Error()
+			}
 			if ctx.Err() != nil {
 				break
 			}
@@ -99,8 +111,12 @@ func (c *Client) run(ctx context.Context, kind requestKind, op requestOp, flag l
 			retry = backoff.New(50*time.Millisecond, 500*time.Millisecond)
 		}
 		if ctx.Err() != nil || !retry.Wait(ctx) {
+			msgs := make([]string, len(failed))
+			for k, i := range failed {
+				msgs[k] = failures[i]
+			}
 			return errorf("no member answered within %v: %s: %w", time.Since(start).Round(time.Millisecond),
-				strings.Join(failures, "; "), context.Cause(ctx))
+				strings.Join(msgs, "; "), context.Cause(ctx))
 		}
 	}
 }
@@ -112,6 +128,9 @@ type attemptError struct {
 	member conn.State
 	cause  string
 	err    error
+	// cut: the caller's context, not the member, ended the attempt before
+	// anything was sent, which says nothing new about the member.
+	cut bool
 }
 
 func (e *attemptError) Error() string {
@@ -184,7 +203,7 @@ func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op reques
 			return ErrClosed
 		case ctx.Err() != nil:
 			// The caller's deadline, not the member, cut the dial short.
-			return &attemptError{member: t.state(), cause: "was still being dialled", err: ctx.Err()}
+			return &attemptError{member: t.state(), cause: "was still being dialled", err: ctx.Err(), cut: true}
 		case answered(err):
 			// The member answered, and refused the login (wrong
 			// credentials): every member would.
@@ -196,7 +215,7 @@ func (c *Client) attempt(ctx context.Context, kind requestKind, i int, op reques
 	if cause := awaitSynced(actx, cli); cause != "" {
 		if ctx.Err() != nil {
 			// The caller's deadline, not the member, cut the wait short.
-			return &attemptError{member: t.state(), cause: "was still connecting", err: ctx.Err()}
+			return &attemptError{member: t.state(), cause: "was still connecting", err: ctx.Err(), cut: true}
 		}
 		t.sick(errors.New(cause))
 		return &attemptError{member: t.state(), cause: cause}
